@@ -1,0 +1,37 @@
+# make demo | make test | make results | make figures — each creates .venv from nothing.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+PYTHON  ?= python3
+
+.PHONY: demo test test-all symbolic results figures clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## a hair-trigger twin before and after one benign step (theory sandbox)
+	$(PY) -m theory experiment=twin hydra.run.dir=outputs/demo resume=false
+
+test: $(STAMP)  ## the whole fast suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)  ## including tests marked slow
+	$(PY) -m pytest -q -m ""
+
+symbolic: $(STAMP)  ## only the sympy proofs
+	$(PY) -m pytest -q -m symbolic
+
+results: $(STAMP)  ## re-run the reference sweeps and publish their tables into results/
+	$(PY) -m theory -m experiment=gauge_scale publish=true
+	$(PY) -m theory -m experiment=ntk publish=true
+	$(PY) -m theory -m experiment=twin seed=0,1,2 publish=true
+	$(PY) -m theory -m experiment=capacity hydra/launcher=joblib hydra.launcher.n_jobs=2 publish=true
+
+figures: $(STAMP)  ## redraw every figure in figures/ from results/
+	$(PY) -m figures
+
+clean:
+	rm -rf outputs multirun .pytest_cache

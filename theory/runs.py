@@ -1,0 +1,124 @@
+"""Run bookkeeping shared by the ``theory`` and ``llm`` apps.
+
+* Every job writes a flat ``metrics.json`` (dotted keys, numbers or strings) atomically
+  into its run folder; a job whose ``metrics.json`` exists is skipped (resumable sweeps).
+* After a multirun, :class:`AggregateCallback` (a Hydra callback) gathers every job's
+  overrides and metrics into one tidy ``summary.csv`` in the sweep folder, asks the
+  experiment for its fit summary (``summary.json``) and, with ``publish=true``, copies
+  both into ``results/`` so figures can be redrawn without re-running the sweep.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+METRICS = "metrics.json"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; leaves must be numbers, strings or bools."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+        else:
+            raise TypeError(f"metric {name!r} has type {type(value).__name__}; use a number or string")
+    return flat
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON via a temporary file and ``os.replace`` so a killed job leaves no partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(payload, tmp, indent=2, sort_keys=True, allow_nan=True)
+        tmp_name = tmp.name
+    os.replace(tmp_name, path)
+
+
+def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        table.to_csv(tmp, index=False)
+        tmp_name = tmp.name
+    os.replace(tmp_name, path)
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / METRICS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect(sweep_dir: Path) -> pd.DataFrame:
+    """One row per finished job: its command-line overrides plus its metrics."""
+    rows = []
+    for metrics_path in sorted(sweep_dir.glob(f"**/{METRICS}")):
+        run_dir = metrics_path.parent
+        row: dict[str, Any] = {}
+        overrides = run_dir / ".hydra" / "overrides.yaml"
+        if overrides.exists():
+            for item in yaml.safe_load(overrides.read_text()) or []:
+                key, _, value = item.partition("=")
+                row[f"override.{key.lstrip('+~')}"] = value
+        row.update(json.loads(metrics_path.read_text()))
+        row["run_dir"] = str(run_dir.relative_to(sweep_dir))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
+    """Least-squares line ``y = slope·x + intercept`` and its coefficient of determination."""
+    n = len(x)
+    if n < 2:
+        return {"slope": math.nan, "intercept": math.nan, "r2": math.nan, "n": n}
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    slope = sxy / sxx if sxx else math.nan
+    intercept = my - slope * mx
+    ss_res = sum((b - (slope * a + intercept)) ** 2 for a, b in zip(x, y))
+    ss_tot = sum((b - my) ** 2 for b in y)
+    r2 = 1.0 - ss_res / ss_tot if ss_tot else math.nan
+    return {"slope": slope, "intercept": intercept, "r2": r2, "n": n}
+
+
+def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Path | None) -> dict[str, Any]:
+    """Write ``summary.csv`` and ``summary.json`` for a sweep; optionally publish to ``results/``."""
+    table = collect(sweep_dir)
+    write_csv_atomic(sweep_dir / "summary.csv", table)
+    module = importlib.import_module(f"{app}.experiments.{experiment}")
+    summary = module.summarize(table) if hasattr(module, "summarize") and len(table) else {}
+    write_json_atomic(sweep_dir / "summary.json", summary)
+    if publish_dir is not None:
+        write_csv_atomic(publish_dir / f"{experiment}.csv", table.drop(columns=["run_dir"]))
+        write_json_atomic(publish_dir / f"{experiment}_summary.json", summary)
+    return summary
+
+
+class AggregateCallback(Callback):
+    """Hydra callback: aggregate a multirun into one table and a fit summary when it ends."""
+
+    def __init__(self, app: str) -> None:
+        self.app = app
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        publish = Path(config.results_dir) if config.get("publish") else None
+        summary = summarize_sweep(sweep_dir, self.app, config.experiment_name, publish)
+        print(f"[aggregate] {sweep_dir}/summary.csv")
+        for key, value in flatten(summary).items():
+            print(f"[aggregate] {key} = {value}")
+
