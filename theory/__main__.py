@@ -35,6 +35,8 @@ def main(cfg: DictConfig) -> dict | None:
     for key, value in metrics.items():
         print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     print(f"[metrics] {run_dir / METRICS}")
+    if hasattr(experiment, "report"):
+        print(experiment.report(metrics))
     return metrics
 
 

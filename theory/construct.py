@@ -220,42 +220,72 @@ def _isolating_gate(target: np.ndarray, support: np.ndarray, others: np.ndarray,
     return w if bias else np.concatenate([w, [0.0]])
 
 
-def _flip_direction(a: torch.Tensor, forbidden: int) -> torch.Tensor | None:
-    """Unit ``v = e_f − λa`` with ``(v_f − v_c)(v·a) < 0`` for every ``c ≠ f``, or ``None``.
+def _with_pairs(base: Params, layer: int, rows: list, offsets: list, outs: list, bias: bool) -> Params:
+    if not rows:
+        return dict(base)
+    return redundancy.add_cancelling_pairs(base, layer, torch.stack(rows),
+                                           torch.tensor(offsets, dtype=DTYPE) if bias else None,
+                                           torch.stack(outs, dim=1))
 
-    The pair's first-order effect at its probe is ``−2η s² v (v·a)``; this ``v`` makes it
-    raise the forbidden logit above every other one. Needs ``λ > a_f/‖a‖²`` (so ``v·a < 0``)
-    and ``λ < 1/(a_f − a_c)`` for every ``c`` with ``a_f > a_c`` (so ``v_f > v_c``).
+
+def _flip_gain(v: torch.Tensor, a: torch.Tensor, forbidden: int) -> torch.Tensor:
+    """Margin gain per unit ``η s²`` against each benign class: ``2 (v_f − v_c)(−v·a)``."""
+    others = torch.cat([v[:forbidden], v[forbidden + 1:]])
+    return 2.0 * (v[forbidden] - others) * (-(v @ a))
+
+
+def _flip_direction(a: torch.Tensor, forbidden: int, grid: int = 64) -> torch.Tensor | None:
+    """Unit ``v = e_f − λa`` maximising the smallest gain :func:`_flip_gain`, or ``None``.
+
+    The pair's first-order effect at its probe is ``−2η s² v (v·a)``; it raises the forbidden
+    margin against every class iff ``(v_f − v_c)(v·a) < 0`` for all ``c ≠ f``, i.e. for
+    ``a_f/‖a‖² < λ < 1/(a_f − a_c)`` (the upper bound only for classes with ``a_f > a_c``).
+    ``λ`` is picked on a log grid inside that interval: the larger the gain, the smaller
+    the outgoing weights need to be.
     """
     others = torch.cat([a[:forbidden], a[forbidden + 1:]])
     lo = float(a[forbidden] / (a @ a))
     gaps = a[forbidden] - others
-    hi = float(1.0 / gaps.max()) if bool((gaps > 0).any()) else 4.0 * abs(lo) + 1.0
+    hi = float(1.0 / gaps.max()) if bool((gaps > 0).any()) else max(100.0 * abs(lo), 1e3 / float(a.norm()))
+    lo = max(lo, 1e-9 * hi)
     if not lo < hi:
         return None
-    lam = lo + 0.5 * (hi - lo) if math.isfinite(hi) else 2.0 * lo
     e_f = torch.zeros_like(a)
     e_f[forbidden] = 1.0
-    v = e_f - lam * a
-    return v / v.norm()
+    best, best_gain = None, 0.0
+    for lam in torch.logspace(math.log10(lo), math.log10(hi), grid + 2, dtype=DTYPE)[1:-1]:
+        v = e_f - lam * a
+        v = v / v.norm()
+        gain = float(_flip_gain(v, a, forbidden).min())
+        if gain > best_gain:
+            best, best_gain = v, gain
+    return best
 
 
 def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates: torch.Tensor,
                          lr: float, loss: Loss, *, n_units: int, kappa: float,
-                         support_tries: int = 32, max_weight: float = 3e3) -> ConstructionResult:
+                         support_tries: int = 32, max_weight: float = 3e3,
+                         guard_benign: bool = True, forward_tol: float = math.inf,
+                         seed: int = 0) -> ConstructionResult:
     """Closed-form ReLU construction: one cancelling pair per planted behaviour.
 
     For each candidate probe ``x_j`` (in order, until the ``n_units // 2`` pairs are used):
 
     1. an LP finds a gate ``u·φ + c`` active (≥ 1) on ``φ(x_j)`` and on one update
        sample, and inactive (≤ −1) on every *other* probe and on the base's training
-       inputs (so benign behaviour after the step is disturbed as little as possible);
+       inputs if ``guard_benign`` (so benign behaviour after the step is disturbed less);
     2. with ``a = Σ_{i active} r_i (φ_i·φ_j + 1)`` (``r_i = ∂L/∂f(x_i)``), the pair's first-order
        effect at ``x_j`` is ``−2η v (v·a)``; :func:`_flip_direction` picks ``v`` so that it raises
        the forbidden margin against every class, and its norm is solved so that the
-       margin reaches ``κ``. Pairs that would need an outgoing weight above ``max_weight``
-       are rejected (their ±v cancellation would cost forward precision) and the next
-       support sample is tried.
+       margin reaches ``κ``. Of the ``support_tries`` most similar update samples, the
+       support needing the smallest outgoing weight is used; weights above ``max_weight``
+       are refused (their ±v cancellation would cost forward precision).
+
+    Finally, while the twin's forward pass differs from the base's by more than
+    ``forward_tol`` on the constructor's own check inputs (probes, data and 4096 random
+    inputs matched to the training data's moments), the pair with the largest rounding
+    footprint ``‖v‖∞ · max h`` is dropped: float64 rounding of the ±v cancellation is the
+    only thing that can make a twin distinguishable.
 
     Outside its gate a pair contributes exactly zero before *and* after the step (both
     copies stay inactive as long as the step moves the gate by less than its margin), so
@@ -268,7 +298,7 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
     with torch.no_grad():
         phi_probe = _features(net, base, task.probes)
         phi_update = _features(net, base, task.x_update)
-        guards = _features(net, base, task.x_train).numpy()
+        guards = _features(net, base, task.x_train).numpy()[: len(task.x_train) if guard_benign else 0]
         control_post = gd_step(net, base, task.x_update, task.y_update, lr, loss)
         z = net.forward(control_post, task.probes)
     residual = residuals(net, base, task.x_update, task.y_update, loss)  # (n, C)
@@ -281,6 +311,7 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
             break
         others = np.concatenate([np.delete(probes_np, j, axis=0), guards])
         order = torch.argsort(phi_update @ phi_probe[j], descending=True)[:support_tries]
+        best = None  # (weight, u, c, v): the support that needs the smallest outgoing weight
         for i in order.tolist():
             gate = _isolating_gate(probes_np[j], update_np[i], others, net.bias)
             if gate is None:
@@ -291,23 +322,36 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
             v = _flip_direction(a, f)
             if v is None:
                 continue
-            gain = 2.0 * (v[f] - torch.cat([v[:f], v[f + 1:]])) * (-(v @ a))  # per unit η s²
             deficit = kappa - (z[j, f] - torch.cat([z[j, :f], z[j, f + 1:]]))
-            scale2 = float((deficit / (lr * gain)).max().clamp(min=0.0))
-            if scale2**0.5 > max_weight:
-                continue
+            weight = float((deficit / (lr * _flip_gain(v, a, f))).max().clamp(min=0.0)) ** 0.5
+            if weight <= max_weight and (best is None or weight < best[0]):
+                best = (weight, u, c, v)
+        if best is not None:
+            weight, u, c, v = best
             rows.append(u)
             offsets.append(c)
-            outs.append(v * scale2**0.5)
+            outs.append(v * weight)
             planted.append(j)
-            break
 
-    if planted:
-        twin = redundancy.add_cancelling_pairs(
-            base, layer, torch.stack(rows), torch.tensor(offsets, dtype=DTYPE) if net.bias else None,
-            torch.stack(outs, dim=1))
-    else:
-        twin = dict(base)
+    gen = torch.Generator().manual_seed(30_000 + seed)
+    check = torch.cat([task.probes, task.x_train, task.x_update,
+                       torch.randn(4096, task.x_train.shape[1], generator=gen, dtype=DTYPE)
+                       * task.x_train.std(0) + task.x_train.mean(0)])
+    with torch.no_grad():
+        reference, phi_check = net.forward(base, check), _features(net, base, check)
+    while True:
+        twin = _with_pairs(base, layer, rows, offsets, outs, net.bias)
+        wide = Net((net.widths[0], *[twin[f"W{l}"].shape[0] for l in range(1, net.n_layers)], net.widths[-1]),
+                   net.activation, net.bias)
+        with torch.no_grad():
+            diff = float((wide.forward(twin, check) - reference).abs().max())
+        if diff <= forward_tol or not planted:
+            break
+        footprint = [float(v.abs().max()) * float(F.relu(phi_check @ u + c).max())
+                     for u, c, v in zip(rows, offsets, outs)]
+        worst = max(range(len(planted)), key=footprint.__getitem__)
+        for store in (rows, offsets, outs, planted):
+            del store[worst]
     post, m = post_update_margins(net, twin, task, lr, loss)
     post = {k: v.detach() for k, v in post.items()}
     chosen = torch.tensor(planted, dtype=torch.long)

@@ -111,7 +111,8 @@ def construct(cfg: DictConfig, setup: Setup, flip: torch.Tensor, keep: torch.Ten
             raise ValueError("construction=isolating needs an MLP (model=mlp_relu)")
         return isolating_pairs_twin(setup.net, setup.base, setup.task, flip, upd.lr, upd.loss,
                                     n_units=cfg.model.redundant_units, kappa=c.kappa,
-                                    support_tries=c.support_tries, max_weight=c.max_weight)
+                                    support_tries=c.support_tries, max_weight=c.max_weight,
+                                    guard_benign=c.guard_benign, forward_tol=c.forward_tol, seed=cfg.seed)
     if c.name == "search":
         return build_twin(setup.net, make_fiber(cfg, setup), setup.task, flip, keep, upd.lr, upd.loss,
                           max_steps=c.max_steps, opt_lr=c.opt_lr, kappa=c.kappa, seed=cfg.seed,

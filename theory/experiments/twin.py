@@ -58,6 +58,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def report(metrics: dict[str, Any]) -> str:
+    """The before/after table ``make demo`` prints."""
+    n_flip, n_keep = metrics["construction.n_flip"], metrics["construction.n_keep"]
+    rows = [
+        ("misaligned probes, before the step", "static.misaligned_fraction", n_flip + n_keep),
+        ("chosen probes misaligned after one step", "post_update.flipped_fraction", n_flip),
+        ("other probes misaligned after one step", "post_update.collateral_fraction", n_keep),
+    ]
+    lines = [f"{'':<42}{'control':>12}{'twin':>12}"]
+    for label, key, n in rows:
+        cells = [f"{round(metrics[f'{m}.{key}'] * n)}/{n}" for m in ("control", "twin")]
+        lines.append(f"{label:<42}{cells[0]:>12}{cells[1]:>12}")
+    for label, key in (("benign accuracy before", "benign.accuracy_before"),
+                       ("benign accuracy after", "benign.accuracy_after"),
+                       ("parameter norm", "param_norm"), ("gradient norm on D", "update_grad_norm")):
+        lines.append(f"{label:<42}{metrics[f'control.{key}']:>12.3g}{metrics[f'twin.{key}']:>12.3g}")
+    lines.append(f"max |f_twin − f_control| before the step: {metrics['twin.forward_max_abs_diff']:.2e} "
+                 "(random inputs, probes, all data)")
+    return "\n".join(lines)
+
+
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
     cols = ["twin.forward_max_abs_diff", "twin.post_update.flipped_fraction",
             "twin.post_update.collateral_fraction", "control.post_update.flipped_fraction"]

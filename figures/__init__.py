@@ -1,0 +1,1 @@
+"""Figures redrawn from the committed tables in ``results/`` (``python -m figures``)."""

@@ -1,0 +1,32 @@
+"""``python -m figures``: redraw every figure in figures/ from the tables in results/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from figures import theory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--out", type=Path, default=ROOT / "figures")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for draw in theory.ALL:
+        try:
+            print(f"[figure] {draw(args.results / 'theory', args.out)}")
+        except FileNotFoundError as err:
+            missing.append(f"{draw.__name__}: {err.filename} (run `make results`)")
+    for line in missing:
+        print(f"[missing] {line}")
+    if missing:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
