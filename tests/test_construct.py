@@ -6,7 +6,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.construct import LinearFiber, RedundantUnitFiber, build_twin, isolating_pairs_twin
+from theory.construct import (
+    LinearFiber,
+    RedundantUnitFiber,
+    build_twin,
+    isolating_pairs_twin,
+)
 from theory.models import DTYPE, Net, end_to_end_matrix
 from theory.task import make_task, margin, train_aligned_base
 from theory.update import gd_step

@@ -4,44 +4,25 @@ one gradient step does to them."""
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from strategies import SETTINGS, random_data, setups
 
 from theory.models import ACTIVATIONS, DTYPE, Net, end_to_end_matrix
-from theory.redundancy import add_cancelling_pairs, add_dead_units, add_null_directions, null_projector
+from theory.redundancy import (
+    add_cancelling_pairs,
+    add_dead_units,
+    add_null_directions,
+    null_projector,
+)
 from theory.update import gd_step, gradient
 
 torch.set_num_threads(1)
 
-SETTINGS = settings(max_examples=25, deadline=None, database=None)
-LOSSES = ("cross_entropy", "square")
 
 
-@st.composite
-def setups(draw, activation=None, bias=None):
-    """Random net (2-4 layers, widths 1-6), random params (random biases), n, generator, loss."""
-    n_layers = draw(st.integers(2, 4))
-    widths = tuple(draw(st.integers(1, 6)) for _ in range(n_layers + 1))
-    act = activation if activation is not None else draw(st.sampled_from(sorted(ACTIVATIONS)))
-    use_bias = bias if bias is not None else draw(st.booleans())
-    net = Net(widths, act, use_bias)
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    params = net.init(gen)
-    for k in params:
-        if k.startswith("b"):
-            params[k] = 0.5 * torch.randn(params[k].shape, generator=gen, dtype=DTYPE)
-    n = draw(st.integers(1, 8))
-    loss = draw(st.sampled_from(LOSSES))
-    return net, params, n, gen, loss
 
 
-def _data(net, n, gen, loss):
-    x = torch.randn(n, net.widths[0], generator=gen, dtype=DTYPE)
-    if loss == "cross_entropy":
-        y = torch.randint(0, net.widths[-1], (n,), generator=gen)
-    else:
-        y = torch.randn(n, net.widths[-1], generator=gen, dtype=DTYPE)
-    return x, y
 
 
 def _new_units(net, params, layer, k, gen):
@@ -135,7 +116,7 @@ def test_dead_units_one_step(activation, data):
     lr = data.draw(st.floats(0.01, 1.0))
     incoming, bias = _new_units(net, params, layer, k, gen)
     wide = add_dead_units(params, layer, incoming, bias)
-    x, y = _data(net, n, gen, loss)
+    x, y = random_data(net, n, gen, loss)
     h = params[f"W{layer}"].shape[0]
 
     stepped = gd_step(net, wide, x, y, lr, loss)
@@ -174,7 +155,7 @@ def test_cancelling_pairs_one_step(activation, data):
     incoming, bias = _new_units(net, params, layer, k, gen)
     outgoing = torch.randn(params[f"W{layer + 1}"].shape[0], k, generator=gen, dtype=DTYPE)
     wide = add_cancelling_pairs(params, layer, incoming, bias, outgoing)
-    x, y = _data(net, n, gen, loss)
+    x, y = random_data(net, n, gen, loss)
     h = params[f"W{layer}"].shape[0]
 
     stepped = gd_step(net, wide, x, y, lr, loss)

@@ -3,8 +3,9 @@ which of them commute with one gradient step."""
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from strategies import SETTINGS, random_data, setups
 
 from theory.models import ACTIVATIONS, DTYPE, Net
 from theory.symmetry import ADMISSIBLE, act_on_axis, apply, hidden_layer_spec, sample
@@ -12,37 +13,13 @@ from theory.update import gd_step, gradient
 
 torch.set_num_threads(1)
 
-SETTINGS = settings(max_examples=25, deadline=None, database=None)
 ALL_KINDS = ("GL", "O", "scale", "perm")
 ADMISSIBLE_PAIRS = [(a, k) for a in ADMISSIBLE for k in ADMISSIBLE[a]]
 FORBIDDEN_PAIRS = [(a, k) for a in ACTIVATIONS for k in ALL_KINDS if k not in ADMISSIBLE[a]]
 
 
-@st.composite
-def setups(draw, activation=None, bias=None, min_out=1):
-    """A random net (2-4 layers, widths 1-6), random params with random biases, data seed."""
-    n_layers = draw(st.integers(2, 4))
-    widths = tuple(draw(st.integers(min_out if i == n_layers else 1, 6)) for i in range(n_layers + 1))
-    act = activation if activation is not None else draw(st.sampled_from(sorted(ACTIVATIONS)))
-    use_bias = bias if bias is not None else draw(st.booleans())
-    net = Net(widths, act, use_bias)
-    seed = draw(st.integers(0, 2**31 - 1))
-    gen = torch.Generator().manual_seed(seed)
-    params = net.init(gen)
-    for k in params:
-        if k.startswith("b"):
-            params[k] = 0.5 * torch.randn(params[k].shape, generator=gen, dtype=DTYPE)
-    n = draw(st.integers(1, 8))
-    return net, params, n, gen
 
 
-def _data(net, n, gen, loss):
-    x = torch.randn(n, net.widths[0], generator=gen, dtype=DTYPE)
-    if loss == "cross_entropy":
-        y = torch.randint(0, net.widths[-1], (n,), generator=gen)
-    else:
-        y = torch.randn(n, net.widths[-1], generator=gen, dtype=DTYPE)
-    return x, y
 
 
 def _max_change(a, b):
@@ -54,7 +31,7 @@ def _max_change(a, b):
 @given(data=st.data())
 def test_admissible_element_preserves_outputs_and_moves_weights(activation, kind, data):
     """A random admissible group element leaves outputs unchanged but changes the weights."""
-    net, params, n, gen = data.draw(setups(activation=activation))
+    net, params, n, gen = data.draw(setups(activation=activation, with_loss=False))
     scale = data.draw(st.floats(0.3, 1.0))
     spec = hidden_layer_spec(net, params, kind)
     g = sample(spec, gen, scale=scale)
@@ -98,11 +75,11 @@ def test_admissible_table_matches_expectations():
 @given(data=st.data())
 def test_orthogonal_and_perm_commute_with_gd_step(activation, kind, loss, data):
     """For O (linear nets) and permutations: gd_step(gθ) == g gd_step(θ)."""
-    net, params, n, gen = data.draw(setups(activation=activation))
+    net, params, n, gen = data.draw(setups(activation=activation, with_loss=False))
     lr = data.draw(st.floats(0.01, 1.0))
     spec = hidden_layer_spec(net, params, kind)
     g = sample(spec, gen)
-    x, y = _data(net, n, gen, loss)
+    x, y = random_data(net, n, gen, loss)
     lhs = gd_step(net, apply(spec, params, g), x, y, lr, loss)
     rhs = apply(spec, gd_step(net, params, x, y, lr, loss), g)
     for k in params:
@@ -118,12 +95,12 @@ def test_orthogonal_and_perm_commute_with_gd_step(activation, kind, loss, data):
 def test_gl_and_scale_do_not_commute_with_gd_step(activation, kind, loss, data):
     """For GL (linear) and positive scale (relu/leaky/linear): gd_step(gθ) ≠ g gd_step(θ)."""
     # d_out ≥ 2: one-class cross-entropy is constant, so its gradient vanishes.
-    net, params, n, gen = data.draw(setups(activation=activation, min_out=2))
+    net, params, n, gen = data.draw(setups(activation=activation, min_out=2, with_loss=False))
     lr = data.draw(st.floats(0.1, 1.0))
     scale = data.draw(st.floats(0.5, 1.5))
     spec = hidden_layer_spec(net, params, kind)
     g = sample(spec, gen, scale=scale)
-    x, y = _data(net, n, gen, loss)
+    x, y = random_data(net, n, gen, loss)
     # Non-degenerate example: g is not (nearly) orthogonal on any hidden layer, and the
     # weights the group acts on receive a gradient.
     for m in g.values():
@@ -141,7 +118,7 @@ def test_gl_and_scale_do_not_commute_with_gd_step(activation, kind, loss, data):
 @given(data=st.data())
 def test_identity_element_is_a_no_op(activation, kind, data):
     """apply with the identity element returns the same tensors."""
-    net, params, _, _ = data.draw(setups(activation=activation))
+    net, params, _, _ = data.draw(setups(activation=activation, with_loss=False))
     spec = hidden_layer_spec(net, params, kind)
     identity = {name: torch.eye(grp.size, dtype=DTYPE) for name, grp in spec.groups.items()}
     out = apply(spec, params, identity)
@@ -155,7 +132,7 @@ def test_identity_element_is_a_no_op(activation, kind, data):
 @given(data=st.data())
 def test_sample_at_scale_zero_is_identity(kind, data):
     """sample(..., scale=0) gives the identity for the continuous groups GL and scale."""
-    net, params, _, gen = data.draw(setups(activation="linear"))
+    net, params, _, gen = data.draw(setups(activation="linear", with_loss=False))
     spec = hidden_layer_spec(net, params, kind)
     for name, m in sample(spec, gen, scale=0.0).items():
         assert torch.allclose(m, torch.eye(spec.groups[name].size, dtype=DTYPE), atol=1e-14)

@@ -5,9 +5,10 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from strategies import LOSSES, SETTINGS, random_data, setups
 
 from theory.construct import two_layer_post_update
-from theory.models import ACTIVATIONS, DTYPE, Net, end_to_end_matrix
+from theory.models import DTYPE, Net, end_to_end_matrix
 from theory.update import gd_step, gradient, loss_fn, ntk_prediction
 
 torch.set_num_threads(1)
@@ -15,35 +16,10 @@ torch.set_num_threads(1)
 # torch.func.jvp registers its decompositions with torch.jit.script on first use (torch-internal).
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-SETTINGS = settings(max_examples=25, deadline=None, database=None)
-LOSSES = ("cross_entropy", "square")
 
 
-@st.composite
-def setups(draw, activation=None, bias=None, n_layers=None, min_out=1):
-    """Random net (2-4 layers, widths 1-6), random params (random biases), n, generator, loss."""
-    n_layers = n_layers if n_layers is not None else draw(st.integers(2, 4))
-    widths = tuple(draw(st.integers(min_out if i == n_layers else 1, 6)) for i in range(n_layers + 1))
-    act = activation if activation is not None else draw(st.sampled_from(sorted(ACTIVATIONS)))
-    use_bias = bias if bias is not None else draw(st.booleans())
-    net = Net(widths, act, use_bias)
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    params = net.init(gen)
-    for k in params:
-        if k.startswith("b"):
-            params[k] = 0.5 * torch.randn(params[k].shape, generator=gen, dtype=DTYPE)
-    n = draw(st.integers(1, 8))
-    loss = draw(st.sampled_from(LOSSES))
-    return net, params, n, gen, loss
 
 
-def _data(net, n, gen, loss):
-    x = torch.randn(n, net.widths[0], generator=gen, dtype=DTYPE)
-    if loss == "cross_entropy":
-        y = torch.randint(0, net.widths[-1], (n,), generator=gen)
-    else:
-        y = torch.randn(n, net.widths[-1], generator=gen, dtype=DTYPE)
-    return x, y
 
 
 @SETTINGS
@@ -51,7 +27,7 @@ def _data(net, n, gen, loss):
 def test_two_layer_linear_step_matches_closed_form(setup, lr):
     """Square-loss gd_step on W2W1 gives P − η(G W1ᵀW1 + W2W2ᵀG) + η² G W1ᵀW2ᵀG."""
     net, params, n, gen, _ = setup
-    x, y = _data(net, n, gen, "square")
+    x, y = random_data(net, n, gen, "square")
     prod = end_to_end_matrix(params)
     g = (x @ prod.T - y).T @ x / n  # G = ∂L/∂P = mean_i (P x_i − y_i) x_iᵀ
     stepped = gd_step(net, params, x, y, lr, "square")
@@ -64,7 +40,7 @@ def test_two_layer_linear_step_matches_closed_form(setup, lr):
 def test_ntk_prediction_error_is_second_order(setup, eta):
     """For a gelu net, |exact step − NTK prediction| shrinks ≈100× when η shrinks 10×."""
     net, params, n, gen, loss = setup
-    x, y = _data(net, n, gen, loss)
+    x, y = random_data(net, n, gen, loss)
     x_test = torch.randn(4, net.widths[0], generator=gen, dtype=DTYPE)
 
     def error(lr):
@@ -81,7 +57,7 @@ def test_ntk_prediction_error_is_second_order(setup, eta):
 def test_ntk_prediction_at_zero_lr_is_forward(setup):
     """ntk_prediction with η = 0 equals the forward pass."""
     net, params, n, gen, loss = setup
-    x, y = _data(net, n, gen, loss)
+    x, y = random_data(net, n, gen, loss)
     x_test = torch.randn(5, net.widths[0], generator=gen, dtype=DTYPE)
     got = ntk_prediction(net, params, x, y, 0.0, loss, x_test)
     assert torch.allclose(got, net.forward(params, x_test), atol=1e-12, rtol=1e-12)
@@ -92,7 +68,7 @@ def test_ntk_prediction_at_zero_lr_is_forward(setup):
 def test_gd_step_is_theta_minus_lr_gradient_and_steps_compose(setup, lr):
     """gd_step = θ − η∇L, and steps=2 equals two single steps."""
     net, params, n, gen, loss = setup
-    x, y = _data(net, n, gen, loss)
+    x, y = random_data(net, n, gen, loss)
     g = gradient(net, params, x, y, loss)
     one = gd_step(net, params, x, y, lr, loss)
     for k in params:
@@ -111,8 +87,8 @@ def test_gd_step_is_differentiable(seed, loss, lr):
     gen = torch.Generator().manual_seed(seed)
     params = net.init(gen)
     params = {k: v + 0.3 * torch.randn(v.shape, generator=gen, dtype=DTYPE) for k, v in params.items()}
-    x, y = _data(net, 4, gen, loss)
-    x2, y2 = _data(net, 3, gen, loss)
+    x, y = random_data(net, 4, gen, loss)
+    x2, y2 = random_data(net, 3, gen, loss)
 
     def objective(p):
         return loss_fn(net, gd_step(net, p, x, y, lr, loss), x2, y2, loss)

@@ -15,7 +15,13 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from theory.experiments.common import construct, forward_max_abs_diff, make_setup, probe_split, twin_net
+from theory.experiments.common import (
+    construct,
+    forward_max_abs_diff,
+    make_setup,
+    probe_split,
+    twin_net,
+)
 from theory.models import n_params
 from theory.runs import linear_fit
 

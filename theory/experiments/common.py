@@ -7,8 +7,13 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from theory.construct import (ConstructionResult, LinearFiber, RedundantUnitFiber, build_twin,
-                              isolating_pairs_twin)
+from theory.construct import (
+    ConstructionResult,
+    LinearFiber,
+    RedundantUnitFiber,
+    build_twin,
+    isolating_pairs_twin,
+)
 from theory.models import DTYPE, Net, Params
 from theory.task import AlignmentTask, make_task, margin, train_aligned_base
 

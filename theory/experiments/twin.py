@@ -13,8 +13,14 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from theory.experiments.common import (construct, forward_max_abs_diff, make_setup, misaligned,
-                                       probe_split, twin_net)
+from theory.experiments.common import (
+    construct,
+    forward_max_abs_diff,
+    make_setup,
+    misaligned,
+    probe_split,
+    twin_net,
+)
 from theory.models import n_params, param_norm
 from theory.task import accuracy
 from theory.update import gd_step, grad_norm
