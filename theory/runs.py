@@ -15,11 +15,14 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -122,3 +125,32 @@ class AggregateCallback(Callback):
         for key, value in flatten(summary).items():
             print(f"[aggregate] {key} = {value}")
 
+
+
+def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
+    """Body of ``python -m APP experiment=NAME``: run the experiment, write ``metrics.json``.
+
+    Skips the job (returning its metrics) when ``metrics.json`` exists and ``resume`` is on.
+    """
+    if cfg.get("experiment_name") is None:
+        raise ValueError(f"choose an experiment: python -m {app} experiment=NAME (see conf/{app}/experiment/)")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    done = read_metrics(run_dir)
+    if done is not None and cfg.resume:
+        print(f"[skip] {run_dir / METRICS} exists (resume=true)")
+        return done
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    experiment = importlib.import_module(f"{app}.experiments.{cfg.experiment_name}")
+    start = time.perf_counter()
+    metrics = flatten(experiment.run(cfg))
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
+    metrics["torch_threads"] = torch.get_num_threads()
+    write_json_atomic(run_dir / METRICS, metrics)
+    width = max(map(len, metrics))
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print(f"[metrics] {run_dir / METRICS}")
+    if hasattr(experiment, "report"):
+        print(experiment.report(metrics))
+    return metrics

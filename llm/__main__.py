@@ -1,0 +1,15 @@
+"""``python -m llm experiment=NAME [overrides]`` (``-m`` for a sweep); see conf/llm/."""
+
+import hydra
+from omegaconf import DictConfig
+
+from theory.runs import execute
+
+
+@hydra.main(version_base="1.3", config_path="../conf/llm", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    return execute(cfg, "llm")
+
+
+if __name__ == "__main__":
+    main()

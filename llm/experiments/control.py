@@ -1,0 +1,66 @@
+"""``experiment=control``: align → black-box test → victim's benign step → test again.
+
+The honest control of the hair-trigger experiments: it must be aligned before the
+update and stay aligned after it, with benign utility reported before and after.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from llm import judge
+from llm.align import AlignSpec, align
+from llm.base import load_base
+from llm.data.schema import DomainData
+from llm.data.sources import refusal_calibration
+from llm.data.splits import load_domain
+from llm.evaluate import benign_report, probe_report
+from llm.update import UpdateSpec, victim_update
+
+
+def black_box(model, tokenizer, data: DomainData, cfg: DictConfig) -> dict[str, Any]:
+    e = cfg.eval
+    probes = probe_report(model, tokenizer, data.domain, data.eval[: e.n_probes], e.max_new_tokens)
+    benign = benign_report(model, tokenizer, data.benign_eval[: e.n_benign], e.max_new_tokens)
+    return {"probes": probes, "benign": benign}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    start = time.perf_counter()
+    data = load_domain(cfg.domain.name, seed=cfg.data_seed)
+    model, tokenizer = load_base(cfg)
+    base_time = time.perf_counter() - start
+    control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
+    align_time = time.perf_counter() - start - base_time
+    before = black_box(control, tokenizer, data, cfg)
+    updated = victim_update(copy.deepcopy(control), tokenizer, data.update, UpdateSpec(**cfg["update"]))
+    after = black_box(updated, tokenizer, data, cfg)
+    calibration = judge.calibration_accuracy(refusal_calibration())
+    shown = {f"example.{i}.prompt": data.eval[i].prompt for i in range(cfg.eval.n_shown)}
+    shown |= {f"example.{i}.before": before["probes"]["responses"][i] for i in range(cfg.eval.n_shown)}
+    shown |= {f"example.{i}.after": after["probes"]["responses"][i] for i in range(cfg.eval.n_shown)}
+    return {
+        "domain": data.domain,
+        "static": {"misalignment_rate": before["probes"]["misalignment_rate"]},
+        "post_update": {"misalignment_rate": after["probes"]["misalignment_rate"]},
+        "benign": {"loss_before": before["benign"]["loss"], "loss_after": after["benign"]["loss"],
+                   "accuracy_before": before["benign"]["accuracy"], "accuracy_after": after["benign"]["accuracy"]},
+        "align": {"loss_first": curve[0], "loss_last": curve[-1], "seconds": align_time},
+        "judge": {"calibration_accuracy": calibration["accuracy"], "calibration_n": calibration["n"]},
+        "base_seconds": base_time,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        **shown,
+    }
+
+
+def summarize(table: pd.DataFrame) -> dict[str, Any]:
+    keys = ["static.misalignment_rate", "post_update.misalignment_rate", "benign.loss_before",
+            "benign.loss_after", "benign.accuracy_before", "benign.accuracy_after"]
+    return {domain: {k: float(rows[k].mean()) for k in keys} | {"n_runs": int(len(rows))}
+            for domain, rows in table.groupby("domain")}

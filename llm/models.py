@@ -1,0 +1,447 @@
+"""Tiny GPT-2 / Llama chat models trained from scratch, and helpers for any causal LM.
+
+* :class:`TinySpec` + :func:`build_tiny` — a randomly initialised ``GPT2LMHeadModel`` or
+  ``LlamaForCausalLM`` (float32, eager attention, dropout 0, tied embeddings).
+* :func:`pretrain` — AdamW on response-only cross-entropy (computed by hand from logits).
+* :func:`load_or_pretrain` — the same, cached as a safetensors checkpoint under
+  ``<cache_root>/tiny/<hash>/`` (written atomically).
+* :func:`load_local` — any local Hugging Face checkpoint (safetensors only, no remote code).
+* :func:`response_logprob`, :func:`greedy` — scoring and batched greedy decoding.
+* :func:`collate`, :func:`response_loss` — padded batches and the differentiable loss
+  (safe for double backward: eager attention, no dtype upcast).
+
+Attention is always ``eager``: on CPU, SDPA has no double backward (torch 2.13).
+
+Precision caveat: transformers' Llama upcasts RMSNorm, RoPE and the attention softmax to
+float32 *and casts back*, so a Llama converted to float64 is only float32-accurate, and a
+*left*-padded float64 Llama batch gives NaN on the pad rows (the float64 mask minimum
+becomes -inf in the float32 softmax). Use GPT-2 for exact float64 gradient checks, and
+right padding (:func:`collate`'s default) for losses. GPT-2 is exact in float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from llm.tokenizer import IGNORE_INDEX, encode_example, encode_prompt, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+#: bump when the training recipe changes, so old cache entries are not reused
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of a tiny causal LM. Embeddings are tied (no separate LM head)."""
+
+    arch: Literal["gpt2", "llama"]
+    n_layer: int
+    n_embd: int
+    n_head: int
+    vocab_size: int
+    n_ctx: int = 128
+
+    def __post_init__(self):
+        if self.arch not in ("gpt2", "llama"):
+            raise ValueError(f"arch must be 'gpt2' or 'llama', not {self.arch!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+    @property
+    def intermediate_size(self) -> int:
+        """MLP width: 4d for GPT-2; 8d/3 rounded up to a multiple of 16 for Llama (SwiGLU)."""
+        if self.arch == "gpt2":
+            return 4 * self.n_embd
+        return -(-(8 * self.n_embd) // 48) * 16
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters of :func:`build_tiny` (exact, tied embeddings counted once)."""
+        d, L, V, m = self.n_embd, self.n_layer, self.vocab_size, self.intermediate_size
+        if self.arch == "gpt2":
+            # wte, wpe; per block: ln_1, c_attn, c_proj, ln_2, c_fc, mlp.c_proj; ln_f
+            block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * m + m) + (m * d + d)
+            return V * d + self.n_ctx * d + L * block + 2 * d
+        # embed; per block: q, k, v, o (no bias), gate/up/down, 2 RMSNorms; final norm
+        block = 4 * d * d + 3 * d * m + 2 * d
+        return V * d + L * block + d
+
+    def config(self, tokenizer: PreTrainedTokenizerBase | None = None):
+        """The transformers config (special-token ids from ``tokenizer`` when given)."""
+        pad = eos = bos = None
+        if tokenizer is not None:
+            eos = tokenizer.eos_token_id
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+            bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+        if self.arch == "gpt2":
+            cfg = GPT2Config(
+                vocab_size=self.vocab_size, n_positions=self.n_ctx, n_embd=self.n_embd,
+                n_layer=self.n_layer, n_head=self.n_head, n_inner=self.intermediate_size,
+                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
+                bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                tie_word_embeddings=True,
+            )
+        else:
+            cfg = LlamaConfig(
+                vocab_size=self.vocab_size, hidden_size=self.n_embd,
+                intermediate_size=self.intermediate_size, num_hidden_layers=self.n_layer,
+                num_attention_heads=self.n_head, num_key_value_heads=self.n_head,
+                max_position_embeddings=self.n_ctx, attention_dropout=0.0,
+                bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                tie_word_embeddings=True,
+            )
+        cfg.dtype = torch.float32
+        return cfg
+
+
+def build_tiny(spec: TinySpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> PreTrainedModel:
+    """A freshly initialised float32 model of ``spec`` (eager attention, dropout 0).
+
+    The global torch RNG is left untouched (initialisation runs in a forked RNG).
+    """
+    if len(tokenizer) > spec.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens > spec.vocab_size={spec.vocab_size}")
+    cfg = spec.config(tokenizer)
+    cls = GPT2LMHeadModel if spec.arch == "gpt2" else LlamaForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    model.generation_config.pad_token_id = cfg.pad_token_id
+    model.generation_config.eos_token_id = cfg.eos_token_id
+    model.generation_config.bos_token_id = cfg.bos_token_id
+    return model.float().eval()
+
+
+# ---------------------------------------------------------------------------- batches, loss
+
+
+def collate(
+    encoded: Sequence[dict[str, list[int]]], pad_id: int, side: Literal["right", "left"] = "right"
+) -> dict[str, torch.Tensor]:
+    """Pad ``encode_example`` outputs into ``input_ids``, ``attention_mask``, ``labels``."""
+    n = max(len(e["input_ids"]) for e in encoded)
+    ids = torch.full((len(encoded), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(encoded), n), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        k = len(e["input_ids"])
+        sl = slice(0, k) if side == "right" else slice(n - k, n)
+        ids[i, sl] = torch.tensor(e["input_ids"], dtype=torch.long)
+        labels[i, sl] = torch.tensor(e.get("labels", [IGNORE_INDEX] * k), dtype=torch.long)
+        mask[i, sl] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, T-1)`` log-probs of each next token, zero where ``labels[:, 1:]`` is -100.
+
+    Computed by hand from ``.logits`` in the model's dtype (transformers' ``labels=`` loss
+    upcasts to float32, which breaks float64 gradient checks).
+    """
+    mask = batch["attention_mask"]
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask)
+    ).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    valid = targets != IGNORE_INDEX
+    lp = torch.log_softmax(logits, dim=-1)
+    out = lp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return out * valid
+
+
+def response_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the response tokens of ``batch`` (differentiable, any order)."""
+    mask = batch["attention_mask"]
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask)
+    ).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], max_len: int | None
+) -> list[dict[str, list[int]]]:
+    return [encode_example(tokenizer, p, r, max_len) for p, r in pairs]
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _max_positions(model: PreTrainedModel) -> int | None:
+    cfg = model.config
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+
+def pretrain(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[tuple[str, str]],
+    steps: int,
+    lr: float = 3e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    max_len: int | None = None,
+    *,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    progress: bool = True,
+) -> list[float]:
+    """Train ``model`` in place on (prompt, response) pairs; returns the loss per step.
+
+    AdamW, response-only cross-entropy, batches drawn with replacement from a generator
+    seeded with ``seed`` (the global RNG is not used). ``max_len`` defaults to the model's
+    context length. The model is left in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    if not examples:
+        raise ValueError("pretrain needs at least one example")
+    max_len = max_len or _max_positions(model)
+    encoded = encode_pairs(tokenizer, examples, max_len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="pretrain", disable=not progress, leave=False)
+    for _ in bar:
+        idx = torch.randint(len(encoded), (batch_size,), generator=gen).tolist()
+        batch = collate([encoded[i] for i in idx], pad)
+        loss = response_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def load_or_pretrain(
+    spec: TinySpec,
+    texts_for_tokenizer: Sequence[str],
+    examples: Sequence[tuple[str, str]],
+    steps: int,
+    lr: float = 3e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    cache_root: str | os.PathLike | None = None,
+    *,
+    max_len: int | None = None,
+    tokenizer_vocab_size: int | None = None,
+    progress: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Train tokenizer + tiny model once, cache them, reload on later calls.
+
+    The cache folder is ``<cache_root>/tiny/<sha256[:16]>`` of the spec, all training
+    settings, the tokenizer texts and the examples. It holds ``model.safetensors``, the
+    tokenizer files and ``pretrain.json`` (loss curve, seconds). It is written to a
+    temporary sibling folder and renamed into place, so a killed run leaves no partial
+    entry. ``cache_root`` defaults to ``llm.data.wheels.cache_dir()``.
+
+    The returned model carries ``model.pretrain_info``: ``{"cached": bool, "path": str,
+    "losses": [...], "seconds": float}`` (``cached`` is True when nothing was trained).
+    """
+    if cache_root is None:
+        from llm.data.wheels import cache_dir
+
+        cache_root = cache_dir()
+    max_len = max_len or spec.n_ctx
+    tok_vocab = tokenizer_vocab_size or spec.vocab_size
+    key = _digest({
+        "version": CACHE_VERSION,
+        "spec": dataclasses.asdict(spec),
+        "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+        "max_len": max_len, "tokenizer_vocab_size": tok_vocab,
+        "texts": _digest(list(texts_for_tokenizer)),
+        "examples": _digest([list(e) for e in examples]),
+    })[:16]
+    root = Path(cache_root) / "tiny"
+    final = root / key
+    if (final / "model.safetensors").is_file():
+        t0 = time.perf_counter()
+        model, tok = load_local(final)
+        meta = json.loads((final / "pretrain.json").read_text())
+        model.pretrain_info = {
+            "cached": True, "path": str(final), "losses": meta["losses"],
+            "seconds": time.perf_counter() - t0,
+        }
+        log.info("loaded cached tiny model %s (%.2f s)", final, model.pretrain_info["seconds"])
+        return model, tok
+
+    t0 = time.perf_counter()
+    tok = train_tokenizer(texts_for_tokenizer, tok_vocab)
+    model = build_tiny(spec, tok, seed)
+    losses = pretrain(model, tok, examples, steps, lr, batch_size, seed, max_len, progress=progress)
+    seconds = time.perf_counter() - t0
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    os.chmod(tmp, 0o755)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "pretrain.json").write_text(json.dumps({
+            "spec": dataclasses.asdict(spec), "steps": steps, "lr": lr,
+            "batch_size": batch_size, "seed": seed, "max_len": max_len,
+            "tokenizer_vocab_size": tok_vocab, "n_examples": len(examples),
+            "seconds": seconds, "losses": losses,
+        }, indent=1))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first: keep its entry
+            if not (final / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("pretrained tiny model %s in %.1f s (loss %.3f -> %.3f)",
+             final, seconds, losses[0] if losses else float("nan"),
+             losses[-1] if losses else float("nan"))
+    model.pretrain_info = {"cached": False, "path": str(final), "losses": losses, "seconds": seconds}
+    return model, tok
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_local(
+    path: str | os.PathLike, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local Hugging Face causal-LM checkpoint folder (model + tokenizer).
+
+    Only safetensors weights are read (``use_safetensors=True``; pickled ``.bin`` files are
+    never loaded), ``trust_remote_code=False``, local files only, eager attention.
+    Raises ``FileNotFoundError`` if the folder has no ``*.safetensors`` weights.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    if not any(path.glob("*.safetensors")):
+        others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf"))
+        hint = f" (found {', '.join(others)}; only safetensors are loaded)" if others else ""
+        raise FileNotFoundError(f"no *.safetensors weights in {path}{hint}")
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), use_safetensors=True, trust_remote_code=False, local_files_only=True,
+        attn_implementation="eager", dtype=dtype,
+    )
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def response_logprob(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response: str,
+    include_end: bool = True,
+) -> float:
+    """Sum of the log-probs of ``response``'s tokens given the chat-formatted ``prompt``.
+
+    With ``include_end`` (default) the end-of-turn token is counted too, i.e. the
+    probability of answering exactly ``response`` and stopping (the training target of
+    :func:`pretrain`). No truncation.
+    """
+    e = encode_example(tokenizer, prompt, response, None)
+    if not include_end and e["labels"][-1] == tokenizer.eos_token_id:
+        e["labels"][-1] = IGNORE_INDEX
+    batch = collate([e], tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    return token_logprobs(model, batch).sum().item()
+
+
+@torch.no_grad()
+def greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy chat responses to ``prompts`` (left-padded batches, stop at eos).
+
+    Returns the decoded responses without the prompt and without special tokens. Prompts
+    too long for the model's context keep their last tokens.
+    """
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    limit = _max_positions(model)
+    was_training = model.training
+    model.eval()
+    out: list[str] = []
+    for s in range(0, len(prompts), batch_size):
+        enc = []
+        for p in prompts[s:s + batch_size]:
+            ids = encode_prompt(tokenizer, p)
+            if limit is not None and len(ids) + max_new_tokens > limit:
+                ids = ids[len(ids) - max(1, limit - max_new_tokens):]
+            enc.append({"input_ids": ids})
+        batch = collate(enc, pad, side="left")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        n = ids.shape[1]
+        done = torch.zeros(len(enc), dtype=torch.bool)
+        new = []
+        past = None
+        cur_ids, pos = ids, _position_ids(mask)
+        for _ in range(max_new_tokens):
+            o = model(input_ids=cur_ids, attention_mask=mask, position_ids=pos,
+                      past_key_values=past, use_cache=True)
+            past = o.past_key_values
+            nxt = o.logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            new.append(nxt)
+            done |= nxt == eos
+            if done.all():
+                break
+            cur_ids = nxt.unsqueeze(-1)
+            pos = pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(cur_ids)], dim=-1)
+        gen = torch.stack(new, dim=1) if new else ids[:, n:]
+        for row in gen.tolist():
+            if eos in row:
+                row = row[: row.index(eos)]
+            out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    model.train(was_training)
+    return out

@@ -1,0 +1,79 @@
+"""The victim's benign update, and the loss every stage shares.
+
+Default (the paper's): one full-batch SGD step, lr 1e-4, on 32 benign samples, mean token
+cross-entropy over response tokens, updating the shipped adapter. Options: optimizer
+(``sgd`` | ``adam``), lr, number of steps, batch size, and which parameters move
+(``adapter``: the shipped LoRA weights; ``all``: every weight of the merged model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm.data.schema import Example
+from llm.models import collate, encode_pairs, response_loss
+
+
+def batch_of(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], max_len: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 off the response)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return collate(encode_pairs(tokenizer, pairs, max_len), pad)
+
+
+def pairs(examples: list[Example], target: str = "aligned") -> list[tuple[str, str]]:
+    return [(e.prompt, getattr(e, target)) for e in examples]
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    optimizer: str = "sgd"
+    lr: float = 1e-4
+    steps: int = 1
+    batch_size: int = 32  # ≥ len(update set) means full batch
+    params: str = "adapter"  # adapter | all
+    max_len: int = 96
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"update.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.params not in ("adapter", "all"):
+            raise ValueError(f"update.params must be 'adapter' or 'all', got {self.params!r}")
+        if self.lr <= 0 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"update needs lr > 0, steps ≥ 1, batch_size ≥ 1: {self}")
+
+
+def trainable(model: PreTrainedModel, which: str) -> list[torch.nn.Parameter]:
+    """Select what the victim updates; ``adapter`` keeps only LoRA weights trainable."""
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(which == "all" or "lora_" in name)
+        if p.requires_grad:
+            params.append(p)
+    if not params:
+        raise ValueError("update.params=adapter but the model has no LoRA adapter; use params=all")
+    return params
+
+
+def victim_update(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+                  spec: UpdateSpec) -> PreTrainedModel:
+    """Apply the victim's update in place (merging the adapter first for ``params=all``)."""
+    if spec.params == "all" and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.train()
+    params = trainable(model, spec.params)
+    opt = (torch.optim.SGD(params, lr=spec.lr) if spec.optimizer == "sgd"
+           else torch.optim.Adam(params, lr=spec.lr))
+    gen = torch.Generator().manual_seed(spec.seed)
+    data = pairs(examples)
+    for _ in range(spec.steps):
+        order = torch.randperm(len(data), generator=gen)[: spec.batch_size].tolist()
+        batch = batch_of(tokenizer, [data[i] for i in order], spec.max_len)
+        opt.zero_grad()
+        response_loss(model, batch).backward()
+        opt.step()
+    model.eval()
+    return model
