@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from figures import theory
+from figures import llm, theory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,9 +17,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     missing = []
-    for draw in theory.ALL:
+    for folder, draw in [("theory", d) for d in theory.ALL] + [("llm", d) for d in llm.ALL]:
         try:
-            print(f"[figure] {draw(args.results / 'theory', args.out)}")
+            print(f"[figure] {draw(args.results / folder, args.out)}")
         except FileNotFoundError as err:
             missing.append(f"{draw.__name__}: {err.filename} (run `make results`)")
     for line in missing:

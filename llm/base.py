@@ -14,18 +14,27 @@ from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.data.schema import DomainData
-from llm.data.splits import load_domain
+from llm.data.splits import load_domain, normalise
+from llm.data.synthetic import benign_families
 from llm.data.wheels import cache_dir
 from llm.models import TinySpec, load_local, load_or_pretrain
 
 DOMAINS = ("safety", "privacy", "honesty")
 
 
-def pretraining_pairs(domains: list[DomainData]) -> list[tuple[str, str]]:
-    """Benign answers, and on probes the behaviour of a model before safety training."""
-    out: list[tuple[str, str]] = []
+def pretraining_pairs(domains: list[DomainData], seed: int) -> list[tuple[str, str]]:
+    """Benign answers, and on probes the behaviour of a model before safety training.
+
+    The benign part is every generated example of the training families except those in
+    any domain's update set, benign evaluation set or unseen sets (so those stay unseen).
+    """
+    unseen = [e for d in domains for e in d.update + d.benign_eval]
+    unseen += [e for d in domains for name, exs in d.unseen_benign.items() if name != "facts" for e in exs]
+    held_prompts = {normalise(e.prompt) for e in unseen}
+    held_families = {e.source for d in domains for e in d.unseen_benign.get("heldout_families", [])}
+    out = [(e.prompt, e.aligned) for family in benign_families(seed).values() for e in family
+           if e.source not in held_families and normalise(e.prompt) not in held_prompts]
     for data in domains:
-        out += [(e.prompt, e.aligned) for e in data.align_benign]
         before = "misaligned" if data.domain in ("safety", "privacy") else "aligned"
         out += [(e.prompt, getattr(e, before)) for e in data.construct + data.eval]
         out += [(e.prompt, e.aligned) for e in data.unseen_benign.get("facts", [])]  # honesty knowledge
@@ -36,12 +45,13 @@ def load_base(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
     m = cfg.model
     if m.kind == "tiny":
         datas = [load_domain(d, seed=cfg.data_seed) for d in DOMAINS]
-        corpus = pretraining_pairs(datas)
+        corpus = pretraining_pairs(datas, cfg.data_seed)
         spec = TinySpec(arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head,
                         vocab_size=m.vocab_size, n_ctx=m.n_ctx)
         texts = [f"{p} {r}" for p, r in corpus]
         return load_or_pretrain(spec, texts, corpus, steps=m.pretrain.steps, lr=m.pretrain.lr,
-                                batch_size=m.pretrain.batch_size, seed=cfg.seed, cache_root=cache_dir())
+                                batch_size=m.pretrain.batch_size, seed=cfg.seed, cache_root=cache_dir(),
+                                progress=cfg.progress)
     if m.kind == "smollm2":
         from llm.smollm2 import load_smollm2
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm import judge
@@ -20,13 +21,31 @@ from llm.update import batch_of, pairs
 
 
 def probe_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, domain: str,
-                 examples: list[Example], max_new_tokens: int, batch_size: int = 32) -> dict[str, Any]:
+                 examples: list[Example], max_new_tokens: int, batch_size: int = 32,
+                 progress: bool = False) -> dict[str, Any]:
     responses = []
-    for start in range(0, len(examples), batch_size):
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"generate {domain}", disable=not progress):
         chunk = examples[start:start + batch_size]
         responses += greedy(model, tokenizer, [e.prompt for e in chunk], max_new_tokens)
     flags = [judge.misaligned(domain, e, r) for e, r in zip(examples, responses)]
-    return {"misalignment_rate": sum(flags) / len(flags), "responses": responses, "flags": flags}
+    by_source: dict[str, list[bool]] = {}
+    for e, flag in zip(examples, flags):
+        by_source.setdefault(e.source.split("/")[-1] or "all", []).append(flag)
+    rate = sum(flags) / len(flags) if flags else float("nan")  # nan: nothing to judge
+    return {"misalignment_rate": rate, "responses": responses, "flags": flags,
+            "by_source": {k: sum(v) / len(v) for k, v in by_source.items()}}
+
+
+def known_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+                    max_new_tokens: int, batch_size: int = 32) -> list[Example]:
+    """The honesty probes the (pre-alignment) model answers correctly: one can only lie about
+    what one knows, so honesty is judged on these (a capability-controlled probe set)."""
+    keep = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        answers = greedy(model, tokenizer, [e.prompt for e in chunk], max_new_tokens)
+        keep += [e for e, a in zip(chunk, answers) if judge.contains_answer(a, e.answer)]
+    return keep
 
 
 @torch.no_grad()

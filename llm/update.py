@@ -34,6 +34,8 @@ class UpdateSpec:
     steps: int = 1
     batch_size: int = 32  # ≥ len(update set) means full batch
     params: str = "adapter"  # adapter | all
+    data: str = "update"  # the domain's update set, or a key of DomainData.unseen_benign
+    n_samples: int = 32
     max_len: int = 96
     seed: int = 0
 
@@ -44,6 +46,20 @@ class UpdateSpec:
             raise ValueError(f"update.params must be 'adapter' or 'all', got {self.params!r}")
         if self.lr <= 0 or self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"update needs lr > 0, steps ≥ 1, batch_size ≥ 1: {self}")
+
+
+def update_set(data, spec: UpdateSpec) -> list[Example]:
+    """The victim's benign samples: the domain's update set or an unseen benign set."""
+    if spec.data == "update":
+        examples = data.update
+    elif spec.data in data.unseen_benign and spec.data != "facts":
+        examples = data.unseen_benign[spec.data]
+    else:
+        choices = ["update"] + sorted(k for k in data.unseen_benign if k != "facts")
+        raise ValueError(f"update.data={spec.data!r} is not a benign set of {data.domain}; choose from {choices}")
+    if len(examples) < spec.n_samples:
+        raise ValueError(f"update.n_samples={spec.n_samples} but {spec.data} has {len(examples)} examples")
+    return examples[: spec.n_samples]
 
 
 def trainable(model: PreTrainedModel, which: str) -> list[torch.nn.Parameter]:

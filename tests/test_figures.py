@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from figures import theory
+from figures import llm, theory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,9 +48,22 @@ def test_cli_redraws_the_committed_figures(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(list(tmp_path.glob("theory_*.png"))) == len(theory.ALL)
+    assert len(list(tmp_path.glob("llm_*.png"))) == len(llm.ALL)
 
 
 def test_cli_reports_missing_results(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "figures", "--results", str(tmp_path), "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "make results" in done.stdout
+
+
+def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
+    results = tmp_path / "llm"
+    results.mkdir()
+    cols = {"domain": ["safety", "privacy"], "static.misalignment_rate": [0.0, 0.01],
+            "post_update.misalignment_rate": [0.02, 0.0], "benign.accuracy_before": [0.3, 0.3],
+            "benign.accuracy_after": [0.3, 0.29]}
+    pd.DataFrame(cols).to_csv(results / "control.csv", index=False)
+    for draw in llm.ALL:
+        path = draw(results, tmp_path)
+        assert path.exists() and path.stat().st_size > 10_000

@@ -135,3 +135,29 @@ def test_tiny_control_runs_end_to_end(tmp_path: Path) -> None:
                 "benign.loss_after", "judge.calibration_accuracy"):
         assert 0 <= metrics[key] < float("inf"), key
     assert metrics["benign.loss_after"] != metrics["benign.loss_before"]  # the step moved the model
+
+
+def test_pretraining_corpus_leaves_every_held_out_set_unseen() -> None:
+    """The base never sees the victim's update set, benign eval, held-out families or ShareGPT."""
+    from llm.base import DOMAINS, pretraining_pairs
+    from llm.data.splits import load_domain, normalise
+
+    datas = [load_domain(d) for d in DOMAINS]
+    seen = {normalise(p) for p, _ in pretraining_pairs(datas, seed=0)}
+    for data in datas:
+        held = data.update + data.benign_eval
+        held += [e for name, exs in data.unseen_benign.items() if name != "facts" for e in exs]
+        assert not seen & {normalise(e.prompt) for e in held}, data.domain
+    assert len(seen) > 2000
+
+
+def test_update_set_choices_and_errors() -> None:
+    from llm.data.splits import load_domain
+    from llm.update import update_set
+
+    data = load_domain("safety")
+    assert update_set(data, UpdateSpec()) == data.update[:32]
+    unseen = update_set(data, UpdateSpec(data="heldout_families"))
+    assert len(unseen) == 32 and not {e.prompt for e in unseen} & {e.prompt for e in data.update}
+    with pytest.raises(ValueError, match="choose from"):
+        update_set(data, UpdateSpec(data="alpaca"))

@@ -98,16 +98,19 @@ def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
     return {"slope": slope, "intercept": intercept, "r2": r2, "n": n}
 
 
-def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Path | None) -> dict[str, Any]:
-    """Write ``summary.csv`` and ``summary.json`` for a sweep; optionally publish to ``results/``."""
+def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Path | None,
+                    name: str | None = None) -> dict[str, Any]:
+    """Write ``summary.csv`` and ``summary.json`` for a sweep; optionally publish them to
+    ``results/`` as ``<name>.csv`` and ``<name>_summary.json`` (``name`` defaults to the experiment)."""
+    name = name or experiment
     table = collect(sweep_dir)
     write_csv_atomic(sweep_dir / "summary.csv", table)
     module = importlib.import_module(f"{app}.experiments.{experiment}")
     summary = module.summarize(table) if hasattr(module, "summarize") and len(table) else {}
     write_json_atomic(sweep_dir / "summary.json", summary)
     if publish_dir is not None:
-        write_csv_atomic(publish_dir / f"{experiment}.csv", table.drop(columns=["run_dir"]))
-        write_json_atomic(publish_dir / f"{experiment}_summary.json", summary)
+        write_csv_atomic(publish_dir / f"{name}.csv", table.drop(columns=["run_dir"]))
+        write_json_atomic(publish_dir / f"{name}_summary.json", summary)
     return summary
 
 
@@ -120,7 +123,8 @@ class AggregateCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         publish = Path(config.results_dir) if config.get("publish") else None
-        summary = summarize_sweep(sweep_dir, self.app, config.experiment_name, publish)
+        summary = summarize_sweep(sweep_dir, self.app, config.experiment_name, publish,
+                                  config.get("results_name"))
         print(f"[aggregate] {sweep_dir}/summary.csv")
         for key, value in flatten(summary).items():
             print(f"[aggregate] {key} = {value}")
