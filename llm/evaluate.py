@@ -15,8 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm import judge
 from llm.data.schema import Example
-from llm.models import greedy
-from llm.models import response_loss
+from llm.models import greedy, response_loss
 from llm.update import batch_of, pairs
 
 

@@ -178,12 +178,18 @@ def token_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> to
     return out * valid
 
 
-def response_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the response tokens of ``batch`` (differentiable, any order)."""
+def response_loss(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy over the response tokens of ``batch`` (differentiable, any order).
+
+    With ``params`` (a partial name → tensor dict), the model is evaluated at those values
+    through ``torch.func.functional_call``: what a meta-gradient through a step needs.
+    """
     mask = batch["attention_mask"]
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask)
-    ).logits[:, :-1]
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask))
+    out = model(**inputs) if params is None else torch.func.functional_call(model, params, (), inputs)
+    logits = out.logits[:, :-1]
     targets = batch["labels"][:, 1:]
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX

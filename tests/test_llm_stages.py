@@ -16,9 +16,8 @@ from llm import judge
 from llm.align import add_lora
 from llm.data.schema import Example
 from llm.data.sources import refusal_calibration
-from llm.models import TinySpec, build_tiny
+from llm.models import TinySpec, build_tiny, response_loss
 from llm.tokenizer import train_tokenizer
-from llm.models import response_loss
 from llm.update import UpdateSpec, batch_of, victim_update
 
 ROOT = Path(__file__).resolve().parent.parent
