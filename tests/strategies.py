@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from theory.models import ACTIVATIONS, DTYPE, Net
 
-SETTINGS = settings(max_examples=25, deadline=None, database=None)
+# derandomize: CI sees the same examples every run (seeds that reproduce); raise
+# max_examples locally to explore more.
+SETTINGS = settings(max_examples=25, deadline=None, database=None, derandomize=True)
 LOSSES = ("cross_entropy", "square")
 
 

@@ -66,7 +66,7 @@ def test_search_flips_a_gelu_twin() -> None:
     assert result.success
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), n_units=st.integers(0, 6), kind=st.sampled_from(["pairs", "dead"]),
        activation=st.sampled_from(["relu", "leaky_relu", "gelu"]))
 def test_redundant_unit_fiber_is_forward_exact_everywhere(seed, n_units, kind, activation) -> None:
@@ -82,7 +82,7 @@ def test_redundant_unit_fiber_is_forward_exact_everywhere(seed, n_units, kind, a
     assert torch.allclose(widened(net, twin).forward(twin, x), net.forward(base, x), atol=1e-9, rtol=1e-9)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), extra=st.integers(0, 5), depth=st.integers(2, 4))
 def test_linear_fiber_keeps_the_end_to_end_map(seed, extra, depth) -> None:
     gen = torch.Generator().manual_seed(seed)

@@ -36,9 +36,10 @@ def test_two_layer_linear_step_matches_closed_form(setup, lr):
 
 
 @SETTINGS
-@given(setup=setups(activation="gelu", min_out=2), eta=st.floats(0.005, 0.02))
+@given(setup=setups(activation="gelu", min_out=2), eta=st.floats(0.001, 0.004))
 def test_ntk_prediction_error_is_second_order(setup, eta):
-    """For a gelu net, |exact step − NTK prediction| shrinks ≈100× when η shrinks 10×."""
+    """For a gelu net, |exact step − NTK prediction| shrinks ≈100× when η shrinks 10×
+    (η small enough that the third-order term cannot bend the ratio out of [50, 200])."""
     net, params, n, gen, loss = setup
     x, y = random_data(net, n, gen, loss)
     x_test = torch.randn(4, net.widths[0], generator=gen, dtype=DTYPE)
@@ -79,7 +80,7 @@ def test_gd_step_is_theta_minus_lr_gradient_and_steps_compose(setup, lr):
         assert torch.allclose(two[k], again[k], atol=1e-12, rtol=1e-12), k
 
 
-@settings(max_examples=10, deadline=None, database=None)
+@settings(max_examples=10, deadline=None, database=None, derandomize=True)
 @given(seed=st.integers(0, 2**31 - 1), loss=st.sampled_from(LOSSES), lr=st.floats(0.05, 0.5))
 def test_gd_step_is_differentiable(seed, loss, lr):
     """autograd through gd_step matches central finite differences (float64, rel. err. < 1e-6)."""
