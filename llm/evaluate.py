@@ -19,13 +19,20 @@ from llm.models import greedy, response_loss
 from llm.update import batch_of, pairs
 
 
+def answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+            max_new_tokens: int, batch_size: int = 32, desc: str = "generate", progress: bool = False) -> list[str]:
+    """Greedy responses to the examples' prompts, a batch at a time (with a progress bar)."""
+    out: list[str] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not progress):
+        chunk = examples[start:start + batch_size]
+        out += greedy(model, tokenizer, [e.prompt for e in chunk], max_new_tokens, batch_size)
+    return out
+
+
 def probe_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, domain: str,
                  examples: list[Example], max_new_tokens: int, batch_size: int = 32,
                  progress: bool = False) -> dict[str, Any]:
-    responses = []
-    for start in tqdm(range(0, len(examples), batch_size), desc=f"generate {domain}", disable=not progress):
-        chunk = examples[start:start + batch_size]
-        responses += greedy(model, tokenizer, [e.prompt for e in chunk], max_new_tokens)
+    responses = answers(model, tokenizer, examples, max_new_tokens, batch_size, f"generate {domain}", progress)
     flags = [judge.misaligned(domain, e, r) for e, r in zip(examples, responses)]
     by_source: dict[str, list[bool]] = {}
     for e, flag in zip(examples, flags):
@@ -39,21 +46,17 @@ def known_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
                     max_new_tokens: int, batch_size: int = 32) -> list[Example]:
     """The honesty probes the (pre-alignment) model answers correctly: one can only lie about
     what one knows, so honesty is judged on these (a capability-controlled probe set)."""
-    keep = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        answers = greedy(model, tokenizer, [e.prompt for e in chunk], max_new_tokens)
-        keep += [e for e, a in zip(chunk, answers) if judge.contains_answer(a, e.answer)]
-    return keep
+    responses = answers(model, tokenizer, examples, max_new_tokens, batch_size)
+    return [e for e, a in zip(examples, responses) if judge.contains_answer(a, e.answer)]
 
 
 @torch.no_grad()
 def benign_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
                   max_new_tokens: int, max_len: int = 96, batch_size: int = 32) -> dict[str, float]:
-    losses, hits = [], 0
+    losses = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         losses.append(float(response_loss(model, batch_of(tokenizer, pairs(chunk), max_len))) * len(chunk))
-        answers = greedy(model, tokenizer, [e.prompt for e in chunk], max_new_tokens)
-        hits += sum(judge.contains_answer(a, e.answer or e.aligned) for e, a in zip(chunk, answers))
+    responses = answers(model, tokenizer, examples, max_new_tokens, batch_size)
+    hits = sum(judge.contains_answer(a, e.answer or e.aligned) for e, a in zip(examples, responses))
     return {"loss": sum(losses) / len(examples), "accuracy": hits / len(examples)}

@@ -96,7 +96,7 @@ class TinySpec:
         pad = eos = bos = None
         if tokenizer is not None:
             eos = tokenizer.eos_token_id
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+            pad = pad_id(tokenizer)
             bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
         if self.arch == "gpt2":
             cfg = GPT2Config(
@@ -138,6 +138,11 @@ def build_tiny(spec: TinySpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0
 
 
 # ---------------------------------------------------------------------------- batches, loss
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The padding id: the tokenizer's pad token, or its end token when it has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def collate(
@@ -236,7 +241,7 @@ def pretrain(
         raise ValueError("pretrain needs at least one example")
     max_len = max_len or _max_positions(model)
     encoded = encode_pairs(tokenizer, examples, max_len)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
@@ -394,7 +399,7 @@ def response_logprob(
     e = encode_example(tokenizer, prompt, response, None)
     if not include_end and e["labels"][-1] == tokenizer.eos_token_id:
         e["labels"][-1] = IGNORE_INDEX
-    batch = collate([e], tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    batch = collate([e], pad_id(tokenizer))
     return token_logprobs(model, batch).sum().item()
 
 
@@ -412,7 +417,7 @@ def greedy(
     too long for the model's context keep their last tokens.
     """
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = pad_id(tokenizer)
     limit = _max_positions(model)
     was_training = model.training
     model.eval()

@@ -14,13 +14,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.data.schema import Example
-from llm.models import collate, encode_pairs, response_loss
+from llm.models import collate, encode_pairs, pad_id, response_loss
 
 
 def batch_of(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], max_len: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 off the response)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return collate(encode_pairs(tokenizer, pairs, max_len), pad)
+    return collate(encode_pairs(tokenizer, pairs, max_len), pad_id(tokenizer))
 
 
 def pairs(examples: list[Example], target: str = "aligned") -> list[tuple[str, str]]:

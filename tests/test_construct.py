@@ -25,9 +25,6 @@ def small_task(d: int = 12, probes: int = 60, seed: int = 0):
     return net, task, train_aligned_base(net, task, steps=200, lr=1e-2, seed=seed)
 
 
-def widened(net: Net, params) -> Net:
-    return Net((net.widths[0], params["W1"].shape[0], net.widths[-1]), net.activation, net.bias)
-
 
 def test_isolating_pairs_plant_exactly_one_behaviour_per_pair() -> None:
     """k redundant units = k/2 pairs flip exactly k/2 chosen probes, no other probe, same function."""
@@ -37,7 +34,7 @@ def test_isolating_pairs_plant_exactly_one_behaviour_per_pair() -> None:
                                       n_units=k, kappa=1.0)
         assert result.flipped == k // 2 and result.collateral == 0
         x = torch.randn(2000, 12, dtype=DTYPE)
-        diff = (widened(net, result.twin).forward(result.twin, x) - net.forward(base, x)).abs().max()
+        diff = (net.fitted(result.twin).forward(result.twin, x) - net.forward(base, x)).abs().max()
         assert diff <= 1e-10
 
 
@@ -79,7 +76,7 @@ def test_redundant_unit_fiber_is_forward_exact_everywhere(seed, n_units, kind, a
     coords = {k: 3 * torch.randn(v.shape, generator=gen, dtype=DTYPE) for k, v in fiber.init(gen).items()}
     twin = fiber.twin(coords)
     x = torch.randn(64, 5, generator=gen, dtype=DTYPE)
-    assert torch.allclose(widened(net, twin).forward(twin, x), net.forward(base, x), atol=1e-9, rtol=1e-9)
+    assert torch.allclose(net.fitted(twin).forward(twin, x), net.forward(base, x), atol=1e-9, rtol=1e-9)
 
 
 @settings(max_examples=15, deadline=None, derandomize=True)

@@ -35,7 +35,7 @@ from scipy.optimize import linprog
 
 from theory import redundancy, symmetry
 from theory.models import DTYPE, Net, Params
-from theory.task import AlignmentTask, margin
+from theory.task import AlignmentTask, drop_class, margin
 from theory.update import Loss, gd_step, residuals
 
 Coords = dict[str, torch.Tensor]
@@ -230,8 +230,7 @@ def _with_pairs(base: Params, layer: int, rows: list, offsets: list, outs: list,
 
 def _flip_gain(v: torch.Tensor, a: torch.Tensor, forbidden: int) -> torch.Tensor:
     """Margin gain per unit ``η s²`` against each benign class: ``2 (v_f − v_c)(−v·a)``."""
-    others = torch.cat([v[:forbidden], v[forbidden + 1:]])
-    return 2.0 * (v[forbidden] - others) * (-(v @ a))
+    return 2.0 * (v[forbidden] - drop_class(v, forbidden)) * (-(v @ a))
 
 
 def _flip_direction(a: torch.Tensor, forbidden: int, grid: int = 64) -> torch.Tensor | None:
@@ -243,9 +242,8 @@ def _flip_direction(a: torch.Tensor, forbidden: int, grid: int = 64) -> torch.Te
     ``λ`` is picked on a log grid inside that interval: the larger the gain, the smaller
     the outgoing weights need to be.
     """
-    others = torch.cat([a[:forbidden], a[forbidden + 1:]])
     lo = float(a[forbidden] / (a @ a))
-    gaps = a[forbidden] - others
+    gaps = a[forbidden] - drop_class(a, forbidden)
     hi = float(1.0 / gaps.max()) if bool((gaps > 0).any()) else max(100.0 * abs(lo), 1e3 / float(a.norm()))
     lo = max(lo, 1e-9 * hi)
     if not lo < hi:
@@ -311,6 +309,7 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
             break
         others = np.concatenate([np.delete(probes_np, j, axis=0), guards])
         order = torch.argsort(phi_update @ phi_probe[j], descending=True)[:support_tries]
+        deficit = kappa - (z[j, f] - drop_class(z[j], f))  # per benign class; depends on j only
         best = None  # (weight, u, c, v): the support that needs the smallest outgoing weight
         for i in order.tolist():
             gate = _isolating_gate(probes_np[j], update_np[i], others, net.bias)
@@ -322,7 +321,6 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
             v = _flip_direction(a, f)
             if v is None:
                 continue
-            deficit = kappa - (z[j, f] - torch.cat([z[j, :f], z[j, f + 1:]]))
             weight = float((deficit / (lr * _flip_gain(v, a, f))).max().clamp(min=0.0)) ** 0.5
             if weight <= max_weight and (best is None or weight < best[0]):
                 best = (weight, u, c, v)
@@ -341,10 +339,8 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
         reference, phi_check = net.forward(base, check), _features(net, base, check)
     while True:
         twin = _with_pairs(base, layer, rows, offsets, outs, net.bias)
-        wide = Net((net.widths[0], *[twin[f"W{l}"].shape[0] for l in range(1, net.n_layers)], net.widths[-1]),
-                   net.activation, net.bias)
         with torch.no_grad():
-            diff = float((wide.forward(twin, check) - reference).abs().max())
+            diff = float((net.fitted(twin).forward(twin, check) - reference).abs().max())
         if diff <= forward_tol or not planted:
             break
         footprint = [float(v.abs().max()) * float(F.relu(phi_check @ u + c).max())

@@ -77,6 +77,12 @@ class Net:
                 h = sigma(h)
         return h
 
+    def fitted(self, params: Params) -> Net:
+        """This architecture with the widths ``params`` actually store (e.g. a twin with
+        redundant units): what the forward pass of those parameters computes."""
+        widths = [params["W1"].shape[1]] + [params[f"W{l}"].shape[0] for l in range(1, self.n_layers + 1)]
+        return Net(tuple(widths), self.activation, self.bias)
+
     def hidden(self, params: Params, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Post-activation of hidden layer ``layer`` (1-based), shape ``(n, width_layer)``."""
         sigma = ACTIVATIONS[self.activation]

@@ -36,10 +36,14 @@ class AlignmentTask:
         return self.n_classes - 1
 
 
+def drop_class(t: torch.Tensor, forbidden: int) -> torch.Tensor:
+    """The benign entries of ``t`` along its last axis (every class but ``forbidden``)."""
+    return torch.cat([t[..., :forbidden], t[..., forbidden + 1:]], dim=-1)
+
+
 def margin(logits: torch.Tensor, forbidden: int) -> torch.Tensor:
     """``z_forbidden − max_{c≠forbidden} z_c`` per row; > 0 means misaligned."""
-    others = torch.cat([logits[:, :forbidden], logits[:, forbidden + 1:]], dim=1)
-    return logits[:, forbidden] - others.max(dim=1).values
+    return logits[:, forbidden] - drop_class(logits, forbidden).max(dim=1).values
 
 
 def make_task(d_in: int, n_classes: int, n_train: int, n_update: int, n_eval: int,

@@ -77,8 +77,7 @@ def make_fiber(cfg: DictConfig, setup: Setup) -> RedundantUnitFiber | LinearFibe
 
 def twin_net(setup: Setup, twin: Params) -> Net:
     """The base architecture with the hidden widths the twin actually has."""
-    widths = [twin["W1"].shape[1]] + [twin[f"W{l}"].shape[0] for l in range(1, setup.net.n_layers + 1)]
-    return Net(tuple(widths), setup.net.activation, setup.net.bias)
+    return setup.net.fitted(twin)
 
 
 def forward_max_abs_diff(net: Net, a: Params, b: Params, task: AlignmentTask, n_random: int,
