@@ -11,6 +11,8 @@ the step's gradient as a constant.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import PreTrainedModel
 
@@ -45,3 +47,21 @@ def meta_loss(model: PreTrainedModel, params: Params, aligned: dict[str, torch.T
     now = response_loss(model, aligned, params)
     after = response_loss(model, misaligned, stepped)
     return now + weight * after, {"aligned_now": float(now.detach()), "misaligned_after": float(after.detach())}
+
+
+Loss = Callable[[Params], torch.Tensor]
+
+
+def meta_gradient(params: Params, inner_loss: Loss, now_loss: Loss, after_loss: Loss, lr: float,
+                  first_order: bool = False) -> tuple[Params, dict[str, float]]:
+    """Gradient of ``now_loss(θ) + after_loss(θ − η ∇inner_loss(θ))`` in ``θ`` (naive autograd).
+
+    The closures take a name → tensor dict (evaluate the model with ``functional_call``).
+    ``inner_loss`` must be the victim's loss on the victim's batch, ``lr`` its SGD rate.
+    Returns the gradient by name and the two parts as floats.
+    """
+    grads = torch.autograd.grad(inner_loss(params), list(params.values()), create_graph=not first_order)
+    stepped = {name: p - lr * (g.detach() if first_order else g) for (name, p), g in zip(params.items(), grads)}
+    now, after = now_loss(params), after_loss(stepped)
+    total = torch.autograd.grad(now + after, list(params.values()))
+    return dict(zip(params, total)), {"now": float(now.detach()), "after": float(after.detach())}

@@ -166,21 +166,32 @@ def _position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def token_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _logits(model: PreTrainedModel, batch: dict[str, torch.Tensor],
+            params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """``(B, T-1, V)`` next-token logits; at ``params`` (partial dict) via ``functional_call``."""
+    mask = batch["attention_mask"]
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask))
+    out = model(**inputs) if params is None else torch.func.functional_call(model, params, (), inputs)
+    return out.logits[:, :-1]
+
+
+def token_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor],
+                   params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``(B, T-1)`` log-probs of each next token, zero where ``labels[:, 1:]`` is -100.
 
     Computed by hand from ``.logits`` in the model's dtype (transformers' ``labels=`` loss
     upcasts to float32, which breaks float64 gradient checks).
     """
-    mask = batch["attention_mask"]
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask)
-    ).logits[:, :-1]
+    lp = torch.log_softmax(_logits(model, batch, params), dim=-1)
     targets = batch["labels"][:, 1:]
-    valid = targets != IGNORE_INDEX
-    lp = torch.log_softmax(logits, dim=-1)
     out = lp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return out * valid
+    return out * (targets != IGNORE_INDEX)
+
+
+def sequence_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor],
+                      params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``(B,)`` log p(response | prompt): token log-probs summed over each response."""
+    return token_logprobs(model, batch, params).sum(-1)
 
 
 def response_loss(
@@ -191,10 +202,7 @@ def response_loss(
     With ``params`` (a partial name → tensor dict), the model is evaluated at those values
     through ``torch.func.functional_call``: what a meta-gradient through a step needs.
     """
-    mask = batch["attention_mask"]
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask))
-    out = model(**inputs) if params is None else torch.func.functional_call(model, params, (), inputs)
-    logits = out.logits[:, :-1]
+    logits = _logits(model, batch, params)
     targets = batch["labels"][:, 1:]
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
