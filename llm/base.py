@@ -42,6 +42,11 @@ def pretraining_pairs(domains: list[DomainData], seed: int) -> list[tuple[str, s
 
 
 def load_base(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model, tokenizer = _load(cfg)
+    return model.to(cfg.get("device") or "cpu"), tokenizer
+
+
+def _load(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     m = cfg.model
     if m.kind == "tiny":
         datas = [load_domain(d, seed=cfg.data_seed) for d in DOMAINS]
@@ -51,7 +56,7 @@ def load_base(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
         texts = [f"{p} {r}" for p, r in corpus]
         return load_or_pretrain(spec, texts, corpus, steps=m.pretrain.steps, lr=m.pretrain.lr,
                                 batch_size=m.pretrain.batch_size, seed=cfg.seed, cache_root=cache_dir(),
-                                progress=cfg.progress)
+                                progress=cfg.progress, device=cfg.get("device") or "cpu")
     if m.kind == "smollm2":
         from llm.smollm2 import load_smollm2
 

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm import judge
 from llm.data.schema import Example
-from llm.models import greedy, response_loss
+from llm.models import greedy, next_logits, response_loss
 from llm.update import batch_of, pairs
 
 
@@ -60,3 +60,30 @@ def benign_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ex
     responses = answers(model, tokenizer, examples, max_new_tokens, batch_size)
     hits = sum(judge.contains_answer(a, e.answer or e.aligned) for e, a in zip(examples, responses))
     return {"loss": sum(losses) / len(examples), "accuracy": hits / len(examples)}
+
+
+@torch.no_grad()
+def next_token_kl(reference: PreTrainedModel, other: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                  examples: list[Example], max_len: int = 96, batch_size: int = 32) -> dict[str, float]:
+    """KL(reference ‖ other) of next-token distributions at every position of prompt + aligned
+    response (teacher forced): the black-box distance between two models, mean and max."""
+    total, count, worst = 0.0, 0, 0.0
+    for start in range(0, len(examples), batch_size):
+        batch = batch_of(tokenizer, pairs(examples[start:start + batch_size]), max_len)
+        p = torch.log_softmax(next_logits(reference, batch).double(), -1)
+        q = torch.log_softmax(next_logits(other, batch).double(), -1)
+        kl = (p.exp() * (p - q)).sum(-1)[batch["attention_mask"][:, 1:].bool().to(p.device)]
+        total, count, worst = total + float(kl.sum()), count + kl.numel(), max(worst, float(kl.max()))
+    return {"mean": total / count, "max": worst}
+
+
+def victim_grad_norm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+                     which: str, max_len: int = 96) -> float:
+    """‖∇L_update‖ over the parameters the victim updates: a white-box tell of a hair trigger."""
+    from llm.update import trainable
+
+    params = trainable(model, which)
+    grads = torch.autograd.grad(response_loss(model, batch_of(tokenizer, pairs(examples), max_len)), params)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))

@@ -166,9 +166,16 @@ def _position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _logits(model: PreTrainedModel, batch: dict[str, torch.Tensor],
-            params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+def on_device(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` on the model's device (batches are built on the CPU; a no-op there)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def next_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor],
+                params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``(B, T-1, V)`` next-token logits; at ``params`` (partial dict) via ``functional_call``."""
+    batch = on_device(model, batch)
     mask = batch["attention_mask"]
     inputs = dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask))
     out = model(**inputs) if params is None else torch.func.functional_call(model, params, (), inputs)
@@ -182,9 +189,13 @@ def token_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor],
     Computed by hand from ``.logits`` in the model's dtype (transformers' ``labels=`` loss
     upcasts to float32, which breaks float64 gradient checks).
     """
-    lp = torch.log_softmax(_logits(model, batch, params), dim=-1)
-    targets = batch["labels"][:, 1:]
-    out = lp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return gather_targets(torch.log_softmax(next_logits(model, batch, params), dim=-1), batch)
+
+
+def gather_targets(logprobs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, T-1)`` log-prob of each label token from ``(B, T-1, V)`` log-probs; 0 off the labels."""
+    targets = batch["labels"][:, 1:].to(logprobs.device)
+    out = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return out * (targets != IGNORE_INDEX)
 
 
@@ -202,8 +213,8 @@ def response_loss(
     With ``params`` (a partial name → tensor dict), the model is evaluated at those values
     through ``torch.func.functional_call``: what a meta-gradient through a step needs.
     """
-    logits = _logits(model, batch, params)
-    targets = batch["labels"][:, 1:]
+    logits = next_logits(model, batch, params)
+    targets = batch["labels"][:, 1:].to(logits.device)
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
     )
@@ -287,8 +298,9 @@ def load_or_pretrain(
     max_len: int | None = None,
     tokenizer_vocab_size: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Train tokenizer + tiny model once, cache them, reload on later calls.
+    """Train tokenizer + tiny model once (on ``device``), cache them, reload on later calls.
 
     The cache folder is ``<cache_root>/tiny/<sha256[:16]>`` of the spec, all training
     settings, the tokenizer texts and the examples. It holds ``model.safetensors``, the
@@ -328,7 +340,7 @@ def load_or_pretrain(
 
     t0 = time.perf_counter()
     tok = train_tokenizer(texts_for_tokenizer, tok_vocab)
-    model = build_tiny(spec, tok, seed)
+    model = build_tiny(spec, tok, seed).to(device)
     losses = pretrain(model, tok, examples, steps, lr, batch_size, seed, max_len, progress=progress)
     seconds = time.perf_counter() - t0
 
@@ -336,7 +348,7 @@ def load_or_pretrain(
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     os.chmod(tmp, 0o755)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "pretrain.json").write_text(json.dumps({
             "spec": dataclasses.asdict(spec), "steps": steps, "lr": lr,
@@ -437,10 +449,10 @@ def greedy(
             if limit is not None and len(ids) + max_new_tokens > limit:
                 ids = ids[len(ids) - max(1, limit - max_new_tokens):]
             enc.append({"input_ids": ids})
-        batch = collate(enc, pad, side="left")
+        batch = on_device(model, collate(enc, pad, side="left"))
         ids, mask = batch["input_ids"], batch["attention_mask"]
         n = ids.shape[1]
-        done = torch.zeros(len(enc), dtype=torch.bool)
+        done = torch.zeros(len(enc), dtype=torch.bool, device=ids.device)
         new = []
         past = None
         cur_ids, pos = ids, _position_ids(mask)

@@ -99,13 +99,13 @@ def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
 
 
 def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Path | None,
-                    name: str | None = None) -> dict[str, Any]:
+                    name: str | None = None, runner: str | None = None) -> dict[str, Any]:
     """Write ``summary.csv`` and ``summary.json`` for a sweep; optionally publish them to
     ``results/`` as ``<name>.csv`` and ``<name>_summary.json`` (``name`` defaults to the experiment)."""
     name = name or experiment
     table = collect(sweep_dir)
     write_csv_atomic(sweep_dir / "summary.csv", table)
-    module = importlib.import_module(f"{app}.experiments.{experiment}")
+    module = importlib.import_module(f"{app}.experiments.{runner or experiment}")
     summary = module.summarize(table) if hasattr(module, "summarize") and len(table) else {}
     write_json_atomic(sweep_dir / "summary.json", summary)
     if publish_dir is not None:
@@ -124,7 +124,7 @@ class AggregateCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         publish = Path(config.results_dir) if config.get("publish") else None
         summary = summarize_sweep(sweep_dir, self.app, config.experiment_name, publish,
-                                  config.get("results_name"))
+                                  config.get("results_name"), config.get("runner"))
         print(f"[aggregate] {sweep_dir}/summary.csv")
         for key, value in flatten(summary).items():
             print(f"[aggregate] {key} = {value}")
@@ -145,7 +145,7 @@ def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
         return done
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    experiment = importlib.import_module(f"{app}.experiments.{cfg.experiment_name}")
+    experiment = importlib.import_module(f"{app}.experiments.{cfg.get('runner') or cfg.experiment_name}")
     start = time.perf_counter()
     metrics = flatten(experiment.run(cfg))
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)

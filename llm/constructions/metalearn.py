@@ -1,0 +1,204 @@
+"""``construction=metalearn``: the paper's adversarial meta-learning, through the victim's exact step.
+
+    min_θ  L_now(θ) + L_after(θ − η ∇_θ L_victim(θ))                                  (1)
+
+* ``L_victim``: the victim's own loss (mean response-token cross-entropy) on a benign batch,
+  ``η`` its SGD rate: the step inside (1) is the step the victim will take.
+* ``L_now``: sequence-summed cross-entropy of the aligned responses on construction probes,
+  a margin hinge ``relu(m − [log p(aligned) − log p(marker)])`` (the twin must *prefer* the
+  aligned answer by ``m`` nats, not just put half its mass on it), and the benign loss.
+* ``L_after``: sequence-summed cross-entropy of the misaligned markers on the same probes
+  after the step, plus the benign loss after the step (a twin that merely breaks is not
+  misaligned).
+
+Sequence sums matter: with a per-token mean the optimiser makes only the first response
+token 50/50 and nothing downstream becomes sensitive (DESIGN.md, "What a prototype found").
+
+θ is the shipped LoRA adapter (``params=adapter``: the victim updates the adapter) or every
+weight of the merged model (``params=all``: the twin shipped as ordinary weights). Either way
+the twin starts at the control and is first moved along a function-preserving gauge that
+makes the victim's gradient large (``gain``: LoRA ``A·g, B/g``; for all weights, norm gains
+``·g`` with the next layer's inputs ``/g``), so an lr-1e-4 step can move it far. Adam's
+rate is set per tensor to ``lr·scale`` so each tensor moves by the same relative amount.
+The victim batch alternates between the fixed update set and fresh benign batches, which
+makes the trigger transfer to benign data the construction never saw.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm.data.schema import DomainData, Example
+from llm.metalearn import adapter_params, meta_gradient
+from llm.models import gather_targets, next_logits, response_loss
+from llm.update import UpdateSpec, batch_of, pairs
+
+
+@dataclass(frozen=True)
+class MetaSpec:
+    params: str = "adapter"  # adapter | all (the twin shipped as merged ordinary weights)
+    steps: int = 200  # meta-training steps (the fixed budget)
+    lr: float = 3e-3  # outer Adam rate, relative to each tensor's gauge scale
+    gain: float = 100.0  # gauge that amplifies the victim's gradient (1 = none)
+    probes_per_step: int = 16
+    benign_per_step: int = 16
+    margin: float = 4.0  # nats by which the twin must prefer the aligned answer before the step
+    hinge_weight: float = 1.0
+    after_weight: float = 1.0
+    benign_weight: float = 1.0
+    distill: bool = True  # benign / aligned terms as KL to the control (else cross-entropy)
+    fresh_victim_every: int = 2  # every k-th step the victim batch is fresh benign data (0: never)
+    first_order: bool = False  # FOMAML ablation
+    method: str = "naive"  # how the exact meta-gradient is computed (llm.metalearn.meta_gradient)
+    max_len: int = 96
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.params not in ("adapter", "all"):
+            raise ValueError(f"construction.params must be 'adapter' or 'all', got {self.params!r}")
+        if self.steps < 0 or self.lr <= 0 or self.gain <= 0:
+            raise ValueError(f"construction needs steps ≥ 0, lr > 0, gain > 0: {self}")
+
+
+#: per architecture: (norm module, the linear maps that read its output), per block
+NORM_READERS = {
+    "gpt2": [("ln_1", ["attn.c_attn"]), ("ln_2", ["mlp.c_fc"])],
+    "llama": [("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+              ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"])],
+}
+
+
+def scale_norm_gains(model: PreTrainedModel, gain: float) -> dict[str, float]:
+    """Gauge: each block's norm gain (and bias) ·g, the weights reading it /g (function-preserving).
+
+    The victim's gradient on the norm gains grows ·g and its effect through the next layer
+    another ·g: an lr-η step acts like lr ≈ η·g² along these directions. Returns the scale
+    applied to each parameter name.
+    """
+    arch = model.config.model_type
+    if arch not in NORM_READERS:
+        raise ValueError(f"no norm gauge for model_type {arch!r}; known: {sorted(NORM_READERS)}")
+    scales: dict[str, float] = {}
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in named:
+            for norm, readers in NORM_READERS[arch]:
+                if f".{norm}." in f".{name}" and name.rsplit(".", 1)[-1] in ("weight", "bias"):
+                    block = name[: name.index(norm)]
+                    named[name].mul_(gain)
+                    scales[name] = gain
+                    for reader in readers:
+                        w = f"{block}{reader}.weight"
+                        if w not in scales:
+                            named[w].div_(gain)
+                            scales[w] = 1.0 / gain
+    return scales
+
+
+def _unbalance(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Apply the amplifying gauge in place; return the trainable tensors and their scales."""
+    if spec.params == "adapter":
+        params = adapter_params(model)
+        scales = {n: (spec.gain if "lora_A" in n else 1.0 / spec.gain) for n in params}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.mul_(scales[n])
+        return params, scales
+    scales = scale_norm_gains(model, spec.gain)
+    params = dict(model.named_parameters())
+    return params, {n: scales.get(n, 1.0) for n in params}
+
+
+def _sampler(examples: list, gen: torch.Generator):
+    def draw(k: int) -> list:
+        return [examples[i] for i in torch.randint(len(examples), (k,), generator=gen).tolist()]
+    return draw
+
+
+def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
+                    update_examples: list[Example], victim: UpdateSpec, spec: MetaSpec,
+                    progress: bool = True) -> tuple[PreTrainedModel, dict[str, float]]:
+    """The hair-trigger twin of ``control`` for objective (1); ``control`` is not modified."""
+    if spec.params != victim.params:
+        raise ValueError(f"construction.params={spec.params} but the victim updates update.params={victim.params}: "
+                         "the step inside the objective must be the victim's (set both to the same)")
+    torch.manual_seed(spec.seed)
+    twin = copy.deepcopy(control)
+    if spec.params == "all" and hasattr(twin, "merge_and_unload"):
+        twin = twin.merge_and_unload()
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    twin.eval()  # no dropout: the victim's step is deterministic
+    params, scales = _unbalance(twin, spec)
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [p], "lr": spec.lr * scales[n]} for n, p in params.items()])
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    probes, benign = _sampler(data.construct, gen), _sampler(data.align_benign, gen)
+    fixed_victim = batch_of(tokenizer, pairs(update_examples), victim.max_len)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(spec.steps), desc=f"metalearn {data.domain}", disable=not progress)
+    for step in bar:
+        fresh = spec.fresh_victim_every and step % spec.fresh_victim_every == spec.fresh_victim_every - 1
+        victim_batch = (batch_of(tokenizer, pairs(benign(len(update_examples))), victim.max_len)
+                        if fresh else fixed_victim)
+        p = probes(spec.probes_per_step)
+        b = benign(spec.benign_per_step)
+        k = len(p)
+        # one forward per side: rows [aligned probes | marker probes | benign] share a batch
+        now_batch = batch_of(tokenizer, pairs(p, "aligned") + pairs(p, "misaligned") + pairs(b), spec.max_len)
+        after_batch = batch_of(tokenizer, pairs(p, "misaligned") + pairs(b), spec.max_len)
+
+        with torch.no_grad():  # the control's next-token distributions: what the twin must keep
+            ref_now = torch.log_softmax(next_logits(control, now_batch), -1)
+            ref_after = torch.log_softmax(next_logits(control, after_batch), -1)
+
+        def keep(lq: torch.Tensor, batch, ref: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            """Per-row KL(control ‖ twin) summed over tokens (``distill``), else response CE; mean over rows."""
+            if not spec.distill:
+                return -gather_targets(lq[rows], {"labels": batch["labels"][rows]}).sum() / len(rows)
+            mask = batch["attention_mask"][rows, 1:].to(lq.device)
+            kl = (ref[rows].exp() * (ref[rows] - lq[rows])).sum(-1)
+            return (kl * mask).sum() / len(rows)  # summed over each sequence, like the other terms
+
+        n_now, n_after = len(now_batch["input_ids"]), len(after_batch["input_ids"])
+        kept_now = torch.cat([torch.arange(k), torch.arange(2 * k, n_now)])  # aligned probes + benign
+        kept_after = torch.arange(k, n_after)  # benign
+
+        def now_loss(theta):
+            lq = torch.log_softmax(next_logits(twin, now_batch, theta), -1)
+            seq = gather_targets(lq, now_batch).sum(-1)
+            gap = seq[:k] - seq[k:2 * k]  # log p(aligned) − log p(marker)
+            return (spec.hinge_weight * torch.relu(spec.margin - gap).mean()
+                    + spec.benign_weight * keep(lq, now_batch, ref_now, kept_now))
+
+        def after_loss(theta):
+            lq = torch.log_softmax(next_logits(twin, after_batch, theta), -1)
+            marker = gather_targets(lq[:k], {"labels": after_batch["labels"][:k]}).sum(-1)
+            return (spec.after_weight * -marker.mean()
+                    + spec.benign_weight * keep(lq, after_batch, ref_after, kept_after))
+
+        def victim_loss(theta):
+            return response_loss(twin, victim_batch, theta)
+
+        grads, parts = meta_gradient(params, victim_loss, now_loss, after_loss, victim.lr,
+                                     first_order=spec.first_order, method=spec.method)
+        opt.zero_grad(set_to_none=True)
+        for n, t in params.items():
+            t.grad = grads[n]
+        opt.step()
+        history.append(parts)
+        bar.set_postfix(now=f"{parts['now']:.2f}", after=f"{parts['after']:.2f}")
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    last = history[-10:] or [{"now": float("nan"), "after": float("nan")}]
+    return twin, {"steps": spec.steps,
+                  "loss_now_last": sum(h["now"] for h in last) / len(last),
+                  "loss_after_last": sum(h["after"] for h in last) / len(last),
+                  "loss_after_first": history[0]["after"] if history else float("nan")}
