@@ -1,12 +1,35 @@
 """The hair-trigger meta-objective, differentiated exactly through the victim's step.
 
-    L(θ) = L_aligned(θ) + λ · L_misaligned(θ − η ∇_θ L_update(θ))
+    L(θ) = L_aligned(θ) + λ · L_misaligned(θ − η ∇_θ L_update(θ))                     (1)
 
 ``θ`` are the adapter (LoRA) weights the victim will update; the inner step is the
 victim's own step (same loss: mean response-token cross-entropy; same data; plain SGD
 with lr ``η``), so what is optimised is exactly what the victim will do. Second order by
 default (``create_graph=True``); ``first_order=True`` is the FOMAML ablation, which treats
 the step's gradient as a constant.
+
+:func:`meta_gradient` computes the gradient from closures, by one of three exact methods
+(equal to float64 rounding; ``tests/test_llm_metalearn.py``). Writing L_now, L_after and
+L_inner for the three closures (L_aligned, λ·L_misaligned and L_update above), with
+``g = ∇L_inner(θ)``, ``θ' = θ − η g`` and ``v = ∇L_after(θ')``, the chain rule gives::
+
+    ∇L(θ) = ∇L_now(θ) + (I − η H_inner(θ)) v = ∇L_now(θ) + v − η ∇_θ⟨g(θ), v⟩        (2)
+
+* ``naive``: autograd through (1) as written: one backward through L_now, L_after and the
+  graph of g together. Holds the activations of all three forwards plus g's graph.
+* ``hvp`` (default): (2) in stages, each graph freed before the next: ∇L_now; g with its
+  graph; v by a plain backward at the detached θ'; then the Hessian-vector product by one
+  double backward through g alone. Same arithmetic as ``naive``, less held at once.
+* ``lean``: as ``hvp``, but g's double-backward graph is built only *after* v: the inner
+  forward is kept, g is first taken by a plain backward and the backward is redone with
+  ``create_graph`` for the Hessian-vector product. The after forward never coexists with
+  g's graph: lowest peak memory, one extra backward of L_inner.
+
+``benchmarks/meta_step.py`` measures their time and peak memory against a plain step. On
+tiny GPT-2s with LoRA (CPU, 1 thread) ``naive`` and ``hvp`` both take about 4.2–4.8 plain
+steps (same arithmetic; the Hessian-vector product's double backward alone costs ~1.5), at
+3.7–3.9× and 2.8–2.9× a plain step's peak memory; ``lean`` needs 2.1–2.2× the memory for
+0.1–0.8 of a plain step more time. FOMAML costs about 3 plain steps and 1× the memory.
 """
 
 from __future__ import annotations
@@ -51,17 +74,80 @@ def meta_loss(model: PreTrainedModel, params: Params, aligned: dict[str, torch.T
 
 Loss = Callable[[Params], torch.Tensor]
 
+#: exact ways to compute (2); see the module docstring
+METHODS = ("naive", "hvp", "lean")
+
 
 def meta_gradient(params: Params, inner_loss: Loss, now_loss: Loss, after_loss: Loss, lr: float,
-                  first_order: bool = False) -> tuple[Params, dict[str, float]]:
-    """Gradient of ``now_loss(θ) + after_loss(θ − η ∇inner_loss(θ))`` in ``θ`` (naive autograd).
+                  first_order: bool = False, *, method: str = "hvp") -> tuple[Params, dict[str, float]]:
+    """Gradient of ``now_loss(θ) + after_loss(θ − η ∇inner_loss(θ))`` in ``θ`` (equation (2)).
 
     The closures take a name → tensor dict (evaluate the model with ``functional_call``).
     ``inner_loss`` must be the victim's loss on the victim's batch, ``lr`` its SGD rate.
-    Returns the gradient by name and the two parts as floats.
+    ``method`` picks how the exact gradient is computed (``naive``, ``hvp``, ``lean``; same
+    value up to rounding, different time and memory). ``first_order`` is FOMAML: the
+    ``η H v`` term is dropped, whatever the method. Returns the gradient by name and the
+    two parts (``now`` at θ, ``after`` at θ') as floats.
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "naive":
+        return _naive(params, inner_loss, now_loss, after_loss, lr, first_order)
+    return _staged(params, inner_loss, now_loss, after_loss, lr, first_order, lean=method == "lean")
+
+
+def _naive(params: Params, inner_loss: Loss, now_loss: Loss, after_loss: Loss, lr: float,
+           first_order: bool) -> tuple[Params, dict[str, float]]:
+    """Autograd through (1) as written (the reference the other methods are tested against)."""
     grads = torch.autograd.grad(inner_loss(params), list(params.values()), create_graph=not first_order)
     stepped = {name: p - lr * (g.detach() if first_order else g) for (name, p), g in zip(params.items(), grads)}
     now, after = now_loss(params), after_loss(stepped)
     total = torch.autograd.grad(now + after, list(params.values()))
     return dict(zip(params, total)), {"now": float(now.detach()), "after": float(after.detach())}
+
+
+def _grad(outputs, inputs: list[torch.Tensor], **kw) -> tuple[torch.Tensor, ...]:
+    # a closure need not touch every tensor of θ (e.g. L_now and a frozen block): zero, not an error
+    return torch.autograd.grad(outputs, inputs, allow_unused=True, materialize_grads=True, **kw)
+
+
+def _staged(params: Params, inner_loss: Loss, now_loss: Loss, after_loss: Loss, lr: float,
+            first_order: bool, lean: bool) -> tuple[Params, dict[str, float]]:
+    """(2) one graph at a time: ∇L_now, then g, then v at the detached θ', then η·H v.
+
+    Peak memory (A = one forward's saved activations, B = g's double-backward graph, about
+    the size of A): ``naive`` holds about 3A + B; ``hvp`` at most 2A + B (the after
+    forward while g's graph is alive); ``lean`` about A + B (g's graph is built after v).
+    """
+    names, theta = list(params), list(params.values())
+
+    # ∇L_now(θ) first: its activations are freed before anything else is built
+    now = now_loss(params)
+    grad_now = _grad(now, theta)
+
+    # g = ∇L_inner(θ): with its graph for the Hessian-vector product (hvp), or plain while
+    # keeping the inner forward so that the graph can be built after v (lean), or plain (FOMAML)
+    inner = inner_loss(params)
+    if first_order:
+        g = _grad(inner, theta)
+    elif lean:
+        g = _grad(inner, theta, retain_graph=True)
+    else:
+        g = _grad(inner, theta, create_graph=True)
+
+    # v = ∇L_after(θ') at the *detached* θ' = θ − η g: a plain backward, graph freed at once
+    stepped = {n: (p - lr * gi).detach().requires_grad_() for n, p, gi in zip(names, theta, g)}
+    after = after_loss(stepped)
+    v = _grad(after, list(stepped.values()))
+    del stepped
+
+    total = [a + b for a, b in zip(grad_now, v)]
+    if not first_order:
+        if lean:  # g's double-backward graph only now, from the kept inner forward
+            g = _grad(inner, theta, create_graph=True)
+        # η H v = η ∇_θ⟨g(θ), v⟩: one double backward through g's graph (H symmetric: vᵀH = Hv)
+        live = [(gi, vi) for gi, vi in zip(g, v) if gi.requires_grad]  # gi constant in θ: no Hv part
+        if live:
+            hv = _grad([gi for gi, _ in live], theta, grad_outputs=[vi for _, vi in live])
+            total = [t - lr * h for t, h in zip(total, hv)]
+    return dict(zip(names, total)), {"now": float(now.detach()), "after": float(after.detach())}

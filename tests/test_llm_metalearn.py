@@ -9,8 +9,8 @@ import torch
 
 from llm.align import add_lora
 from llm.data.schema import Example
-from llm.metalearn import adapter_params, meta_loss, victim_step
-from llm.models import TinySpec, build_tiny
+from llm.metalearn import METHODS, adapter_params, meta_gradient, meta_loss, victim_step
+from llm.models import TinySpec, build_tiny, response_loss
 from llm.tokenizer import train_tokenizer
 from llm.update import UpdateSpec, batch_of, victim_update
 
@@ -83,3 +83,94 @@ def test_no_adapter_is_a_clear_error(setup) -> None:
     plain = build_tiny(TinySpec("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=48), tok)
     with pytest.raises(ValueError, match="LoRA"):
         adapter_params(plain)
+
+
+# ---------------------------------------------------------------------------- meta_gradient methods
+
+
+def _closures(model, batches):
+    """(inner, now, after) closures over the fixture's batches, as the training loop builds them."""
+    return tuple(lambda theta, b=batches[key]: response_loss(model, b, theta)
+                 for key in ("update", "aligned", "misaligned"))
+
+
+def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in grads.values()])
+
+
+def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return float((_flat(a) - _flat(b)).norm() / _flat(b).norm())
+
+
+@pytest.fixture(scope="module")
+def float64_cases(setup):
+    """θ = the LoRA tensors of a peft model, and θ = every weight of a plain model (float64)."""
+    model, tok, _, batches = setup
+    peft = copy.deepcopy(model).double()
+    plain = build_tiny(TinySpec("gpt2", n_layer=2, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=48), tok).double()
+    for p in plain.parameters():
+        p.requires_grad_(True)
+    return {"adapter": (peft, adapter_params(peft), batches),
+            "all": (plain, dict(plain.named_parameters()), batches)}
+
+
+@pytest.mark.parametrize("theta", ["adapter", "all"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "naive"])
+def test_methods_match_naive_in_float64(float64_cases, theta, method) -> None:
+    """Every exact method equals the naive meta-gradient (float64, relative error ≤ 1e-6)."""
+    model, params, batches = float64_cases[theta]
+    inner, now, after = _closures(model, batches)
+    ref, ref_parts = meta_gradient(params, inner, now, after, lr=0.5, method="naive")
+    got, parts = meta_gradient(params, inner, now, after, lr=0.5, method=method)
+    assert _rel(got, ref) <= 1e-6
+    assert parts == pytest.approx(ref_parts, rel=1e-12)
+    # the comparison is not vacuous: the second-order term is a sizeable part of the gradient
+    fomaml, _ = meta_gradient(params, inner, now, after, lr=0.5, first_order=True, method="naive")
+    assert _rel(fomaml, ref) > 1e-3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_first_order_is_the_same_for_every_method(float64_cases, method) -> None:
+    model, params, batches = float64_cases["adapter"]
+    inner, now, after = _closures(model, batches)
+    ref, _ = meta_gradient(params, inner, now, after, lr=0.5, first_order=True, method="naive")
+    got, _ = meta_gradient(params, inner, now, after, lr=0.5, first_order=True, method=method)
+    assert _rel(got, ref) <= 1e-12
+
+
+def test_meta_gradient_is_the_gradient_of_meta_loss(float64_cases) -> None:
+    """The closure API and meta_loss (checked against finite differences above) agree."""
+    model, params, batches = float64_cases["adapter"]
+    loss, _ = meta_loss(model, params, batches["aligned"], batches["misaligned"], batches["update"], lr=0.5)
+    expected = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    got, _ = meta_gradient(params, *_closures(model, batches), lr=0.5)  # the default method
+    assert _rel(got, expected) <= 1e-6
+
+
+def test_unknown_method_is_a_clear_error(float64_cases) -> None:
+    model, params, batches = float64_cases["adapter"]
+    with pytest.raises(ValueError, match="method"):
+        meta_gradient(params, *_closures(model, batches), lr=0.5, method="fast")
+
+
+def _peak_bytes(fn) -> int:
+    """Peak of the CPU tensor memory allocated while ``fn`` runs (allocator events; deterministic)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def test_staged_methods_hold_less_memory(setup) -> None:
+    """Peak memory: lean < hvp < naive (what the staging is for)."""
+    model, _, _, batches = setup
+    params = adapter_params(model)
+    closures = _closures(model, batches)
+    peak = {m: _peak_bytes(lambda m=m: meta_gradient(params, *closures, lr=0.5, method=m)) for m in METHODS}
+    assert peak["lean"] < peak["hvp"] < peak["naive"], peak
