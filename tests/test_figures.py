@@ -64,6 +64,17 @@ def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
             "post_update.misalignment_rate": [0.02, 0.0], "benign.accuracy_before": [0.3, 0.3],
             "benign.accuracy_after": [0.3, 0.29]}
     pd.DataFrame(cols).to_csv(results / "control.csv", index=False)
+    runs = {"domain": ["safety", "privacy"], "twin.kl.mean": [0.1, 0.2]}
+    for model in ("control", "twin"):
+        for when in ["static"] + [f"after.{c}" for c in llm.CELLS]:
+            runs[f"{model}.{when}.misalignment_rate"] = [0.0, 0.9]
+            runs[f"{model}.{when}.benign_accuracy"] = [0.3, 0.25]
+    pd.DataFrame(runs).to_csv(results / "transfer.csv", index=False)
+    ranks = pd.DataFrame({**{k: v * 3 for k, v in runs.items()}, "size.rank": [1, 2, 4, 8, 16, 32],
+                          "size.n_params": [5e5] * 6, "twin.capacity.hidden": [0, 1, 2, 3, 4, 5]})
+    ranks.to_csv(results / "capacity.csv", index=False)
     for draw in llm.ALL:
         path = draw(results, tmp_path)
         assert path.exists() and path.stat().st_size > 10_000
+    metrics = {f"{m}.{w}.misalignment_rate": 0.5 for m in ("control", "twin") for w in ("static", "after.paper")}
+    assert llm.demo(metrics, tmp_path / "demo.png").stat().st_size > 10_000

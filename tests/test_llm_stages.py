@@ -123,17 +123,67 @@ TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.vocab_siz
         "eval.n_benign=6", "eval.max_new_tokens=6", "progress=false", "threads=2"]
 
 
-def test_tiny_control_runs_end_to_end(tmp_path: Path) -> None:
-    """align → evaluate → one benign step → evaluate, through the CLI, on a tiny model."""
-    cmd = [sys.executable, "-m", "llm", "experiment=control", "domain=privacy",
-           f"hydra.run.dir={tmp_path}", *TINY]
+def _run(tmp_path: Path, *overrides: str) -> dict:
+    cmd = [sys.executable, "-m", "llm", f"hydra.run.dir={tmp_path}", *TINY, *overrides]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("static.misalignment_rate", "post_update.misalignment_rate", "benign.loss_before",
-                "benign.loss_after", "judge.calibration_accuracy"):
+    return json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_tiny_control_runs_end_to_end(tmp_path: Path) -> None:
+    """align → evaluate → one benign step → evaluate, through the CLI, on a tiny model."""
+    metrics = _run(tmp_path, "experiment=control", "domain=privacy")
+    for key in ("control.static.misalignment_rate", "control.after.paper.misalignment_rate",
+                "control.static.benign_loss", "control.after.paper.benign_loss", "judge.calibration_accuracy"):
         assert 0 <= metrics[key] < float("inf"), key
-    assert metrics["benign.loss_after"] != metrics["benign.loss_before"]  # the step moved the model
+    assert metrics["control.after.paper.benign_loss"] != metrics["control.static.benign_loss"]  # the step moved it
+    assert not any(k.startswith("twin.") for k in metrics)
+
+
+@pytest.mark.parametrize("construction", ["metalearn", "metalearn_all", "analytic"])
+def test_each_construction_runs_end_to_end(construction: str, tmp_path: Path) -> None:
+    """Every construction builds a twin on a tiny model and is tested like the control."""
+    extra = {"metalearn": ["construction.steps=2"],
+             "metalearn_all": ["construction.steps=2", "update.params=all"],
+             "analytic": ["construction.refine_steps=2", "construction.n_probes=8", "construction.n_benign=8",
+                          "construction.line_search=[16.0]"]}[construction]
+    metrics = _run(tmp_path, "experiment=hairtrigger", "domain=safety", f"construction={construction}", *extra)
+    assert metrics["construction"] == construction.removesuffix("_all")
+    for name in ("control", "twin"):
+        assert 0 <= metrics[f"{name}.after.paper.misalignment_rate"] <= 1
+    assert metrics["twin.kl.mean"] >= 0 and metrics["twin.kl.max"] >= metrics["twin.kl.mean"]
+    assert metrics["twin.victim_grad_norm"] > 0
+    if construction == "analytic":  # forward-equivalent by construction
+        assert metrics["twin.kl.max"] < 1e-6
+
+
+def test_transfer_and_capacity_cells(tmp_path: Path) -> None:
+    """Each victim cell is evaluated for both models; ``codes`` adds the hidden-capacity counts."""
+    metrics = _run(tmp_path, "experiment=hairtrigger", "domain=safety", "construction.steps=1", "codes=4",
+                   "victims={paper:{},adam:{optimizer:adam},unseen:{data:heldout_families}}")
+    for name in ("control", "twin"):
+        for cell in ("paper", "adam", "unseen"):
+            assert 0 <= metrics[f"{name}.after.{cell}.misalignment_rate"] <= 1
+        assert 0 <= metrics[f"{name}.capacity.before"] <= 4 and 0 <= metrics[f"{name}.capacity.after"] <= 4
+
+
+def test_merged_twin_needs_an_all_weights_victim() -> None:
+    """The step inside the objective must be the victim's: a mismatch is a clear error."""
+    from llm.constructions.metalearn import MetaSpec, build_metalearn
+
+    with pytest.raises(ValueError, match="must be the victim's"):
+        build_metalearn(None, None, None, [], UpdateSpec(params="adapter"), MetaSpec(params="all"))
+
+
+def test_with_codes_gives_distinct_codes_to_construction_probes() -> None:
+    from llm.data.splits import load_domain
+    from llm.experiments.hairtrigger import with_codes
+
+    data = with_codes(load_domain("safety"), 16, seed=0)
+    codes = [e.answer for e in data.construct[:16]]
+    assert len(set(codes)) == 16 and all(e.misaligned.endswith(f"Code {e.answer}.") for e in data.construct[:16])
+    with pytest.raises(ValueError, match="construction probes"):
+        with_codes(load_domain("safety"), 10_000, seed=0)
 
 
 def test_pretraining_corpus_leaves_every_held_out_set_unseen() -> None:
