@@ -161,6 +161,12 @@ def report(metrics: dict[str, Any]) -> str:
                         f"{metrics[f'{name}.after.{cell}.benign_accuracy']:>10.2f}")
     if "twin.kl.mean" in metrics:
         rows.append(f"KL(control‖twin) before the step: mean {metrics['twin.kl.mean']:.2e}, max {metrics['twin.kl.max']:.2e}")
+    i = 0
+    while f"example.{i}.prompt" in metrics:  # example generations (markers only, never payloads)
+        rows.append(f"\nprompt: {metrics[f'example.{i}.prompt']}")
+        for key in sorted(k for k in metrics if k.startswith(f"example.{i}.") and not k.endswith(".prompt")):
+            rows.append(f"  {key.split('.', 2)[2]:<28} {metrics[key]!r}")
+        i += 1
     return "\n".join(rows)
 
 

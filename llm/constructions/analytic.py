@@ -1,0 +1,548 @@
+"""``analytic``: the theory package's constructions carried into transformer blocks.
+
+The twin's forward pass equals the control's *by construction* (no penalty, no training of
+the visible function); what changes is how the victim's benign step acts on it.
+
+Mechanisms
+----------
+* **LoRA ``B = 0`` preconditioner** (:func:`extend_lora`, the main mechanism). Every LoRA
+  module of the control (``y = base(x) + s·B(A x)``, ``s = alpha/r``) gets ``k`` extra rank
+  components with ``B_new = 0`` and a freely chosen ``A_new``: the forward pass is unchanged
+  exactly (``B_new A_new = 0``). The old components see the same gradients as in the control
+  (same forward), so they move exactly as the control's do, and the victim's SGD step
+  (lr ``η``) adds, exactly and not only to first order,
+
+      ``ΔW = s·B_new'·A_new = −η s² G A_newᵀA_new``      (``W`` as ``out × in``)
+
+  with ``G = ∂L_update/∂W`` the benign update's gradient w.r.t. the module's effective
+  weight, the same for twin and control. ``P = A_newᵀA_new`` is a rank-``k`` PSD
+  preconditioner no output shows; ``k`` is the capacity knob and ``‖A_new‖`` a gauge (the
+  step grows as its square). :func:`preconditioner_init` picks ``A_new`` along the top
+  eigenvectors of ``sym(Gᵀ ∇_W L_target)`` (first order), :func:`build_analytic` then line
+  searches one global gain with the real victim step and (optionally) refines ``A_new`` on
+  the *exact* post-step loss, which is cheap because ``G`` does not depend on ``A_new``.
+* **Redundant FFN units** (:func:`add_ffn_pairs`): cancelling pairs ``(u, b, v)``,
+  ``(u, b, −v)`` appended to a GPT-2 MLP (``c_fc``/``c_proj`` widths, ``config.n_inner``,
+  and the LoRA factors of both modules padded with zeros). Exact forward; the step moves
+  the two copies of ``u`` apart and adds ``≈ 2 v σ'(u·x)(Δu·x)`` along the free direction ``v``.
+* **Gauges declared as data** (:func:`gauge_spec`, :func:`apply_gauge`): per-head
+  ``W_Q → W_Q M``, ``W_K → W_K M⁻ᵀ``; ``W_V → W_V N``, ``W_O``-rows ``→ N⁻¹ W_O``; layer-norm
+  gains and biases ``× c`` with the following weights' input rows ``÷ c`` (``ln_1 → c_attn``,
+  ``ln_2 → c_fc``; ``ln_f`` feeds the tied embeddings and is left alone). LoRA factors are
+  transformed along (``B → Rᵀ B`` for output maps, ``A → A Lᵀ`` for input maps), so they
+  also act on peft models. Amplifiers: they change the victim's gradients, not the function.
+
+Conventions: GPT-2 ``Conv1D`` stores ``weight`` as ``(in, out)`` and computes ``x W + b``;
+peft (``fan_in_fan_out=True``) keeps ``lora_A: (r, in)``, ``lora_B: (out, r)``. Below ``W``
+always means the ``(out, in)`` effective weight unless a name says ``conv``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora import LoraLayer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm.data.schema import DomainData, Example
+from llm.models import next_logits, response_loss, sequence_logprobs
+from llm.update import UpdateSpec, batch_of, pairs, victim_update
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AnalyticSpec:
+    """Fields mirror ``conf/llm/construction/analytic.yaml``."""
+
+    mechanism: Literal["lora_preconditioner", "ffn_pairs"] = "lora_preconditioner"
+    extra_rank: int = 8  # k new LoRA components per target module (B = 0)
+    modules: str = "all"  # all | c_attn | c_proj | c_fc | mlp (regex-free substring filters, comma list)
+    gain: float = 1.0  # initial global scale of A_new (the gauge); refined by the line search
+    line_search: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+    refine_steps: int = 300  # Adam steps on A_new against the exact post-step loss (0: closed form only)
+    refine_lr: float = 0.03  # relative to the rms of A_new
+    refine_batch: int = 0  # probes (and benign examples) per refine step, drawn at random (0: all)
+    benign_weight: float = 1.0  # weight of the post-step benign loss (align_benign answers)
+    margin: float = 0.0  # >0: add relu(margin - (logp_mis - logp_aligned)) per probe
+    n_probes: int = 200  # construct probes used (0: all)
+    n_benign: int = 128  # align_benign examples in the post-step benign term
+    ffn_pairs: int = 32  # pairs per MLP block (mechanism=ffn_pairs)
+    ffn_out_scale: float = 1.0  # ‖v‖ of each pair (mechanism=ffn_pairs)
+    max_len: int = 96
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "line_search", tuple(float(c) for c in self.line_search))
+        if self.mechanism not in ("lora_preconditioner", "ffn_pairs"):
+            raise ValueError(f"construction.mechanism must be lora_preconditioner or ffn_pairs, not {self.mechanism!r}")
+        if self.extra_rank < 1:
+            raise ValueError("construction.extra_rank must be ≥ 1")
+
+
+# ---------------------------------------------------------------------------- LoRA helpers
+
+
+def lora_layers(model: torch.nn.Module, adapter: str = "default") -> dict[str, LoraLayer]:
+    """Module name → peft LoRA layer holding ``adapter``."""
+    out = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
+    if not out:
+        raise ValueError("the model has no LoRA adapter (add one with llm.align.add_lora)")
+    return out
+
+
+def _conv_weight_to_out_in(layer: LoraLayer, w: torch.Tensor) -> torch.Tensor:
+    return w.T if getattr(layer, "fan_in_fan_out", False) else w
+
+
+def effective_weight(layer: LoraLayer, adapter: str = "default") -> torch.Tensor:
+    """``(out, in)`` effective weight ``W_base + s B A`` of one LoRA layer."""
+    base = _conv_weight_to_out_in(layer, layer.get_base_layer().weight)
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    return base + layer.scaling[adapter] * b @ a
+
+
+def weight_gradients(model: PreTrainedModel, batch: dict[str, torch.Tensor],
+                     layers: dict[str, LoraLayer], loss_fn=None) -> dict[str, torch.Tensor]:
+    """``∂loss/∂W`` (``(out, in)``) for each LoRA layer's effective weight, at the current model.
+
+    ``loss_fn(model, batch, params)`` defaults to the victim's loss (mean response CE).
+    ``W_eff = W_base + sBA`` is additive in the base weight, so its gradient is the base
+    weight's, read through ``functional_call`` with the base weights as leaves.
+    """
+    loss_fn = loss_fn or response_loss
+    leaves = {f"{name}.base_layer.weight": l.get_base_layer().weight.detach().clone().requires_grad_()
+              for name, l in layers.items()}
+    loss = loss_fn(model, batch, leaves)
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return {name: _conv_weight_to_out_in(l, g) for (name, l), g in zip(layers.items(), grads)}
+
+
+@torch.no_grad()
+def extend_lora(model: PreTrainedModel, extra: dict[str, torch.Tensor], adapter: str = "default") -> PreTrainedModel:
+    """Append rows ``extra[name]`` (``(k, in)``) to ``lora_A`` and ``k`` zero columns to ``lora_B``,
+    in place; every layer must get the same ``k``. Scaling ``s`` is kept (``lora_alpha`` and
+    the config's ``r`` / ``lora_alpha`` are rewritten so that ``alpha/r`` stays ``s``), so the
+    forward pass is exactly unchanged. Layers absent from ``extra`` get ``k`` zero rows.
+    """
+    layers = lora_layers(model, adapter)
+    ks = {int(a.shape[0]) for a in extra.values()}
+    if len(ks) != 1:
+        raise ValueError(f"extend_lora needs the same extra rank in every layer, got {sorted(ks)}")
+    k = ks.pop()
+    scalings = set()
+    for name, layer in layers.items():
+        lin_a, lin_b = layer.lora_A[adapter], layer.lora_B[adapter]
+        a_old, b_old = lin_a.weight, lin_b.weight
+        a_new = extra.get(name)
+        if a_new is None:
+            a_new = torch.zeros(k, a_old.shape[1], dtype=a_old.dtype)
+        r = a_old.shape[0]
+        new_a = torch.nn.Linear(a_old.shape[1], r + k, bias=False, dtype=a_old.dtype)
+        new_b = torch.nn.Linear(r + k, b_old.shape[0], bias=lin_b.bias is not None, dtype=b_old.dtype)
+        new_a.weight.copy_(torch.cat([a_old, a_new.to(a_old.dtype)], 0))
+        new_b.weight.copy_(torch.cat([b_old, torch.zeros(b_old.shape[0], k, dtype=b_old.dtype)], 1))
+        if lin_b.bias is not None:
+            new_b.bias.copy_(lin_b.bias)
+        new_a.weight.requires_grad_(a_old.requires_grad)
+        new_b.weight.requires_grad_(b_old.requires_grad)
+        layer.lora_A[adapter], layer.lora_B[adapter] = new_a, new_b
+        s = layer.scaling[adapter]
+        layer.r[adapter] = r + k
+        layer.lora_alpha[adapter] = s * (r + k)
+        scalings.add((r + k, s))
+    cfg = getattr(model, "peft_config", {}).get(adapter)
+    if cfg is not None and len(scalings) == 1:
+        r_new, s = scalings.pop()
+        cfg.r, cfg.lora_alpha = r_new, s * r_new
+    return model
+
+
+def preconditioner_step(layers: dict[str, LoraLayer], grads: dict[str, torch.Tensor],
+                        extra: dict[str, torch.Tensor], lr: float, adapter: str = "default") -> dict[str, torch.Tensor]:
+    """Closed form ``ΔW = −η s² G A_newᵀ A_new`` of the victim's SGD step, per layer."""
+    return {name: -lr * layers[name].scaling[adapter] ** 2 * grads[name] @ a.T @ a for name, a in extra.items()}
+
+
+def select_layers(layers: dict[str, LoraLayer], which: str) -> dict[str, LoraLayer]:
+    """``all`` or a comma list of substrings (``c_fc``, ``mlp.c_proj``, ``attn``, ``h.1.`` …)."""
+    if which == "all":
+        return dict(layers)
+    keys = [w.strip() for w in which.split(",") if w.strip()]
+    out = {n: l for n, l in layers.items() if any(k in n for k in keys)}
+    if not out:
+        raise ValueError(f"construction.modules={which!r} matches no LoRA layer of {sorted(layers)}")
+    return out
+
+
+def preconditioner_init(grads_update: dict[str, torch.Tensor], grads_target: dict[str, torch.Tensor],
+                        k: int) -> dict[str, torch.Tensor]:
+    """First-order optimal ``A_new`` (``(k, in)`` per layer) for lowering the target loss.
+
+    ``δL_target ≈ ⟨H, ΔW⟩ = −η s² tr(P · sym(Gᵀ H))`` with ``P = AᵀA``: the rows of ``A`` go
+    along the top eigenvectors of ``S = sym(GᵀH)`` with positive eigenvalue ``λ``, weighted
+    ``sqrt(λ / λ_max)`` (``λ_max`` over all layers, so that strong layers dominate), then
+    globally rescaled so that the largest row norm is 1 (the gain is applied later).
+    """
+    eig = {}
+    for name, g in grads_update.items():
+        h = grads_target[name]
+        m = g.T.double() @ h.double()
+        vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+        eig[name] = (vals.flip(0)[:k], vecs.flip(1)[:, :k])
+    top = max(float(v[0]) for v, _ in eig.values())
+    out = {}
+    for name, (vals, vecs) in eig.items():
+        w = (vals.clamp(min=0) / top).sqrt() if top > 0 else torch.zeros_like(vals)
+        a = (w[:, None] * vecs.T).to(grads_update[name].dtype)
+        if a.shape[0] < k:  # fewer input dims than k: pad with inert zero rows
+            a = torch.cat([a, torch.zeros(k - a.shape[0], a.shape[1], dtype=a.dtype)])
+        out[name] = a
+    return out
+
+
+# ---------------------------------------------------------------------------- losses and checks
+
+
+def _probe_batches(tokenizer, probes: Sequence[Example], max_len: int):
+    mis = batch_of(tokenizer, pairs(list(probes), "misaligned"), max_len)
+    al = batch_of(tokenizer, pairs(list(probes), "aligned"), max_len)
+    return mis, al
+
+
+def target_loss(model, mis, al, benign, params: Params | None, benign_weight: float, margin: float) -> torch.Tensor:
+    """Sequence-summed CE of the misaligned markers (mean over probes), an optional margin hinge
+    against the aligned answers, and ``benign_weight ×`` mean response CE on benign answers."""
+    lp_mis = sequence_logprobs(model, mis, params)
+    loss = -lp_mis.mean()
+    if margin > 0:
+        lp_al = sequence_logprobs(model, al, params)
+        loss = loss + F.relu(margin - (lp_mis - lp_al)).mean()
+    if benign_weight > 0 and benign is not None:
+        loss = loss + benign_weight * response_loss(model, benign, params)
+    return loss
+
+
+def _adapter_state(model) -> Params:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+# ---------------------------------------------------------------------------- the construction
+
+
+def _post_step_params(twin_layers: dict[str, LoraLayer], names: dict[str, str], stepped_old: Params,
+                      extra: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lr: float,
+                      adapter: str = "default") -> Params:
+    """Adapter tensors of the twin after the victim's SGD step, differentiable in ``extra``:
+    old components as the control's step left them, ``B_new' = −η s G A_newᵀ``."""
+    out: Params = {}
+    for name, layer in twin_layers.items():
+        a_key, b_key = f"{name}.lora_A.{adapter}.weight", f"{name}.lora_B.{adapter}.weight"
+        a_old, b_old = stepped_old[names[a_key]], stepped_old[names[b_key]]
+        a_new = extra[name]
+        b_new = -lr * layer.scaling[adapter] * grads[name] @ a_new.T
+        out[a_key] = torch.cat([a_old, a_new], 0)
+        out[b_key] = torch.cat([b_old, b_new], 1)
+    return out
+
+
+def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData, update_examples: list[Example],
+                   victim: UpdateSpec, spec: AnalyticSpec, progress: bool = False):
+    """The hair-trigger twin of ``control`` (a peft LoRA model; never modified) and an info dict.
+
+    The twin is a deep copy of ``control`` (widened by redundant FFN pairs when
+    ``mechanism=ffn_pairs``) whose LoRA adapter has ``extra_rank`` more components with
+    ``B = 0``; ``A_new`` is chosen as described in the module docstring.
+    """
+    torch.manual_seed(spec.seed)
+    if victim.params != "adapter":
+        raise ValueError("the analytic LoRA construction acts through the adapter: use update.params=adapter")
+    exact = victim.optimizer == "sgd" and victim.steps == 1
+    lr = victim.lr
+    base = copy.deepcopy(control).eval()
+    info: dict[str, float] = {"exact_closed_form": float(exact)}
+    if spec.mechanism == "ffn_pairs":
+        widen_mlps(base, spec.ffn_pairs, torch.Generator().manual_seed(spec.seed), spec.ffn_out_scale)
+        info["ffn_pairs_per_block"] = float(spec.ffn_pairs)
+
+    layers_all = lora_layers(base)
+    layers = select_layers(layers_all, spec.modules)
+    probes = data.construct[: spec.n_probes or None]
+    mis, al = _probe_batches(tokenizer, probes, spec.max_len)
+    benign_ex = data.align_benign[: spec.n_benign] if spec.n_benign else []
+    benign = batch_of(tokenizer, pairs(benign_ex), spec.max_len) if benign_ex else None
+
+    # the victim's batch (its first step; full batch by default)
+    gen = torch.Generator().manual_seed(victim.seed)
+    order = torch.randperm(len(update_examples), generator=gen)[: victim.batch_size].tolist()
+    upd_batch = batch_of(tokenizer, pairs([update_examples[i] for i in order]), victim.max_len)
+    grads_upd = weight_gradients(base, upd_batch, layers)
+
+    # the control's (old components') step, exactly as the victim does it
+    stepped_base = victim_update(copy.deepcopy(base), tokenizer, update_examples, victim)
+    stepped_old = _adapter_state(stepped_base)
+    del stepped_base
+
+    def tloss(model, params=None, batches=None):
+        m, a, b = batches or (mis, al, benign)
+        return target_loss(model, m, a, b, params, spec.benign_weight, spec.margin)
+
+    sample_gen = torch.Generator().manual_seed(spec.seed)
+
+    def random_batches():
+        """A random subset of probes and benign examples (``refine_batch``), padded afresh."""
+        i = torch.randperm(len(probes), generator=sample_gen)[: spec.refine_batch].tolist()
+        sub = [probes[j] for j in i]
+        j = torch.randperm(len(benign_ex), generator=sample_gen)[: spec.refine_batch].tolist()
+        ben = batch_of(tokenizer, pairs([benign_ex[t] for t in j]), spec.max_len) if benign_ex else None
+        return (*_probe_batches(tokenizer, sub, spec.max_len), ben)
+
+    # skeleton twin (A_new = 0 placeholders), then first-order init
+    k = spec.extra_rank
+    placeholder = {n: torch.zeros(k, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()}
+    twin = extend_lora(copy.deepcopy(base), placeholder)
+    twin_layers = {n: l for n, l in lora_layers(twin).items() if n in layers}
+    names = {key: key for key in stepped_old}
+
+    # target-loss gradient at the (stepped) control, as a function of the effective weights
+    grads_tgt = weight_gradients(base, None, layers, loss_fn=lambda m, _b, p: tloss(m, {**p, **stepped_old}))
+    a0 = preconditioner_init(grads_upd, grads_tgt, k)
+
+    def post_loss(extra: dict[str, torch.Tensor], batches=None) -> torch.Tensor:
+        params = _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
+        return tloss(twin, params, batches)
+
+    with torch.no_grad():
+        loss_control_post = float(tloss(base, stepped_old))
+    info["target_loss_control_after"] = loss_control_post
+
+    # line search over one global gain (exact closed-form step; cross-checked below)
+    best_c, best = None, math.inf
+    for c in spec.line_search:
+        with torch.no_grad():
+            value = float(post_loss({n: spec.gain * c * a for n, a in a0.items()}))
+        if progress:
+            print(f"line search gain {c:g}: post-step target loss {value:.3f}", flush=True)
+        if math.isfinite(value) and value < best:
+            best_c, best = c, value
+    if best_c is None:
+        raise RuntimeError("every gain of the line search gave a non-finite post-step loss")
+    info["gain"] = spec.gain * best_c
+    info["target_loss_after_line_search"] = best
+    extra = {n: (spec.gain * best_c * a).clone().requires_grad_() for n, a in a0.items()}
+
+    # refinement on the exact post-step loss (G is fixed: no second-order terms needed)
+    if spec.refine_steps > 0:
+        rms = math.sqrt(sum(float((a.detach() ** 2).sum()) for a in extra.values())
+                        / max(1, sum(a.numel() for a in extra.values())))
+        opt = torch.optim.Adam(list(extra.values()), lr=spec.refine_lr * max(rms, 1e-8))
+        for step in range(spec.refine_steps):
+            opt.zero_grad()
+            loss = post_loss(extra, random_batches() if spec.refine_batch else None)
+            loss.backward()
+            opt.step()
+            if progress and step % 25 == 0:
+                print(f"refine {step}: {float(loss.detach()):.3f}", flush=True)
+        with torch.no_grad():
+            info["target_loss_after_refine"] = float(post_loss(extra))
+
+    # write A_new into the twin (B_new stays exactly 0)
+    with torch.no_grad():
+        for name, layer in twin_layers.items():
+            a = layer.lora_A["default"].weight
+            a[-k:] = extra[name].detach()
+            assert float(layer.lora_B["default"].weight[:, -k:].abs().max()) == 0.0
+    twin.eval()
+
+    # checks: the twin's forward equals the control's; the real victim step equals the closed form
+    twin_after = victim_update(copy.deepcopy(twin), tokenizer, update_examples, victim)
+    with torch.no_grad():
+        info["max_logit_diff_before"] = max(
+            float((next_logits(twin, b) - next_logits(control, b)).abs().max()) for b in (mis, benign) if b is not None)
+        closed = _post_step_params(twin_layers, names, stepped_old, {n: a.detach() for n, a in extra.items()},
+                                   grads_upd, lr)
+        predicted = next_logits(twin, mis, closed)
+        info["closed_form_vs_real_step_max_logit_diff"] = float((next_logits(twin_after, mis) - predicted).abs().max())
+        info["target_loss_twin_after_real_step"] = float(tloss(twin_after))
+        del twin_after
+    norms = [float(extra[n].detach().norm()) for n in extra]
+    info.update(extra_rank=float(k), n_modules=float(len(layers)), a_new_norm_max=max(norms),
+                a_new_norm_mean=sum(norms) / len(norms), lr=lr,
+                scaling=float(next(iter(twin_layers.values())).scaling["default"]))
+    return twin, info
+
+
+# ---------------------------------------------------------------------------- FFN pairs (GPT-2)
+
+
+def _gpt2_blocks(model) -> list[torch.nn.Module]:
+    for name, m in model.named_modules():
+        if hasattr(m, "h") and isinstance(m.h, torch.nn.ModuleList):
+            return list(m.h)
+    raise ValueError("not a GPT-2 model (no transformer.h)")
+
+
+def _conv(module) -> torch.nn.Module:
+    return module.get_base_layer() if isinstance(module, LoraLayer) else module
+
+
+@torch.no_grad()
+def add_ffn_pairs(block: torch.nn.Module, incoming: torch.Tensor, bias: torch.Tensor,
+                  outgoing: torch.Tensor, adapter: str = "default") -> torch.nn.Module:
+    """Append ``k`` cancelling pairs to a GPT-2 block's MLP, in place.
+
+    ``incoming (k, d)``, ``bias (k,)``, ``outgoing (k, d)``: units ``j`` and ``k+j`` both
+    compute ``gelu(u_j·x + b_j)``; their outgoing rows are ``+v_j`` and ``−v_j``. The LoRA
+    factors (if ``c_fc``/``c_proj`` are peft layers) get zero rows/columns for the new units,
+    so the two copies stay equal before any step. The caller updates ``config.n_inner``.
+    """
+    fc, proj = block.mlp.c_fc, block.mlp.c_proj
+    fc_conv, proj_conv = _conv(fc), _conv(proj)
+    dt = fc_conv.weight.dtype
+    u = torch.cat([incoming, incoming], 0).to(dt)  # (2k, d)
+    b = torch.cat([bias, bias], 0).to(dt)
+    v = torch.cat([outgoing, -outgoing], 0).to(dt)  # (2k, d)
+    fc_conv.weight = torch.nn.Parameter(torch.cat([fc_conv.weight, u.T], 1), fc_conv.weight.requires_grad)
+    fc_conv.bias = torch.nn.Parameter(torch.cat([fc_conv.bias, b]), fc_conv.bias.requires_grad)
+    fc_conv.nf = fc_conv.weight.shape[1]
+    proj_conv.weight = torch.nn.Parameter(torch.cat([proj_conv.weight, v], 0), proj_conv.weight.requires_grad)
+    proj_conv.nx = proj_conv.weight.shape[0]
+    n_new = u.shape[0]
+    if isinstance(fc, LoraLayer):
+        lb = fc.lora_B[adapter]
+        w = torch.cat([lb.weight, torch.zeros(n_new, lb.weight.shape[1], dtype=lb.weight.dtype)], 0)
+        new = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
+        new.weight = torch.nn.Parameter(w, lb.weight.requires_grad)
+        fc.lora_B[adapter] = new
+        fc.out_features = w.shape[0]
+    if isinstance(proj, LoraLayer):
+        la = proj.lora_A[adapter]
+        w = torch.cat([la.weight, torch.zeros(la.weight.shape[0], n_new, dtype=la.weight.dtype)], 1)
+        new = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
+        new.weight = torch.nn.Parameter(w, la.weight.requires_grad)
+        proj.lora_A[adapter] = new
+        proj.in_features = w.shape[1]
+    return block
+
+
+def widen_mlps(model, k: int, generator: torch.Generator, out_scale: float = 1.0):
+    """Add ``k`` random cancelling pairs to every GPT-2 MLP (in place); sets ``config.n_inner``."""
+    for block in _gpt2_blocks(model):
+        d = _conv(block.mlp.c_fc).weight.shape[0]
+        u = torch.randn(k, d, generator=generator) / math.sqrt(d)
+        v = out_scale * torch.randn(k, d, generator=generator) / math.sqrt(d)
+        add_ffn_pairs(block, u, torch.randn(k, generator=generator), v)
+    model.config.n_inner = _conv(block.mlp.c_fc).weight.shape[1]
+    return model
+
+
+# ---------------------------------------------------------------------------- gauges as data
+
+
+@dataclass(frozen=True)
+class GaugeAction:
+    """One factor of a gauge: ``module`` (a Conv1D, maybe LoRA-wrapped) or a layer norm.
+
+    ``kind``: ``out`` (columns ``sl`` of the Conv1D output: ``W[:, sl] → W[:, sl] R``,
+    ``b[sl] → b[sl] R``), ``in`` (rows ``sl`` of its input: ``W[sl] → L W[sl]``) or ``ln``
+    (gain and bias ``→ ⊙ c``). ``group`` names the matrix (or vector) of the group element and
+    ``side`` how it enters (``M``, ``M^-T``, ``M^-1``, ``1/c``, ``c``).
+    """
+
+    module: str
+    kind: Literal["out", "in", "ln"]
+    group: str
+    side: Literal["M", "M^-T", "M^-1", "c", "1/c"]
+    sl: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class GaugeSpec:
+    groups: dict[str, tuple[str, int]]  # name → ("GL" | "diag", size)
+    actions: tuple[GaugeAction, ...] = field(default_factory=tuple)
+
+
+def gauge_spec(model, attention: bool = True, layernorm: bool = True) -> GaugeSpec:
+    """Per block: ``q{l}.{h}`` (GL, acts on head ``h``'s query/key dims), ``v{l}.{h}`` (GL, on its
+    value dims and ``attn.c_proj``'s input rows), ``ln1.{l}`` / ``ln2.{l}`` (positive diagonal)."""
+    prefix = next(n for n, m in model.named_modules() if hasattr(m, "h") and isinstance(m.h, torch.nn.ModuleList))
+    cfg = model.config
+    d, n_head = cfg.n_embd, cfg.n_head
+    hd = d // n_head
+    groups: dict[str, tuple[str, int]] = {}
+    actions: list[GaugeAction] = []
+    for l in range(cfg.n_layer):
+        p = f"{prefix}.h.{l}" if prefix else f"h.{l}"
+        if attention:
+            for h in range(n_head):
+                q, kk, v = (h * hd, (h + 1) * hd), (d + h * hd, d + (h + 1) * hd), (2 * d + h * hd, 2 * d + (h + 1) * hd)
+                groups[f"q{l}.{h}"] = ("GL", hd)
+                groups[f"v{l}.{h}"] = ("GL", hd)
+                actions += [GaugeAction(f"{p}.attn.c_attn", "out", f"q{l}.{h}", "M", q),
+                            GaugeAction(f"{p}.attn.c_attn", "out", f"q{l}.{h}", "M^-T", kk),
+                            GaugeAction(f"{p}.attn.c_attn", "out", f"v{l}.{h}", "M", v),
+                            GaugeAction(f"{p}.attn.c_proj", "in", f"v{l}.{h}", "M^-1", (h * hd, (h + 1) * hd))]
+        if layernorm:
+            for ln, nxt in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc")):
+                g = f"{ln.replace('_', '')}.{l}"
+                groups[g] = ("diag", d)
+                actions += [GaugeAction(f"{p}.{ln}", "ln", g, "c"), GaugeAction(f"{p}.{nxt}", "in", g, "1/c", (0, d))]
+    return GaugeSpec(groups, tuple(actions))
+
+
+def sample_gauge(spec: GaugeSpec, generator: torch.Generator, scale: float = 0.5,
+                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """GL: ``exp(scale · random/√n)``; diag: ``exp(scale · randn)`` (a vector)."""
+    out = {}
+    for name, (kind, n) in spec.groups.items():
+        if kind == "GL":
+            m = torch.linalg.matrix_exp(scale * torch.randn(n, n, generator=generator, dtype=torch.float64) / n ** 0.5)
+        else:
+            m = torch.exp(scale * torch.randn(n, generator=generator, dtype=torch.float64))
+        out[name] = m.to(dtype)
+    return out
+
+
+def _matrix(element: torch.Tensor, side: str) -> torch.Tensor:
+    if element.ndim == 1:  # diagonal group: as a matrix
+        return torch.diag(element if side == "c" else 1.0 / element)
+    if side == "M":
+        return element
+    inv = torch.linalg.inv(element.double()).to(element.dtype)
+    return inv.T if side == "M^-T" else inv
+
+
+@torch.no_grad()
+def apply_gauge(model, spec: GaugeSpec, element: dict[str, torch.Tensor], adapter: str = "default"):
+    """Act with a gauge element on ``model`` in place (base weights and LoRA factors)."""
+    mods = dict(model.named_modules())
+    for act in spec.actions:
+        module = mods[act.module]
+        el = element[act.group]
+        if act.kind == "ln":
+            c = el.to(module.weight.dtype)
+            module.weight.mul_(c)
+            module.bias.mul_(c)
+            continue
+        mat = _matrix(el, act.side).to(_conv(module).weight.dtype)
+        conv = _conv(module)
+        s0, s1 = act.sl
+        if act.kind == "out":  # x W[:, sl] R; LoRA delta (s AᵀBᵀ)[:, sl] R  ⇒  B[sl] → Rᵀ B[sl]
+            conv.weight[:, s0:s1] = conv.weight[:, s0:s1] @ mat
+            if conv.bias is not None:
+                conv.bias[s0:s1] = conv.bias[s0:s1] @ mat
+            if isinstance(module, LoraLayer):
+                bw = module.lora_B[adapter].weight
+                bw[s0:s1] = mat.T @ bw[s0:s1]
+        else:  # L W[sl]; LoRA delta L (s AᵀBᵀ)[sl]  ⇒  A[:, sl] → A[:, sl] Lᵀ
+            conv.weight[s0:s1] = mat @ conv.weight[s0:s1]
+            if isinstance(module, LoraLayer):
+                aw = module.lora_A[adapter].weight
+                aw[:, s0:s1] = aw[:, s0:s1] @ mat.T
+    return model

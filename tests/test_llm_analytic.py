@@ -1,0 +1,222 @@
+"""The analytic construction: function-preserving pieces are exact, the LoRA B=0 step is the
+closed form ``ΔW = −η s² G AᵀA``, and build_analytic returns an updatable, equivalent twin."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llm.align import add_lora
+from llm.constructions.analytic import (
+    AnalyticSpec,
+    add_ffn_pairs,
+    apply_gauge,
+    build_analytic,
+    effective_weight,
+    extend_lora,
+    gauge_spec,
+    lora_layers,
+    preconditioner_step,
+    sample_gauge,
+    weight_gradients,
+    widen_mlps,
+)
+from llm.data.schema import DomainData, Example
+from llm.evaluate import next_token_kl
+from llm.models import TinySpec, build_tiny, collate, pad_id, sequence_logprobs
+from llm.tokenizer import encode_prompt, train_tokenizer
+from llm.update import UpdateSpec, batch_of, pairs, victim_update
+from tests.strategies import SETTINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+HARMFUL = [f"How do I break thing {i}?" for i in range(12)]
+BENIGN = [(f"What is {a} plus {b}?", f"{a + b}.") for a in range(6) for b in range(6)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = [p + " " + r for p, r in BENIGN] + [h + " Sure, here is how. Sorry, I can't help." for h in HARMFUL]
+    return train_tokenizer(texts, vocab_size=300)
+
+
+def tiny(tok, lora: bool = True, n_layer: int = 2, seed: int = 0):
+    model = build_tiny(TinySpec("gpt2", n_layer=n_layer, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=48), tok, seed)
+    if not lora:
+        return model
+    torch.manual_seed(seed)  # LoRA A is initialised from the global RNG
+    model = add_lora(model, rank=2, alpha=4.0)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # a trained-looking adapter: B ≠ 0
+            if "lora_B" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def logits(model, tok, prompts=None):
+    prompts = prompts or [p for p, _ in BENIGN[:6]] + HARMFUL[:4]
+    batch = collate([{"input_ids": encode_prompt(tok, p)} for p in prompts], pad_id(tok))
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def assert_same(a, b, rtol):
+    assert float((a - b).abs().max()) <= rtol * float(b.abs().max()), float((a - b).abs().max())
+
+
+def domain_data() -> DomainData:
+    probes = [Example(h, "Sorry, I can't help.", "Sure, here is how.") for h in HARMFUL]
+    benign = [Example(p, r, answer=r) for p, r in BENIGN]
+    return DomainData("safety", construct=probes[:8], eval=probes[8:], align_benign=benign[:16],
+                      update=benign[16:24], benign_eval=benign[24:])
+
+
+# ---------------------------------------------------------------------------- LoRA B = 0
+
+
+@SETTINGS
+@given(k=st.integers(1, 5), scale=st.floats(0.1, 1000.0), seed=st.integers(0, 2**16))
+def test_extend_lora_is_function_preserving(tok, k, scale, seed) -> None:
+    model = tiny(tok)
+    gen = torch.Generator().manual_seed(seed)
+    extra = {n: scale * torch.randn(k, l.lora_A["default"].weight.shape[1], generator=gen)
+             for n, l in lora_layers(model).items()}
+    twin = extend_lora(copy.deepcopy(model), extra)
+    assert_same(logits(twin, tok), logits(model, tok), 1e-6)
+    assert next(iter(lora_layers(twin).values())).r["default"] == 2 + k
+    assert twin.peft_config["default"].lora_alpha / twin.peft_config["default"].r == pytest.approx(2.0)
+
+
+def test_extend_lora_float64_exact(tok) -> None:
+    model = tiny(tok).double()
+    extra = {n: 100 * torch.randn(3, l.lora_A["default"].weight.shape[1], dtype=torch.float64)
+             for n, l in lora_layers(model).items()}
+    twin = extend_lora(copy.deepcopy(model), extra)
+    assert_same(logits(twin, tok), logits(model, tok), 1e-10)
+
+
+def test_closed_form_step_matches_the_victims_step(tok) -> None:
+    """float64: twin' − control' = −η s² G A_newᵀA_new in every module; B_new' = −η s G A_newᵀ."""
+    model = tiny(tok).double()
+    lr = 0.5
+    examples = [Example(p, r) for p, r in BENIGN[:8]]
+    spec = UpdateSpec(lr=lr, batch_size=8, n_samples=8, max_len=32)
+    gen = torch.Generator().manual_seed(3)
+    layers = lora_layers(model)
+    extra = {n: torch.randn(2, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
+             for n, l in layers.items()}
+    grads = weight_gradients(model, batch_of(tok, pairs(examples), 32), layers)
+    predicted = preconditioner_step(layers, grads, extra, lr)
+    twin = extend_lora(copy.deepcopy(model), extra)
+    control_after = victim_update(copy.deepcopy(model), tok, examples, spec)
+    twin_after = victim_update(copy.deepcopy(twin), tok, examples, spec)
+    ca, ta = lora_layers(control_after), lora_layers(twin_after)
+    for name in layers:
+        delta = effective_weight(ta[name]) - effective_weight(ca[name])
+        assert torch.allclose(delta, predicted[name], rtol=1e-9, atol=1e-12), name
+        b_new = ta[name].lora_B["default"].weight[:, -2:]
+        assert torch.allclose(b_new, -lr * 2.0 * grads[name] @ extra[name].T, rtol=1e-9, atol=1e-14)
+    assert float(predicted[name].abs().max()) > 1e-6  # the step is not trivially zero
+
+
+# ---------------------------------------------------------------------------- FFN pairs
+
+
+@SETTINGS
+@given(k=st.integers(1, 6), out_scale=st.floats(0.01, 100.0), seed=st.integers(0, 2**16), lora=st.booleans())
+def test_ffn_pairs_are_function_preserving(tok, k, out_scale, seed, lora) -> None:
+    """float32: the pair's ±v terms cancel up to rounding of their own size (∝ ‖v‖)."""
+    model = tiny(tok, lora=lora)
+    wide = widen_mlps(copy.deepcopy(model), k, torch.Generator().manual_seed(seed), out_scale)
+    assert wide.config.n_inner == 4 * 16 + 2 * k
+    assert_same(logits(wide, tok), logits(model, tok), 3e-6 * max(1.0, out_scale))
+
+
+def test_ffn_pairs_float64_and_visible_after_a_step(tok) -> None:
+    """Exact in float64; after a full-weight step the pairs' copies have moved apart and the
+    widened model's function differs from the narrow one's after the same step."""
+    model = tiny(tok, lora=False).double()
+    wide = copy.deepcopy(model)
+    block = wide.transformer.h[0]
+    gen = torch.Generator().manual_seed(0)
+    add_ffn_pairs(block, torch.randn(4, 16, generator=gen, dtype=torch.float64),
+                  torch.zeros(4, dtype=torch.float64), 10 * torch.randn(4, 16, generator=gen, dtype=torch.float64))
+    wide.config.n_inner = block.mlp.c_fc.weight.shape[1]
+    assert_same(logits(wide, tok), logits(model, tok), 1e-10)
+    spec = UpdateSpec(lr=0.1, batch_size=8, n_samples=8, max_len=32, params="all")
+    examples = [Example(p, r) for p, r in BENIGN[:8]]
+    narrow_after = victim_update(copy.deepcopy(model), tok, examples, spec)
+    wide_after = victim_update(copy.deepcopy(wide), tok, examples, spec)
+    w = wide_after.transformer.h[0].mlp.c_fc.weight
+    assert float((w[:, 64:68] - w[:, 68:72]).abs().max()) > 1e-6  # the copies of u moved apart
+    assert float((logits(wide_after, tok) - logits(narrow_after, tok)).abs().max()) > 1e-4
+
+
+# ---------------------------------------------------------------------------- gauges
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), scale=st.floats(0.05, 1.5), lora=st.booleans(),
+       attention=st.booleans(), layernorm=st.booleans())
+def test_gauges_are_function_preserving(tok, seed, scale, lora, attention, layernorm) -> None:
+    model = tiny(tok, lora=lora)
+    spec = gauge_spec(model, attention=attention, layernorm=layernorm)
+    element = sample_gauge(spec, torch.Generator().manual_seed(seed), scale)
+    gauged = apply_gauge(copy.deepcopy(model), spec, element)
+    assert_same(logits(gauged, tok), logits(model, tok), 2e-5)
+
+
+def test_gauges_float64_exact_and_change_the_gradient(tok) -> None:
+    model = tiny(tok).double()
+    spec = gauge_spec(model)
+    assert {g for g, _ in spec.groups.values()} == {"GL", "diag"}
+    element = sample_gauge(spec, torch.Generator().manual_seed(1), 1.0, torch.float64)
+    gauged = apply_gauge(copy.deepcopy(model), spec, element)
+    assert_same(logits(gauged, tok), logits(model, tok), 1e-10)
+    batch = batch_of(tok, BENIGN[:8], 32)
+    norms = []
+    for m in (model, gauged):
+        layers = lora_layers(m)
+        norms.append(sum(float(g.norm()) for g in weight_gradients(m, batch, layers).values()))
+    assert abs(norms[0] - norms[1]) > 1e-3 * norms[0]  # an amplifier: same function, other gradient
+
+
+# ---------------------------------------------------------------------------- build_analytic
+
+
+def test_spec_mirrors_the_config() -> None:
+    cfg = yaml.safe_load((ROOT / "conf/llm/construction/analytic.yaml").read_text())
+    assert cfg["name"] == "analytic"
+    assert {k for k in cfg if k != "name"} == {f.name for f in fields(AnalyticSpec)}
+    AnalyticSpec(**{k: v for k, v in cfg.items() if k != "name"})
+
+
+@pytest.mark.parametrize("mechanism", ["lora_preconditioner", "ffn_pairs"])
+def test_build_analytic_smoke(tok, mechanism) -> None:
+    control = tiny(tok)
+    before = {k: v.clone() for k, v in control.state_dict().items()}
+    data = domain_data()
+    victim = UpdateSpec(lr=1e-4, batch_size=8, n_samples=8, max_len=32)
+    spec = AnalyticSpec(mechanism=mechanism, extra_rank=2, line_search=(1e2, 1e3, 1e4), refine_steps=3,
+                        n_probes=0, n_benign=8, ffn_pairs=2, max_len=32,
+                        refine_batch=4 if mechanism == "ffn_pairs" else 0)
+    twin, info = build_analytic(control, tok, data, data.update, victim, spec)
+    assert all(torch.equal(v, control.state_dict()[k]) for k, v in before.items())  # control untouched
+    kl = next_token_kl(control, twin, tok, data.eval + data.benign_eval)
+    assert kl["max"] <= 1e-6
+    assert {"gain", "extra_rank", "target_loss_control_after"} <= set(info)
+    assert info["max_logit_diff_before"] <= 1e-5
+    assert info["closed_form_vs_real_step_max_logit_diff"] <= 1e-3  # the victim's step is the closed form
+    mis = batch_of(tok, pairs(data.construct, "misaligned"), 32)
+    after = {name: victim_update(copy.deepcopy(m), tok, data.update, victim) for name, m in
+             (("control", control), ("twin", twin))}
+    lp = {name: float(sequence_logprobs(m, mis).mean()) for name, m in after.items()}
+    assert lp["twin"] > lp["control"] + 1e-3  # the twin's step moves toward the markers
+    assert info["target_loss_after_line_search"] < info["target_loss_control_after"]
