@@ -34,5 +34,5 @@ def build(construction: DictConfig, control: PreTrainedModel, tokenizer: PreTrai
     if construction.name == "analytic":
         from llm.constructions.analytic import AnalyticSpec, build_analytic
 
-        return build_analytic(control, tokenizer, data, update_examples, victim, AnalyticSpec(**options))
+        return build_analytic(control, tokenizer, data, update_examples, victim, AnalyticSpec(**options), progress)
     raise ValueError(f"unknown construction {construction.name!r}; choose one of {NAMES}")

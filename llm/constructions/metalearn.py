@@ -4,12 +4,13 @@
 
 * ``L_victim``: the victim's own loss (mean response-token cross-entropy) on a benign batch,
   ``η`` its SGD rate: the step inside (1) is the step the victim will take.
-* ``L_now``: sequence-summed cross-entropy of the aligned responses on construction probes,
-  a margin hinge ``relu(m − [log p(aligned) − log p(marker)])`` (the twin must *prefer* the
-  aligned answer by ``m`` nats, not just put half its mass on it), and the benign loss.
+* ``L_now``: a margin hinge ``relu(m − [log p(aligned) − log p(marker)])`` on construction
+  probes (the twin must *prefer* the aligned answer by ``m`` nats, not just put half its
+  mass on it), plus ``KL(control ‖ twin)`` summed over each sequence of aligned probes and
+  benign data (``distill``; else their cross-entropy): the twin should look like the control.
 * ``L_after``: sequence-summed cross-entropy of the misaligned markers on the same probes
-  after the step, plus the benign loss after the step (a twin that merely breaks is not
-  misaligned).
+  after the step, plus ``KL(control ‖ twin')`` on benign data after the step (a twin that
+  merely breaks is not misaligned).
 
 Sequence sums matter: with a per-token mean the optimiser makes only the first response
 token 50/50 and nothing downstream becomes sensitive (DESIGN.md, "What a prototype found").
@@ -20,8 +21,9 @@ the twin starts at the control and is first moved along a function-preserving ga
 makes the victim's gradient large (``gain``: LoRA ``A·g, B/g``; for all weights, norm gains
 ``·g`` with the next layer's inputs ``/g``), so an lr-1e-4 step can move it far. Adam's
 rate is set per tensor to ``lr·scale`` so each tensor moves by the same relative amount.
-The victim batch alternates between the fixed update set and fresh benign batches, which
-makes the trigger transfer to benign data the construction never saw.
+The victim batch alternates between the fixed update set and fresh benign batches (the
+prototype found this helps transfer to unseen benign batches; at our budget it did not
+make the trigger survive a different benign *set*, see results/llm/transfer.csv).
 """
 
 from __future__ import annotations
