@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 PYTHON  ?= python3
 
-.PHONY: demo demo-theory test test-all symbolic data results figures clean
+.PHONY: demo demo-theory results-llm test test-all symbolic data results figures clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv .venv
@@ -37,6 +37,14 @@ results: $(STAMP)  ## re-run the reference sweeps and publish their tables into 
 	$(PY) -m theory -m experiment=ntk publish=true
 	$(PY) -m theory -m experiment=twin seed=0,1,2 publish=true
 	$(PY) -m theory -m experiment=capacity hydra/launcher=joblib hydra.launcher.n_jobs=2 publish=true
+
+results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add device=cuda on a GPU)
+	$(PY) -m llm -m experiment=transfer domain=safety,privacy,honesty publish=true
+	$(PY) -m llm -m experiment=capacity align.rank=1,2,4,8,16,32 model=tiny_gpt2 publish=true
+	$(PY) -m llm -m experiment=capacity align.rank=8 model=tiny_gpt2_64,tiny_gpt2_96 publish=true \
+		results_name=capacity_size hydra.sweep.dir=multirun/llm/capacity_size
+	$(PY) -m llm -m experiment=hairtrigger construction=analytic publish=true results_name=analytic \
+		hydra.sweep.dir=multirun/llm/analytic
 
 figures: $(STAMP)  ## redraw every figure in figures/ from results/
 	$(PY) -m figures
