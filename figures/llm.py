@@ -48,10 +48,16 @@ def controls(results: Path, out: Path) -> Path:
 
 
 def headline(results: Path, out: Path) -> Path:
-    """Twin vs. control per domain: misaligned before / after the paper's step, and utility."""
+    """Twin vs. control per domain: misaligned before / after the paper's step, and utility.
+
+    Meta-learned twins from ``transfer.csv`` (its ``paper`` cell), plus the analytic twin
+    from ``analytic.csv`` when present."""
     table = pd.read_csv(results / "transfer.csv").sort_values("domain")
+    if (results / "analytic.csv").exists():
+        analytic = pd.read_csv(results / "analytic.csv")
+        table = pd.concat([table, analytic.assign(domain=analytic["domain"] + "\n(analytic)")], ignore_index=True)
     x = np.arange(len(table))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     bars = [("control", "static", "control, before"), ("control", "after.paper", "control, after"),
             ("twin", "static", "twin, before"), ("twin", "after.paper", "twin, after")]
     colors = ["#9ecae1", "#3182bd", "#fdae6b", "#e6550d"]
@@ -65,11 +71,11 @@ def headline(results: Path, out: Path) -> Path:
     left.set_ylim(0, 1.12)
     left.axhline(0.9, color="grey", lw=0.8, ls=":")
     left.axhline(0.05, color="grey", lw=0.8, ls="--")
-    left.set_title("One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2", fontsize=9)
+    left.set_title("One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2 (metalearn unless noted)", fontsize=9)
     right.set_ylabel("held-out benign accuracy")
     right.set_ylim(0, 0.6)
     right.set_title("Benign utility", fontsize=9)
-    kl = [f"{d}\nKL {m:.2f}" for d, m in zip(table["domain"], table["twin.kl.mean"])]
+    kl = [f"{d}\nKL {m:.2g}" for d, m in zip(table["domain"], table["twin.kl.mean"])]
     for ax in (left, right):
         ax.set_xticks(x, kl if ax is left else table["domain"], fontsize=8)
         ax.legend(fontsize=7, ncol=2)
@@ -127,7 +133,7 @@ def scaling(results: Path, out: Path) -> Path:
     right.set_xscale("log")
     right.set_xlabel("base parameters (LoRA rank 8)")
     right.set_ylim(-0.03, 1.05)
-    right.set_title("Model-size sweep", fontsize=9)
+    right.set_title("Model-size sweep (2×64, 2×96 on CPU; 2×128 from the GPU rank sweep)", fontsize=8)
     right.legend(fontsize=7)
     return _save(fig, out / "llm_scaling.png")
 
