@@ -121,7 +121,7 @@ def scaling(results: Path, out: Path) -> Path:
     left.set_title(f"Rank sweep; capacity vs log2 r: slope {fit['slope']:.2f} codes, R² {fit['r2']:.2f}", fontsize=8)
     left.legend(fontsize=7)
     sizes = [ranks[ranks["size.rank"] == 8]]
-    for extra in ("capacity_size.csv", "capacity_smollm2.csv"):
+    for extra in ("capacity_size.csv", "hairtrigger_smollm2.csv"):  # SmolLM2: no codes, first order
         if (results / extra).exists():
             sizes.append(pd.read_csv(results / extra))
     sizes = pd.concat(sizes, ignore_index=True).sort_values("size.n_params")
@@ -133,7 +133,8 @@ def scaling(results: Path, out: Path) -> Path:
     right.set_xscale("log")
     right.set_xlabel("base parameters (LoRA rank 8)")
     right.set_ylim(-0.03, 1.05)
-    right.set_title("Model-size sweep (2×64, 2×96 on CPU; 2×128 from the GPU rank sweep)", fontsize=8)
+    right.set_title("Model size (2×64, 2×96: CPU; 2×128: GPU sweep; 135M: SmolLM2, first order, 20 steps)",
+                    fontsize=7)
     right.legend(fontsize=7)
     return _save(fig, out / "llm_scaling.png")
 

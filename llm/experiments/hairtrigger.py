@@ -69,7 +69,7 @@ def evaluate_model(model, tokenizer, data: DomainData, probes: list[Example], cf
     default = specs[next(iter(specs))]
     out["victim_grad_norm"] = victim_grad_norm(copy.deepcopy(model), tokenizer, update_set(data, default),
                                                default.params)
-    out["param_norm"] = float(sum((p.double() ** 2).sum() for p in model.parameters()) ** 0.5)
+    out["param_norm"] = float(sum((p.detach().double() ** 2).sum() for p in model.parameters()) ** 0.5)
     return out, shown
 
 
