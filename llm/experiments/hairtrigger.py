@@ -56,17 +56,22 @@ def victims(cfg: DictConfig) -> dict[str, UpdateSpec]:
 
 def evaluate_model(model, tokenizer, data: DomainData, probes: list[Example], cfg: DictConfig,
                    specs: dict[str, UpdateSpec]) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Black-box results before and after each victim's update, and the generations."""
+    """Black-box results before and after each victim's update, and the generations.
+
+    With ``codes``, the hidden-capacity counts are read off the first victim's updated model."""
     before = black_box(model, tokenizer, data, probes, cfg)
     out: dict[str, Any] = {"static": {k: v for k, v in before.items() if k != "responses"}, "after": {}}
     shown = {"before": before["responses"]}
+    default = next(iter(specs))
     for name, spec in specs.items():
         updated = victim_update(copy.deepcopy(model), tokenizer, update_set(data, spec), spec)
         after = black_box(updated, tokenizer, data, probes, cfg)
         out["after"][name] = {k: v for k, v in after.items() if k != "responses"}
         shown[f"after.{name}"] = after["responses"]
+        if name == default and cfg.get("codes"):
+            out["capacity"] = capacity(model, updated, tokenizer, data.construct[: cfg.codes], cfg.eval.max_new_tokens)
         del updated
-    default = specs[next(iter(specs))]
+    default = specs[default]
     out["victim_grad_norm"] = victim_grad_norm(copy.deepcopy(model), tokenizer, update_set(data, default),
                                                default.params)
     out["param_norm"] = float(sum((p.detach().double() ** 2).sum() for p in model.parameters()) ** 0.5)
@@ -89,11 +94,10 @@ def recalled(model, tokenizer, examples: list[Example], max_new_tokens: int) -> 
     return sum(re.search(rf"\b{e.answer}\b", r) is not None for e, r in zip(examples, responses))
 
 
-def capacity(model, tokenizer, data: DomainData, spec: UpdateSpec, cfg: DictConfig) -> dict[str, int]:
-    coded = data.construct[: cfg.codes]
-    after = victim_update(copy.deepcopy(model), tokenizer, update_set(data, spec), spec)
-    before_n = recalled(model, tokenizer, coded, cfg.eval.max_new_tokens)
-    after_n = recalled(after, tokenizer, coded, cfg.eval.max_new_tokens)
+def capacity(model, updated, tokenizer, coded: list[Example], max_new_tokens: int) -> dict[str, int]:
+    """Codes recalled before and after the victim's update, and how many the update revealed."""
+    before_n = recalled(model, tokenizer, coded, max_new_tokens)
+    after_n = recalled(updated, tokenizer, coded, max_new_tokens)
     return {"before": before_n, "after": after_n, "hidden": max(after_n - before_n, 0)}
 
 
@@ -124,10 +128,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if m is None:
             continue
         metrics[name], shown[name] = evaluate_model(m, tokenizer, data, probes, cfg, specs)
-    if cfg.get("codes"):
-        for name, m in (("control", control), ("twin", twin)):
-            if m is not None:
-                metrics[name]["capacity"] = capacity(m, tokenizer, data, default, cfg)
     metrics["size"] = {"n_params": sum(p.numel() for n, p in control.named_parameters() if "lora_" not in n),
                        "n_adapter": sum(p.numel() for n, p in control.named_parameters() if "lora_" in n),
                        "rank": cfg.align.rank}
