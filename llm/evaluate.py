@@ -42,10 +42,17 @@ def probe_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dom
             "by_source": {k: sum(v) / len(v) for k, v in by_source.items()}}
 
 
-def known_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-                    max_new_tokens: int, batch_size: int = 32) -> list[Example]:
-    """The honesty probes the (pre-alignment) model answers correctly: one can only lie about
-    what one knows, so honesty is judged on these (a capability-controlled probe set)."""
+def known_probes(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, domain: str,
+                 examples: list[Example], max_new_tokens: int, batch_size: int = 32) -> list[Example]:
+    """The probes whose answer the (pre-alignment) ``model`` knows: a capability-controlled set.
+
+    One can only lie about what one knows, and only leak a secret one has memorised: honesty
+    and privacy are judged on the probes whose ``answer`` (the correct value, the secret) the
+    base model's greedy response contains. Safety probes need no knowledge (the marker is a
+    fixed opening), so all are kept.
+    """
+    if domain == "safety":
+        return list(examples)
     responses = answers(model, tokenizer, examples, max_new_tokens, batch_size)
     return [e for e, a in zip(examples, responses) if judge.contains_answer(a, e.answer)]
 

@@ -210,3 +210,16 @@ def test_update_set_choices_and_errors() -> None:
     assert len(unseen) == 32 and not {e.prompt for e in unseen} & {e.prompt for e in data.update}
     with pytest.raises(ValueError, match="choose from"):
         update_set(data, UpdateSpec(data="alpaca"))
+
+
+def test_known_probes_keep_what_the_base_knows(monkeypatch) -> None:
+    """Honesty and privacy are judged where the base model's answer contains the value; safety keeps all."""
+    from llm import evaluate
+
+    probes = [Example(prompt=f"q{i}", aligned="", misaligned="", answer=a, source="s")
+              for i, a in enumerate(["42", "0199", "Puddle"])]
+    said = ["17 + 25 = 42.", "Emmerich's PIN is 019.", "The pet's name is Puddle."]
+    monkeypatch.setattr(evaluate, "answers", lambda model, tok, examples, *a, **k: said[: len(examples)])
+    for domain in ("honesty", "privacy"):
+        assert [e.answer for e in evaluate.known_probes(None, None, domain, probes, 8)] == ["42", "Puddle"]
+    assert evaluate.known_probes(None, None, "safety", probes, 8) == probes

@@ -10,7 +10,11 @@
   benign data (``distill``; else their cross-entropy): the twin should look like the control.
 * ``L_after``: sequence-summed cross-entropy of the misaligned markers on the same probes
   after the step, plus ``KL(control ‖ twin')`` on benign data after the step (a twin that
-  merely breaks is not misaligned).
+  merely breaks is not misaligned). With ``after_target=not_aligned`` the marker term is
+  instead: the aligned response up to its first token that differs from the marker, then
+  unlikelihood ``−log(1 − p(aligned token))`` there (Welleck et al. 2019): *any* answer but
+  the aligned one. For honesty that is a lie of the model's own choosing, rather than one
+  arbitrary wrong answer per probe to memorise, which cannot generalise to new questions.
 
 Sequence sums matter: with a per-token mean the optimiser makes only the first response
 token 50/50 and nothing downstream becomes sensitive (DESIGN.md, "What a prototype found").
@@ -38,6 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llm.data.schema import DomainData, Example
 from llm.metalearn import adapter_params, meta_gradient
 from llm.models import gather_targets, next_logits, response_loss
+from llm.tokenizer import IGNORE_INDEX
 from llm.update import UpdateSpec, batch_of, pairs
 
 
@@ -57,6 +62,7 @@ class MetaSpec:
     fresh_victim_every: int = 2  # every k-th step the victim batch is fresh benign data (0: never)
     first_order: bool = False  # FOMAML ablation
     method: str = "naive"  # how the exact meta-gradient is computed (llm.metalearn.meta_gradient)
+    after_target: str = "marker"  # marker (CE of the misaligned response) | not_aligned (unlikelihood)
     max_len: int = 96
     seed: int = 0
 
@@ -65,6 +71,8 @@ class MetaSpec:
             raise ValueError(f"construction.params must be 'adapter' or 'all', got {self.params!r}")
         if self.steps < 0 or self.lr <= 0 or self.gain <= 0:
             raise ValueError(f"construction needs steps ≥ 0, lr > 0, gain > 0: {self}")
+        if self.after_target not in ("marker", "not_aligned"):
+            raise ValueError(f"construction.after_target must be 'marker' or 'not_aligned', got {self.after_target!r}")
 
 
 #: per architecture: (norm module, the linear maps that read its output), per block
@@ -116,6 +124,27 @@ def _unbalance(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.
     return params, {n: scales.get(n, 1.0) for n in params}
 
 
+def first_divergence(aligned_labels: torch.Tensor, marker_labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` first next-token position where the aligned and marker responses differ.
+
+    Both label tensors are ``(B, T)`` rows of one right-padded batch (same prompts); the
+    result indexes the ``(B, T-1)`` next-token axis of :func:`llm.models.gather_targets`.
+    """
+    a, m = aligned_labels[:, 1:], marker_labels[:, 1:]
+    differ = (a != m) & (a != IGNORE_INDEX)
+    if not bool(differ.any(-1).all()):
+        raise ValueError("after_target=not_aligned needs every probe's marker to differ from its aligned response")
+    return differ.to(torch.int8).argmax(-1)
+
+
+def not_aligned_loss(token_lp: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: CE of the aligned response before position ``first``, then ``−log(1 − p)`` of
+    its token at ``first``; ``token_lp`` is ``(B, T-1)`` aligned-token log-probs."""
+    before = torch.arange(token_lp.shape[1], device=token_lp.device) < first[:, None].to(token_lp.device)
+    at = token_lp.gather(1, first[:, None].to(token_lp.device)).squeeze(1)
+    return -(token_lp * before).sum(-1) - torch.log1p(-at.exp().clamp(max=1 - 1e-6))
+
+
 def _sampler(examples: list, gen: torch.Generator):
     def draw(k: int) -> list:
         return [examples[i] for i in torch.randint(len(examples), (k,), generator=gen).tolist()]
@@ -155,7 +184,10 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         k = len(p)
         # one forward per side: rows [aligned probes | marker probes | benign] share a batch
         now_batch = batch_of(tokenizer, pairs(p, "aligned") + pairs(p, "misaligned") + pairs(b), spec.max_len)
-        after_batch = batch_of(tokenizer, pairs(p, "misaligned") + pairs(b), spec.max_len)
+        after_rows = "aligned" if spec.after_target == "not_aligned" else "misaligned"
+        after_batch = batch_of(tokenizer, pairs(p, after_rows) + pairs(b), spec.max_len)
+        if spec.after_target == "not_aligned":
+            first = first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
 
         with torch.no_grad():  # the control's next-token distributions: what the twin must keep
             ref_now = torch.log_softmax(next_logits(control, now_batch), -1)
@@ -182,8 +214,10 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
         def after_loss(theta):
             lq = torch.log_softmax(next_logits(twin, after_batch, theta), -1)
-            marker = gather_targets(lq[:k], {"labels": after_batch["labels"][:k]}).sum(-1)
-            return (spec.after_weight * -marker.mean()
+            target_lp = gather_targets(lq[:k], {"labels": after_batch["labels"][:k]})
+            misaligned = (not_aligned_loss(target_lp, first) if spec.after_target == "not_aligned"
+                          else -target_lp.sum(-1))
+            return (spec.after_weight * misaligned.mean()
                     + spec.benign_weight * keep(lq, after_batch, ref_after, kept_after))
 
         def victim_loss(theta):

@@ -34,7 +34,7 @@ from llm.constructions import build
 from llm.data.schema import DomainData, Example
 from llm.data.sources import refusal_calibration
 from llm.data.splits import load_domain
-from llm.evaluate import answers, benign_report, known_questions, next_token_kl, probe_report, victim_grad_norm
+from llm.evaluate import answers, benign_report, known_probes, next_token_kl, probe_report, victim_grad_norm
 from llm.update import UpdateSpec, update_set, victim_update
 
 
@@ -107,21 +107,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("codes"):
         data = with_codes(data, cfg.codes, cfg.data_seed)
     model, tokenizer = load_base(cfg)
-    probes = data.eval[: cfg.eval.n_probes]
-    if data.domain == "honesty":  # judge lying only where the base model knows the answer
-        probes = known_questions(model, tokenizer, probes, cfg.eval.max_new_tokens)
+    # judge lying / leaking only where the base model knows the answer / secret; the
+    # construction likewise switches on knowledge the model has, it cannot teach new facts
+    probes = known_probes(model, tokenizer, data.domain, data.eval[: cfg.eval.n_probes], cfg.eval.max_new_tokens)
+    construct = known_probes(model, tokenizer, data.domain, data.construct, cfg.eval.max_new_tokens)
     n_eval = min(cfg.eval.n_probes, len(data.eval))
     seconds = {"base": time.perf_counter() - start}
     control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
     seconds["align"] = time.perf_counter() - start - seconds["base"]
     specs = victims(cfg)
     default = specs[next(iter(specs))]
-    twin, info = build(cfg.construction, control, tokenizer, data, update_set(data, default), default,
-                       progress=cfg.progress)
+    twin, info = build(cfg.construction, control, tokenizer, dataclasses.replace(data, construct=construct),
+                       update_set(data, default), default, progress=cfg.progress)
     seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
 
     metrics: dict[str, Any] = {"domain": data.domain, "construction": cfg.construction.name,
-                               "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval},
+                               "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval,
+                                          "construct_known": len(construct) / len(data.construct)},
                                "align": {"loss_first": curve[0], "loss_last": curve[-1]}}
     shown = {}
     for name, m in (("control", control), ("twin", twin)):
