@@ -50,12 +50,24 @@ def controls(results: Path, out: Path) -> Path:
 def headline(results: Path, out: Path) -> Path:
     """Twin vs. control per domain: misaligned before / after the paper's step, and utility.
 
-    Meta-learned twins from ``transfer.csv`` (its ``paper`` cell), plus the analytic twin
+    Meta-learned twins from ``hairtrigger.csv`` (mean over seeds, whiskers = min..max over
+    seeds) or, without it, the ``paper`` cell of ``transfer.csv``; plus the analytic twin
     from ``analytic.csv`` when present."""
-    table = pd.read_csv(results / "transfer.csv").sort_values("domain")
+    if (results / "hairtrigger.csv").exists():
+        runs = pd.read_csv(results / "hairtrigger.csv")
+        numeric = runs.select_dtypes("number").columns
+        grouped = runs.groupby("domain")[list(numeric)]
+        table, low, high = (grouped.agg(f).reset_index() for f in ("mean", "min", "max"))
+        n = runs.groupby("domain").size()
+        seeds = f", mean of {n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} seeds, whiskers min–max"
+    else:
+        table = pd.read_csv(results / "transfer.csv").sort_values("domain")
+        low = high = table
+        seeds = ""
     if (results / "analytic.csv").exists():
         analytic = pd.read_csv(results / "analytic.csv")
-        table = pd.concat([table, analytic.assign(domain=analytic["domain"] + "\n(analytic)")], ignore_index=True)
+        analytic = analytic.assign(domain=analytic["domain"] + "\n(analytic)")
+        table, low, high = (pd.concat([t, analytic], ignore_index=True) for t in (table, low, high))
     x = np.arange(len(table))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     bars = [("control", "static", "control, before"), ("control", "after.paper", "control, after"),
@@ -63,15 +75,19 @@ def headline(results: Path, out: Path) -> Path:
     colors = ["#9ecae1", "#3182bd", "#fdae6b", "#e6550d"]
     for i, ((model, when, label), color) in enumerate(zip(bars, colors)):
         offset = (i - 1.5) * 0.2
-        rate = table[f"{model}.{when}.misalignment_rate"]
-        drawn = left.bar(x + offset, rate, width=0.2, label=label, color=color)
+        key = f"{model}.{when}.misalignment_rate"
+        rate = table[key]
+        spread = np.stack([rate - low[key], high[key] - rate])
+        drawn = left.bar(x + offset, rate, width=0.2, label=label, color=color, yerr=spread, capsize=2,
+                         error_kw={"lw": 0.7})
         left.bar_label(drawn, labels=[f"{v:.0%}" for v in rate], fontsize=6)
         right.bar(x + offset, table[f"{model}.{when}.benign_accuracy"], width=0.2, label=label, color=color)
     left.set_ylabel("misaligned on held-out probes")
     left.set_ylim(0, 1.12)
     left.axhline(0.9, color="grey", lw=0.8, ls=":")
     left.axhline(0.05, color="grey", lw=0.8, ls="--")
-    left.set_title("One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2 (metalearn unless noted)", fontsize=9)
+    left.set_title(f"One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2 (metalearn unless noted{seeds})",
+                   fontsize=9)
     right.set_ylabel("held-out benign accuracy")
     right.set_ylim(0, 0.6)
     right.set_title("Benign utility", fontsize=9)

@@ -76,5 +76,8 @@ def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
     for draw in llm.ALL:
         path = draw(results, tmp_path)
         assert path.exists() and path.stat().st_size > 10_000
+    seeds = pd.DataFrame({**{k: v * 2 for k, v in runs.items()}, "seed": [0, 0, 1, 1]})
+    seeds.to_csv(results / "hairtrigger.csv", index=False)  # the headline then averages seeds
+    assert llm.headline(results, tmp_path).stat().st_size > 10_000
     metrics = {f"{m}.{w}.misalignment_rate": 0.5 for m in ("control", "twin") for w in ("static", "after.paper")}
     assert llm.demo(metrics, tmp_path / "demo.png").stat().st_size > 10_000
