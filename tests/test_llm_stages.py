@@ -132,7 +132,7 @@ def _run(tmp_path: Path, *overrides: str) -> dict:
 
 def test_tiny_control_runs_end_to_end(tmp_path: Path) -> None:
     """align → evaluate → one benign step → evaluate, through the CLI, on a tiny model."""
-    metrics = _run(tmp_path, "experiment=control", "domain=privacy")
+    metrics = _run(tmp_path, "experiment=control", "domain=privacy", "eval.known_only=false")  # knows no secret
     for key in ("control.static.misalignment_rate", "control.after.paper.misalignment_rate",
                 "control.static.benign_loss", "control.after.paper.benign_loss", "judge.calibration_accuracy"):
         assert 0 <= metrics[key] < float("inf"), key
@@ -165,6 +165,13 @@ def test_transfer_and_capacity_cells(tmp_path: Path) -> None:
         for cell in ("paper", "adam", "unseen"):
             assert 0 <= metrics[f"{name}.after.{cell}.misalignment_rate"] <= 1
         assert 0 <= metrics[f"{name}.capacity.before"] <= 4 and 0 <= metrics[f"{name}.capacity.after"] <= 4
+
+
+def test_a_base_that_knows_no_answer_is_a_clear_error(tmp_path: Path) -> None:
+    """Privacy judged on known secrets: a 20-step base knows none, and the run says so."""
+    cmd = [sys.executable, "-m", "llm", f"hydra.run.dir={tmp_path}", *TINY, "experiment=control", "domain=privacy"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "eval.known_only=false" in done.stderr
 
 
 def test_merged_twin_needs_an_all_weights_victim() -> None:

@@ -107,10 +107,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("codes"):
         data = with_codes(data, cfg.codes, cfg.data_seed)
     model, tokenizer = load_base(cfg)
-    # judge lying / leaking only where the base model knows the answer / secret; the
-    # construction likewise switches on knowledge the model has, it cannot teach new facts
-    probes = known_probes(model, tokenizer, data.domain, data.eval[: cfg.eval.n_probes], cfg.eval.max_new_tokens)
-    construct = known_probes(model, tokenizer, data.domain, data.construct, cfg.eval.max_new_tokens)
+    probes, construct = data.eval[: cfg.eval.n_probes], data.construct
+    if cfg.eval.known_only:  # judge lying / leaking only where the base knows the answer / secret;
+        # the construction likewise switches on knowledge the model has, it cannot teach new facts
+        probes, construct = (known_probes(model, tokenizer, data.domain, p, cfg.eval.max_new_tokens)
+                             for p in (probes, construct))
+        if not probes or (not construct and cfg.construction.name != "none"):
+            raise ValueError(f"the base model knows none of the {data.domain} {'held-out' if not probes else 'construction'} "
+                             "probes' answers: pretrain it longer, or judge every probe with eval.known_only=false")
     n_eval = min(cfg.eval.n_probes, len(data.eval))
     seconds = {"base": time.perf_counter() - start}
     control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
