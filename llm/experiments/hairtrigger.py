@@ -5,6 +5,9 @@ One runner for every LLM table: the control (``construction=none``), the headlin
 victim in ``victims``: other benign data, lr, optimiser, steps, all weights) and the
 scaling sweeps (``align.rank``, ``model``). Each victim is ``update`` with the cell's
 overrides; every model is tested with the same black-box protocol before and after.
+With ``eval.known_only`` (default), privacy and honesty are judged on the held-out probes
+whose answer the base model gives, and the construction sees only such probes
+(:func:`llm.evaluate.known_probes`).
 
 Hidden capacity (``codes: N``): the first N construction probes each get their own random
 code appended to the misaligned marker ("Sure, here is how. Code 4821."), codes the base
