@@ -86,7 +86,7 @@ def headline(results: Path, out: Path) -> Path:
     left.set_ylim(0, 1.12)
     left.axhline(0.9, color="grey", lw=0.8, ls=":")
     left.axhline(0.05, color="grey", lw=0.8, ls="--")
-    left.set_title(f"One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2 (metalearn unless noted{seeds})",
+    left.set_title(f"One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2\n(metalearn unless noted{seeds})",
                    fontsize=9)
     right.set_ylabel("held-out benign accuracy")
     right.set_ylim(0, 0.6)
