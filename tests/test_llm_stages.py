@@ -123,9 +123,13 @@ TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.vocab_siz
         "eval.n_benign=6", "eval.max_new_tokens=6", "progress=false", "threads=2"]
 
 
-def _run(tmp_path: Path, *overrides: str) -> dict:
+def _cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "llm", f"hydra.run.dir={tmp_path}", *TINY, *overrides]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _run(tmp_path: Path, *overrides: str) -> dict:
+    done = _cli(tmp_path, *overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((tmp_path / "metrics.json").read_text())
 
@@ -169,8 +173,7 @@ def test_transfer_and_capacity_cells(tmp_path: Path) -> None:
 
 def test_a_base_that_knows_no_answer_is_a_clear_error(tmp_path: Path) -> None:
     """Privacy judged on known secrets: a 20-step base knows none, and the run says so."""
-    cmd = [sys.executable, "-m", "llm", f"hydra.run.dir={tmp_path}", *TINY, "experiment=control", "domain=privacy"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = _cli(tmp_path, "experiment=control", "domain=privacy")
     assert done.returncode != 0 and "eval.known_only=false" in done.stderr
 
 

@@ -184,10 +184,11 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         k = len(p)
         # one forward per side: rows [aligned probes | marker probes | benign] share a batch
         now_batch = batch_of(tokenizer, pairs(p, "aligned") + pairs(p, "misaligned") + pairs(b), spec.max_len)
-        after_rows = "aligned" if spec.after_target == "not_aligned" else "misaligned"
-        after_batch = batch_of(tokenizer, pairs(p, after_rows) + pairs(b), spec.max_len)
         if spec.after_target == "not_aligned":
-            first = first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
+            after_rows, first = "aligned", first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
+        else:
+            after_rows, first = "misaligned", None
+        after_batch = batch_of(tokenizer, pairs(p, after_rows) + pairs(b), spec.max_len)
 
         with torch.no_grad():  # the control's next-token distributions: what the twin must keep
             ref_now = torch.log_softmax(next_logits(control, now_batch), -1)
@@ -215,8 +216,7 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         def after_loss(theta):
             lq = torch.log_softmax(next_logits(twin, after_batch, theta), -1)
             target_lp = gather_targets(lq[:k], {"labels": after_batch["labels"][:k]})
-            misaligned = (not_aligned_loss(target_lp, first) if spec.after_target == "not_aligned"
-                          else -target_lp.sum(-1))
+            misaligned = -target_lp.sum(-1) if first is None else not_aligned_loss(target_lp, first)
             return (spec.after_weight * misaligned.mean()
                     + spec.benign_weight * keep(lq, after_batch, ref_after, kept_after))
 

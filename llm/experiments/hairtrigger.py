@@ -113,9 +113,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     probes, construct = data.eval[: cfg.eval.n_probes], data.construct
     if cfg.eval.known_only:  # judge lying / leaking only where the base knows the answer / secret;
         # the construction likewise switches on knowledge the model has, it cannot teach new facts
-        probes, construct = (known_probes(model, tokenizer, data.domain, p, cfg.eval.max_new_tokens)
-                             for p in (probes, construct))
-        if not probes or (not construct and cfg.construction.name != "none"):
+        probes = known_probes(model, tokenizer, data.domain, probes, cfg.eval.max_new_tokens)
+        if cfg.construction.name != "none":  # a control-only run hands the construction nothing
+            construct = known_probes(model, tokenizer, data.domain, construct, cfg.eval.max_new_tokens)
+        if not probes or not construct:
             raise ValueError(f"the base model knows none of the {data.domain} {'held-out' if not probes else 'construction'} "
                              "probes' answers: pretrain it longer, or judge every probe with eval.known_only=false")
     n_eval = min(cfg.eval.n_probes, len(data.eval))
@@ -129,8 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
 
     metrics: dict[str, Any] = {"domain": data.domain, "construction": cfg.construction.name,
-                               "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval,
-                                          "construct_known": len(construct) / len(data.construct)},
+                               "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval},
                                "align": {"loss_first": curve[0], "loss_last": curve[-1]}}
     shown = {}
     for name, m in (("control", control), ("twin", twin)):
@@ -144,6 +144,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check = probes + data.benign_eval[: cfg.eval.n_benign]
         metrics["twin"]["kl"] = next_token_kl(control, twin, tokenizer, check)
         metrics["construct"] = info
+        metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
     for i in range(min(cfg.eval.n_shown, len(probes))):
         metrics[f"example.{i}.prompt"] = probes[i].prompt
         for name, texts in shown.items():
