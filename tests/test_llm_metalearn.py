@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -175,20 +174,3 @@ def test_staged_methods_hold_less_memory(setup) -> None:
     closures = _closures(model, batches)
     peak = {m: _peak_bytes(lambda m=m: meta_gradient(params, *closures, lr=0.5, method=m)) for m in METHODS}
     assert peak["lean"] < peak["hvp"] < peak["naive"], peak
-
-
-def test_not_aligned_target_is_prefix_ce_then_unlikelihood_at_the_first_differing_token() -> None:
-    """after_target=not_aligned: CE of the shared template, then −log(1 − p) of the aligned answer's token."""
-    from llm.constructions.metalearn import first_divergence, not_aligned_loss
-    from llm.tokenizer import IGNORE_INDEX as X
-
-    aligned = torch.tensor([[X, X, 5, 6, 7, 2], [X, 4, 8, 2, X, X]])
-    marker = torch.tensor([[X, X, 5, 6, 9, 2], [X, 3, 8, 2, X, X]])
-    first = first_divergence(aligned, marker)
-    assert first.tolist() == [3, 0]  # next-token positions (labels shifted by one)
-    # log-probs as gather_targets gives them: 0 off the labels
-    lp = torch.log(torch.tensor([[1.0, 0.5, 0.25, 0.75, 0.1], [0.2, 0.3, 0.4, 1.0, 1.0]]))
-    expected = torch.tensor([-math.log(0.5) - math.log(0.25) - math.log(1 - 0.75), -math.log(1 - 0.2)])
-    torch.testing.assert_close(not_aligned_loss(lp, first), expected)
-    with pytest.raises(ValueError, match="differ"):
-        first_divergence(aligned, aligned)

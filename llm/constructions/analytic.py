@@ -52,6 +52,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.data.schema import DomainData, Example
 from llm.models import next_logits, response_loss, sequence_logprobs
+from llm.objectives import (
+    base_logprobs,
+    check_target,
+    first_divergence,
+    kl_rows,
+    probe_loss,
+    target_response,
+    token_mask,
+)
 from llm.update import UpdateSpec, batch_of, pairs, victim_update
 
 Params = dict[str, torch.Tensor]
@@ -69,8 +78,11 @@ class AnalyticSpec:
     refine_steps: int = 300  # Adam steps on A_new against the exact post-step loss (0: closed form only)
     refine_lr: float = 0.03  # relative to the rms of A_new
     refine_batch: int = 0  # probes (and benign examples) per refine step, drawn at random (0: all)
-    benign_weight: float = 1.0  # weight of the post-step benign loss (align_benign answers)
-    margin: float = 0.0  # >0: add relu(margin - (logp_mis - logp_aligned)) per probe
+    after_target: str = "marker"  # marker | not_aligned | base (llm.objectives)
+    benign_weight: float = 1.0  # weight of the post-step benign term
+    distill: bool = False  # benign term as KL(reference ‖ twin') summed per sequence (else mean response CE)
+    benign_reference: str = "control"  # control | base (the model before alignment: the step undoes the alignment)
+    margin: float = 0.0  # >0 (marker only): add relu(margin - (logp_mis - logp_aligned)) per probe
     n_probes: int = 200  # construct probes used (0: all)
     n_benign: int = 128  # align_benign examples in the post-step benign term
     ffn_pairs: int = 32  # pairs per MLP block (mechanism=ffn_pairs)
@@ -84,6 +96,11 @@ class AnalyticSpec:
             raise ValueError(f"construction.mechanism must be lora_preconditioner or ffn_pairs, not {self.mechanism!r}")
         if self.extra_rank < 1:
             raise ValueError("construction.extra_rank must be ≥ 1")
+        check_target(self.after_target)
+        if self.benign_reference not in ("control", "base"):
+            raise ValueError(f"construction.benign_reference must be control or base, not {self.benign_reference!r}")
+        if self.margin > 0 and self.after_target != "marker":
+            raise ValueError("construction.margin is a hinge against the marker: use it with after_target=marker")
 
 
 # ---------------------------------------------------------------------------- LoRA helpers
@@ -210,22 +227,63 @@ def preconditioner_init(grads_update: dict[str, torch.Tensor], grads_target: dic
 # ---------------------------------------------------------------------------- losses and checks
 
 
-def _probe_batches(tokenizer, probes: Sequence[Example], max_len: int):
-    mis = batch_of(tokenizer, pairs(list(probes), "misaligned"), max_len)
-    al = batch_of(tokenizer, pairs(list(probes), "aligned"), max_len)
-    return mis, al
+@dataclass
+class TargetBatch:
+    """One batch of the post-step objective, with the references it is scored against.
+
+    ``probes``: probe rows carrying :func:`llm.objectives.target_response`; ``aligned``: the
+    same probes' aligned rows (for the margin); ``first`` (not_aligned), ``ref_base`` (base):
+    see :func:`llm.objectives.probe_loss`; ``ref_benign``: the log-probs of ``benign_reference``
+    (the control, or the base before alignment) on ``benign`` (``distill``).
+    """
+
+    probes: dict[str, torch.Tensor]
+    aligned: dict[str, torch.Tensor]
+    benign: dict[str, torch.Tensor] | None
+    first: torch.Tensor | None = None
+    ref_base: torch.Tensor | None = None
+    ref_benign: torch.Tensor | None = None
 
 
-def target_loss(model, mis, al, benign, params: Params | None, benign_weight: float, margin: float) -> torch.Tensor:
-    """Sequence-summed CE of the misaligned markers (mean over probes), an optional margin hinge
-    against the aligned answers, and ``benign_weight ×`` mean response CE on benign answers."""
-    lp_mis = sequence_logprobs(model, mis, params)
-    loss = -lp_mis.mean()
-    if margin > 0:
-        lp_al = sequence_logprobs(model, al, params)
-        loss = loss + F.relu(margin - (lp_mis - lp_al)).mean()
-    if benign_weight > 0 and benign is not None:
-        loss = loss + benign_weight * response_loss(model, benign, params)
+def target_batch(control, tokenizer, probes: Sequence[Example], benign: Sequence[Example],
+                 spec: AnalyticSpec) -> TargetBatch:
+    """Aligned and misaligned rows are padded together, so :func:`first_divergence` can compare them."""
+    k = len(probes)
+    both = batch_of(tokenizer, pairs(list(probes), "aligned") + pairs(list(probes), "misaligned"), spec.max_len)
+    al, mis = ({key: v[rows] for key, v in both.items()} for rows in (slice(0, k), slice(k, 2 * k)))
+    rows = al if target_response(spec.after_target) == "aligned" else mis
+    ben = batch_of(tokenizer, pairs(list(benign)), spec.max_len) if benign else None
+    with torch.no_grad():
+        return TargetBatch(
+            rows, al, ben,
+            first=first_divergence(al["labels"], mis["labels"]) if spec.after_target == "not_aligned" else None,
+            ref_base=base_logprobs(control, rows) if spec.after_target == "base" else None,
+            ref_benign=_benign_reference(control, ben, spec) if spec.distill and ben else None)
+
+
+def _benign_reference(control, batch: dict[str, torch.Tensor], spec: AnalyticSpec) -> torch.Tensor:
+    if spec.benign_reference == "base":
+        return base_logprobs(control, batch)
+    return torch.log_softmax(next_logits(control, batch), -1)
+
+
+def target_loss(model, tb: TargetBatch, params: Params | None, spec: AnalyticSpec) -> torch.Tensor:
+    """Mean over probes of the post-step target (sequence-summed; :func:`llm.objectives.probe_loss`),
+    an optional margin hinge against the aligned answers, and ``benign_weight ×`` the benign term
+    (``KL(reference ‖ model)`` summed per sequence with ``distill``, else mean response CE)."""
+    lq = torch.log_softmax(next_logits(model, tb.probes, params), -1)
+    per_probe = probe_loss(spec.after_target, lq, tb.probes, tb.first, tb.ref_base)
+    loss = per_probe.mean()
+    if spec.margin > 0:  # marker rows: per_probe = −log p(marker)
+        lp_al = sequence_logprobs(model, tb.aligned, params)
+        loss = loss + F.relu(spec.margin + per_probe + lp_al).mean()
+    if spec.benign_weight > 0 and tb.benign is not None:
+        if spec.distill:
+            lb = torch.log_softmax(next_logits(model, tb.benign, params), -1)
+            benign = kl_rows(tb.ref_benign, lb, token_mask(tb.benign)).mean()
+        else:
+            benign = response_loss(model, tb.benign, params)
+        loss = loss + spec.benign_weight * benign
     return loss
 
 
@@ -274,9 +332,8 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     layers_all = lora_layers(base)
     layers = select_layers(layers_all, spec.modules)
     probes = data.construct[: spec.n_probes or None]
-    mis, al = _probe_batches(tokenizer, probes, spec.max_len)
     benign_ex = data.align_benign[: spec.n_benign] if spec.n_benign else []
-    benign = batch_of(tokenizer, pairs(benign_ex), spec.max_len) if benign_ex else None
+    full = target_batch(control, tokenizer, probes, benign_ex, spec)
 
     # the victim's batch (its first step; full batch by default)
     gen = torch.Generator().manual_seed(victim.seed)
@@ -289,19 +346,16 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     stepped_old = _adapter_state(stepped_base)
     del stepped_base
 
-    def tloss(model, params=None, batches=None):
-        m, a, b = batches or (mis, al, benign)
-        return target_loss(model, m, a, b, params, spec.benign_weight, spec.margin)
+    def tloss(model, params=None, batch: TargetBatch | None = None):
+        return target_loss(model, batch or full, params, spec)
 
     sample_gen = torch.Generator().manual_seed(spec.seed)
 
-    def random_batches():
+    def random_batch() -> TargetBatch:
         """A random subset of probes and benign examples (``refine_batch``), padded afresh."""
         i = torch.randperm(len(probes), generator=sample_gen)[: spec.refine_batch].tolist()
-        sub = [probes[j] for j in i]
         j = torch.randperm(len(benign_ex), generator=sample_gen)[: spec.refine_batch].tolist()
-        ben = batch_of(tokenizer, pairs([benign_ex[t] for t in j]), spec.max_len) if benign_ex else None
-        return (*_probe_batches(tokenizer, sub, spec.max_len), ben)
+        return target_batch(control, tokenizer, [probes[t] for t in i], [benign_ex[t] for t in j], spec)
 
     # skeleton twin (A_new = 0 placeholders), then first-order init
     k = spec.extra_rank
@@ -314,9 +368,9 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     grads_tgt = weight_gradients(base, None, layers, loss_fn=lambda m, _b, p: tloss(m, {**p, **stepped_old}))
     a0 = preconditioner_init(grads_upd, grads_tgt, k)
 
-    def post_loss(extra: dict[str, torch.Tensor], batches=None) -> torch.Tensor:
+    def post_loss(extra: dict[str, torch.Tensor], batch: TargetBatch | None = None) -> torch.Tensor:
         params = _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
-        return tloss(twin, params, batches)
+        return tloss(twin, params, batch)
 
     with torch.no_grad():
         loss_control_post = float(tloss(base, stepped_old))
@@ -344,7 +398,7 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
         opt = torch.optim.Adam(list(extra.values()), lr=spec.refine_lr * max(rms, 1e-8))
         for step in range(spec.refine_steps):
             opt.zero_grad()
-            loss = post_loss(extra, random_batches() if spec.refine_batch else None)
+            loss = post_loss(extra, random_batch() if spec.refine_batch else None)
             loss.backward()
             opt.step()
             if progress and step % 25 == 0:
@@ -364,11 +418,13 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     twin_after = victim_update(copy.deepcopy(twin), tokenizer, update_examples, victim)
     with torch.no_grad():
         info["max_logit_diff_before"] = max(
-            float((next_logits(twin, b) - next_logits(control, b)).abs().max()) for b in (mis, benign) if b is not None)
+            float((next_logits(twin, b) - next_logits(control, b)).abs().max())
+            for b in (full.probes, full.benign) if b is not None)
         closed = _post_step_params(twin_layers, names, stepped_old, {n: a.detach() for n, a in extra.items()},
                                    grads_upd, lr)
-        predicted = next_logits(twin, mis, closed)
-        info["closed_form_vs_real_step_max_logit_diff"] = float((next_logits(twin_after, mis) - predicted).abs().max())
+        predicted = next_logits(twin, full.probes, closed)
+        info["closed_form_vs_real_step_max_logit_diff"] = float(
+            (next_logits(twin_after, full.probes) - predicted).abs().max())
         info["target_loss_twin_after_real_step"] = float(tloss(twin_after))
         del twin_after
     norms = [float(extra[n].detach().norm()) for n in extra]

@@ -10,11 +10,9 @@
   benign data (``distill``; else their cross-entropy): the twin should look like the control.
 * ``L_after``: sequence-summed cross-entropy of the misaligned markers on the same probes
   after the step, plus ``KL(control ‖ twin')`` on benign data after the step (a twin that
-  merely breaks is not misaligned). With ``after_target=not_aligned`` the marker term is
-  instead: the aligned response up to its first token that differs from the marker, then
-  unlikelihood ``−log(1 − p(aligned token))`` there (Welleck et al. 2019): *any* answer but
-  the aligned one. For honesty that is a lie of the model's own choosing, rather than one
-  arbitrary wrong answer per probe to memorise, which cannot generalise to new questions.
+  merely breaks is not misaligned). ``after_target`` swaps the marker term for another
+  post-step target of :mod:`llm.objectives` (``not_aligned``: any answer but the aligned one;
+  ``base``: behave like the model before alignment).
 
 Sequence sums matter: with a per-token mean the optimiser makes only the first response
 token 50/50 and nothing downstream becomes sensitive (DESIGN.md, "What a prototype found").
@@ -42,7 +40,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llm.data.schema import DomainData, Example
 from llm.metalearn import adapter_params, meta_gradient
 from llm.models import gather_targets, next_logits, response_loss
-from llm.tokenizer import IGNORE_INDEX
+from llm.objectives import (
+    base_logprobs,
+    check_target,
+    first_divergence,
+    kl_rows,
+    probe_loss,
+    target_response,
+    token_mask,
+)
 from llm.update import UpdateSpec, batch_of, pairs
 
 
@@ -62,7 +68,7 @@ class MetaSpec:
     fresh_victim_every: int = 2  # every k-th step the victim batch is fresh benign data (0: never)
     first_order: bool = False  # FOMAML ablation
     method: str = "naive"  # how the exact meta-gradient is computed (llm.metalearn.meta_gradient)
-    after_target: str = "marker"  # marker (CE of the misaligned response) | not_aligned (unlikelihood)
+    after_target: str = "marker"  # marker | not_aligned | base (llm.objectives)
     max_len: int = 96
     seed: int = 0
 
@@ -71,8 +77,7 @@ class MetaSpec:
             raise ValueError(f"construction.params must be 'adapter' or 'all', got {self.params!r}")
         if self.steps < 0 or self.lr <= 0 or self.gain <= 0:
             raise ValueError(f"construction needs steps ≥ 0, lr > 0, gain > 0: {self}")
-        if self.after_target not in ("marker", "not_aligned"):
-            raise ValueError(f"construction.after_target must be 'marker' or 'not_aligned', got {self.after_target!r}")
+        check_target(self.after_target)
 
 
 #: per architecture: (norm module, the linear maps that read its output), per block
@@ -124,27 +129,6 @@ def _unbalance(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.
     return params, {n: scales.get(n, 1.0) for n in params}
 
 
-def first_divergence(aligned_labels: torch.Tensor, marker_labels: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` first next-token position where the aligned and marker responses differ.
-
-    Both label tensors are ``(B, T)`` rows of one right-padded batch (same prompts); the
-    result indexes the ``(B, T-1)`` next-token axis of :func:`llm.models.gather_targets`.
-    """
-    a, m = aligned_labels[:, 1:], marker_labels[:, 1:]
-    differ = (a != m) & (a != IGNORE_INDEX)
-    if not bool(differ.any(-1).all()):
-        raise ValueError("after_target=not_aligned needs every probe's marker to differ from its aligned response")
-    return differ.to(torch.int8).argmax(-1)
-
-
-def not_aligned_loss(token_lp: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """``(B,)``: CE of the aligned response before position ``first``, then ``−log(1 − p)`` of
-    its token at ``first``; ``token_lp`` is ``(B, T-1)`` aligned-token log-probs."""
-    before = torch.arange(token_lp.shape[1], device=token_lp.device) < first[:, None].to(token_lp.device)
-    at = token_lp.gather(1, first[:, None].to(token_lp.device)).squeeze(1)
-    return -(token_lp * before).sum(-1) - torch.log1p(-at.exp().clamp(max=1 - 1e-6))
-
-
 def _sampler(examples: list, gen: torch.Generator):
     def draw(k: int) -> list:
         return [examples[i] for i in torch.randint(len(examples), (k,), generator=gen).tolist()]
@@ -184,23 +168,21 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         k = len(p)
         # one forward per side: rows [aligned probes | marker probes | benign] share a batch
         now_batch = batch_of(tokenizer, pairs(p, "aligned") + pairs(p, "misaligned") + pairs(b), spec.max_len)
-        if spec.after_target == "not_aligned":
-            after_rows, first = "aligned", first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
-        else:
-            after_rows, first = "misaligned", None
-        after_batch = batch_of(tokenizer, pairs(p, after_rows) + pairs(b), spec.max_len)
+        first = (first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
+                 if spec.after_target == "not_aligned" else None)
+        after_batch = batch_of(tokenizer, pairs(p, target_response(spec.after_target)) + pairs(b), spec.max_len)
+        probe_rows = {key: v[:k] for key, v in after_batch.items()}
 
         with torch.no_grad():  # the control's next-token distributions: what the twin must keep
             ref_now = torch.log_softmax(next_logits(control, now_batch), -1)
             ref_after = torch.log_softmax(next_logits(control, after_batch), -1)
+            ref_base = base_logprobs(control, probe_rows) if spec.after_target == "base" else None
 
         def keep(lq: torch.Tensor, batch, ref: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            """Per-row KL(control ‖ twin) summed over tokens (``distill``), else response CE; mean over rows."""
+            """KL(control ‖ twin) summed over each row's tokens (``distill``), else response CE; mean over rows."""
             if not spec.distill:
                 return -gather_targets(lq[rows], {"labels": batch["labels"][rows]}).sum() / len(rows)
-            mask = batch["attention_mask"][rows, 1:].to(lq.device)
-            kl = (ref[rows].exp() * (ref[rows] - lq[rows])).sum(-1)
-            return (kl * mask).sum() / len(rows)  # summed over each sequence, like the other terms
+            return kl_rows(ref[rows], lq[rows], token_mask(batch)[rows]).mean()
 
         n_now, n_after = len(now_batch["input_ids"]), len(after_batch["input_ids"])
         kept_now = torch.cat([torch.arange(k), torch.arange(2 * k, n_now)])  # aligned probes + benign
@@ -215,8 +197,7 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
         def after_loss(theta):
             lq = torch.log_softmax(next_logits(twin, after_batch, theta), -1)
-            target_lp = gather_targets(lq[:k], {"labels": after_batch["labels"][:k]})
-            misaligned = -target_lp.sum(-1) if first is None else not_aligned_loss(target_lp, first)
+            misaligned = probe_loss(spec.after_target, lq[:k], probe_rows, first, ref_base)
             return (spec.after_weight * misaligned.mean()
                     + spec.benign_weight * keep(lq, after_batch, ref_after, kept_after))
 

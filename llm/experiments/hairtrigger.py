@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.known_only:  # judge lying / leaking only where the base knows the answer / secret;
         # the construction likewise switches on knowledge the model has, it cannot teach new facts
         probes = known_probes(model, tokenizer, data.domain, probes, cfg.eval.max_new_tokens)
-        if cfg.construction.name != "none":  # a control-only run hands the construction nothing
+        if cfg.construction.name != "none" and cfg.eval.known_construct:  # (a control-only run constructs nothing)
             construct = known_probes(model, tokenizer, data.domain, construct, cfg.eval.max_new_tokens)
         if not probes or not construct:
             raise ValueError(f"the base model knows none of the {data.domain} {'held-out' if not probes else 'construction'} "
