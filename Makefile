@@ -39,7 +39,7 @@ results: $(STAMP)  ## re-run the reference sweeps and publish their tables into 
 	$(PY) -m theory -m experiment=capacity hydra/launcher=joblib hydra.launcher.n_jobs=2 publish=true
 
 results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add device=cuda on a GPU)
-	$(PY) -m llm -m experiment=hairtrigger domain=safety,privacy,honesty seed=0,1 publish=true
+	$(PY) -m llm -m experiment=hairtrigger domain=safety,privacy,honesty seed=0,1,2 publish=true
 	$(PY) -m llm -m experiment=transfer domain=safety,privacy,honesty publish=true
 	$(PY) -m llm -m experiment=capacity align.rank=1,2,4,8,16,32 model=tiny_gpt2 publish=true
 	$(PY) -m llm -m experiment=capacity align.rank=8 model=tiny_gpt2_64,tiny_gpt2_96 publish=true \

@@ -47,27 +47,31 @@ def controls(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_controls.png")
 
 
+def _over_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
+    """Per domain: mean, min and max over seeds of every numeric column, and a caption."""
+    numeric = runs.select_dtypes("number").columns
+    grouped = runs.groupby("domain")[list(numeric)]
+    table, low, high = (grouped.agg(f).reset_index() for f in ("mean", "min", "max"))
+    n = runs.groupby("domain").size()
+    return table, low, high, f", mean of {n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} seeds, whiskers min–max"
+
+
 def headline(results: Path, out: Path) -> Path:
     """Twin vs. control per domain: misaligned before / after the paper's step, and utility.
 
     Meta-learned twins from ``hairtrigger.csv`` (mean over seeds, whiskers = min..max over
-    seeds) or, without it, the ``paper`` cell of ``transfer.csv``; plus the analytic twin
-    from ``analytic.csv`` when present."""
+    seeds) or, without it, the ``paper`` cell of ``transfer.csv``; plus the analytic twins
+    from ``analytic.csv`` when present (likewise over seeds)."""
     if (results / "hairtrigger.csv").exists():
-        runs = pd.read_csv(results / "hairtrigger.csv")
-        numeric = runs.select_dtypes("number").columns
-        grouped = runs.groupby("domain")[list(numeric)]
-        table, low, high = (grouped.agg(f).reset_index() for f in ("mean", "min", "max"))
-        n = runs.groupby("domain").size()
-        seeds = f", mean of {n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} seeds, whiskers min–max"
+        table, low, high, seeds = _over_seeds(pd.read_csv(results / "hairtrigger.csv"))
     else:
         table = pd.read_csv(results / "transfer.csv").sort_values("domain")
         low = high = table
         seeds = ""
     if (results / "analytic.csv").exists():
-        analytic = pd.read_csv(results / "analytic.csv")
-        analytic = analytic.assign(domain=analytic["domain"] + "\n(analytic)")
-        table, low, high = (pd.concat([t, analytic], ignore_index=True) for t in (table, low, high))
+        runs = pd.read_csv(results / "analytic.csv")
+        parts = _over_seeds(runs.assign(domain=runs["domain"] + "\n(analytic)"))[:3]
+        table, low, high = (pd.concat([t, a], ignore_index=True) for t, a in zip((table, low, high), parts))
     x = np.arange(len(table))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     bars = [("control", "static", "control, before"), ("control", "after.paper", "control, after"),

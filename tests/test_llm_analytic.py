@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -195,7 +196,11 @@ def test_spec_mirrors_the_config() -> None:
     cfg = yaml.safe_load((ROOT / "conf/llm/construction/analytic.yaml").read_text())
     assert cfg["name"] == "analytic"
     assert {k for k in cfg if k != "name"} == {f.name for f in fields(AnalyticSpec)}
-    AnalyticSpec(**{k: v for k, v in cfg.items() if k != "name"})
+    for domain in ("safety", "privacy", "honesty"):  # the post-step target comes from the domain
+        conf = OmegaConf.merge(yaml.safe_load((ROOT / f"conf/llm/domain/{domain}.yaml").read_text()),
+                               {"seed": 0, "construction": cfg})
+        AnalyticSpec(**{k: v for k, v in OmegaConf.to_container(conf.construction, resolve=True).items()
+                        if k != "name"})
 
 
 @pytest.mark.parametrize("mechanism", ["lora_preconditioner", "ffn_pairs"])
