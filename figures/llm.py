@@ -87,7 +87,7 @@ def headline(results: Path, out: Path) -> Path:
         left.bar_label(drawn, labels=[f"{v:.0%}" for v in rate], fontsize=6)
         right.bar(x + offset, table[f"{model}.{when}.benign_accuracy"], width=0.2, label=label, color=color)
     left.set_ylabel("misaligned on held-out probes")
-    left.set_ylim(0, 1.12)
+    left.set_ylim(0, 1.3)  # headroom for the legend above the bars
     left.axhline(0.9, color="grey", lw=0.8, ls=":")
     left.axhline(0.05, color="grey", lw=0.8, ls="--")
     left.set_title(f"One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2\n(metalearn unless noted{seeds})",
@@ -98,7 +98,7 @@ def headline(results: Path, out: Path) -> Path:
     kl = [f"{d}\nKL {m:.2g}" for d, m in zip(table["domain"], table["twin.kl.mean"])]
     for ax in (left, right):
         ax.set_xticks(x, kl if ax is left else table["domain"], fontsize=8)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=4 if ax is left else 2, loc="upper center")
     return _save(fig, out / "llm_headline.png")
 
 

@@ -21,6 +21,9 @@ Mechanisms
   eigenvectors of ``sym(Gᵀ ∇_W L_target)`` (first order), :func:`build_analytic` then line
   searches one global gain with the real victim step and (optionally) refines ``A_new`` on
   the *exact* post-step loss, which is cheap because ``G`` does not depend on ``A_new``.
+  That loss (:func:`target_loss`) is the domain's post-step target on construction probes
+  (``after_target``, :mod:`llm.objectives`: the marker; any answer but the aligned one; or
+  the model before alignment) plus a benign term (KL to the control, or to that base).
 * **Redundant FFN units** (:func:`add_ffn_pairs`): cancelling pairs ``(u, b, v)``,
   ``(u, b, −v)`` appended to a GPT-2 MLP (``c_fc``/``c_proj`` widths, ``config.n_inner``,
   and the LoRA factors of both modules padded with zeros). Exact forward; the step moves
