@@ -203,13 +203,14 @@ def test_spec_mirrors_the_config() -> None:
                         if k != "name"})
 
 
-@pytest.mark.parametrize("mechanism", ["lora_preconditioner", "ffn_pairs"])
-def test_build_analytic_smoke(tok, mechanism) -> None:
+@pytest.mark.parametrize(("mechanism", "left_rank"), [("lora_preconditioner", 0), ("ffn_pairs", 0),
+                                                   ("lora_preconditioner", 2)])
+def test_build_analytic_smoke(tok, mechanism, left_rank) -> None:
     control = tiny(tok)
     before = {k: v.clone() for k, v in control.state_dict().items()}
     data = domain_data()
     victim = UpdateSpec(lr=1e-4, batch_size=8, n_samples=8, max_len=32)
-    spec = AnalyticSpec(mechanism=mechanism, extra_rank=2, line_search=(1e2, 1e3, 1e4), refine_steps=3,
+    spec = AnalyticSpec(mechanism=mechanism, extra_rank=2, left_rank=left_rank, line_search=(1e2, 1e3, 1e4), refine_steps=3,
                         n_probes=0, n_benign=8, ffn_pairs=2, max_len=32,
                         refine_batch=4 if mechanism == "ffn_pairs" else 0)
     twin, info = build_analytic(control, tok, data, data.update, victim, spec)

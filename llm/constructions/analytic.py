@@ -75,6 +75,7 @@ class AnalyticSpec:
 
     mechanism: Literal["lora_preconditioner", "ffn_pairs"] = "lora_preconditioner"
     extra_rank: int = 8  # k new LoRA components per target module (B = 0)
+    left_rank: int = 0  # k' more with A = 0 and B free: the step adds −η s² B Bᵀ G (writes along B)
     modules: str = "all"  # all | c_attn | c_proj | c_fc | mlp (regex-free substring filters, comma list)
     gain: float = 1.0  # initial global scale of A_new (the gauge); refined by the line search
     line_search: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
@@ -97,8 +98,8 @@ class AnalyticSpec:
         object.__setattr__(self, "line_search", tuple(float(c) for c in self.line_search))
         if self.mechanism not in ("lora_preconditioner", "ffn_pairs"):
             raise ValueError(f"construction.mechanism must be lora_preconditioner or ffn_pairs, not {self.mechanism!r}")
-        if self.extra_rank < 1:
-            raise ValueError("construction.extra_rank must be ≥ 1")
+        if self.extra_rank < 1 or self.left_rank < 0:
+            raise ValueError("construction.extra_rank must be ≥ 1 and construction.left_rank ≥ 0")
         check_target(self.after_target)
         if self.benign_reference not in ("control", "base"):
             raise ValueError(f"construction.benign_reference must be control or base, not {self.benign_reference!r}")
@@ -301,15 +302,22 @@ def _post_step_params(twin_layers: dict[str, LoraLayer], names: dict[str, str], 
                       extra: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lr: float,
                       adapter: str = "default") -> Params:
     """Adapter tensors of the twin after the victim's SGD step, differentiable in ``extra``:
-    old components as the control's step left them, ``B_new' = −η s G A_newᵀ``."""
+    old components as the control's step left them, ``B_new' = −η s G A_newᵀ``; with
+    ``extra[name + ":left"]`` (``(k', out)``, the ``B`` columns of components whose ``A`` is 0),
+    those components' ``A' = −η s Bᵀ G`` (their ``B`` gets no gradient)."""
     out: Params = {}
     for name, layer in twin_layers.items():
         a_key, b_key = f"{name}.lora_A.{adapter}.weight", f"{name}.lora_B.{adapter}.weight"
         a_old, b_old = stepped_old[names[a_key]], stepped_old[names[b_key]]
+        s = layer.scaling[adapter]
         a_new = extra[name]
-        b_new = -lr * layer.scaling[adapter] * grads[name] @ a_new.T
-        out[a_key] = torch.cat([a_old, a_new], 0)
-        out[b_key] = torch.cat([b_old, b_new], 1)
+        a_parts, b_parts = [a_old, a_new], [b_old, -lr * s * grads[name] @ a_new.T]
+        left = extra.get(f"{name}:left")
+        if left is not None:
+            a_parts.append(-lr * s * left @ grads[name])
+            b_parts.append(left.T)
+        out[a_key] = torch.cat(a_parts, 0)
+        out[b_key] = torch.cat(b_parts, 1)
     return out
 
 
@@ -361,15 +369,20 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
         return target_batch(control, tokenizer, [probes[t] for t in i], [benign_ex[t] for t in j], spec)
 
     # skeleton twin (A_new = 0 placeholders), then first-order init
-    k = spec.extra_rank
-    placeholder = {n: torch.zeros(k, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()}
-    twin = extend_lora(copy.deepcopy(base), placeholder)
+    k, k_left = spec.extra_rank, spec.left_rank
+    twin = copy.deepcopy(base)
+    for rank in (k, k_left) if k_left else (k,):  # [old | k with B = 0 | k' with A = 0]: all zero for now
+        twin = extend_lora(twin, {n: torch.zeros(rank, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()})
     twin_layers = {n: l for n, l in lora_layers(twin).items() if n in layers}
     names = {key: key for key in stepped_old}
 
     # target-loss gradient at the (stepped) control, as a function of the effective weights
     grads_tgt = weight_gradients(base, None, layers, loss_fn=lambda m, _b, p: tloss(m, {**p, **stepped_old}))
     a0 = preconditioner_init(grads_upd, grads_tgt, k)
+    if k_left:  # the same first-order argument on the output side: eigenvectors of sym(G Hᵀ)
+        left0 = preconditioner_init({n: g.T for n, g in grads_upd.items()},
+                                    {n: h.T for n, h in grads_tgt.items()}, k_left)
+        a0 |= {f"{n}:left": b for n, b in left0.items()}
 
     def post_loss(extra: dict[str, torch.Tensor], batch: TargetBatch | None = None) -> torch.Tensor:
         params = _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
@@ -409,12 +422,15 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
         with torch.no_grad():
             info["target_loss_after_refine"] = float(post_loss(extra))
 
-    # write A_new into the twin (B_new stays exactly 0)
+    # write A_new (B_new stays exactly 0) and the left components' B (their A stays exactly 0)
     with torch.no_grad():
         for name, layer in twin_layers.items():
-            a = layer.lora_A["default"].weight
-            a[-k:] = extra[name].detach()
-            assert float(layer.lora_B["default"].weight[:, -k:].abs().max()) == 0.0
+            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            new = slice(a.shape[0] - k - k_left, a.shape[0] - k_left)
+            a[new] = extra[name].detach()
+            if k_left:
+                b[:, -k_left:] = extra[f"{name}:left"].detach().T
+            assert not b[:, new].any() and not a[a.shape[0] - k_left:].any()
     twin.eval()
 
     # checks: the twin's forward equals the control's; the real victim step equals the closed form
@@ -431,7 +447,7 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
         info["target_loss_twin_after_real_step"] = float(tloss(twin_after))
         del twin_after
     norms = [float(extra[n].detach().norm()) for n in extra]
-    info.update(extra_rank=float(k), n_modules=float(len(layers)), a_new_norm_max=max(norms),
+    info.update(extra_rank=float(k), left_rank=float(k_left), n_modules=float(len(layers)), a_new_norm_max=max(norms),
                 a_new_norm_mean=sum(norms) / len(norms), lr=lr,
                 scaling=float(next(iter(twin_layers.values())).scaling["default"]))
     return twin, info
