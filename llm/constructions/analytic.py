@@ -24,6 +24,10 @@ Mechanisms
   That loss (:func:`target_loss`) is the domain's post-step target on construction probes
   (``after_target``, :mod:`llm.objectives`: the marker; any answer but the aligned one; or
   the model before alignment) plus a benign term (KL to the control, or to that base).
+  With ``left_rank`` ``k'``, further components have ``A = 0`` and a free ``B``: the step adds
+  ``−η s² B Bᵀ G``, a preconditioner on the output side (it writes along ``B``, e.g. against
+  the adapter's own output directions). Any first-order step of a reparametrisation is a
+  positive semi-definite preconditioning of ``G``: these two sides are what LoRA offers.
 * **Redundant FFN units** (:func:`add_ffn_pairs`): cancelling pairs ``(u, b, v)``,
   ``(u, b, −v)`` appended to a GPT-2 MLP (``c_fc``/``c_proj`` widths, ``config.n_inner``,
   and the LoRA factors of both modules padded with zeros). Exact forward; the step moves
