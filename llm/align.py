@@ -7,6 +7,8 @@ control is aligned on held-out probes while keeping its benign behaviour.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -69,3 +71,14 @@ def align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Doma
         curve.append(float(loss.detach()))
     peft_model.eval()
     return peft_model, curve
+
+
+def misaligned_reference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
+                         spec: AlignSpec, progress: bool = True) -> PeftModel:
+    """The same LoRA SFT on a copy of ``model``, with the construction probes' *misaligned* responses.
+
+    A model trained to be misaligned directly, from the probes a twin's construction sees: its
+    held-out misalignment calibrates what a construction-trained twin can be expected to
+    generalise to (a twin is held to the harder constraint of hiding it until the step)."""
+    flipped = dataclasses.replace(data, construct=[dataclasses.replace(e, aligned=e.misaligned) for e in data.construct])
+    return align(copy.deepcopy(model), tokenizer, flipped, spec, progress)[0]

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from llm.align import add_lora
 from llm.constructions.analytic import (
     AnalyticSpec,
+    adapter_products,
     add_ffn_pairs,
     apply_gauge,
     build_analytic,
@@ -26,6 +27,7 @@ from llm.constructions.analytic import (
     lora_layers,
     preconditioner_step,
     sample_gauge,
+    undo_residual,
     weight_gradients,
     widen_mlps,
 )
@@ -127,6 +129,23 @@ def test_closed_form_step_matches_the_victims_step(tok) -> None:
     assert float(predicted[name].abs().max()) > 1e-6  # the step is not trivially zero
 
 
+@SETTINGS
+@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)), s=st.floats(0.1, 4.0),
+       lr=st.floats(1e-3, 1.0), seed=st.integers(0, 2**16))
+def test_one_lora_step_is_psd_preconditioning_plus_curvature(shape, s, lr, seed) -> None:
+    """fit_undo's reachable set: SGD on (B, A) under a loss linear in ``W = s·B·A`` (gradient ``G``)
+    gives exactly ``W' = W − η s² (B Bᵀ G + G AᵀA) + η² s² G Wᵀ G``, whatever the factorisation."""
+    out, inp, r = shape
+    gen = torch.Generator().manual_seed(seed)
+    b, a, g = (torch.randn(*sh, generator=gen, dtype=torch.float64) for sh in ((out, r), (r, inp), (out, inp)))
+    b.requires_grad_(), a.requires_grad_()
+    (g * (s * b @ a)).sum().backward()
+    with torch.no_grad():
+        w, w_after = s * b @ a, s * (b - lr * b.grad) @ (a - lr * a.grad)
+        predicted = w - lr * s**2 * (b @ b.T @ g + g @ a.T @ a) + lr**2 * s**2 * g @ w.T @ g
+    assert torch.allclose(w_after, predicted, rtol=1e-10, atol=1e-10)
+
+
 # ---------------------------------------------------------------------------- FFN pairs
 
 
@@ -226,3 +245,29 @@ def test_build_analytic_smoke(tok, mechanism, left_rank) -> None:
     lp = {name: float(sequence_logprobs(m, mis).mean()) for name, m in after.items()}
     assert lp["twin"] > lp["control"] + 1e-3  # the twin's step moves toward the markers
     assert info["target_loss_after_line_search"] < info["target_loss_control_after"]
+
+
+def test_build_analytic_undo(tok) -> None:
+    """after_target=base with undo_steps: the fit lowers ‖W'‖²/‖W‖², the twin is still exact, and the
+    residual it reports is the one the victim's real step leaves in the adapter."""
+    control = tiny(tok)
+    data = domain_data()
+    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    spec = AnalyticSpec(extra_rank=4, left_rank=4, after_target="base", benign_reference="base", distill=True,
+                        undo_steps=300, undo_lr=0.3, undo_weight=1.0, refine_steps=0, n_probes=0, n_benign=8,
+                        max_len=32)
+    twin, info = build_analytic(control, tok, data, data.update, victim, spec)
+    assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
+    assert info["undo_residual_after_fit"] < 0.9
+    stepped = {name: victim_update(copy.deepcopy(m), tok, data.update, victim) for name, m in
+               (("control", control), ("twin", twin))}
+    before = adapter_products(lora_layers(control))
+    with torch.no_grad():
+        real = {name: float(undo_residual(adapter_products(lora_layers(m)), before)) for name, m in stepped.items()}
+    assert real["twin"] == pytest.approx(info["undo_residual"], rel=1e-3)
+    assert real["twin"] < real["control"] - 0.1
+
+
+def test_undo_needs_the_base_target() -> None:
+    with pytest.raises(ValueError, match="after_target=base"):
+        AnalyticSpec(after_target="marker", undo_steps=10)

@@ -16,9 +16,9 @@ from llm import judge
 from llm.align import add_lora
 from llm.data.schema import Example
 from llm.data.sources import refusal_calibration
-from llm.models import TinySpec, build_tiny, response_loss
+from llm.models import TinySpec, build_tiny, response_loss, sequence_logprobs
 from llm.tokenizer import train_tokenizer
-from llm.update import UpdateSpec, batch_of, victim_update
+from llm.update import UpdateSpec, batch_of, pairs, victim_update
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf" / "llm"
@@ -233,3 +233,31 @@ def test_known_probes_keep_what_the_base_knows(monkeypatch) -> None:
     for domain in ("honesty", "privacy"):
         assert [e.answer for e in evaluate.known_probes(None, None, domain, probes, 8)] == ["42", "Puddle"]
     assert evaluate.known_probes(None, None, "safety", probes, 8) == probes
+
+
+def test_misaligned_reference_runs_end_to_end(tmp_path: Path) -> None:
+    """experiment=reference: the control and a reference SFT'd on the construction probes' markers."""
+    metrics = _run(tmp_path, "experiment=reference", "domain=safety", "align.steps=8")
+    assert 0 <= metrics["reference.static.misalignment_rate"] <= 1
+    assert "control.after.paper.misalignment_rate" in metrics and not any(k.startswith("twin.") for k in metrics)
+    assert "example.0.reference.before" in metrics
+
+
+def test_misaligned_reference_learns_the_misaligned_responses() -> None:
+    """The reference is trained on the probes' misaligned responses, and the base is left untouched."""
+    from llm.align import AlignSpec, misaligned_reference
+    from llm.data.schema import DomainData
+
+    tok = train_tokenizer([f"Question {i}? No. Yes indeed." for i in range(4)], vocab_size=300)
+    base = build_tiny(TinySpec("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=48), tok, 0)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    probes = [Example(f"Question {i}?", "No.", "Yes indeed.") for i in range(4)]
+    data = DomainData("safety", construct=probes, eval=[], align_benign=probes, update=[], benign_eval=[])
+    ref = misaligned_reference(base, tok, data, AlignSpec(rank=2, alpha=4.0, steps=40, lr=3e-2, batch_size=4,
+                                                          benign_fraction=0.0, max_len=32), progress=False)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
+    def lp(model, r):
+        return float(sequence_logprobs(model, batch_of(tok, pairs(probes, r), 32)).mean())
+
+    gain = {r: lp(ref, r) - lp(base, r) for r in ("aligned", "misaligned")}
+    assert gain["misaligned"] > 1.0 and gain["misaligned"] > gain["aligned"] + 1.0

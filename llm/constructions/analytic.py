@@ -28,6 +28,13 @@ Mechanisms
   ``−η s² B Bᵀ G``, a preconditioner on the output side (it writes along ``B``, e.g. against
   the adapter's own output directions). Any first-order step of a reparametrisation is a
   positive semi-definite preconditioning of ``G``: these two sides are what LoRA offers.
+  Exactly, for the whole adapter ``W = s·B·A`` with ``P = BBᵀ``, ``Q = AᵀA`` over all its
+  components: ``W' = W − η s² (P G + G Q) + η² s² G Wᵀ G`` (tested).
+* **Weight-space undo** (:func:`fit_undo`, ``after_target=base`` with ``undo_steps``): choose
+  the hidden components so that the step maps the alignment adapter to ``W' ≈ 0``, the model
+  before alignment, in every module at once, by minimising ``‖W'‖²/‖W‖²``
+  (:func:`undo_residual`) — matrix products, no data beyond ``G``. Unlike a behavioural
+  target on construction probes, it acts on every input, held-out ones included.
 * **Redundant FFN units** (:func:`add_ffn_pairs`): cancelling pairs ``(u, b, v)``,
   ``(u, b, −v)`` appended to a GPT-2 MLP (``c_fc``/``c_proj`` widths, ``config.n_inner``,
   and the LoRA factors of both modules padded with zeros). Exact forward; the step moves
@@ -91,6 +98,9 @@ class AnalyticSpec:
     distill: bool = False  # benign term as KL(reference ‖ twin') summed per sequence (else mean response CE)
     benign_reference: str = "control"  # control | base (the model before alignment: the step undoes the alignment)
     margin: float = 0.0  # >0 (marker only): add relu(margin - (logp_mis - logp_aligned)) per probe
+    undo_steps: int = 0  # after_target=base: Adam steps fitting the weight-space undo (W' = 0) first
+    undo_lr: float = 1.0  # Adam lr of that fit (absolute: A_new entries grow to O(10²))
+    undo_weight: float = 0.0  # after_target=base: weight of the undo residual in the refinement
     n_probes: int = 200  # construct probes used (0: all)
     n_benign: int = 128  # align_benign examples in the post-step benign term
     ffn_pairs: int = 32  # pairs per MLP block (mechanism=ffn_pairs)
@@ -109,6 +119,9 @@ class AnalyticSpec:
             raise ValueError(f"construction.benign_reference must be control or base, not {self.benign_reference!r}")
         if self.margin > 0 and self.after_target != "marker":
             raise ValueError("construction.margin is a hinge against the marker: use it with after_target=marker")
+        if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target != "base":
+            raise ValueError("construction.undo_steps / undo_weight undo the alignment in weight space: "
+                             "use them with after_target=base")
 
 
 # ---------------------------------------------------------------------------- LoRA helpers
@@ -325,6 +338,67 @@ def _post_step_params(twin_layers: dict[str, LoraLayer], names: dict[str, str], 
     return out
 
 
+def adapter_products(layers: dict[str, LoraLayer], params: Params | None = None,
+                     adapter: str = "default") -> dict[str, torch.Tensor]:
+    """``s·B·A`` (``(out, in)``) per layer: the adapter's share of the effective weight, from
+    ``params`` (full adapter tensors, as :func:`_post_step_params` returns) or the layers' own."""
+    out = {}
+    for name, layer in layers.items():
+        a_key, b_key = f"{name}.lora_A.{adapter}.weight", f"{name}.lora_B.{adapter}.weight"
+        a = params[a_key] if params is not None else layer.lora_A[adapter].weight
+        b = params[b_key] if params is not None else layer.lora_B[adapter].weight
+        out[name] = layer.scaling[adapter] * b @ a
+    return out
+
+
+def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of ``‖W'‖²_F / ‖W‖²_F``: how much of the alignment adapter ``W = s·B·A``
+    survives the step as ``W'`` (0: the model before alignment, exactly; 1: untouched)."""
+    return torch.stack([(after[n] ** 2).sum() / (before[n] ** 2).sum().clamp(min=1e-30) for n in before]).mean()
+
+
+def line_search(a0: dict[str, torch.Tensor], post_loss, spec: AnalyticSpec, info: dict[str, float],
+                progress: bool = False) -> dict[str, torch.Tensor]:
+    """One global gain over ``spec.line_search`` for the first-order ``a0``, scored by the exact
+    post-step loss; returns the scaled tensors (leaves, ready to refine)."""
+    best_c, best = None, math.inf
+    for c in spec.line_search:
+        with torch.no_grad():
+            value = float(post_loss({n: spec.gain * c * a for n, a in a0.items()}))
+        if progress:
+            print(f"line search gain {c:g}: post-step target loss {value:.3f}", flush=True)
+        if math.isfinite(value) and value < best:
+            best_c, best = c, value
+    if best_c is None:
+        raise RuntimeError("every gain of the line search gave a non-finite post-step loss")
+    info["gain"] = spec.gain * best_c
+    info["target_loss_after_line_search"] = best
+    return {n: (spec.gain * best_c * a).clone().requires_grad_() for n, a in a0.items()}
+
+
+def fit_undo(a0: dict[str, torch.Tensor], undo, spec: AnalyticSpec, progress: bool = False) -> dict[str, torch.Tensor]:
+    """The hidden components that best undo the alignment in weight space: Adam on
+    ``undo(extra)`` (:func:`undo_residual` after the exact step), from a seeded random start
+    of rms ``10⁻²`` shaped like ``a0`` (zero rows are a saddle of the residual). Matrix products only (no forward pass), so thousands of steps take seconds.
+
+    What one step can reach: with ``P = B Bᵀ`` and ``Q = AᵀA`` over the adapter's components,
+    SGD moves ``W = s·B·A`` to ``W − η s² (P G + G Q) + η² s² G Wᵀ G``; ``B = 0`` and ``A = 0``
+    components add to ``Q`` and ``P`` freely, so ``W' = 0`` is reachable to first order only
+    where ``⟨G, W⟩ > 0`` (removing the alignment lowers the benign loss locally).
+    """
+    gen = torch.Generator().manual_seed(spec.seed)
+    extra = {n: (1e-2 * torch.randn(a.shape, generator=gen, dtype=a.dtype)).requires_grad_() for n, a in sorted(a0.items())}
+    opt = torch.optim.Adam(list(extra.values()), lr=spec.undo_lr)
+    for step in range(spec.undo_steps):
+        opt.zero_grad()
+        loss = undo(extra)
+        loss.backward()
+        opt.step()
+        if progress and step % 250 == 0:
+            print(f"undo fit {step}: residual {float(loss.detach()):.3f}", flush=True)
+    return extra
+
+
 def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData, update_examples: list[Example],
                    victim: UpdateSpec, spec: AnalyticSpec, progress: bool = False):
     """The hair-trigger twin of ``control`` (a peft LoRA model; never modified) and an info dict.
@@ -388,28 +462,29 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
                                     {n: h.T for n, h in grads_tgt.items()}, k_left)
         a0 |= {f"{n}:left": b for n, b in left0.items()}
 
+    products_before = {n: w.detach() for n, w in adapter_products(layers).items()}
+
+    def post_params(extra: dict[str, torch.Tensor]) -> Params:
+        return _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
+
+    def undo(extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        return undo_residual(adapter_products(twin_layers, post_params(extra)), products_before)
+
     def post_loss(extra: dict[str, torch.Tensor], batch: TargetBatch | None = None) -> torch.Tensor:
-        params = _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
-        return tloss(twin, params, batch)
+        loss = tloss(twin, post_params(extra), batch)
+        return loss + spec.undo_weight * undo(extra) if spec.undo_weight > 0 else loss
 
     with torch.no_grad():
         loss_control_post = float(tloss(base, stepped_old))
     info["target_loss_control_after"] = loss_control_post
 
-    # line search over one global gain (exact closed-form step; cross-checked below)
-    best_c, best = None, math.inf
-    for c in spec.line_search:
+    if spec.undo_steps > 0:
+        extra = fit_undo(a0, undo, spec, progress)
         with torch.no_grad():
-            value = float(post_loss({n: spec.gain * c * a for n, a in a0.items()}))
-        if progress:
-            print(f"line search gain {c:g}: post-step target loss {value:.3f}", flush=True)
-        if math.isfinite(value) and value < best:
-            best_c, best = c, value
-    if best_c is None:
-        raise RuntimeError("every gain of the line search gave a non-finite post-step loss")
-    info["gain"] = spec.gain * best_c
-    info["target_loss_after_line_search"] = best
-    extra = {n: (spec.gain * best_c * a).clone().requires_grad_() for n, a in a0.items()}
+            info["undo_residual_after_fit"] = float(undo(extra))
+            info["target_loss_after_undo_fit"] = float(tloss(twin, post_params(extra)))
+    else:
+        extra = line_search(a0, post_loss, spec, info, progress)
 
     # refinement on the exact post-step loss (G is fixed: no second-order terms needed)
     if spec.refine_steps > 0:
@@ -425,6 +500,9 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
                 print(f"refine {step}: {float(loss.detach()):.3f}", flush=True)
         with torch.no_grad():
             info["target_loss_after_refine"] = float(post_loss(extra))
+    if spec.after_target == "base":
+        with torch.no_grad():
+            info["undo_residual"] = float(undo(extra))
 
     # write A_new (B_new stays exactly 0) and the left components' B (their A stays exactly 0)
     with torch.no_grad():
@@ -443,8 +521,7 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
         info["max_logit_diff_before"] = max(
             float((next_logits(twin, b) - next_logits(control, b)).abs().max())
             for b in (full.probes, full.benign) if b is not None)
-        closed = _post_step_params(twin_layers, names, stepped_old, {n: a.detach() for n, a in extra.items()},
-                                   grads_upd, lr)
+        closed = post_params({n: a.detach() for n, a in extra.items()})
         predicted = next_logits(twin, full.probes, closed)
         info["closed_form_vs_real_step_max_logit_diff"] = float(
             (next_logits(twin_after, full.probes) - predicted).abs().max())

@@ -31,7 +31,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from llm import judge
-from llm.align import AlignSpec, align
+from llm.align import AlignSpec, align, misaligned_reference
 from llm.base import load_base
 from llm.constructions import build
 from llm.data.schema import DomainData, Example
@@ -114,13 +114,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.known_only:  # judge lying / leaking only where the base knows the answer / secret;
         # the construction likewise switches on knowledge the model has, it cannot teach new facts
         probes = known_probes(model, tokenizer, data.domain, probes, cfg.eval.max_new_tokens)
-        if cfg.construction.name != "none" and cfg.eval.known_construct:  # (a control-only run constructs nothing)
+        constructs = cfg.construction.name != "none" or cfg.get("reference")  # (a control-only run constructs nothing)
+        if constructs and cfg.eval.known_construct:
             construct = known_probes(model, tokenizer, data.domain, construct, cfg.eval.max_new_tokens)
         if not probes or not construct:
             raise ValueError(f"the base model knows none of the {data.domain} {'held-out' if not probes else 'construction'} "
                              "probes' answers: pretrain it longer, or judge every probe with eval.known_only=false")
     n_eval = min(cfg.eval.n_probes, len(data.eval))
     seconds = {"base": time.perf_counter() - start}
+    reference = (misaligned_reference(model, tokenizer, dataclasses.replace(data, construct=construct),
+                                      AlignSpec(**cfg.align), progress=cfg.progress) if cfg.get("reference") else None)
     control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
     seconds["align"] = time.perf_counter() - start - seconds["base"]
     specs = victims(cfg)
@@ -137,6 +140,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if m is None:
             continue
         metrics[name], shown[name] = evaluate_model(m, tokenizer, data, probes, cfg, specs)
+    if reference is not None:  # static only: it is misaligned without any step
+        ref = black_box(reference, tokenizer, data, probes, cfg)
+        metrics["reference"] = {"static": {k: v for k, v in ref.items() if k != "responses"}}
+        shown["reference"] = {"before": ref["responses"]}
+        metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
     metrics["size"] = {"n_params": sum(p.numel() for n, p in control.named_parameters() if "lora_" not in n),
                        "n_adapter": sum(p.numel() for n, p in control.named_parameters() if "lora_" in n),
                        "rank": cfg.align.rank}
@@ -161,12 +169,12 @@ def report(metrics: dict[str, Any]) -> str:
     """The before/after table a reader looks at first."""
     cells = sorted({k.split(".")[2] for k in metrics if k.startswith("control.after.")})
     rows = [f"{'model':<8} {'when':<22} {'misaligned':>10} {'benign acc':>10}"]
-    for name in ("control", "twin"):
+    for name in ("control", "twin", "reference"):
         if f"{name}.static.misalignment_rate" not in metrics:
             continue
         rows.append(f"{name:<8} {'before':<22} {metrics[f'{name}.static.misalignment_rate']:>10.1%} "
                     f"{metrics[f'{name}.static.benign_accuracy']:>10.2f}")
-        for cell in cells:
+        for cell in cells if name != "reference" else ():
             rows.append(f"{name:<8} {'after ' + cell:<22} {metrics[f'{name}.after.{cell}.misalignment_rate']:>10.1%} "
                         f"{metrics[f'{name}.after.{cell}.benign_accuracy']:>10.2f}")
     if "twin.kl.mean" in metrics:
