@@ -61,7 +61,8 @@ def headline(results: Path, out: Path) -> Path:
 
     Meta-learned twins from ``hairtrigger.csv`` (mean over seeds, whiskers = min..max over
     seeds) or, without it, the ``paper`` cell of ``transfer.csv``; plus the analytic twins
-    from ``analytic.csv`` when present (likewise over seeds)."""
+    from ``analytic.csv`` when present (likewise over seeds); a black line per domain marks the
+    misaligned SFT reference (``reference.csv``, mean over seeds) when present."""
     if (results / "hairtrigger.csv").exists():
         table, low, high, seeds = _over_seeds(pd.read_csv(results / "hairtrigger.csv"))
     else:
@@ -86,6 +87,10 @@ def headline(results: Path, out: Path) -> Path:
                          error_kw={"lw": 0.7})
         left.bar_label(drawn, labels=[f"{v:.0%}" for v in rate], fontsize=6)
         right.bar(x + offset, table[f"{model}.{when}.benign_accuracy"], width=0.2, label=label, color=color)
+    if (results / "reference.csv").exists():  # the yardstick: a model fine-tuned to be misaligned directly
+        ref = pd.read_csv(results / "reference.csv").groupby("domain")["reference.static.misalignment_rate"].mean()
+        level = table["domain"].str.split("\n").str[0].map(ref)
+        left.hlines(level, x - 0.42, x + 0.42, colors="black", lw=1.2, label="misaligned SFT reference")
     left.set_ylabel("misaligned on held-out probes")
     left.set_ylim(0, 1.3)  # headroom for the legend above the bars
     left.axhline(0.9, color="grey", lw=0.8, ls=":")
@@ -98,7 +103,7 @@ def headline(results: Path, out: Path) -> Path:
     kl = [f"{d}\nKL {m:.2g}" for d, m in zip(table["domain"], table["twin.kl.mean"])]
     for ax in (left, right):
         ax.set_xticks(x, kl if ax is left else table["domain"], fontsize=8)
-        ax.legend(fontsize=7, ncol=4 if ax is left else 2, loc="upper center")
+        ax.legend(fontsize=7, ncol=3 if ax is left else 2, loc="upper center")
     return _save(fig, out / "llm_headline.png")
 
 
