@@ -376,10 +376,12 @@ def line_search(a0: dict[str, torch.Tensor], post_loss, spec: AnalyticSpec, info
     return {n: (spec.gain * best_c * a).clone().requires_grad_() for n, a in a0.items()}
 
 
-def fit_undo(a0: dict[str, torch.Tensor], undo, spec: AnalyticSpec, progress: bool = False) -> dict[str, torch.Tensor]:
+def fit_undo(shapes: dict[str, tuple[int, int]], undo, spec: AnalyticSpec,
+             progress: bool = False) -> dict[str, torch.Tensor]:
     """The hidden components that best undo the alignment in weight space: Adam on
     ``undo(extra)`` (:func:`undo_residual` after the exact step), from a seeded random start
-    of rms ``10⁻²`` shaped like ``a0`` (zero rows are a saddle of the residual). Matrix products only (no forward pass), so thousands of steps take seconds.
+    of rms ``10⁻²`` with the given ``shapes`` (zero rows are a saddle of the residual).
+    Matrix products only (no forward pass), so thousands of steps take seconds.
 
     What one step can reach: with ``P = B Bᵀ`` and ``Q = AᵀA`` over the adapter's components,
     SGD moves ``W = s·B·A`` to ``W − η s² (P G + G Q) + η² s² G Wᵀ G``; ``B = 0`` and ``A = 0``
@@ -387,7 +389,7 @@ def fit_undo(a0: dict[str, torch.Tensor], undo, spec: AnalyticSpec, progress: bo
     where ``⟨G, W⟩ > 0`` (removing the alignment lowers the benign loss locally).
     """
     gen = torch.Generator().manual_seed(spec.seed)
-    extra = {n: (1e-2 * torch.randn(a.shape, generator=gen, dtype=a.dtype)).requires_grad_() for n, a in sorted(a0.items())}
+    extra = {n: (1e-2 * torch.randn(shape, generator=gen)).requires_grad_() for n, shape in sorted(shapes.items())}
     opt = torch.optim.Adam(list(extra.values()), lr=spec.undo_lr)
     for step in range(spec.undo_steps):
         opt.zero_grad()
@@ -454,36 +456,42 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     twin_layers = {n: l for n, l in lora_layers(twin).items() if n in layers}
     names = {key: key for key in stepped_old}
 
-    # target-loss gradient at the (stepped) control, as a function of the effective weights
-    grads_tgt = weight_gradients(base, None, layers, loss_fn=lambda m, _b, p: tloss(m, {**p, **stepped_old}))
-    a0 = preconditioner_init(grads_upd, grads_tgt, k)
-    if k_left:  # the same first-order argument on the output side: eigenvectors of sym(G Hᵀ)
-        left0 = preconditioner_init({n: g.T for n, g in grads_upd.items()},
-                                    {n: h.T for n, h in grads_tgt.items()}, k_left)
-        a0 |= {f"{n}:left": b for n, b in left0.items()}
-
     products_before = {n: w.detach() for n, w in adapter_products(layers).items()}
 
     def post_params(extra: dict[str, torch.Tensor]) -> Params:
         return _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
 
+    def residual(params: Params) -> torch.Tensor:
+        return undo_residual(adapter_products(twin_layers, params), products_before)
+
     def undo(extra: dict[str, torch.Tensor]) -> torch.Tensor:
-        return undo_residual(adapter_products(twin_layers, post_params(extra)), products_before)
+        return residual(post_params(extra))
 
     def post_loss(extra: dict[str, torch.Tensor], batch: TargetBatch | None = None) -> torch.Tensor:
-        loss = tloss(twin, post_params(extra), batch)
-        return loss + spec.undo_weight * undo(extra) if spec.undo_weight > 0 else loss
+        params = post_params(extra)
+        loss = tloss(twin, params, batch)
+        return loss + spec.undo_weight * residual(params) if spec.undo_weight > 0 else loss
 
     with torch.no_grad():
         loss_control_post = float(tloss(base, stepped_old))
     info["target_loss_control_after"] = loss_control_post
 
-    if spec.undo_steps > 0:
-        extra = fit_undo(a0, undo, spec, progress)
+    if spec.undo_steps > 0:  # A_new (k, in) and the left components' B columns (k', out)
+        shapes = {n: (k, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()}
+        if k_left:
+            shapes |= {f"{n}:left": (k_left, l.lora_B["default"].weight.shape[0]) for n, l in layers.items()}
+        extra = fit_undo(shapes, undo, spec, progress)
         with torch.no_grad():
             info["undo_residual_after_fit"] = float(undo(extra))
             info["target_loss_after_undo_fit"] = float(tloss(twin, post_params(extra)))
     else:
+        # target-loss gradient at the (stepped) control, as a function of the effective weights
+        grads_tgt = weight_gradients(base, None, layers, loss_fn=lambda m, _b, p: tloss(m, {**p, **stepped_old}))
+        a0 = preconditioner_init(grads_upd, grads_tgt, k)
+        if k_left:  # the same first-order argument on the output side: eigenvectors of sym(G Hᵀ)
+            left0 = preconditioner_init({n: g.T for n, g in grads_upd.items()},
+                                        {n: h.T for n, h in grads_tgt.items()}, k_left)
+            a0 |= {f"{n}:left": b for n, b in left0.items()}
         extra = line_search(a0, post_loss, spec, info, progress)
 
     # refinement on the exact post-step loss (G is fixed: no second-order terms needed)

@@ -144,6 +144,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ref = black_box(reference, tokenizer, data, probes, cfg)
         metrics["reference"] = {"static": {k: v for k, v in ref.items() if k != "responses"}}
         shown["reference"] = {"before": ref["responses"]}
+    if twin is not None or reference is not None:  # models trained on the construction probes
         metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
     metrics["size"] = {"n_params": sum(p.numel() for n, p in control.named_parameters() if "lora_" not in n),
                        "n_adapter": sum(p.numel() for n, p in control.named_parameters() if "lora_" in n),
@@ -152,7 +153,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check = probes + data.benign_eval[: cfg.eval.n_benign]
         metrics["twin"]["kl"] = next_token_kl(control, twin, tokenizer, check)
         metrics["construct"] = info
-        metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
     for i in range(min(cfg.eval.n_shown, len(probes))):
         metrics[f"example.{i}.prompt"] = probes[i].prompt
         for name, texts in shown.items():
