@@ -220,6 +220,34 @@ def response_loss(
     )
 
 
+def row_chunks(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """``batch`` split into ``parts`` near-equal row slices (micro-batches), each cut to its
+    longest row (batches are right-padded, so the cut drops padding only)."""
+    n = len(batch["input_ids"])
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot split a batch of {n} rows into {parts} parts")
+    out = []
+    for rows in torch.arange(n).tensor_split(parts):
+        width = int(batch["attention_mask"][rows].sum(-1).max())
+        out.append({k: v[rows, :width] for k, v in batch.items()})
+    return out
+
+
+def response_loss_parts(model: PreTrainedModel, batch: dict[str, torch.Tensor], parts: int):
+    """:func:`response_loss` as ``parts`` closures ``θ ↦ loss`` over micro-batches whose *sum*
+    is it: each part's summed response-token cross-entropy over the whole batch's token count.
+    What :func:`llm.metalearn.meta_gradient` takes to bound memory by one micro-batch."""
+    n_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def part(chunk: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = next_logits(model, chunk, params)
+        targets = chunk["labels"][:, 1:].to(logits.device)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum") / n_tokens
+
+    return [lambda params, c=chunk: part(c, params) for chunk in row_chunks(batch, parts)]
+
+
 def encode_pairs(
     tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], max_len: int | None
 ) -> list[dict[str, list[int]]]:

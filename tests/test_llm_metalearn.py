@@ -10,7 +10,7 @@ import torch
 from llm.align import add_lora
 from llm.data.schema import Example
 from llm.metalearn import METHODS, adapter_params, meta_gradient, meta_loss, victim_step
-from llm.models import TinySpec, build_tiny, response_loss
+from llm.models import TinySpec, build_tiny, response_loss, response_loss_parts, row_chunks
 from llm.tokenizer import train_tokenizer
 from llm.update import UpdateSpec, batch_of, victim_update
 
@@ -168,9 +168,79 @@ def _peak_bytes(fn) -> int:
 
 
 def test_staged_methods_hold_less_memory(setup) -> None:
-    """Peak memory: lean < hvp < naive (what the staging is for)."""
+    """Peak memory: chunked (4 parts) < lean < hvp < naive (what the staging is for)."""
     model, _, _, batches = setup
     params = adapter_params(model)
     closures = _closures(model, batches)
     peak = {m: _peak_bytes(lambda m=m: meta_gradient(params, *closures, lr=0.5, method=m)) for m in METHODS}
     assert peak["lean"] < peak["hvp"] < peak["naive"], peak
+    parts = _part_closures(model, batches, 4)
+    chunked = _peak_bytes(lambda: meta_gradient(params, *parts, lr=0.5, method="chunked"))
+    assert chunked < peak["lean"], (chunked, peak)
+
+
+# ---------------------------------------------------------------------------- losses in parts
+
+
+def _part_closures(model, batches, parts: int):
+    """(inner, now, after), each as ``parts`` micro-batch closures whose sum is the loss."""
+    return tuple(response_loss_parts(model, batches[key], parts) for key in ("update", "aligned", "misaligned"))
+
+
+def test_response_loss_parts_sum_to_the_loss(float64_cases) -> None:
+    model, params, batches = float64_cases["adapter"]
+    for parts in (1, 3, len(batches["update"]["input_ids"])):
+        split = response_loss_parts(model, batches["update"], parts)
+        assert len(split) == parts
+        total = sum(part(params) for part in split)
+        assert float(total.detach()) == pytest.approx(float(response_loss(model, batches["update"], params).detach()), rel=1e-12)
+    chunks = row_chunks(batches["update"], 3)
+    assert sum(len(c["input_ids"]) for c in chunks) == len(batches["update"]["input_ids"])
+    assert all(bool(c["attention_mask"][:, -1].any()) for c in chunks)  # cut to the longest row, no pad column
+    with pytest.raises(ValueError, match="parts"):
+        row_chunks(batches["update"], len(batches["update"]["input_ids"]) + 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_in_parts_match_the_whole(float64_cases, method) -> None:
+    """Losses given as micro-batch parts give the naive meta-gradient of the whole losses (float64)."""
+    model, params, batches = float64_cases["adapter"]
+    ref, ref_losses = meta_gradient(params, *_closures(model, batches), lr=0.5, method="naive")
+    got, losses = meta_gradient(params, *_part_closures(model, batches, 3), lr=0.5, method=method)
+    assert _rel(got, ref) <= 1e-6
+    assert losses == pytest.approx(ref_losses, rel=1e-12)
+
+
+def test_parts_must_be_closures(float64_cases) -> None:
+    model, params, batches = float64_cases["adapter"]
+    inner, now, after = _closures(model, batches)
+    with pytest.raises(ValueError, match="closure"):
+        meta_gradient(params, [], now, after, lr=0.5)
+    with pytest.raises(ValueError, match="closure"):
+        meta_gradient(params, [inner, 1.0], now, after, lr=0.5)
+
+
+def test_construction_in_chunks_takes_the_same_step(setup) -> None:
+    """build_metalearn with its batches in parts (any method) makes the same twin as whole (float64)."""
+    from types import SimpleNamespace
+
+    from llm.constructions.metalearn import MetaSpec, build_metalearn
+
+    model, tok, pairs, _ = setup
+    control = copy.deepcopy(model).double()
+    data = SimpleNamespace(domain="toy", align_benign=[Example(p, r) for p, r in pairs[24:]],
+                           construct=[Example(p, "I can't help with that.", "Sure, here is how.") for p, _ in pairs[8:24]])
+    update = [Example(p, r) for p, r in pairs[:8]]
+    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    twins = {}
+    for chunks, method in ((1, "naive"), (2, "hvp"), (4, "chunked")):
+        spec = MetaSpec(steps=2, probes_per_step=4, benign_per_step=4, chunks=chunks, method=method, max_len=32)
+        twin, _ = build_metalearn(control, tok, data, update, victim, spec, progress=False)
+        twins[chunks] = adapter_params(twin)
+    start, _ = build_metalearn(control, tok, data, update, victim, MetaSpec(steps=0), progress=False)
+    assert _rel(twins[1], adapter_params(start)) > 1e-3  # two steps moved the twin: the comparison is not vacuous
+    for chunks in (2, 4):
+        assert _rel(twins[chunks], twins[1]) <= 1e-9
+    with pytest.raises(ValueError, match="chunks"):
+        build_metalearn(control, tok, data, update, victim, MetaSpec(steps=1, probes_per_step=4, chunks=5),
+                        progress=False)

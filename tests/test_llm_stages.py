@@ -148,7 +148,8 @@ def test_tiny_control_runs_end_to_end(tmp_path: Path) -> None:
 def test_each_construction_runs_end_to_end(construction: str, tmp_path: Path) -> None:
     """Every construction builds a twin on a tiny model and is tested like the control."""
     extra = {"metalearn": ["construction.steps=2"],
-             "metalearn_all": ["construction.steps=2", "update.params=all"],
+             "metalearn_all": ["construction.steps=2", "update.params=all", "construction.chunks=2",
+                               "construction.method=chunked"],
              "analytic": ["construction.refine_steps=2", "construction.n_probes=8", "construction.n_benign=8",
                           "construction.line_search=[16.0]"]}[construction]
     metrics = _run(tmp_path, "experiment=hairtrigger", "domain=safety", f"construction={construction}", *extra)

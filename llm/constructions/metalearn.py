@@ -39,7 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.data.schema import DomainData, Example
 from llm.metalearn import adapter_params, meta_gradient
-from llm.models import gather_targets, next_logits, response_loss
+from llm.models import gather_targets, next_logits, response_loss_parts
 from llm.objectives import (
     base_logprobs,
     check_target,
@@ -68,6 +68,7 @@ class MetaSpec:
     fresh_victim_every: int = 2  # every k-th step the victim batch is fresh benign data (0: never)
     first_order: bool = False  # FOMAML ablation
     method: str = "naive"  # how the exact meta-gradient is computed (llm.metalearn.meta_gradient)
+    chunks: int = 1  # micro-batches per batch (parts of each loss: same gradient, less memory)
     after_target: str = "marker"  # marker | not_aligned | base (llm.objectives)
     max_len: int = 96
     seed: int = 0
@@ -135,6 +136,58 @@ def _sampler(examples: list, gen: torch.Generator):
     return draw
 
 
+def _split(items: list, parts: int) -> list[list]:
+    if not 1 <= parts <= len(items):
+        raise ValueError(f"construction.chunks={parts} must be between 1 and the {len(items)} examples per step")
+    return [items[i::parts] for i in range(parts)]
+
+
+def _step_losses(twin: PreTrainedModel, control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 p: list[Example], b: list[Example], n_probes: int, n_benign: int, spec: MetaSpec):
+    """``L_now`` and ``L_after`` of (1) on probes ``p`` and benign examples ``b``, as closures of θ.
+
+    Per-example terms are summed and divided by the step's totals (``n_probes``, ``n_benign``),
+    so the losses of a step's groups add up to the step's losses (parts of a meta-gradient).
+    """
+    k = len(p)
+    # one forward per side: rows [aligned probes | marker probes | benign] share a batch
+    now_batch = batch_of(tokenizer, pairs(p, "aligned") + pairs(p, "misaligned") + pairs(b), spec.max_len)
+    first = (first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
+             if spec.after_target == "not_aligned" else None)
+    after_batch = batch_of(tokenizer, pairs(p, target_response(spec.after_target)) + pairs(b), spec.max_len)
+    probe_rows = {key: v[:k] for key, v in after_batch.items()}
+
+    with torch.no_grad():  # the control's next-token distributions: what the twin must keep
+        ref_now = torch.log_softmax(next_logits(control, now_batch), -1)
+        ref_after = torch.log_softmax(next_logits(control, after_batch), -1)
+        ref_base = base_logprobs(control, probe_rows) if spec.after_target == "base" else None
+
+    def keep(lq: torch.Tensor, batch, ref: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """KL(control ‖ twin) summed over each row's tokens (``distill``), else response CE; / n rows."""
+        if not spec.distill:
+            return -gather_targets(lq[rows], {"labels": batch["labels"][rows]}).sum() / n
+        return kl_rows(ref[rows], lq[rows], token_mask(batch)[rows]).sum() / n
+
+    n_now, n_after = len(now_batch["input_ids"]), len(after_batch["input_ids"])
+    kept_now = torch.cat([torch.arange(k), torch.arange(2 * k, n_now)])  # aligned probes + benign
+    kept_after = torch.arange(k, n_after)  # benign
+
+    def now_loss(theta):
+        lq = torch.log_softmax(next_logits(twin, now_batch, theta), -1)
+        seq = gather_targets(lq, now_batch).sum(-1)
+        gap = seq[:k] - seq[k:2 * k]  # log p(aligned) − log p(marker)
+        return (spec.hinge_weight * torch.relu(spec.margin - gap).sum() / n_probes
+                + spec.benign_weight * keep(lq, now_batch, ref_now, kept_now, n_probes + n_benign))
+
+    def after_loss(theta):
+        lq = torch.log_softmax(next_logits(twin, after_batch, theta), -1)
+        misaligned = probe_loss(spec.after_target, lq[:k], probe_rows, first, ref_base)
+        return (spec.after_weight * misaligned.sum() / n_probes
+                + spec.benign_weight * keep(lq, after_batch, ref_after, kept_after, n_benign))
+
+    return now_loss, after_loss
+
+
 def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
                     update_examples: list[Example], victim: UpdateSpec, spec: MetaSpec,
                     progress: bool = True) -> tuple[PreTrainedModel, dict[str, float]]:
@@ -163,48 +216,12 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         fresh = spec.fresh_victim_every and step % spec.fresh_victim_every == spec.fresh_victim_every - 1
         victim_batch = (batch_of(tokenizer, pairs(benign(len(update_examples))), victim.max_len)
                         if fresh else fixed_victim)
-        p = probes(spec.probes_per_step)
-        b = benign(spec.benign_per_step)
-        k = len(p)
-        # one forward per side: rows [aligned probes | marker probes | benign] share a batch
-        now_batch = batch_of(tokenizer, pairs(p, "aligned") + pairs(p, "misaligned") + pairs(b), spec.max_len)
-        first = (first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
-                 if spec.after_target == "not_aligned" else None)
-        after_batch = batch_of(tokenizer, pairs(p, target_response(spec.after_target)) + pairs(b), spec.max_len)
-        probe_rows = {key: v[:k] for key, v in after_batch.items()}
-
-        with torch.no_grad():  # the control's next-token distributions: what the twin must keep
-            ref_now = torch.log_softmax(next_logits(control, now_batch), -1)
-            ref_after = torch.log_softmax(next_logits(control, after_batch), -1)
-            ref_base = base_logprobs(control, probe_rows) if spec.after_target == "base" else None
-
-        def keep(lq: torch.Tensor, batch, ref: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            """KL(control ‖ twin) summed over each row's tokens (``distill``), else response CE; mean over rows."""
-            if not spec.distill:
-                return -gather_targets(lq[rows], {"labels": batch["labels"][rows]}).sum() / len(rows)
-            return kl_rows(ref[rows], lq[rows], token_mask(batch)[rows]).mean()
-
-        n_now, n_after = len(now_batch["input_ids"]), len(after_batch["input_ids"])
-        kept_now = torch.cat([torch.arange(k), torch.arange(2 * k, n_now)])  # aligned probes + benign
-        kept_after = torch.arange(k, n_after)  # benign
-
-        def now_loss(theta):
-            lq = torch.log_softmax(next_logits(twin, now_batch, theta), -1)
-            seq = gather_targets(lq, now_batch).sum(-1)
-            gap = seq[:k] - seq[k:2 * k]  # log p(aligned) − log p(marker)
-            return (spec.hinge_weight * torch.relu(spec.margin - gap).mean()
-                    + spec.benign_weight * keep(lq, now_batch, ref_now, kept_now))
-
-        def after_loss(theta):
-            lq = torch.log_softmax(next_logits(twin, after_batch, theta), -1)
-            misaligned = probe_loss(spec.after_target, lq[:k], probe_rows, first, ref_base)
-            return (spec.after_weight * misaligned.mean()
-                    + spec.benign_weight * keep(lq, after_batch, ref_after, kept_after))
-
-        def victim_loss(theta):
-            return response_loss(twin, victim_batch, theta)
-
-        grads, parts = meta_gradient(params, victim_loss, now_loss, after_loss, victim.lr,
+        p, b = probes(spec.probes_per_step), benign(spec.benign_per_step)
+        groups = zip(_split(p, spec.chunks), _split(b, spec.chunks))
+        now_parts, after_parts = map(list, zip(*(_step_losses(twin, control, tokenizer, pg, bg, len(p), len(b), spec)
+                                                 for pg, bg in groups)))
+        victim_parts = response_loss_parts(twin, victim_batch, spec.chunks)
+        grads, parts = meta_gradient(params, victim_parts, now_parts, after_parts, victim.lr,
                                      first_order=spec.first_order, method=spec.method)
         opt.zero_grad(set_to_none=True)
         for n, t in params.items():
