@@ -24,6 +24,7 @@ from llm.constructions.analytic import (
     effective_weight,
     extend_lora,
     gauge_spec,
+    input_moments,
     lora_layers,
     preconditioner_step,
     sample_gauge,
@@ -247,25 +248,52 @@ def test_build_analytic_smoke(tok, mechanism, left_rank) -> None:
     assert info["target_loss_after_line_search"] < info["target_loss_control_after"]
 
 
-def test_build_analytic_undo(tok) -> None:
-    """after_target=base with undo_steps: the fit lowers ‖W'‖²/‖W‖², the twin is still exact, and the
-    residual it reports is the one the victim's real step leaves in the adapter."""
+@pytest.mark.parametrize("metric", ["weights", "inputs"])
+def test_build_analytic_undo(tok, metric) -> None:
+    """after_target=base with undo_steps: the fit lowers ‖W'‖²/‖W‖² (or its input-weighted form), the
+    twin is still exact, and the residual it reports is the one the victim's real step leaves."""
     control = tiny(tok)
     data = domain_data()
     victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
     spec = AnalyticSpec(extra_rank=4, left_rank=4, after_target="base", benign_reference="base", distill=True,
                         undo_steps=300, undo_lr=0.3, undo_weight=1.0, refine_steps=0, n_probes=0, n_benign=8,
-                        max_len=32)
+                        max_len=32, undo_metric=metric)
     twin, info = build_analytic(control, tok, data, data.update, victim, spec)
     assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
     assert info["undo_residual_after_fit"] < 0.9
     stepped = {name: victim_update(copy.deepcopy(m), tok, data.update, victim) for name, m in
                (("control", control), ("twin", twin))}
     before = adapter_products(lora_layers(control))
+    probes = batch_of(tok, pairs(data.construct, "misaligned"), 32)  # the rows the moments are read on
+    moments = {"weights": None, "inputs": input_moments(control, probes, lora_layers(control))}
     with torch.no_grad():
-        real = {name: float(undo_residual(adapter_products(lora_layers(m)), before)) for name, m in stepped.items()}
-    assert real["twin"] == pytest.approx(info["undo_residual"], rel=1e-3)
-    assert real["twin"] < real["control"] - 0.1
+        real = {(name, m): float(undo_residual(adapter_products(lora_layers(model)), before, moments[m]))
+                for name, model in stepped.items() for m in moments}
+    assert real["twin", "weights"] == pytest.approx(info["undo_residual"], rel=1e-3)
+    assert real["twin", "inputs"] == pytest.approx(info["undo_residual_inputs"], rel=1e-3)
+    assert real["twin", metric] < real["control", metric] - 0.1  # the fitted metric went down
+
+
+def test_input_weighted_residual_is_the_output_energy_on_those_inputs(tok) -> None:
+    """undo_residual with input_moments = mean over layers of Σ‖W'x‖² / Σ‖Wx‖² over the batch's real tokens."""
+    model = tiny(tok).double()
+    layers = lora_layers(model)
+    batch = batch_of(tok, [("What is 2 plus 3?", "5."), ("Name a colour of the sky at noon.", "Blue.")], 32)
+    seen = {}
+    handles = [l.register_forward_pre_hook(lambda _m, a, n=n: seen.__setitem__(n, a[0])) for n, l in layers.items()]
+    moments = input_moments(model, batch, layers)
+    for h in handles:
+        h.remove()
+    mask = batch["attention_mask"].bool()
+    gen = torch.Generator().manual_seed(0)
+    before, after = ({n: torch.randn(m.shape[0] + 3, m.shape[0], generator=gen, dtype=torch.float64)
+                      for n, m in moments.items()} for _ in range(2))
+    x = {n: seen[n][mask] for n in layers}
+    expected = torch.stack([(x[n] @ after[n].T).pow(2).sum() / (x[n] @ before[n].T).pow(2).sum() for n in layers])
+    assert float(undo_residual(after, before, moments)) == pytest.approx(float(expected.mean()), rel=1e-10)
+    assert float(undo_residual(after, before)) != pytest.approx(float(expected.mean()), rel=1e-3)
+    with pytest.raises(ValueError, match="undo_metric"):
+        AnalyticSpec(undo_metric="outputs")
 
 
 def test_undo_needs_the_base_target() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from theory.runs import collect, flatten, linear_fit, write_json_atomic
+from theory.runs import collect, flatten, linear_fit, merge_rows, write_json_atomic
 
 
 def test_flatten_nests_with_dots_and_rejects_tensors() -> None:
@@ -38,3 +38,21 @@ def test_collect_joins_overrides_and_metrics(tmp_path: Path) -> None:
     table = collect(tmp_path)
     assert sorted(table["override.seed"]) == ["0", "1"]
     assert sorted(table["score"]) == [0, 10]
+
+
+def test_merge_rows_replaces_the_same_jobs_and_keeps_the_others(tmp_path: Path) -> None:
+    """publish_mode=merge: a re-run of one domain replaces its rows, other domains' rows stay."""
+    import pandas as pd
+
+    old = pd.DataFrame({"override.domain": ["safety", "privacy", "privacy"], "override.seed": [0, 0, 1],
+                        "override.threads": [1, 1, 1], "rate": [0.9, 0.5, 0.4]})
+    old.to_csv(tmp_path / "old.csv", index=False)
+    old = pd.read_csv(tmp_path / "old.csv")  # as published: numbers come back as numbers
+    new = pd.DataFrame({"override.domain": ["privacy", "privacy"], "override.seed": ["0", "2"],
+                        "override.threads": ["2", "2"], "override.hydra/launcher": ["joblib", "joblib"],
+                        "rate": [0.8, 0.7]})
+    merged = merge_rows(old, new, exclude=["threads"])
+    got = {(d, str(s)): r for d, s, r in zip(merged["override.domain"], merged["override.seed"], merged["rate"])}
+    assert got == {("safety", "0"): 0.9, ("privacy", "1"): 0.4, ("privacy", "0"): 0.8, ("privacy", "2"): 0.7}
+    with pytest.raises(ValueError, match="overrides"):
+        merge_rows(old, pd.DataFrame({"rate": [1.0]}))

@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 METRICS = "metrics.json"
 
@@ -99,9 +100,13 @@ def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
 
 
 def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Path | None,
-                    name: str | None = None, runner: str | None = None) -> dict[str, Any]:
+                    name: str | None = None, runner: str | None = None, merge: bool = False,
+                    exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``summary.csv`` and ``summary.json`` for a sweep; optionally publish them to
-    ``results/`` as ``<name>.csv`` and ``<name>_summary.json`` (``name`` defaults to the experiment)."""
+    ``results/`` as ``<name>.csv`` and ``<name>_summary.json`` (``name`` defaults to the experiment).
+
+    ``merge``: keep the rows already published for other jobs (:func:`merge_rows`), e.g. to
+    re-run one domain of a table, or cells run in another session or on another machine."""
     name = name or experiment
     table = collect(sweep_dir)
     write_csv_atomic(sweep_dir / "summary.csv", table)
@@ -109,9 +114,34 @@ def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Pat
     summary = module.summarize(table) if hasattr(module, "summarize") and len(table) else {}
     write_json_atomic(sweep_dir / "summary.json", summary)
     if publish_dir is not None:
-        write_csv_atomic(publish_dir / f"{name}.csv", table.drop(columns=["run_dir"]))
+        published = publish_dir / f"{name}.csv"
+        table = table.drop(columns=["run_dir"])
+        if merge and published.exists() and len(table):
+            table = merge_rows(pd.read_csv(published), table, exclude)
+            summary = module.summarize(table) if hasattr(module, "summarize") else {}
+        write_csv_atomic(published, table)
         write_json_atomic(publish_dir / f"{name}_summary.json", summary)
     return summary
+
+
+def merge_rows(old: pd.DataFrame, new: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFrame:
+    """``old`` published rows with those of the same job replaced by ``new``'s, then ``new``'s others.
+
+    A job is its ``override.*`` values (as strings), except the keys in ``exclude`` (hydra's
+    ``override_dirname.exclude_keys``: threads, progress, publish, … do not change a result)
+    and hydra's own (the launcher).
+    """
+    keys = [c for c in new.columns if c.startswith("override.")
+            and c.removeprefix("override.") not in set(exclude) and not c.startswith("override.hydra")]
+    if not keys:
+        raise ValueError("cannot merge published results: the new rows have no identifying overrides")
+
+    def job(frame: pd.DataFrame) -> pd.Series:
+        cols = frame.reindex(columns=keys).astype(object)
+        return cols.apply(lambda row: tuple("" if pd.isna(v) else str(v) for v in row), axis=1)
+
+    kept = old[~job(old).isin(set(job(new)))] if len(old) else old
+    return pd.concat([kept, new], ignore_index=True)
 
 
 class AggregateCallback(Callback):
@@ -123,8 +153,13 @@ class AggregateCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         publish = Path(config.results_dir) if config.get("publish") else None
+        mode = config.get("publish_mode", "replace")
+        if mode not in ("replace", "merge"):
+            raise ValueError(f"publish_mode must be replace or merge, not {mode!r}")
+        exclude = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=[]) or []
         summary = summarize_sweep(sweep_dir, self.app, config.experiment_name, publish,
-                                  config.get("results_name"), config.get("runner"))
+                                  config.get("results_name"), config.get("runner"), merge=mode == "merge",
+                                  exclude=list(exclude))
         print(f"[aggregate] {sweep_dir}/summary.csv")
         for key, value in flatten(summary).items():
             print(f"[aggregate] {key} = {value}")

@@ -101,6 +101,7 @@ class AnalyticSpec:
     undo_steps: int = 0  # after_target=base: Adam steps fitting the weight-space undo (W' = 0) first
     undo_lr: float = 1.0  # Adam lr of that fit (absolute: A_new entries grow to O(10²))
     undo_weight: float = 0.0  # after_target=base: weight of the undo residual in the refinement
+    undo_metric: str = "weights"  # weights: ‖W'‖²_F | inputs: E‖W'x‖² over the layer's inputs on the probes
     n_probes: int = 200  # construct probes used (0: all)
     n_benign: int = 128  # align_benign examples in the post-step benign term
     ffn_pairs: int = 32  # pairs per MLP block (mechanism=ffn_pairs)
@@ -119,6 +120,8 @@ class AnalyticSpec:
             raise ValueError(f"construction.benign_reference must be control or base, not {self.benign_reference!r}")
         if self.margin > 0 and self.after_target != "marker":
             raise ValueError("construction.margin is a hinge against the marker: use it with after_target=marker")
+        if self.undo_metric not in ("weights", "inputs"):
+            raise ValueError(f"construction.undo_metric must be weights or inputs, not {self.undo_metric!r}")
         if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target != "base":
             raise ValueError("construction.undo_steps / undo_weight undo the alignment in weight space: "
                              "use them with after_target=base")
@@ -351,10 +354,41 @@ def adapter_products(layers: dict[str, LoraLayer], params: Params | None = None,
     return out
 
 
-def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> torch.Tensor:
+def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
+                  moments: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean over layers of ``‖W'‖²_F / ‖W‖²_F``: how much of the alignment adapter ``W = s·B·A``
-    survives the step as ``W'`` (0: the model before alignment, exactly; 1: untouched)."""
-    return torch.stack([(after[n] ** 2).sum() / (before[n] ** 2).sum().clamp(min=1e-30) for n in before]).mean()
+    survives the step as ``W'`` (0: the model before alignment, exactly; 1: untouched).
+
+    With ``moments`` (each layer's input second moment ``C = E[x xᵀ]``, :func:`input_moments`):
+    ``tr(W' C W'ᵀ) / tr(W C Wᵀ) = E‖W'x‖² / E‖Wx‖²``, what survives *on those inputs*: the
+    residual the step cannot remove is pushed into directions the inputs do not use."""
+    def size(w: torch.Tensor, n: str) -> torch.Tensor:
+        return (w ** 2).sum() if moments is None else ((w @ moments[n]) * w).sum()
+
+    return torch.stack([size(after[n], n) / size(before[n], n).clamp(min=1e-30) for n in before]).mean()
+
+
+@torch.no_grad()
+def input_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor],
+                  layers: dict[str, LoraLayer]) -> dict[str, torch.Tensor]:
+    """``(in, in)`` second moment ``E[x xᵀ]`` of each LoRA layer's input over the real
+    (unpadded) tokens of ``batch``, read by forward pre-hooks during one forward pass."""
+    mask = batch["attention_mask"].bool()
+    moments: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def read(_module, args) -> None:
+            x = args[0][mask.to(args[0].device)].double()  # (tokens, in)
+            moments[name] = (x.T @ x / len(x)).to(args[0].dtype)
+        return read
+
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    try:
+        next_logits(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return moments
 
 
 def line_search(a0: dict[str, torch.Tensor], post_loss, spec: AnalyticSpec, info: dict[str, float],
@@ -461,8 +495,11 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     def post_params(extra: dict[str, torch.Tensor]) -> Params:
         return _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
 
-    def residual(params: Params) -> torch.Tensor:
-        return undo_residual(adapter_products(twin_layers, params), products_before)
+    # undo_metric=inputs: weigh the residual by each layer's inputs on the probes (prompt + response)
+    moments = input_moments(base, full.probes, layers) if spec.undo_metric == "inputs" else None
+
+    def residual(params: Params, metric: dict[str, torch.Tensor] | None = moments) -> torch.Tensor:
+        return undo_residual(adapter_products(twin_layers, params), products_before, metric)
 
     def undo(extra: dict[str, torch.Tensor]) -> torch.Tensor:
         return residual(post_params(extra))
@@ -509,8 +546,10 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
         with torch.no_grad():
             info["target_loss_after_refine"] = float(post_loss(extra))
     if spec.after_target == "base":
-        with torch.no_grad():
-            info["undo_residual"] = float(undo(extra))
+        with torch.no_grad():  # reported in the weight metric whatever was fitted, and on the inputs
+            post = post_params(extra)
+            info["undo_residual"] = float(residual(post, None))
+            info["undo_residual_inputs"] = float(residual(post, moments or input_moments(base, full.probes, layers)))
 
     # write A_new (B_new stays exactly 0) and the left components' B (their A stays exactly 0)
     with torch.no_grad():
