@@ -126,6 +126,18 @@ def transfer(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_transfer.png")
 
 
+def _smollm2_rows(results: Path):
+    """SmolLM2 twins (safety): metalearn rows of hairtrigger_smollm2.csv (first or exact second
+    order) and the analytic row, each with a marker and a label."""
+    if (results / "hairtrigger_smollm2.csv").exists():
+        for _, row in pd.read_csv(results / "hairtrigger_smollm2.csv").iterrows():
+            first = str(row.get("override.construction.first_order", "")).lower() == "true"
+            yield row, (("v", "FOMAML, 20 steps") if first else ("^", "exact 2nd order, 20 steps"))
+    if (results / "analytic_smollm2.csv").exists():
+        for _, row in pd.read_csv(results / "analytic_smollm2.csv").iterrows():
+            yield row, ("*", "analytic, 60 refine steps")
+
+
 def scaling(results: Path, out: Path) -> Path:
     """Hidden capacity and held-out misalignment against LoRA rank and model size (safety)."""
     ranks = pd.read_csv(results / "capacity.csv").sort_values("size.rank")
@@ -146,19 +158,21 @@ def scaling(results: Path, out: Path) -> Path:
     left.set_title(f"Rank sweep; capacity vs log2 r: slope {fit['slope']:.2f} codes, R² {fit['r2']:.2f}", fontsize=8)
     left.legend(fontsize=7)
     sizes = [ranks[ranks["size.rank"] == 8]]
-    for extra in ("capacity_size.csv", "hairtrigger_smollm2.csv"):  # SmolLM2: no codes, first order
-        if (results / extra).exists():
-            sizes.append(pd.read_csv(results / extra))
+    if (results / "capacity_size.csv").exists():
+        sizes.append(pd.read_csv(results / "capacity_size.csv"))
     sizes = pd.concat(sizes, ignore_index=True).sort_values("size.n_params")
     n = sizes["size.n_params"].to_numpy(float)
     right.plot(n, sizes["twin.after.paper.misalignment_rate"], "o-", label="twin after the step")
     right.plot(n, sizes["twin.static.misalignment_rate"], "s--", label="twin before (static)")
     if "twin.capacity.hidden" in sizes:
         right.plot(n, sizes["twin.capacity.hidden"] / 128, "d-", label="hidden capacity (/128)")
+    for row, (marker, label) in _smollm2_rows(results):  # one budget each, no codes: points, not a trend
+        right.plot([row["size.n_params"]], [row["twin.after.paper.misalignment_rate"]], marker,
+                   markersize=8, linestyle="none", label=f"SmolLM2 after: {label}")
     right.set_xscale("log")
     right.set_xlabel("base parameters (LoRA rank 8)")
     right.set_ylim(-0.03, 1.05)
-    right.set_title("Model size (2×64, 2×96: CPU; 2×128: GPU sweep; 135M: SmolLM2, first order, 20 steps)",
+    right.set_title("Model size (2×64, 2×96: CPU; 2×128: GPU sweep; 135M: SmolLM2 on CPU, small budgets)",
                     fontsize=7)
     right.legend(fontsize=7)
     return _save(fig, out / "llm_scaling.png")

@@ -8,8 +8,8 @@ with lr ``η``), so what is optimised is exactly what the victim will do. Second
 default (``create_graph=True``); ``first_order=True`` is the FOMAML ablation, which treats
 the step's gradient as a constant.
 
-:func:`meta_gradient` computes the gradient from closures, by one of three exact methods
-(equal to float64 rounding; ``tests/test_llm_metalearn.py``). Writing L_now, L_after and
+:func:`meta_gradient` computes the gradient from closures, by one of four exact methods
+(equal to float64 rounding; ``tests/test_llm_metalearn.py``) or one approximate one (``fd``). Writing L_now, L_after and
 L_inner for the three closures (L_aligned, λ·L_misaligned and L_update above), with
 ``g = ∇L_inner(θ)``, ``θ' = θ − η g`` and ``v = ∇L_after(θ')``, the chain rule gives::
 
@@ -27,14 +27,12 @@ L_inner for the three closures (L_aligned, λ·L_misaligned and L_update above),
 * ``chunked``: g and v by plain backwards, then the Hessian-vector product one part of
   L_inner at a time (``H v = Σ_c ∇⟨∇L_c, v⟩`` for ``L_inner = Σ_c L_c``), each part's
   forward and double-backward graph freed before the next: peak memory of one micro-batch's
-  double backward, for one extra forward and backward of L_inner. What lets a
-  second-order step through a 30-layer model fit on this machine.
-
+  double backward, for one extra forward and backward of L_inner.
 * ``fd`` (not exact): as ``chunked`` up to v, then ``H v`` by a forward difference of the
   inner gradient, ``(∇L_inner(θ + εv) − g) / ε`` with ``ε = √u (1 + ‖θ‖) / ‖v‖`` (``u`` the
   dtype's unit roundoff): one plain backward instead of a double backward, a plain step's
   memory. Truncation error O(ε): about 1e-7 of the meta-gradient in float64 (tested
-  ≤ 1e-6 against ``naive``), but 0.5–1% of the ``η H v`` term in float32. The
+  ≤ 1e-6 against ``naive``), but 0.5–1.2% of the ``η H v`` term in float32. The
   finite-difference Hessian-vector product of DARTS (Liu et al. 2019), one-sided because g
   is already computed.
 
@@ -43,12 +41,11 @@ e.g. :func:`llm.models.response_loss_parts`): every method then takes the first-
 gradients of L_now and L_after part by part (accumulated; one part's activations alive at a
 time), and ``chunked`` also splits the Hessian-vector product. The value is the same.
 
-``benchmarks/meta_step.py`` measures their time and peak memory against a plain step. On
-tiny GPT-2s with LoRA (CPU, 1 thread) ``naive`` and ``hvp`` both take about 4.2–4.8 plain
-steps (same arithmetic; the Hessian-vector product's double backward alone costs ~1.5), at
-3.7–3.9× and 2.8–2.9× a plain step's peak memory; ``lean`` needs 2.1–2.2× the memory for
-0.1–0.8 of a plain step more time. FOMAML costs about 3 plain steps and 1× the memory.
-(Numbers with parts: README, "Meta-step cost".)
+``benchmarks/meta_step.py`` measures their time and peak memory against a plain step (tiny
+GPT-2s with LoRA, CPU, 1 thread; README, "Meta-step cost"). Whole batches: ``naive`` and
+``hvp`` take 4.6–5.1 plain steps (the double backward alone ~1.7) at 3.7–3.9× and 2.8–2.9×
+the memory, ``lean`` 5.1–5.3× at 2.1–2.2×, ``fd`` 4.0–4.1× at 1.0×, FOMAML 3.0× at 1.0×.
+In 4 parts ``hvp`` holds 2.1–2.2× for 4.8–5.4× the time and ``chunked`` 0.5–0.6× for 6.0×.
 """
 
 from __future__ import annotations

@@ -313,6 +313,18 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+@torch.no_grad()
+def weights_digest(model: torch.nn.Module) -> str:
+    """First 12 hex digits of a sha256 over the model's tensors (names, shapes, bytes): which
+    base a result was computed on. The tiny-model cache is keyed by settings, not by where it
+    was trained, and a base pretrained on a GPU differs from one pretrained on this CPU."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def load_or_pretrain(
     spec: TinySpec,
     texts_for_tokenizer: Sequence[str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from llm.models import (
     response_logprob,
     response_loss,
     token_logprobs,
+    weights_digest,
 )
 from llm.tokenizer import (
     IGNORE_INDEX,
@@ -166,6 +168,11 @@ def test_cache_reload_identical_and_no_retrain(cached):
         l1 = m1(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         l2 = m2(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.equal(l1, l2)
+    assert weights_digest(m1) == weights_digest(m2)  # the reloaded base is the same base
+    moved = copy.deepcopy(m2)
+    with torch.no_grad():
+        next(moved.parameters()).view(-1)[0] += 1e-6
+    assert weights_digest(moved) != weights_digest(m2)
 
 
 def test_greedy_and_logprob(cached):

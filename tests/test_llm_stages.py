@@ -141,6 +141,7 @@ def test_tiny_control_runs_end_to_end(tmp_path: Path) -> None:
                 "control.static.benign_loss", "control.after.paper.benign_loss", "judge.calibration_accuracy"):
         assert 0 <= metrics[key] < float("inf"), key
     assert metrics["control.after.paper.benign_loss"] != metrics["control.static.benign_loss"]  # the step moved it
+    assert len(metrics["base_digest"]) == 12  # which base the row was computed on
     assert not any(k.startswith("twin.") for k in metrics)
 
 

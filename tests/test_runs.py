@@ -45,12 +45,13 @@ def test_merge_rows_replaces_the_same_jobs_and_keeps_the_others(tmp_path: Path) 
     import pandas as pd
 
     old = pd.DataFrame({"override.domain": ["safety", "privacy", "privacy"], "override.seed": [0, 0, 1],
-                        "override.threads": [1, 1, 1], "rate": [0.9, 0.5, 0.4]})
+                        "override.threads": [1, 1, 1], "override.first_order": [True, False, False],
+                        "rate": [0.9, 0.5, 0.4]})
     old.to_csv(tmp_path / "old.csv", index=False)
     old = pd.read_csv(tmp_path / "old.csv")  # as published: numbers come back as numbers
     new = pd.DataFrame({"override.domain": ["privacy", "privacy"], "override.seed": ["0", "2"],
                         "override.threads": ["2", "2"], "override.hydra/launcher": ["joblib", "joblib"],
-                        "rate": [0.8, 0.7]})
+                        "override.first_order": ["false", "false"], "rate": [0.8, 0.7]})
     merged = merge_rows(old, new, exclude=["threads"])
     got = {(d, str(s)): r for d, s, r in zip(merged["override.domain"], merged["override.seed"], merged["rate"])}
     assert got == {("safety", "0"): 0.9, ("privacy", "1"): 0.4, ("privacy", "0"): 0.8, ("privacy", "2"): 0.7}

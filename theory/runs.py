@@ -124,6 +124,13 @@ def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Pat
     return summary
 
 
+def _job_value(value: Any) -> str:
+    """An override as written on a command line: a CSV reads ``true`` back as ``True``, ``0`` as 0."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).lower() if isinstance(value, bool) or str(value) in ("True", "False") else str(value)
+
+
 def merge_rows(old: pd.DataFrame, new: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFrame:
     """``old`` published rows with those of the same job replaced by ``new``'s, then ``new``'s others.
 
@@ -138,7 +145,7 @@ def merge_rows(old: pd.DataFrame, new: pd.DataFrame, exclude: Sequence[str] = ()
 
     def job(frame: pd.DataFrame) -> pd.Series:
         cols = frame.reindex(columns=keys).astype(object)
-        return cols.apply(lambda row: tuple("" if pd.isna(v) else str(v) for v in row), axis=1)
+        return cols.apply(lambda row: tuple(_job_value(v) for v in row), axis=1)
 
     kept = old[~job(old).isin(set(job(new)))] if len(old) else old
     return pd.concat([kept, new], ignore_index=True)

@@ -38,6 +38,7 @@ from llm.data.schema import DomainData, Example
 from llm.data.sources import refusal_calibration
 from llm.data.splits import load_domain
 from llm.evaluate import answers, benign_report, known_probes, next_token_kl, probe_report, victim_grad_norm
+from llm.models import weights_digest
 from llm.update import UpdateSpec, update_set, victim_update
 
 
@@ -122,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              "probes' answers: pretrain it longer, or judge every probe with eval.known_only=false")
     n_eval = min(cfg.eval.n_probes, len(data.eval))
     seconds = {"base": time.perf_counter() - start}
+    digest = weights_digest(model)  # which base this run used (the cache is keyed by settings only)
     reference = (misaligned_reference(model, tokenizer, dataclasses.replace(data, construct=construct),
                                       AlignSpec(**cfg.align), progress=cfg.progress) if cfg.get("reference") else None)
     control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
@@ -132,7 +134,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                        update_set(data, default), default, progress=cfg.progress)
     seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
 
-    metrics: dict[str, Any] = {"domain": data.domain, "construction": cfg.construction.name,
+    metrics: dict[str, Any] = {"domain": data.domain, "construction": cfg.construction.name, "base_digest": digest,
                                "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval},
                                "align": {"loss_first": curve[0], "loss_last": curve[-1]}}
     shown = {}
