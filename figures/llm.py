@@ -132,7 +132,8 @@ def _smollm2_rows(results: Path):
     if (results / "hairtrigger_smollm2.csv").exists():
         for _, row in pd.read_csv(results / "hairtrigger_smollm2.csv").iterrows():
             first = str(row.get("override.construction.first_order", "")).lower() == "true"
-            yield row, (("v", "FOMAML, 20 steps") if first else ("^", "exact 2nd order, 20 steps"))
+            steps = int(row["construct.steps"])
+            yield row, (("v", f"FOMAML, {steps} steps") if first else ("^", f"exact 2nd order, {steps} steps"))
     if (results / "analytic_smollm2.csv").exists():
         for _, row in pd.read_csv(results / "analytic_smollm2.csv").iterrows():
             yield row, ("*", "analytic, 60 refine steps")
