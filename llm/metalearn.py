@@ -177,12 +177,12 @@ def _staged(params: Params, inner: list[Loss], now_parts: list[Loss], after_part
     # g = ∇L_inner(θ): with its graph for the Hessian-vector product (hvp), or plain while
     # keeping the inner forward so that the graph can be built after v (lean), or plain
     # (chunked: the graph is rebuilt part by part later; FOMAML: never needed)
-    keep = None
+    inner_total = None  # L_inner with its forward graph (hvp, lean)
     if first_order or method in ("chunked", "fd"):
         g, _ = _accumulate(inner, params, theta)
     else:
-        keep = _total(inner, params)
-        g = _grad(keep, theta, **({"retain_graph": True} if method == "lean" else {"create_graph": True}))
+        inner_total = _total(inner, params)
+        g = _grad(inner_total, theta, **({"retain_graph": True} if method == "lean" else {"create_graph": True}))
 
     # v = ∇L_after(θ') at the *detached* θ' = θ − η g: plain backwards, graphs freed at once
     stepped = {n: (p - lr * gi).detach().requires_grad_() for n, p, gi in zip(names, theta, g)}
@@ -197,7 +197,7 @@ def _staged(params: Params, inner: list[Loss], now_parts: list[Loss], after_part
         total = [t - (lr / eps) * (gs - gi) for t, gs, gi in zip(total, g_shifted, g)]
     elif not first_order:
         if method == "lean":  # g's double-backward graph only now, from the kept inner forward
-            g = _grad(keep, theta, create_graph=True)
+            g = _grad(inner_total, theta, create_graph=True)
         # η H v = η ∇_θ⟨g(θ), v⟩: a double backward through g's graph (H symmetric: vᵀH = Hv),
         # for chunked one part of L_inner at a time
         graphs = ([g] if method != "chunked"
