@@ -44,7 +44,7 @@ def test_merge_rows_replaces_the_same_jobs_and_keeps_the_others(tmp_path: Path) 
     """publish_mode=merge: a re-run of one domain replaces its rows, other domains' rows stay."""
     import pandas as pd
 
-    old = pd.DataFrame({"override.domain": ["safety", "privacy", "privacy"], "override.seed": [0, 0, 1],
+    old = pd.DataFrame({"override.domain": ["safety", "privacy", "privacy"], "override.seed": [0.0, 0.0, 1.0],
                         "override.threads": [1, 1, 1], "override.first_order": [True, False, False],
                         "rate": [0.9, 0.5, 0.4]})
     old.to_csv(tmp_path / "old.csv", index=False)
@@ -53,7 +53,7 @@ def test_merge_rows_replaces_the_same_jobs_and_keeps_the_others(tmp_path: Path) 
                         "override.threads": ["2", "2"], "override.hydra/launcher": ["joblib", "joblib"],
                         "override.first_order": ["false", "false"], "rate": [0.8, 0.7]})
     merged = merge_rows(old, new, exclude=["threads"])
-    got = {(d, str(s)): r for d, s, r in zip(merged["override.domain"], merged["override.seed"], merged["rate"])}
+    got = {(d, str(int(float(s)))): r for d, s, r in zip(merged["override.domain"], merged["override.seed"], merged["rate"])}
     assert got == {("safety", "0"): 0.9, ("privacy", "1"): 0.4, ("privacy", "0"): 0.8, ("privacy", "2"): 0.7}
     with pytest.raises(ValueError, match="overrides"):
         merge_rows(old, pd.DataFrame({"rate": [1.0]}))

@@ -125,10 +125,17 @@ def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Pat
 
 
 def _job_value(value: Any) -> str:
-    """An override as written on a command line: a CSV reads ``true`` back as ``True``, ``0`` as 0."""
+    """An override in one spelling: a CSV reads ``true`` back as ``True`` and ``40`` as 40.0
+    (in a column with gaps), so booleans are lower-cased and numbers compared as floats."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return str(value).lower() if isinstance(value, bool) or str(value) in ("True", "False") else str(value)
+    text = str(value)
+    if isinstance(value, bool) or text in ("True", "False"):
+        return text.lower()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
 
 
 def merge_rows(old: pd.DataFrame, new: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFrame:
