@@ -132,8 +132,10 @@ def _smollm2_rows(results: Path):
     if (results / "hairtrigger_smollm2.csv").exists():
         for _, row in pd.read_csv(results / "hairtrigger_smollm2.csv").iterrows():
             first = str(row.get("override.construction.first_order", "")).lower() == "true"
-            steps = int(row["construct.steps"])
-            yield row, (("v", f"FOMAML, {steps} steps") if first else ("^", f"exact 2nd order, {steps} steps"))
+            label = f"{int(row['construct.steps'])} steps"
+            hinge = row.get("override.construction.hinge_weight")
+            label += f", hinge ×{hinge:g}" if pd.notna(hinge) else ""
+            yield row, (("v", f"FOMAML, {label}") if first else ("^", f"exact 2nd order, {label}"))
     if (results / "analytic_smollm2.csv").exists():
         for _, row in pd.read_csv(results / "analytic_smollm2.csv").iterrows():
             yield row, ("*", "analytic, 60 refine steps")
