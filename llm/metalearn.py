@@ -102,9 +102,9 @@ def meta_gradient(params: Params, inner_loss: Losses, now_loss: Losses, after_lo
 
     The closures take a name → tensor dict (evaluate the model with ``functional_call``);
     each may be a sequence of parts that sum to the loss. ``inner_loss`` must be the victim's
-    loss on the victim's batch, ``lr`` its SGD rate. ``method`` picks how the exact gradient is
-    computed (``naive``, ``hvp``, ``lean``, ``chunked``; same value up to rounding, different
-    time and memory). ``first_order`` is FOMAML: the ``η H v`` term is dropped, whatever the
+    loss on the victim's batch, ``lr`` its SGD rate. ``method`` picks how the gradient is
+    computed (``naive``, ``hvp``, ``lean``, ``chunked``: the same value up to rounding, at
+    different time and memory; ``fd``: approximate, see the module docstring). ``first_order`` is FOMAML: the ``η H v`` term is dropped, whatever the
     method. Returns the gradient by name and the two losses (``now`` at θ, ``after`` at θ').
     """
     if method not in METHODS:

@@ -213,10 +213,16 @@ def response_loss(
     With ``params`` (a partial name → tensor dict), the model is evaluated at those values
     through ``torch.func.functional_call``: what a meta-gradient through a step needs.
     """
+    return _response_ce(model, batch, params, "mean")
+
+
+def _response_ce(model: PreTrainedModel, batch: dict[str, torch.Tensor],
+                 params: dict[str, torch.Tensor] | None, reduction: str) -> torch.Tensor:
+    """Cross-entropy of the response tokens (``reduction``: ``mean`` or ``sum`` over them)."""
     logits = next_logits(model, batch, params)
     targets = batch["labels"][:, 1:].to(logits.device)
     return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
     )
 
 
@@ -238,14 +244,8 @@ def response_loss_parts(model: PreTrainedModel, batch: dict[str, torch.Tensor], 
     is it: each part's summed response-token cross-entropy over the whole batch's token count.
     What :func:`llm.metalearn.meta_gradient` takes to bound memory by one micro-batch."""
     n_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-
-    def part(chunk: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = next_logits(model, chunk, params)
-        targets = chunk["labels"][:, 1:].to(logits.device)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum") / n_tokens
-
-    return [lambda params, c=chunk: part(c, params) for chunk in row_chunks(batch, parts)]
+    return [lambda params, c=chunk: _response_ce(model, c, params, "sum") / n_tokens
+            for chunk in row_chunks(batch, parts)]
 
 
 def encode_pairs(
