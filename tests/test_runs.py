@@ -57,3 +57,14 @@ def test_merge_rows_replaces_the_same_jobs_and_keeps_the_others(tmp_path: Path) 
     assert got == {("safety", "0"): 0.9, ("privacy", "1"): 0.4, ("privacy", "0"): 0.8, ("privacy", "2"): 0.7}
     with pytest.raises(ValueError, match="overrides"):
         merge_rows(old, pd.DataFrame({"rate": [1.0]}))
+
+
+def test_publish_mode_is_checked() -> None:
+    from omegaconf import OmegaConf
+
+    from theory.runs import publish_mode
+
+    assert publish_mode(OmegaConf.create({})) == "replace"
+    assert publish_mode(OmegaConf.create({"publish_mode": "merge"})) == "merge"
+    with pytest.raises(ValueError, match="publish_mode"):
+        publish_mode(OmegaConf.create({"publish_mode": "append"}))

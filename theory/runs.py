@@ -111,14 +111,18 @@ def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Pat
     table = collect(sweep_dir)
     write_csv_atomic(sweep_dir / "summary.csv", table)
     module = importlib.import_module(f"{app}.experiments.{runner or experiment}")
-    summary = module.summarize(table) if hasattr(module, "summarize") and len(table) else {}
+
+    def summarize(frame: pd.DataFrame) -> dict[str, Any]:
+        return module.summarize(frame) if hasattr(module, "summarize") and len(frame) else {}
+
+    summary = summarize(table)
     write_json_atomic(sweep_dir / "summary.json", summary)
     if publish_dir is not None:
         published = publish_dir / f"{name}.csv"
         table = table.drop(columns=["run_dir"])
         if merge and published.exists() and len(table):
             table = merge_rows(pd.read_csv(published), table, exclude)
-            summary = module.summarize(table) if hasattr(module, "summarize") else {}
+            summary = summarize(table)
         write_csv_atomic(published, table)
         write_json_atomic(publish_dir / f"{name}_summary.json", summary)
     return summary
@@ -158,6 +162,15 @@ def merge_rows(old: pd.DataFrame, new: pd.DataFrame, exclude: Sequence[str] = ()
     return pd.concat([kept, new], ignore_index=True)
 
 
+def publish_mode(cfg: DictConfig) -> str:
+    """``publish_mode`` (``replace`` | ``merge``), checked at job start so that a typo fails at
+    once rather than when the multirun ends."""
+    mode = cfg.get("publish_mode", "replace")
+    if mode not in ("replace", "merge"):
+        raise ValueError(f"publish_mode must be replace or merge, not {mode!r}")
+    return mode
+
+
 class AggregateCallback(Callback):
     """Hydra callback: aggregate a multirun into one table and a fit summary when it ends."""
 
@@ -167,9 +180,7 @@ class AggregateCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         publish = Path(config.results_dir) if config.get("publish") else None
-        mode = config.get("publish_mode", "replace")
-        if mode not in ("replace", "merge"):
-            raise ValueError(f"publish_mode must be replace or merge, not {mode!r}")
+        mode = publish_mode(config)
         exclude = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=[]) or []
         summary = summarize_sweep(sweep_dir, self.app, config.experiment_name, publish,
                                   config.get("results_name"), config.get("runner"), merge=mode == "merge",
@@ -187,6 +198,7 @@ def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
     """
     if cfg.get("experiment_name") is None:
         raise ValueError(f"choose an experiment: python -m {app} experiment=NAME (see conf/{app}/experiment/)")
+    publish_mode(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     done = read_metrics(run_dir)
     if done is not None and cfg.resume:
