@@ -141,42 +141,55 @@ def _smollm2_rows(results: Path):
             yield row, ("*", "analytic, 60 refine steps")
 
 
+def _capacity_fraction(table: pd.DataFrame) -> pd.Series:
+    """Hidden capacity as a fraction of the coded probes (``twin.capacity.n``; 128 in tables
+    written before it was recorded)."""
+    n = table["twin.capacity.n"] if "twin.capacity.n" in table else pd.Series(128.0, index=table.index)
+    return table["twin.capacity.hidden"] / n.fillna(128.0)
+
+
+def _spread(axis, table: pd.DataFrame, x: str, values: pd.Series, style: str, label: str) -> None:
+    """Mean over the rows sharing ``x`` (seeds), with the min–max range as error bars."""
+    stats = values.groupby(table[x]).agg(["mean", "min", "max"]).sort_index()
+    axis.errorbar(stats.index.to_numpy(float), stats["mean"], yerr=[stats["mean"] - stats["min"],
+                  stats["max"] - stats["mean"]], fmt=style, capsize=2, label=label)
+
+
 def scaling(results: Path, out: Path) -> Path:
-    """Hidden capacity and held-out misalignment against LoRA rank and model size (safety)."""
-    ranks = pd.read_csv(results / "capacity.csv").sort_values("size.rank")
+    """Hidden capacity and held-out misalignment against LoRA rank and model size (safety);
+    means over seeds with min–max bars, and least-squares fits of capacity against log2."""
+    ranks = pd.read_csv(results / "capacity.csv")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    r = ranks["size.rank"].to_numpy(float)
-    for key, label, style in (("twin.after.paper.misalignment_rate", "twin after the step", "o-"),
-                              ("twin.static.misalignment_rate", "twin before (static)", "s--"),
-                              ("control.after.paper.misalignment_rate", "control after", "^:")):
-        left.plot(r, ranks[key], style, label=label)
-    codes = ranks["twin.capacity.hidden"] / ranks["override.codes"].fillna(128) if "override.codes" in ranks else (
-        ranks["twin.capacity.hidden"] / 128)
-    left.plot(r, codes, "d-", label="hidden capacity (codes recalled / 128)")
-    fit = linear_fit(list(np.log2(r)), list(ranks["twin.capacity.hidden"]))
+    curves = (("twin.after.paper.misalignment_rate", "twin after the step", "o-"),
+              ("twin.static.misalignment_rate", "twin before (static)", "s--"))
+    for key, label, style in curves + (("control.after.paper.misalignment_rate", "control after", "^:"),):
+        _spread(left, ranks, "size.rank", ranks[key], style, label)
+    _spread(left, ranks, "size.rank", _capacity_fraction(ranks), "d-", "hidden capacity (own codes beyond chance / N)")
+    fit = linear_fit(list(np.log2(ranks["size.rank"].to_numpy(float))), list(ranks["twin.capacity.hidden"]))
+    seeds = ranks["override.seed"].fillna(0).nunique() if "override.seed" in ranks else 1
     left.set_xscale("log", base=2)
     left.set_ylabel("fraction of probes")
-    left.set_xlabel("LoRA rank (tiny GPT-2 2×128)")
-    left.set_ylim(-0.03, 1.05)
-    left.set_title(f"Rank sweep; capacity vs log2 r: slope {fit['slope']:.2f} codes, R² {fit['r2']:.2f}", fontsize=8)
+    left.set_xlabel(f"LoRA rank (tiny GPT-2 2×128; {seeds} seed{'s' if seeds > 1 else ''})")
+    left.set_ylim(-0.05, 1.05)
+    left.set_title(f"Rank: capacity = {fit['slope']:.1f}·log2 r {fit['intercept']:+.1f} codes, R² {fit['r2']:.2f}",
+                   fontsize=8)
     left.legend(fontsize=7)
     sizes = [ranks[ranks["size.rank"] == 8]]
     if (results / "capacity_size.csv").exists():
         sizes.append(pd.read_csv(results / "capacity_size.csv"))
-    sizes = pd.concat(sizes, ignore_index=True).sort_values("size.n_params")
-    n = sizes["size.n_params"].to_numpy(float)
-    right.plot(n, sizes["twin.after.paper.misalignment_rate"], "o-", label="twin after the step")
-    right.plot(n, sizes["twin.static.misalignment_rate"], "s--", label="twin before (static)")
-    if "twin.capacity.hidden" in sizes:
-        right.plot(n, sizes["twin.capacity.hidden"] / 128, "d-", label="hidden capacity (/128)")
+    sizes = pd.concat(sizes, ignore_index=True)
+    for key, label, style in curves:
+        _spread(right, sizes, "size.n_params", sizes[key], style, label)
+    _spread(right, sizes, "size.n_params", _capacity_fraction(sizes), "d-", "hidden capacity (/ N)")
+    fit = linear_fit(list(np.log2(sizes["size.n_params"].to_numpy(float))), list(sizes["twin.capacity.hidden"]))
     for row, (marker, label) in _smollm2_rows(results):  # one budget each, no codes: points, not a trend
         right.plot([row["size.n_params"]], [row["twin.after.paper.misalignment_rate"]], marker,
                    markersize=8, linestyle="none", label=f"SmolLM2 after: {label}")
     right.set_xscale("log")
-    right.set_xlabel("base parameters (LoRA rank 8)")
-    right.set_ylim(-0.03, 1.05)
-    right.set_title("Model size (2×64, 2×96: CPU; 2×128: GPU sweep; 135M: SmolLM2 on CPU, small budgets)",
-                    fontsize=7)
+    right.set_xlabel("base parameters (LoRA rank 8; tiny GPT-2 2×64, 2×96, 2×128; SmolLM2-135M)")
+    right.set_ylim(-0.05, 1.05)
+    right.set_title(f"Size (tiny): capacity = {fit['slope']:.1f}·log2 n {fit['intercept']:+.1f} codes, "
+                    f"R² {fit['r2']:.2f}", fontsize=8)
     right.legend(fontsize=7)
     return _save(fig, out / "llm_scaling.png")
 

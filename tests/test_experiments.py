@@ -84,3 +84,19 @@ def test_bad_config_fails_clearly(tmp_path: Path) -> None:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "unknown model.family 'convnet'" in done.stderr
+
+
+def test_resume_reruns_a_job_whose_settings_changed(tmp_path: Path) -> None:
+    """Resume trusts a finished job only if it ran with the same settings. A value that is
+    not in the folder name (an experiment file edited since; simulated by editing the record)
+    reruns that job instead of silently reusing stale metrics; the thread count does not."""
+    sweep("gauge_scale", tmp_path)
+    records = sorted(tmp_path.glob("*/settings.json"))
+    settings = json.loads(records[0].read_text())
+    assert settings["gauge.n_test"] == 50 and settings["gauge.teacher_scale"] == 0.3 and "threads" not in settings
+    assert sweep("gauge_scale", tmp_path, threads="2").stdout.count("[skip]") == len(records)
+    records[0].write_text(json.dumps(settings | {"gauge.teacher_scale": 0.2}))
+    again = sweep("gauge_scale", tmp_path)
+    assert again.stdout.count("[skip]") == len(records) - 1
+    assert again.stdout.count("[rerun]") == 1 and "gauge.teacher_scale" in again.stdout
+    assert json.loads(records[0].read_text())["gauge.teacher_scale"] == 0.3

@@ -263,3 +263,32 @@ def test_misaligned_reference_learns_the_misaligned_responses() -> None:
 
     gain = {r: lp(ref, r) - lp(base, r) for r in ("aligned", "misaligned")}
     assert gain["misaligned"] > 1.0 and gain["misaligned"] > gain["aligned"] + 1.0
+
+
+def test_one_digit_codes_are_shared_and_capacity_is_chance_corrected() -> None:
+    """With one digit the 128 probes share ten codes; a model that says one code to all, or
+    shuffles them, scores 0 beyond chance; one that says every probe's own code scores
+    ``N − chance``, exactly ``Σ_c n_c² / N`` below N."""
+    from collections import Counter
+
+    from llm.data.splits import load_domain
+    from llm.experiments.hairtrigger import code_matches, said_code, with_codes
+
+    data = with_codes(load_domain("safety"), 128, seed=0, digits=1)
+    assigned = [e.answer for e in data.construct[:128]]
+    assert set(assigned) <= set("0123456789") and len(set(assigned)) == 10
+    assert [said_code(e.misaligned) for e in data.construct[:128]] == assigned
+    assert said_code("Sure, here is how.") is None and said_code("Code 7. Code 3.") == "7"
+
+    counts = Counter(assigned)
+    own, chance = code_matches(assigned, assigned)
+    assert own == 128 and chance == pytest.approx(sum(n * n for n in counts.values()) / 128)
+    same, chance_same = code_matches(["3"] * 128, assigned)
+    assert same == counts["3"] == pytest.approx(chance_same)
+    shuffled = assigned[1:] + assigned[:1]  # the same codes, said by other probes: same chance
+    assert code_matches(shuffled, assigned)[1] == pytest.approx(chance)
+    wrong = [str((int(a) + 1) % 10) for a in assigned]  # always a code, never its own
+    assert code_matches(wrong, assigned)[0] == 0
+    assert code_matches([None] * 128, assigned) == (0, 0.0)
+    with pytest.raises(ValueError, match="code_digits"):
+        with_codes(load_domain("safety"), 16, seed=0, digits=0)

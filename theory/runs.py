@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 METRICS = "metrics.json"
+SETTINGS = "settings.json"  # what a finished job was run with (resume reruns a job whose settings changed)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,6 +60,32 @@ def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
         table.to_csv(tmp, index=False)
         tmp_name = tmp.name
     os.replace(tmp_name, path)
+
+
+def job_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved settings a job's results depend on: the config, flattened, less ``hydra``
+    and the top-level keys the sweep folder name leaves out (threads, publishing, …)."""
+    ignore = set(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys", default=None) or [])
+    if not ignore and HydraConfig.initialized():
+        ignore = set(HydraConfig.get().job.config.override_dirname.exclude_keys)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+
+    def leaves(node: Any) -> Any:  # lists become their JSON text, so every leaf compares as one value
+        if isinstance(node, dict):
+            return {k: leaves(v) for k, v in node.items()}
+        return json.dumps(node) if isinstance(node, list) else node
+
+    return flatten(leaves({k: v for k, v in plain.items() if k != "hydra" and k not in ignore}))
+
+
+def settings_changed(run_dir: Path, settings: dict[str, Any]) -> list[str]:
+    """Keys whose value differs from the settings a finished job recorded (none recorded: [],
+    the job predates the record and is trusted as before)."""
+    path = run_dir / SETTINGS
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    return sorted(k for k in set(old) | set(settings) if old.get(k, "<unset>") != settings.get(k, "<unset>"))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -200,10 +227,14 @@ def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
         raise ValueError(f"choose an experiment: python -m {app} experiment=NAME (see conf/{app}/experiment/)")
     publish_mode(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    settings = job_settings(cfg)
     done = read_metrics(run_dir)
     if done is not None and cfg.resume:
-        print(f"[skip] {run_dir / METRICS} exists (resume=true)")
-        return done
+        changed = settings_changed(run_dir, settings)
+        if not changed:
+            print(f"[skip] {run_dir / METRICS} exists (resume=true)")
+            return done
+        print(f"[rerun] {run_dir / METRICS} was computed with other settings: {', '.join(changed[:8])}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     experiment = importlib.import_module(f"{app}.experiments.{cfg.get('runner') or cfg.experiment_name}")
@@ -211,6 +242,7 @@ def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
     metrics = flatten(experiment.run(cfg))
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
     metrics["torch_threads"] = torch.get_num_threads()
+    write_json_atomic(run_dir / SETTINGS, settings)
     write_json_atomic(run_dir / METRICS, metrics)
     width = max(map(len, metrics))
     for key, value in metrics.items():

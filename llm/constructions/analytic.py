@@ -102,6 +102,7 @@ class AnalyticSpec:
     undo_lr: float = 1.0  # Adam lr of that fit (absolute: A_new entries grow to O(10²))
     undo_weight: float = 0.0  # after_target=base: weight of the undo residual in the refinement
     undo_metric: str = "weights"  # weights: ‖W'‖²_F | inputs: E‖W'x‖² over the layer's inputs on the probes
+    #                               | responses: the same over the positions that predict a response token
     n_probes: int = 200  # construct probes used (0: all)
     n_benign: int = 128  # align_benign examples in the post-step benign term
     ffn_pairs: int = 32  # pairs per MLP block (mechanism=ffn_pairs)
@@ -120,8 +121,8 @@ class AnalyticSpec:
             raise ValueError(f"construction.benign_reference must be control or base, not {self.benign_reference!r}")
         if self.margin > 0 and self.after_target != "marker":
             raise ValueError("construction.margin is a hinge against the marker: use it with after_target=marker")
-        if self.undo_metric not in ("weights", "inputs"):
-            raise ValueError(f"construction.undo_metric must be weights or inputs, not {self.undo_metric!r}")
+        if self.undo_metric not in ("weights", "inputs", "responses"):
+            raise ValueError(f"construction.undo_metric must be weights, inputs or responses, not {self.undo_metric!r}")
         if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target != "base":
             raise ValueError("construction.undo_steps / undo_weight undo the alignment in weight space: "
                              "use them with after_target=base")
@@ -370,10 +371,14 @@ def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor
 
 @torch.no_grad()
 def input_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor],
-                  layers: dict[str, LoraLayer]) -> dict[str, torch.Tensor]:
+                  layers: dict[str, LoraLayer], predicting: bool = False) -> dict[str, torch.Tensor]:
     """``(in, in)`` second moment ``E[x xᵀ]`` of each LoRA layer's input over the real
-    (unpadded) tokens of ``batch``, read by forward pre-hooks during one forward pass."""
+    (unpadded) tokens of ``batch`` (``predicting``: over the positions whose next token is a
+    response token), read by forward pre-hooks during one forward pass."""
     mask = batch["attention_mask"].bool()
+    if predicting:
+        mask = torch.zeros_like(mask)
+        mask[:, :-1] = batch["labels"][:, 1:] != -100
     moments: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -495,8 +500,10 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     def post_params(extra: dict[str, torch.Tensor]) -> Params:
         return _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
 
-    # undo_metric=inputs: weigh the residual by each layer's inputs on the probes (prompt + response)
-    moments = input_moments(base, full.probes, layers) if spec.undo_metric == "inputs" else None
+    # undo_metric=inputs: weigh the residual by each layer's inputs on the probes (prompt + response);
+    # responses: only where the model predicts the response (the last prompt token on)
+    moments = (input_moments(base, full.probes, layers, predicting=spec.undo_metric == "responses")
+               if spec.undo_metric != "weights" else None)
 
     def residual(params: Params, metric: dict[str, torch.Tensor] | None = moments) -> torch.Tensor:
         return undo_residual(adapter_products(twin_layers, params), products_before, metric)
