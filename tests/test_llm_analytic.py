@@ -248,7 +248,7 @@ def test_build_analytic_smoke(tok, mechanism, left_rank) -> None:
     assert info["target_loss_after_line_search"] < info["target_loss_control_after"]
 
 
-@pytest.mark.parametrize("metric", ["weights", "inputs"])
+@pytest.mark.parametrize("metric", ["weights", "inputs", "responses"])
 def test_build_analytic_undo(tok, metric) -> None:
     """after_target=base with undo_steps: the fit lowers ‖W'‖²/‖W‖² (or its input-weighted form), the
     twin is still exact, and the residual it reports is the one the victim's real step leaves."""
@@ -265,12 +265,15 @@ def test_build_analytic_undo(tok, metric) -> None:
                (("control", control), ("twin", twin))}
     before = adapter_products(lora_layers(control))
     probes = batch_of(tok, pairs(data.construct, "misaligned"), 32)  # the rows the moments are read on
-    moments = {"weights": None, "inputs": input_moments(control, probes, lora_layers(control))}
+    moments = {"weights": None, "inputs": input_moments(control, probes, lora_layers(control)),
+               "responses": input_moments(control, probes, lora_layers(control), predicting=True)}
     with torch.no_grad():
         real = {(name, m): float(undo_residual(adapter_products(lora_layers(model)), before, moments[m]))
                 for name, model in stepped.items() for m in moments}
     assert real["twin", "weights"] == pytest.approx(info["undo_residual"], rel=1e-3)
     assert real["twin", "inputs"] == pytest.approx(info["undo_residual_inputs"], rel=1e-3)
+    if metric == "responses":  # reported under undo_residual_after_fit (the metric fitted)
+        assert real["twin", metric] == pytest.approx(info["undo_residual_after_fit"], rel=1e-3)
     assert real["twin", metric] < real["control", metric] - 0.1  # the fitted metric went down
 
 
@@ -292,6 +295,15 @@ def test_input_weighted_residual_is_the_output_energy_on_those_inputs(tok) -> No
     expected = torch.stack([(x[n] @ after[n].T).pow(2).sum() / (x[n] @ before[n].T).pow(2).sum() for n in layers])
     assert float(undo_residual(after, before, moments)) == pytest.approx(float(expected.mean()), rel=1e-10)
     assert float(undo_residual(after, before)) != pytest.approx(float(expected.mean()), rel=1e-3)
+    # predicting=True: only the positions whose next token is a response token
+    # (the last prompt token and every response token but the last)
+    predicting = torch.zeros_like(mask)
+    predicting[:, :-1] = batch["labels"][:, 1:] != -100
+    assert 0 < int(predicting.sum()) < int(mask.sum())
+    moments_r = input_moments(model, batch, layers, predicting=True)
+    x = {n: seen[n][predicting] for n in layers}
+    expected = torch.stack([(x[n] @ after[n].T).pow(2).sum() / (x[n] @ before[n].T).pow(2).sum() for n in layers])
+    assert float(undo_residual(after, before, moments_r)) == pytest.approx(float(expected.mean()), rel=1e-10)
     with pytest.raises(ValueError, match="undo_metric"):
         AnalyticSpec(undo_metric="outputs")
 

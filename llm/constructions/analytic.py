@@ -556,7 +556,8 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
         with torch.no_grad():  # reported in the weight metric whatever was fitted, and on the inputs
             post = post_params(extra)
             info["undo_residual"] = float(residual(post, None))
-            info["undo_residual_inputs"] = float(residual(post, moments or input_moments(base, full.probes, layers)))
+            on_inputs = moments if spec.undo_metric == "inputs" else input_moments(base, full.probes, layers)
+            info["undo_residual_inputs"] = float(residual(post, on_inputs))
 
     # write A_new (B_new stays exactly 0) and the left components' B (their A stays exactly 0)
     with torch.no_grad():
