@@ -232,7 +232,8 @@ def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
     if done is not None and cfg.resume:
         changed = settings_changed(run_dir, settings)
         if not changed:
-            print(f"[skip] {run_dir / METRICS} exists (resume=true)")
+            unknown = "" if (run_dir / SETTINGS).exists() else "; it predates settings.json, so a changed setting goes unseen"
+            print(f"[skip] {run_dir / METRICS} exists (resume=true{unknown})")
             return done
         print(f"[rerun] {run_dir / METRICS} was computed with other settings: {', '.join(changed[:8])}")
     if cfg.threads:
