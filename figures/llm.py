@@ -186,11 +186,11 @@ def scaling(results: Path, out: Path) -> Path:
         right.plot([row["size.n_params"]], [row["twin.after.paper.misalignment_rate"]], marker,
                    markersize=8, linestyle="none", label=f"SmolLM2 after: {label}")
     right.set_xscale("log")
-    right.set_xlabel("base parameters (LoRA rank 8; tiny GPT-2 2×64, 2×96, 2×128; SmolLM2-135M)")
+    right.set_xlabel("base parameters (LoRA rank 8)")
     right.set_ylim(-0.05, 1.05)
     right.set_title(f"Size (tiny): capacity = {fit['slope']:.1f}·log2 n {fit['intercept']:+.1f} codes, "
                     f"R² {fit['r2']:.2f}", fontsize=8)
-    right.legend(fontsize=7)
+    right.legend(fontsize=6, loc="center right")
     return _save(fig, out / "llm_scaling.png")
 
 
