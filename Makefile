@@ -41,7 +41,7 @@ results: $(STAMP)  ## re-run the reference sweeps and publish their tables into 
 results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add device=cuda on a GPU)
 	$(PY) -m llm -m experiment=hairtrigger domain=safety,privacy,honesty seed=0,1,2 publish=true
 	$(PY) -m llm -m experiment=transfer domain=safety,privacy,honesty publish=true
-	$(PY) -m llm -m experiment=capacity align.rank=1,2,4,8,16,32 model=tiny_gpt2 publish=true
+	$(PY) -m llm -m experiment=capacity align.rank=1,2,4,8,16,32 model=tiny_gpt2 seed=0,1,2 publish=true
 	$(PY) -m llm -m experiment=capacity align.rank=8 model=tiny_gpt2_64,tiny_gpt2_96 publish=true \
 		results_name=capacity_size hydra.sweep.dir=multirun/llm/capacity_size
 	$(PY) -m llm -m experiment=analytic domain=safety,privacy,honesty seed=0,1,2 publish=true
@@ -50,6 +50,8 @@ results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add devic
 	$(PY) -m llm -m experiment=smollm2 construction.first_order=true,false threads=1 publish=true
 	$(PY) -m llm -m experiment=smollm2 construction.first_order=false construction.steps=40 threads=1 publish=true \
 		publish_mode=merge
+	$(PY) -m llm -m experiment=smollm2 construction.first_order=false construction.hinge_weight=2,4 threads=1 \
+		publish=true publish_mode=merge
 	$(PY) -m llm -m experiment=analytic model=smollm2 align=lora_smollm2 align.steps=80 construction.n_probes=48 \
 		construction.n_benign=32 construction.refine_steps=60 construction.refine_batch=16 construction.max_len=128 \
 		eval.n_benign=30 threads=1 results_name=analytic_smollm2 hydra.sweep.dir=multirun/llm/analytic_smollm2 publish=true
