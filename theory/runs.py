@@ -65,9 +65,7 @@ def write_csv_atomic(path: Path, table: pd.DataFrame) -> None:
 def job_settings(cfg: DictConfig) -> dict[str, Any]:
     """The resolved settings a job's results depend on: the config, flattened, less ``hydra``
     and the top-level keys the sweep folder name leaves out (threads, publishing, …)."""
-    ignore = set(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys", default=None) or [])
-    if not ignore and HydraConfig.initialized():
-        ignore = set(HydraConfig.get().job.config.override_dirname.exclude_keys)
+    ignore = set(HydraConfig.get().job.config.override_dirname.exclude_keys) if HydraConfig.initialized() else set()
     plain = OmegaConf.to_container(cfg, resolve=True)
 
     def leaves(node: Any) -> Any:  # lists become their JSON text, so every leaf compares as one value
@@ -78,12 +76,12 @@ def job_settings(cfg: DictConfig) -> dict[str, Any]:
     return flatten(leaves({k: v for k, v in plain.items() if k != "hydra" and k not in ignore}))
 
 
-def settings_changed(run_dir: Path, settings: dict[str, Any]) -> list[str]:
-    """Keys whose value differs from the settings a finished job recorded (none recorded: [],
-    the job predates the record and is trusted as before)."""
+def settings_changed(run_dir: Path, settings: dict[str, Any]) -> list[str] | None:
+    """Keys whose value differs from the settings a finished job recorded; None when it
+    recorded none (it predates the record and is trusted as before)."""
     path = run_dir / SETTINGS
     if not path.exists():
-        return []
+        return None
     old = json.loads(path.read_text())
     return sorted(k for k in set(old) | set(settings) if old.get(k, "<unset>") != settings.get(k, "<unset>"))
 
@@ -232,7 +230,7 @@ def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
     if done is not None and cfg.resume:
         changed = settings_changed(run_dir, settings)
         if not changed:
-            unknown = "" if (run_dir / SETTINGS).exists() else "; it predates settings.json, so a changed setting goes unseen"
+            unknown = "" if changed is not None else "; it predates settings.json, so a changed setting goes unseen"
             print(f"[skip] {run_dir / METRICS} exists (resume=true{unknown})")
             return done
         print(f"[rerun] {run_dir / METRICS} was computed with other settings: {', '.join(changed[:8])}")

@@ -72,6 +72,7 @@ from llm.objectives import (
     first_divergence,
     kl_rows,
     probe_loss,
+    response_mask,
     target_response,
     token_mask,
 )
@@ -378,7 +379,7 @@ def input_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor],
     mask = batch["attention_mask"].bool()
     if predicting:
         mask = torch.zeros_like(mask)
-        mask[:, :-1] = batch["labels"][:, 1:] != -100
+        mask[:, :-1] = response_mask(batch)
     moments: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
