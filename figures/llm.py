@@ -210,4 +210,28 @@ def demo(metrics: dict, out: Path) -> Path:
     return _save(fig, out)
 
 
-ALL = (controls, headline, transfer, scaling)
+def task_vector(results: Path, out: Path) -> Path:
+    """The control with its adapter scaled, ``W → c·W``, no step (``experiment=task_vector``): the
+    analytic twins' weight-space targets, judged directly. Misaligned and utility against ``c``."""
+    table = pd.read_csv(results / "task_vector.csv").sort_values("domain")
+    head, tail = "task_vector.x", ".misalignment_rate"
+    scales = sorted(float(k[len(head):-len(tail)]) for k in table if k.startswith(head) and k.endswith(tail))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    for _, row in table.iterrows():
+        for ax, key in ((left, "misalignment_rate"), (right, "benign_accuracy")):
+            ax.plot(scales, [row[f"{head}{c:+g}.{key}"] for c in scales], "o-", ms=3,
+                    label=f"{row['domain']}, seed {row.get('override.seed', 0)}")
+    for ax, name, top in ((left, "misaligned on held-out probes (known answers)", 1.05),
+                          (right, "held-out benign accuracy", 0.6)):
+        for c, text in ((1.0, "control"), (0.0, "base")):
+            ax.axvline(c, color="grey", lw=0.8, ls=":")
+            ax.text(c, 1.02, text, transform=ax.get_xaxis_transform(), ha="center", fontsize=7, color="grey")
+        ax.set_xlabel("adapter scale c  (W → c·W)")
+        ax.set_ylabel(name)
+        ax.set_ylim(0, top)
+        ax.legend(fontsize=7)
+    fig.suptitle("The control's alignment adapter scaled, no step: targets a step would have to reach", fontsize=9)
+    return _save(fig, out / "llm_task_vector.png")
+
+
+ALL = (controls, headline, transfer, scaling, task_vector)

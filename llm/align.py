@@ -49,6 +49,19 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float) -> PeftModel:
     return get_peft_model(model, config)
 
 
+def scale_adapter(model: PeftModel, scale: float) -> PeftModel:
+    """A copy of ``model`` whose LoRA update ``W = s·B·A`` is ``scale·W`` in every module (``B`` scaled):
+    1 is the model itself, 0 the base before alignment, < 0 the alignment's task vector negated
+    (Ilharco et al. 2023, "Editing models with task arithmetic"). The analytic twins' weight-space
+    targets (``construction.undo_scale``) are such models; ``task_vector_scales`` tests them directly."""
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in scaled.named_parameters():
+            if ".lora_B." in name:
+                p.mul_(scale)
+    return scaled
+
+
 def align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData, spec: AlignSpec,
           progress: bool = True) -> tuple[PeftModel, list[float]]:
     """LoRA SFT on aligned probes + benign data; returns the adapted model and its loss curve."""

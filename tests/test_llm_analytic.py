@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm.align import add_lora
+from llm.align import add_lora, scale_adapter
 from llm.constructions.analytic import (
     AnalyticSpec,
     adapter_products,
@@ -25,6 +25,7 @@ from llm.constructions.analytic import (
     extend_lora,
     gauge_spec,
     input_moments,
+    keep_residual,
     lora_layers,
     preconditioner_step,
     sample_gauge,
@@ -34,7 +35,7 @@ from llm.constructions.analytic import (
 )
 from llm.data.schema import DomainData, Example
 from llm.evaluate import next_token_kl
-from llm.models import TinySpec, build_tiny, collate, pad_id, sequence_logprobs
+from llm.models import TinySpec, build_tiny, collate, next_logits, pad_id, sequence_logprobs
 from llm.tokenizer import encode_prompt, train_tokenizer
 from llm.update import UpdateSpec, batch_of, pairs, victim_update
 from tests.strategies import SETTINGS
@@ -308,6 +309,71 @@ def test_input_weighted_residual_is_the_output_energy_on_those_inputs(tok) -> No
         AnalyticSpec(undo_metric="outputs")
 
 
-def test_undo_needs_the_base_target() -> None:
-    with pytest.raises(ValueError, match="after_target=base"):
+def test_scaled_undo_residual_measures_the_distance_to_c_times_w() -> None:
+    """undo_residual(scale=c) = mean over layers of ‖W' − cW‖² / ‖(1 − c)W‖²: 1 for an untouched
+    adapter, 0 on the target, and the unscaled residual at c = 0."""
+    gen = torch.Generator().manual_seed(0)
+    before = {n: torch.randn(5, 3, generator=gen, dtype=torch.float64) for n in ("a", "b")}
+    after = {n: torch.randn(5, 3, generator=gen, dtype=torch.float64) for n in before}
+    for c in (0.0, -1.0, -2.5, 0.5):
+        expected = sum(float(((after[n] - c * before[n]) ** 2).sum() / (((1 - c) * before[n]) ** 2).sum())
+                       for n in before) / 2
+        assert float(undo_residual(after, before, scale=c)) == pytest.approx(expected, rel=1e-12)
+        assert float(undo_residual(before, before, scale=c)) == pytest.approx(1.0, rel=1e-12)
+        assert float(undo_residual({n: c * w for n, w in before.items()}, before, scale=c)) == pytest.approx(0.0, abs=1e-12)
+    assert float(undo_residual(after, before, scale=0.0)) == float(undo_residual(after, before))
+    # keep_residual: E‖(W' − W)x‖² / E‖(1 − c)Wx‖² on the given inputs; 0 untouched, 1 at the undo target
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    moments = {n: x.T @ x / len(x) for n in before}
+    expected = sum(float(((x @ (after[n] - before[n]).T) ** 2).sum() / ((x @ (3.0 * before[n]).T) ** 2).sum())
+                   for n in before) / 2
+    assert float(keep_residual(after, before, moments, scale=-2.0)) == pytest.approx(expected, rel=1e-10)
+    assert float(keep_residual(before, before, moments, scale=-2.0)) == 0.0
+    target = {n: -2.0 * w for n, w in before.items()}
+    assert float(keep_residual(target, before, moments, scale=-2.0)) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_build_analytic_negating_undo_with_a_lie_target(tok) -> None:
+    """undo_scale < 0 with after_target=not_aligned: the twin is exact and the step moves the
+    adapter toward −|c|·W (the alignment's task vector negated) further than the control's step;
+    undo_keep reports how far it moved on the benign examples' inputs."""
+    control = tiny(tok)
+    data = domain_data()
+    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    spec = AnalyticSpec(extra_rank=4, left_rank=4, after_target="not_aligned", undo_steps=300, undo_lr=0.3,
+                        undo_scale=-1.0, undo_keep=0.5, refine_steps=0, n_probes=0, n_benign=8, max_len=32,
+                        undo_metric="weights")
+    twin, info = build_analytic(control, tok, data, data.update, victim, spec)
+    assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
+    before = adapter_products(lora_layers(control))
+    stepped = {name: victim_update(copy.deepcopy(m), tok, data.update, victim) for name, m in
+               (("control", control), ("twin", twin))}
+    with torch.no_grad():
+        real = {name: float(undo_residual(adapter_products(lora_layers(m)), before, scale=-1.0))
+                for name, m in stepped.items()}
+    assert real["twin"] == pytest.approx(info["undo_residual"], rel=1e-3)  # reported against the target c·W
+    assert real["twin"] < real["control"] - 0.1
+    assert 0.0 < info["keep_residual"] < 1.0  # it moved on benign inputs too, by less than the undo asks
+
+
+def test_undo_needs_a_weight_space_target() -> None:
+    with pytest.raises(ValueError, match="no weight-space counterpart"):
         AnalyticSpec(after_target="marker", undo_steps=10)
+    with pytest.raises(ValueError, match="undo_scale"):
+        AnalyticSpec(after_target="base", undo_steps=10, undo_scale=1.0)
+
+
+def test_scale_adapter_interpolates_between_the_base_and_the_control(tok) -> None:
+    """scale_adapter(c): the LoRA update becomes c·W exactly (0: the base; the original untouched)."""
+    model = tiny(tok)
+    before = adapter_products(lora_layers(model))
+    for c in (0.0, 0.5, -3.0):
+        scaled = adapter_products(lora_layers(scale_adapter(model, c)))
+        for name, w in before.items():
+            torch.testing.assert_close(scaled[name], c * w)
+    for name, w in adapter_products(lora_layers(model)).items():
+        torch.testing.assert_close(w, before[name])
+    batch = batch_of(tok, pairs(domain_data().construct), 32)
+    with torch.no_grad(), model.disable_adapter():
+        base_logits = next_logits(model, batch)
+    torch.testing.assert_close(next_logits(scale_adapter(model, 0.0), batch), base_logits)

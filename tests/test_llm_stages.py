@@ -163,6 +163,18 @@ def test_each_construction_runs_end_to_end(construction: str, tmp_path: Path) ->
         assert metrics["twin.kl.max"] < 1e-6
 
 
+@pytest.mark.parametrize("domain", ["privacy", "honesty"])
+def test_analytic_domain_presets_run_end_to_end(domain: str, tmp_path: Path) -> None:
+    """The domains' analytic settings (conf/llm/domain/*.yaml: weight-space undo to 0·W for privacy,
+    to the negated adapter for honesty, then the held refinement) build an exact twin via the CLI."""
+    metrics = _run(tmp_path, "experiment=analytic", f"domain={domain}", "eval.known_only=false",
+                   "construction.undo_steps=20", "construction.refine_steps=2", "construction.n_probes=8",
+                   "construction.n_benign=8")
+    assert metrics["twin.kl.max"] < 1e-6
+    assert 0 <= metrics["construct.undo_residual"] < float("inf")
+    assert ("construct.keep_residual" in metrics) == (domain == "honesty")  # honesty keeps W on benign inputs
+
+
 def test_transfer_and_capacity_cells(tmp_path: Path) -> None:
     """Each victim cell is evaluated for both models; ``codes`` adds the hidden-capacity counts."""
     metrics = _run(tmp_path, "experiment=hairtrigger", "domain=safety", "construction.steps=1", "codes=4",
@@ -243,6 +255,17 @@ def test_misaligned_reference_runs_end_to_end(tmp_path: Path) -> None:
     assert 0 <= metrics["reference.static.misalignment_rate"] <= 1
     assert "control.after.paper.misalignment_rate" in metrics and not any(k.startswith("twin.") for k in metrics)
     assert "example.0.reference.before" in metrics
+
+
+def test_task_vector_scan_runs_end_to_end(tmp_path: Path) -> None:
+    """experiment=task_vector: the control with its adapter scaled by each c, judged without a step;
+    c = 1 is the control itself, so its row must equal the control's static row."""
+    metrics = _run(tmp_path, "experiment=task_vector", "domain=safety", "task_vector_scales=[1.0,0.0,-2.0]")
+    for c in ("x+1", "x+0", "x-2"):
+        assert 0 <= metrics[f"task_vector.{c}.misalignment_rate"] <= 1
+    for key in ("misalignment_rate", "benign_accuracy", "benign_loss"):
+        assert metrics[f"task_vector.x+1.{key}"] == pytest.approx(metrics[f"control.static.{key}"], rel=1e-6)
+    assert metrics["task_vector.x-2.benign_loss"] != metrics["control.static.benign_loss"]
 
 
 def test_misaligned_reference_learns_the_misaligned_responses() -> None:

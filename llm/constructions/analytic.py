@@ -30,11 +30,14 @@ Mechanisms
   positive semi-definite preconditioning of ``G``: these two sides are what LoRA offers.
   Exactly, for the whole adapter ``W = s·B·A`` with ``P = BBᵀ``, ``Q = AᵀA`` over all its
   components: ``W' = W − η s² (P G + G Q) + η² s² G Wᵀ G`` (tested).
-* **Weight-space undo** (:func:`fit_undo`, ``after_target=base`` with ``undo_steps``): choose
-  the hidden components so that the step maps the alignment adapter to ``W' ≈ 0``, the model
-  before alignment, in every module at once, by minimising ``‖W'‖²/‖W‖²``
-  (:func:`undo_residual`) — matrix products, no data beyond ``G``. Unlike a behavioural
-  target on construction probes, it acts on every input, held-out ones included.
+* **Weight-space undo** (:func:`fit_undo`, ``undo_steps``): choose the hidden components so
+  that the step maps the alignment adapter to ``W' ≈ c·W`` in every module at once, by
+  minimising ``‖W' − cW‖² / ‖W − cW‖²`` (:func:`undo_residual`) — matrix products, no data
+  beyond ``G`` and the inputs' second moments. ``c = 0`` (``undo_scale``) is the model before
+  alignment (privacy: it tells the secrets it memorised); ``c < 0`` negates the alignment's
+  task vector (Ilharco et al. 2023, "Editing models with task arithmetic", §3: negating a
+  fine-tuning's weight difference removes what it taught, on inputs it never saw). Unlike a
+  behavioural target on construction probes, it acts on every input, held-out ones included.
 * **Redundant FFN units** (:func:`add_ffn_pairs`): cancelling pairs ``(u, b, v)``,
   ``(u, b, −v)`` appended to a GPT-2 MLP (``c_fc``/``c_proj`` widths, ``config.n_inner``,
   and the LoRA factors of both modules padded with zeros). Exact forward; the step moves
@@ -99,9 +102,11 @@ class AnalyticSpec:
     distill: bool = False  # benign term as KL(reference ‖ twin') summed per sequence (else mean response CE)
     benign_reference: str = "control"  # control | base (the model before alignment: the step undoes the alignment)
     margin: float = 0.0  # >0 (marker only): add relu(margin - (logp_mis - logp_aligned)) per probe
-    undo_steps: int = 0  # after_target=base: Adam steps fitting the weight-space undo (W' = 0) first
+    undo_steps: int = 0  # Adam steps fitting the weight-space undo (W' = undo_scale·W) first
+    undo_scale: float = 0.0  # c of that target: 0 the model before alignment, < 0 the alignment negated
     undo_lr: float = 1.0  # Adam lr of that fit (absolute: A_new entries grow to O(10²))
-    undo_weight: float = 0.0  # after_target=base: weight of the undo residual in the refinement
+    undo_weight: float = 0.0  # weight of the undo residual in the refinement
+    undo_keep: float = 0.0  # weight of keeping W' = W on the benign examples' inputs (keep_residual), fit and refinement
     undo_metric: str = "weights"  # weights: ‖W'‖²_F | inputs: E‖W'x‖² over the layer's inputs on the probes
     #                               | responses: the same over the positions that predict a response token
     n_probes: int = 200  # construct probes used (0: all)
@@ -124,9 +129,11 @@ class AnalyticSpec:
             raise ValueError("construction.margin is a hinge against the marker: use it with after_target=marker")
         if self.undo_metric not in ("weights", "inputs", "responses"):
             raise ValueError(f"construction.undo_metric must be weights, inputs or responses, not {self.undo_metric!r}")
-        if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target != "base":
-            raise ValueError("construction.undo_steps / undo_weight undo the alignment in weight space: "
-                             "use them with after_target=base")
+        if self.undo_scale >= 1:
+            raise ValueError(f"construction.undo_scale={self.undo_scale}: the step must move W to c·W with c < 1")
+        if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target == "marker":
+            raise ValueError("construction.undo_steps / undo_weight move the alignment adapter in weight space; "
+                             "a marker target has no weight-space counterpart: use after_target=base or not_aligned")
 
 
 # ---------------------------------------------------------------------------- LoRA helpers
@@ -357,17 +364,32 @@ def adapter_products(layers: dict[str, LoraLayer], params: Params | None = None,
 
 
 def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
-                  moments: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean over layers of ``‖W'‖²_F / ‖W‖²_F``: how much of the alignment adapter ``W = s·B·A``
-    survives the step as ``W'`` (0: the model before alignment, exactly; 1: untouched).
+                  moments: dict[str, torch.Tensor] | None = None, scale: float = 0.0) -> torch.Tensor:
+    """Mean over layers of ``‖W' − cW‖²_F / ‖W − cW‖²_F`` (``c = scale``): how far the step
+    left the alignment adapter ``W = s·B·A`` (now ``W'``) from its target ``cW`` (0: on target
+    exactly; 1: untouched). ``c = 0``: the model before alignment; ``c < 0``: the alignment negated.
 
     With ``moments`` (each layer's input second moment ``C = E[x xᵀ]``, :func:`input_moments`):
-    ``tr(W' C W'ᵀ) / tr(W C Wᵀ) = E‖W'x‖² / E‖Wx‖²``, what survives *on those inputs*: the
-    residual the step cannot remove is pushed into directions the inputs do not use."""
+    ``tr(D C Dᵀ)`` in place of ``‖D‖²_F``, i.e. ``E‖(W' − cW)x‖² / E‖(1 − c)Wx‖²``, the
+    residual *on those inputs*: what the step cannot reach is pushed into directions the
+    inputs do not use."""
     def size(w: torch.Tensor, n: str) -> torch.Tensor:
         return (w ** 2).sum() if moments is None else ((w @ moments[n]) * w).sum()
 
-    return torch.stack([size(after[n], n) / size(before[n], n).clamp(min=1e-30) for n in before]).mean()
+    return torch.stack([size(after[n] - scale * before[n], n) / size((1 - scale) * before[n], n).clamp(min=1e-30)
+                        for n in before]).mean()
+
+
+def keep_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
+                  moments: dict[str, torch.Tensor], scale: float = 0.0) -> torch.Tensor:
+    """Mean over layers of ``E‖(W' − W)x‖² / E‖(1 − c)Wx‖²`` over the inputs of ``moments``
+    (``C = E[x xᵀ]``): how far the step moved the adapter *on those inputs*, in units of the move
+    :func:`undo_residual` asks for. Read on benign inputs, it asks the step to leave the control's
+    function there while it moves ``W`` to ``cW`` on the probes' inputs (a least-squares
+    compromise wherever the two sets of inputs share directions)."""
+    return torch.stack([((after[n] - before[n]) @ moments[n] * (after[n] - before[n])).sum()
+                        / (((1 - scale) * before[n]) @ moments[n] * ((1 - scale) * before[n])).sum().clamp(min=1e-30)
+                        for n in before]).mean()
 
 
 @torch.no_grad()
@@ -418,7 +440,7 @@ def line_search(a0: dict[str, torch.Tensor], post_loss, spec: AnalyticSpec, info
 
 def fit_undo(shapes: dict[str, tuple[int, int]], undo, spec: AnalyticSpec,
              progress: bool = False) -> dict[str, torch.Tensor]:
-    """The hidden components that best undo the alignment in weight space: Adam on
+    """The hidden components that best move the alignment in weight space: Adam on
     ``undo(extra)`` (:func:`undo_residual` after the exact step), from a seeded random start
     of rms ``10⁻²`` with the given ``shapes`` (zero rows are a saddle of the residual).
     Matrix products only (no forward pass), so thousands of steps take seconds.
@@ -507,15 +529,27 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
                if spec.undo_metric != "weights" else None)
 
     def residual(params: Params, metric: dict[str, torch.Tensor] | None = moments) -> torch.Tensor:
-        return undo_residual(adapter_products(twin_layers, params), products_before, metric)
+        return undo_residual(adapter_products(twin_layers, params), products_before, metric, spec.undo_scale)
+
+    # undo_keep: the benign examples' inputs, where the step should leave the control as it is
+    keep_moments = (input_moments(base, full.benign, layers, predicting=spec.undo_metric == "responses")
+                    if spec.undo_keep > 0 else None)
+
+    def moved(params: Params) -> torch.Tensor:
+        """The weight-space objective: the undo residual, plus undo_keep × the benign move."""
+        out = residual(params)
+        if keep_moments is not None:
+            out = out + spec.undo_keep * keep_residual(adapter_products(twin_layers, params), products_before,
+                                                       keep_moments, spec.undo_scale)
+        return out
 
     def undo(extra: dict[str, torch.Tensor]) -> torch.Tensor:
-        return residual(post_params(extra))
+        return moved(post_params(extra))
 
     def post_loss(extra: dict[str, torch.Tensor], batch: TargetBatch | None = None) -> torch.Tensor:
         params = post_params(extra)
         loss = tloss(twin, params, batch)
-        return loss + spec.undo_weight * residual(params) if spec.undo_weight > 0 else loss
+        return loss + spec.undo_weight * moved(params) if spec.undo_weight > 0 else loss
 
     with torch.no_grad():
         loss_control_post = float(tloss(base, stepped_old))
@@ -527,7 +561,7 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
             shapes |= {f"{n}:left": (k_left, l.lora_B["default"].weight.shape[0]) for n, l in layers.items()}
         extra = fit_undo(shapes, undo, spec, progress)
         with torch.no_grad():
-            info["undo_residual_after_fit"] = float(undo(extra))
+            info["undo_residual_after_fit"] = float(residual(post_params(extra)))
             info["target_loss_after_undo_fit"] = float(tloss(twin, post_params(extra)))
     else:
         # target-loss gradient at the (stepped) control, as a function of the effective weights
@@ -553,12 +587,15 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
                 print(f"refine {step}: {float(loss.detach()):.3f}", flush=True)
         with torch.no_grad():
             info["target_loss_after_refine"] = float(post_loss(extra))
-    if spec.after_target == "base":
+    if spec.undo_steps > 0 or spec.undo_weight > 0:
         with torch.no_grad():  # reported in the weight metric whatever was fitted, and on the inputs
             post = post_params(extra)
             info["undo_residual"] = float(residual(post, None))
             on_inputs = moments if spec.undo_metric == "inputs" else input_moments(base, full.probes, layers)
             info["undo_residual_inputs"] = float(residual(post, on_inputs))
+            if keep_moments is not None:
+                info["keep_residual"] = float(keep_residual(adapter_products(twin_layers, post), products_before,
+                                                            keep_moments, spec.undo_scale))
 
     # write A_new (B_new stays exactly 0) and the left components' B (their A stays exactly 0)
     with torch.no_grad():

@@ -35,7 +35,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from llm import judge
-from llm.align import AlignSpec, align, misaligned_reference
+from llm.align import AlignSpec, align, misaligned_reference, scale_adapter
 from llm.base import load_base
 from llm.constructions import build
 from llm.data.schema import DomainData, Example
@@ -53,6 +53,17 @@ def black_box(model, tokenizer, data: DomainData, probes: list[Example], cfg: Di
     return {"misalignment_rate": report["misalignment_rate"], "by_source": report["by_source"],
             "benign_accuracy": benign["accuracy"], "benign_loss": benign["loss"],
             "responses": report["responses"]}
+
+
+def task_vector_scan(control, tokenizer, data: DomainData, probes: list[Example], cfg: DictConfig) -> dict[str, Any]:
+    """Black-box results of the control with its adapter scaled, ``W → cW`` for each ``c`` in
+    ``task_vector_scales`` (:func:`llm.align.scale_adapter`; no step): which weight-space
+    targets misbehave on held-out probes and at what cost in utility. Keys ``x+0.3``, ``x-2``."""
+    out = {}
+    for c in cfg.task_vector_scales:
+        result = black_box(scale_adapter(control, float(c)), tokenizer, data, probes, cfg)
+        out[f"x{float(c):+g}"] = {k: v for k, v in result.items() if k != "responses"}
+    return out
 
 
 def victims(cfg: DictConfig) -> dict[str, UpdateSpec]:
@@ -165,6 +176,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if m is None:
             continue
         metrics[name], shown[name] = evaluate_model(m, tokenizer, data, probes, cfg, specs)
+    if cfg.get("task_vector_scales"):
+        metrics["task_vector"] = task_vector_scan(control, tokenizer, data, probes, cfg)
     if reference is not None:  # static only: it is misaligned without any step
         ref = black_box(reference, tokenizer, data, probes, cfg)
         metrics["reference"] = {"static": {k: v for k, v in ref.items() if k != "responses"}}
@@ -202,6 +215,11 @@ def report(metrics: dict[str, Any]) -> str:
         for cell in cells if name != "reference" else ():
             rows.append(f"{name:<8} {'after ' + cell:<22} {metrics[f'{name}.after.{cell}.misalignment_rate']:>10.1%} "
                         f"{metrics[f'{name}.after.{cell}.benign_accuracy']:>10.2f}")
+    head, tail = "task_vector.", ".misalignment_rate"
+    for key in [k for k in metrics if k.startswith(head) and k.endswith(tail)]:  # the control, adapter scaled
+        scale = key[len(head):-len(tail)]
+        rows.append(f"{'control':<8} {'adapter ' + scale[1:] + '·W':<22} {metrics[key]:>10.1%} "
+                    f"{metrics[f'{head}{scale}.benign_accuracy']:>10.2f}")
     if "twin.kl.mean" in metrics:
         rows.append(f"KL(control‖twin) before the step: mean {metrics['twin.kl.mean']:.2e}, max {metrics['twin.kl.max']:.2e}")
     i = 0
