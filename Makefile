@@ -46,6 +46,9 @@ results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add devic
 		results_name=capacity_size hydra.sweep.dir=multirun/llm/capacity_size
 	$(PY) -m llm -m experiment=analytic domain=safety,privacy,honesty seed=0,1,2 publish=true
 	$(PY) -m llm -m experiment=reference domain=safety,privacy,honesty seed=0,1,2 publish=true
+	$(PY) -m llm -m experiment=transfer construction=analytic domain=safety,privacy,honesty seed=0 publish=true \
+		results_name=transfer_analytic hydra.sweep.dir=multirun/llm/transfer_analytic
+	$(PY) -m llm -m experiment=task_vector domain=privacy,honesty seed=0 publish=true
 	$(PY) -m llm.data.fetch smollm2
 	$(PY) -m llm -m experiment=smollm2 construction.first_order=true,false threads=1 publish=true
 	$(PY) -m llm -m experiment=smollm2 construction.first_order=false construction.steps=40 threads=1 publish=true \
