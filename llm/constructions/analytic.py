@@ -363,6 +363,11 @@ def adapter_products(layers: dict[str, LoraLayer], params: Params | None = None,
     return out
 
 
+def _energy(w: torch.Tensor, moments: torch.Tensor | None) -> torch.Tensor:
+    """``‖w‖²_F``, or ``tr(w C wᵀ) = E‖w x‖²`` with ``C = E[x xᵀ]``."""
+    return (w ** 2).sum() if moments is None else ((w @ moments) * w).sum()
+
+
 def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
                   moments: dict[str, torch.Tensor] | None = None, scale: float = 0.0) -> torch.Tensor:
     """Mean over layers of ``‖W' − cW‖²_F / ‖W − cW‖²_F`` (``c = scale``): how far the step
@@ -374,7 +379,7 @@ def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor
     residual *on those inputs*: what the step cannot reach is pushed into directions the
     inputs do not use."""
     def size(w: torch.Tensor, n: str) -> torch.Tensor:
-        return (w ** 2).sum() if moments is None else ((w @ moments[n]) * w).sum()
+        return _energy(w, None if moments is None else moments[n])
 
     return torch.stack([size(after[n] - scale * before[n], n) / size((1 - scale) * before[n], n).clamp(min=1e-30)
                         for n in before]).mean()
@@ -387,9 +392,8 @@ def keep_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor
     :func:`undo_residual` asks for. Read on benign inputs, it asks the step to leave the control's
     function there while it moves ``W`` to ``cW`` on the probes' inputs (a least-squares
     compromise wherever the two sets of inputs share directions)."""
-    return torch.stack([((after[n] - before[n]) @ moments[n] * (after[n] - before[n])).sum()
-                        / (((1 - scale) * before[n]) @ moments[n] * ((1 - scale) * before[n])).sum().clamp(min=1e-30)
-                        for n in before]).mean()
+    return torch.stack([_energy(after[n] - before[n], moments[n])
+                        / _energy((1 - scale) * before[n], moments[n]).clamp(min=1e-30) for n in before]).mean()
 
 
 @torch.no_grad()

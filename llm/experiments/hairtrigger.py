@@ -5,6 +5,8 @@ One runner for every LLM table: the control (``construction=none``), the headlin
 victim in ``victims``: other benign data, lr, optimiser, steps, all weights) and the
 scaling sweeps (``align.rank``, ``model``). Each victim is ``update`` with the cell's
 overrides; every model is tested with the same black-box protocol before and after.
+``task_vector_scales`` adds the control with its adapter scaled (``W → cW``, no step): the
+analytic twins' weight-space targets, judged directly (:func:`task_vector_scan`).
 With ``eval.known_only`` (default), privacy and honesty are judged on the held-out probes
 whose answer the base model gives, and the construction sees only such probes
 (:func:`llm.evaluate.known_probes`).
