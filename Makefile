@@ -56,7 +56,7 @@ results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add devic
 	$(PY) -m llm -m experiment=smollm2 construction.first_order=false construction.hinge_weight=2,4 threads=1 \
 		publish=true publish_mode=merge
 	$(PY) -m llm -m experiment=smollm2 construction.first_order=false construction.hinge_weight=2 construction.steps=40 \
-		threads=2 publish=true publish_mode=merge
+		construction.benign_weight=1,2 threads=2 publish=true publish_mode=merge
 	$(PY) -m llm -m experiment=analytic model=smollm2 align=lora_smollm2 align.steps=80 construction.n_probes=48 \
 		construction.n_benign=32 construction.refine_steps=60 construction.refine_batch=16 construction.max_len=128 \
 		eval.n_benign=30 threads=1 results_name=analytic_smollm2 hydra.sweep.dir=multirun/llm/analytic_smollm2 publish=true
