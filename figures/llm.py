@@ -135,6 +135,8 @@ def _smollm2_rows(results: Path):
             label = f"{int(row['construct.steps'])} steps"
             hinge = row.get("override.construction.hinge_weight")
             label += f", hinge ×{hinge:g}" if pd.notna(hinge) else ""
+            benign = row.get("override.construction.benign_weight")
+            label += f", benign ×{benign:g}" if pd.notna(benign) else ""
             yield row, (("v", f"FOMAML, {label}") if first else ("^", f"exact 2nd order, {label}"))
     if (results / "analytic_smollm2.csv").exists():
         for _, row in pd.read_csv(results / "analytic_smollm2.csv").iterrows():
