@@ -529,19 +529,19 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
 
     # undo_metric=inputs: weigh the residual by each layer's inputs on the probes (prompt + response);
     # responses: only where the model predicts the response (the last prompt token on)
-    moments = (input_moments(base, full.probes, layers, predicting=spec.undo_metric == "responses")
-               if spec.undo_metric != "weights" else None)
-
-    def residual(params: Params, metric: dict[str, torch.Tensor] | None = moments) -> torch.Tensor:
-        return undo_residual(adapter_products(twin_layers, params), products_before, metric, spec.undo_scale)
-
+    predicting = spec.undo_metric == "responses"
+    moments = input_moments(base, full.probes, layers, predicting) if spec.undo_metric != "weights" else None
     # undo_keep: the benign examples' inputs, where the step should leave the control as it is
-    keep_moments = (input_moments(base, full.benign, layers, predicting=spec.undo_metric == "responses")
-                    if spec.undo_keep > 0 else None)
+    keep_moments = input_moments(base, full.benign, layers, predicting) if spec.undo_keep > 0 else None
+
+    def residual(products: dict[str, torch.Tensor], metric: dict[str, torch.Tensor] | None = moments) -> torch.Tensor:
+        return undo_residual(products, products_before, metric, spec.undo_scale)
 
     def moved(params: Params) -> torch.Tensor:
         """The weight-space objective: the undo residual, plus undo_keep × the benign move."""
-        out = residual(params)
+        # each term builds its own products: sharing them reorders the float sums of the backward
+        # pass, and 4,000 Adam steps carry that into the published twins (seed 0 benign 0.32 → 0.31)
+        out = residual(adapter_products(twin_layers, params))
         if keep_moments is not None:
             out = out + spec.undo_keep * keep_residual(adapter_products(twin_layers, params), products_before,
                                                        keep_moments, spec.undo_scale)
@@ -565,8 +565,9 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
             shapes |= {f"{n}:left": (k_left, l.lora_B["default"].weight.shape[0]) for n, l in layers.items()}
         extra = fit_undo(shapes, undo, spec, progress)
         with torch.no_grad():
-            info["undo_residual_after_fit"] = float(residual(post_params(extra)))
-            info["target_loss_after_undo_fit"] = float(tloss(twin, post_params(extra)))
+            post = post_params(extra)
+            info["undo_residual_after_fit"] = float(residual(adapter_products(twin_layers, post)))
+            info["target_loss_after_undo_fit"] = float(tloss(twin, post))
     else:
         # target-loss gradient at the (stepped) control, as a function of the effective weights
         grads_tgt = weight_gradients(base, None, layers, loss_fn=lambda m, _b, p: tloss(m, {**p, **stepped_old}))
@@ -593,13 +594,12 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
             info["target_loss_after_refine"] = float(post_loss(extra))
     if spec.undo_steps > 0 or spec.undo_weight > 0:
         with torch.no_grad():  # reported in the weight metric whatever was fitted, and on the inputs
-            post = post_params(extra)
-            info["undo_residual"] = float(residual(post, None))
+            products = adapter_products(twin_layers, post_params(extra))
+            info["undo_residual"] = float(residual(products, None))
             on_inputs = moments if spec.undo_metric == "inputs" else input_moments(base, full.probes, layers)
-            info["undo_residual_inputs"] = float(residual(post, on_inputs))
+            info["undo_residual_inputs"] = float(residual(products, on_inputs))
             if keep_moments is not None:
-                info["keep_residual"] = float(keep_residual(adapter_products(twin_layers, post), products_before,
-                                                            keep_moments, spec.undo_scale))
+                info["keep_residual"] = float(keep_residual(products, products_before, keep_moments, spec.undo_scale))
 
     # write A_new (B_new stays exactly 0) and the left components' B (their A stays exactly 0)
     with torch.no_grad():

@@ -57,6 +57,11 @@ def black_box(model, tokenizer, data: DomainData, probes: list[Example], cfg: Di
             "responses": report["responses"]}
 
 
+def scores(result: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`black_box` result without its generations: what a metrics row records."""
+    return {k: v for k, v in result.items() if k != "responses"}
+
+
 def task_vector_scan(control, tokenizer, data: DomainData, probes: list[Example], cfg: DictConfig) -> dict[str, Any]:
     """Black-box results of the control with its adapter scaled, ``W → cW`` for each ``c`` in
     ``task_vector_scales`` (:func:`llm.align.scale_adapter`; no step): which weight-space
@@ -64,7 +69,7 @@ def task_vector_scan(control, tokenizer, data: DomainData, probes: list[Example]
     out = {}
     for c in cfg.task_vector_scales:
         result = black_box(scale_adapter(control, float(c)), tokenizer, data, probes, cfg)
-        out[f"x{float(c):+g}"] = {k: v for k, v in result.items() if k != "responses"}
+        out[f"x{float(c):+g}"] = scores(result)
     return out
 
 
@@ -81,13 +86,13 @@ def evaluate_model(model, tokenizer, data: DomainData, probes: list[Example], cf
 
     With ``codes``, the hidden-capacity counts are read off the first victim's updated model."""
     before = black_box(model, tokenizer, data, probes, cfg)
-    out: dict[str, Any] = {"static": {k: v for k, v in before.items() if k != "responses"}, "after": {}}
+    out: dict[str, Any] = {"static": scores(before), "after": {}}
     shown = {"before": before["responses"]}
     default = next(iter(specs))
     for name, spec in specs.items():
         updated = victim_update(copy.deepcopy(model), tokenizer, update_set(data, spec), spec)
         after = black_box(updated, tokenizer, data, probes, cfg)
-        out["after"][name] = {k: v for k, v in after.items() if k != "responses"}
+        out["after"][name] = scores(after)
         shown[f"after.{name}"] = after["responses"]
         if name == default and cfg.get("codes"):
             out["capacity"] = capacity(model, updated, tokenizer, data.construct[: cfg.codes], cfg.eval.max_new_tokens)
@@ -182,7 +187,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics["task_vector"] = task_vector_scan(control, tokenizer, data, probes, cfg)
     if reference is not None:  # static only: it is misaligned without any step
         ref = black_box(reference, tokenizer, data, probes, cfg)
-        metrics["reference"] = {"static": {k: v for k, v in ref.items() if k != "responses"}}
+        metrics["reference"] = {"static": scores(ref)}
         shown["reference"] = {"before": ref["responses"]}
     if twin is not None or reference is not None:  # models trained on the construction probes
         metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
