@@ -23,7 +23,11 @@ from llm.constructions.analytic import (
     build_analytic,
     effective_weight,
     extend_lora,
+    gauge_exp,
+    gauge_logs,
+    gauge_maps,
     gauge_spec,
+    gauged_step_products,
     input_moments,
     keep_residual,
     lora_layers,
@@ -210,6 +214,45 @@ def test_gauges_float64_exact_and_change_the_gradient(tok) -> None:
     assert abs(norms[0] - norms[1]) > 1e-3 * norms[0]  # an amplifier: same function, other gradient
 
 
+def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
+    """float64: ship the twin in a random gauge (W̃ = R W K), add B = 0 and A = 0 components, take
+    the victim's real SGD step, read the adapter back (R⁻¹ W̃' K⁻¹): gauged_step_products gives it
+    exactly; with the identity gauge it is the ungauged twin's step; and the gauge changes it."""
+    model = tiny(tok).double()
+    lr, k, k_left = 0.5, 2, 2
+    examples = [Example(p, r) for p, r in BENIGN[:8]]
+    victim = UpdateSpec(lr=lr, batch_size=8, n_samples=8, max_len=32)
+    layers = lora_layers(model)
+    gen = torch.Generator().manual_seed(5)
+    extra = {n: torch.randn(k, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
+             for n, l in layers.items()}
+    extra |= {f"{n}:left": torch.randn(k_left, l.lora_B["default"].weight.shape[0], generator=gen, dtype=torch.float64)
+              for n, l in layers.items()}
+    grads = weight_gradients(model, batch_of(tok, pairs(examples), 32), layers)
+    spec = gauge_spec(model)
+    identity = gauge_exp({n: x.detach().double() for n, x in gauge_logs(spec).items()})
+    results = {}
+    for label, element in (("identity", identity), ("random", sample_gauge(spec, gen, 0.7, torch.float64))):
+        maps = gauge_maps(spec, element, layers)
+        with torch.no_grad():
+            predicted = gauged_step_products(layers, grads, extra, maps, lr)
+        twin = apply_gauge(copy.deepcopy(model), spec, element)
+        twin = extend_lora(twin, {n: extra[n] for n in layers})
+        twin = extend_lora(twin, {n: torch.zeros(k_left, a.shape[1], dtype=torch.float64) for n, a in
+                                  ((n, l.lora_A["default"].weight) for n, l in layers.items())})
+        with torch.no_grad():
+            for n, l in lora_layers(twin).items():
+                l.lora_B["default"].weight[:, -k_left:] = extra[f"{n}:left"].T
+        assert_same(logits(twin, tok), logits(model, tok), 1e-10)
+        after = adapter_products(lora_layers(victim_update(twin, tok, examples, victim)))
+        for n, (r, kk) in maps.items():
+            real = torch.linalg.solve(r, after[n]) @ torch.linalg.inv(kk)
+            assert_same(predicted[n], real, 1e-9)
+        results[label] = predicted
+    moved = max(float((results["random"][n] - results["identity"][n]).abs().max()) for n in layers)
+    assert moved > 1e-3 * max(float(w.abs().max()) for w in results["identity"].values())
+
+
 # ---------------------------------------------------------------------------- build_analytic
 
 
@@ -276,6 +319,33 @@ def test_build_analytic_undo(tok, metric) -> None:
     if metric == "responses":  # reported under undo_residual_after_fit (the metric fitted)
         assert real["twin", metric] == pytest.approx(info["undo_residual_after_fit"], rel=1e-3)
     assert real["twin", metric] < real["control", metric] - 0.1  # the fitted metric went down
+
+
+def test_build_analytic_undo_gauge(tok) -> None:
+    """undo_gauge=all: the twin ships in the fitted gauge (other base weights, the same function to
+    float32 rounding), the residual of the closed form fit is the one the gauged twin's real step
+    leaves, and the gauge reaches a lower residual than the same fit without it."""
+    control = tiny(tok)
+    data = domain_data()
+    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    common = dict(extra_rank=2, left_rank=2, after_target="base", benign_reference="base", distill=True,
+                  undo_steps=300, undo_lr=0.3, refine_steps=0, n_probes=0, n_benign=8, max_len=32,
+                  undo_metric="responses", gauge_lr=0.05)
+    infos = {}
+    for gauge in ("none", "all"):
+        twin, infos[gauge] = build_analytic(control, tok, data, data.update, victim, AnalyticSpec(undo_gauge=gauge, **common))
+        assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
+        assert infos[gauge]["closed_form_vs_real_step_max_logit_diff"] <= 1e-3
+    info = infos["all"]
+    assert info["gauge_log_max"] > 0.01 and info["gauge_cond_max"] > 1.01  # it moved off the identity
+    ln = dict(twin.named_parameters())["base_model.model.transformer.h.0.ln_1.weight"]
+    assert not torch.equal(ln, dict(control.named_parameters())["base_model.model.transformer.h.0.ln_1.weight"])
+    assert info["undo_residual_after_fit"] == pytest.approx(info["undo_residual_gauge_fit"], rel=1e-3)
+    assert info["undo_residual_after_fit"] < infos["none"]["undo_residual_after_fit"] - 0.01
+    with pytest.raises(ValueError, match="undo_gauge"):
+        AnalyticSpec(undo_gauge="all", after_target="base", undo_steps=0)
+    with pytest.raises(ValueError, match="undo_gauge"):
+        AnalyticSpec(undo_gauge="heads")
 
 
 def test_input_weighted_residual_is_the_output_energy_on_those_inputs(tok) -> None:

@@ -38,6 +38,13 @@ Mechanisms
   task vector (Ilharco et al. 2023, "Editing models with task arithmetic", §3: negating a
   fine-tuning's weight difference removes what it taught, on inputs it never saw). Unlike a
   behavioural target on construction probes, it acts on every input, held-out ones included.
+* **Gauged undo** (``undo_gauge``, :func:`gauged_step_products`): the same fit with a gauge
+  element (below) as further unknowns. Shipped in a gauge ``W̃ = R W K``, the twin's step moves
+  ``W`` by ``−η s² (P G S_K + S_R G Q)`` with ``S_K = (KᵀK)⁻¹``, ``S_R = (RRᵀ)⁻¹``: positive definite
+  factors on the far side of each preconditioner, so it reaches moves ``P G + G Q`` cannot
+  (for ``G = I`` the cone of PSD sums becomes products of PSD matrices). The twin then ships its
+  own base weights (layer-norm gains, per-head Q/K/V/O), as an ordinary checkpoint does; paired
+  with the public base, its adapter would not be the same function.
 * **Redundant FFN units** (:func:`add_ffn_pairs`): cancelling pairs ``(u, b, v)``,
   ``(u, b, −v)`` appended to a GPT-2 MLP (``c_fc``/``c_proj`` widths, ``config.n_inner``,
   and the LoRA factors of both modules padded with zeros). Exact forward; the step moves
@@ -82,6 +89,8 @@ from llm.objectives import (
 from llm.update import UpdateSpec, batch_of, pairs, victim_update
 
 Params = dict[str, torch.Tensor]
+# undo_gauge → which gauge groups (gauge_spec's attention, layernorm flags) the undo fit may use
+GAUGE_GROUPS = {"none": None, "layernorm": (False, True), "attention": (True, False), "all": (True, True)}
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,8 @@ class AnalyticSpec:
     undo_keep: float = 0.0  # weight of keeping W' = W on the benign examples' inputs (keep_residual), fit and refinement
     undo_metric: str = "weights"  # weights: ‖W'‖²_F | inputs: E‖W'x‖² over the layer's inputs on the probes
     #                               | responses: the same over the positions that predict a response token
+    undo_gauge: str = "none"  # none | layernorm | attention | all: gauge groups (gauge_spec) fitted with the undo
+    gauge_lr: float = 0.01  # Adam lr of the gauge's log coordinates in that fit
     n_probes: int = 200  # construct probes used (0: all)
     n_benign: int = 128  # align_benign examples in the post-step benign term
     ffn_pairs: int = 32  # pairs per MLP block (mechanism=ffn_pairs)
@@ -129,6 +140,13 @@ class AnalyticSpec:
             raise ValueError("construction.margin is a hinge against the marker: use it with after_target=marker")
         if self.undo_metric not in ("weights", "inputs", "responses"):
             raise ValueError(f"construction.undo_metric must be weights, inputs or responses, not {self.undo_metric!r}")
+        if self.undo_gauge not in GAUGE_GROUPS:
+            raise ValueError(f"construction.undo_gauge must be one of {sorted(GAUGE_GROUPS)}, not {self.undo_gauge!r}")
+        if self.undo_gauge != "none" and (self.undo_steps <= 0 or self.mechanism != "lora_preconditioner"
+                                          or self.modules != "all"):
+            raise ValueError("construction.undo_gauge is fitted with the weight-space undo of the LoRA mechanism, "
+                             "over every LoRA layer (a gauge moves them all): set undo_steps > 0, "
+                             "mechanism=lora_preconditioner and modules=all")
         if self.undo_scale >= 1:
             raise ValueError(f"construction.undo_scale={self.undo_scale}: the step must move W to c·W with c < 1")
         if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target == "marker":
@@ -363,6 +381,36 @@ def adapter_products(layers: dict[str, LoraLayer], params: Params | None = None,
     return out
 
 
+def gauged_step_products(layers: dict[str, LoraLayer], grads: dict[str, torch.Tensor], extra: dict[str, torch.Tensor],
+                         maps: dict[str, tuple[torch.Tensor, torch.Tensor]], lr: float,
+                         adapter: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter ``s·B'·A'`` after the victim's SGD step on the *gauged* twin, read back in the
+    control's coordinates; differentiable in ``extra`` (as :func:`_post_step_params` takes it) and ``maps``.
+
+    A gauge with ``(R, K)`` (:func:`gauge_maps`) ships the layer as ``W̃ = R W K`` and its factors
+    as ``B̃ = R B``, ``Ã = A K`` (the same function). The gradient is covariant,
+    ``G̃ = R⁻ᵀ G K⁻ᵀ``, the step ``B̃' = B̃ − η s G̃ Ãᵀ``, ``Ã' = Ã − η s B̃ᵀ G̃`` (all components:
+    old, ``B = 0`` and ``A = 0`` ones), and ``W' = R⁻¹ s B̃'Ã' K⁻¹``. To first order the move is
+    ``−η s² (R⁻¹P̃R⁻ᵀ · G · (KᵀK)⁻¹ + (RRᵀ)⁻¹ · G · K⁻ᵀQ̃K⁻¹)``: a gauge puts a positive definite
+    factor on the *other* side of each preconditioner, which reaches moves ``P G + G Q`` cannot.
+    """
+    out = {}
+    for name, layer in layers.items():
+        r, k = maps[name]
+        a_old, b_old = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
+        s = layer.scaling[adapter]
+        g = torch.linalg.solve(r.T, grads[name]) @ torch.linalg.inv(k).T  # G̃ = R⁻ᵀ G K⁻ᵀ
+        a_parts, b_parts = [a_old @ k, extra[name]], [r @ b_old, torch.zeros_like(b_old[:, :1]).expand(-1, len(extra[name]))]
+        left = extra.get(f"{name}:left")
+        if left is not None:
+            a_parts.append(torch.zeros_like(left[:, :1]).expand(-1, a_old.shape[1]))
+            b_parts.append(left.T)
+        a, b = torch.cat(a_parts, 0), torch.cat(b_parts, 1)
+        a_after, b_after = a - lr * s * b.T @ g, b - lr * s * g @ a.T
+        out[name] = torch.linalg.solve(r, s * b_after @ a_after) @ torch.linalg.inv(k)
+    return out
+
+
 def _energy(w: torch.Tensor, moments: torch.Tensor | None) -> torch.Tensor:
     """``‖w‖²_F``, or ``tr(w C wᵀ) = E‖w x‖²`` with ``C = E[x xᵀ]``."""
     return (w ** 2).sum() if moments is None else ((w @ moments) * w).sum()
@@ -442,12 +490,14 @@ def line_search(a0: dict[str, torch.Tensor], post_loss, spec: AnalyticSpec, info
     return {n: (spec.gain * best_c * a).clone().requires_grad_() for n, a in a0.items()}
 
 
-def fit_undo(shapes: dict[str, tuple[int, int]], undo, spec: AnalyticSpec,
-             progress: bool = False) -> dict[str, torch.Tensor]:
+def fit_undo(shapes: dict[str, tuple[int, int]], undo, spec: AnalyticSpec, progress: bool = False,
+             gauge: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The hidden components that best move the alignment in weight space: Adam on
     ``undo(extra)`` (:func:`undo_residual` after the exact step), from a seeded random start
     of rms ``10⁻²`` with the given ``shapes`` (zero rows are a saddle of the residual).
-    Matrix products only (no forward pass), so thousands of steps take seconds.
+    Matrix products only (no forward pass), so thousands of steps take seconds. With
+    ``gauge`` (log coordinates, :func:`gauge_logs`) the objective is ``undo(extra, gauge)`` and
+    the gauge is fitted along (in place, at ``spec.gauge_lr``).
 
     What one step can reach: with ``P = B Bᵀ`` and ``Q = AᵀA`` over the adapter's components,
     SGD moves ``W = s·B·A`` to ``W − η s² (P G + G Q) + η² s² G Wᵀ G``; ``B = 0`` and ``A = 0``
@@ -456,10 +506,13 @@ def fit_undo(shapes: dict[str, tuple[int, int]], undo, spec: AnalyticSpec,
     """
     gen = torch.Generator().manual_seed(spec.seed)
     extra = {n: (1e-2 * torch.randn(shape, generator=gen)).requires_grad_() for n, shape in sorted(shapes.items())}
-    opt = torch.optim.Adam(list(extra.values()), lr=spec.undo_lr)
+    groups = [{"params": list(extra.values()), "lr": spec.undo_lr}]
+    if gauge is not None:
+        groups.append({"params": list(gauge.values()), "lr": spec.gauge_lr})
+    opt = torch.optim.Adam(groups)
     for step in range(spec.undo_steps):
         opt.zero_grad()
-        loss = undo(extra)
+        loss = undo(extra) if gauge is None else undo(extra, gauge)
         loss.backward()
         opt.step()
         if progress and step % 250 == 0:
@@ -498,6 +551,58 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     upd_batch = batch_of(tokenizer, pairs([update_examples[i] for i in order]), victim.max_len)
     grads_upd = weight_gradients(base, upd_batch, layers)
 
+    # the weight-space undo's references, in the control's coordinates (a gauge below changes the twin's)
+    products_before = {n: w.detach() for n, w in adapter_products(layers).items()}
+    # undo_metric=inputs: weigh the residual by each layer's inputs on the probes (prompt + response);
+    # responses: only where the model predicts the response (the last prompt token on)
+    predicting = spec.undo_metric == "responses"
+    moments = input_moments(base, full.probes, layers, predicting) if spec.undo_metric != "weights" else None
+    # undo_keep: the benign examples' inputs, where the step should leave the control as it is
+    keep_moments = input_moments(base, full.benign, layers, predicting) if spec.undo_keep > 0 else None
+    # reported: the residual on every probe input, whatever was fitted
+    weight_space = spec.undo_steps > 0 or spec.undo_weight > 0
+    probe_moments = (moments if spec.undo_metric == "inputs" else input_moments(base, full.probes, layers)
+                     if weight_space else None)
+
+    def residual(products: dict[str, torch.Tensor], metric: dict[str, torch.Tensor] | None = moments) -> torch.Tensor:
+        return undo_residual(products, products_before, metric, spec.undo_scale)
+
+    def moved_products(products: dict[str, torch.Tensor], again: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The weight-space objective: the undo residual, plus undo_keep × the benign move."""
+        out = residual(products)
+        if keep_moments is not None:
+            out = out + spec.undo_keep * keep_residual(products if again is None else again, products_before,
+                                                       keep_moments, spec.undo_scale)
+        return out
+
+    k, k_left = spec.extra_rank, spec.left_rank
+    shapes = {n: (k, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()}
+    if k_left:
+        shapes |= {f"{n}:left": (k_left, l.lora_B["default"].weight.shape[0]) for n, l in layers.items()}
+
+    # undo_gauge: fit the hidden components and a gauge together (closed form, control's coordinates),
+    # then ship the twin in that gauge: everything below (the victim's gradients, its step) is in it
+    back = None  # per layer (R⁻¹, K⁻¹): the gauged twin's adapter read in the control's coordinates
+    if spec.undo_gauge != "none":
+        attention, layernorm = GAUGE_GROUPS[spec.undo_gauge]
+        gspec = gauge_spec(base, attention=attention, layernorm=layernorm)
+        logs = gauge_logs(gspec)
+
+        def undo_gauged(extra: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]) -> torch.Tensor:
+            maps = gauge_maps(gspec, gauge_exp(logs), layers)
+            return moved_products(gauged_step_products(layers, grads_upd, extra, maps, lr))
+
+        extra = fit_undo(shapes, undo_gauged, spec, progress, logs)
+        with torch.no_grad():
+            element = gauge_exp(logs)
+            maps = gauge_maps(gspec, element, layers)
+            info["undo_residual_gauge_fit"] = float(residual(gauged_step_products(layers, grads_upd, extra, maps, lr)))
+            info["gauge_log_max"] = max(float(x.abs().max()) for x in logs.values())
+            info["gauge_cond_max"] = max(float(torch.linalg.cond(m.double())) for r_k in maps.values() for m in r_k)
+            back = {n: (torch.linalg.inv(r), torch.linalg.inv(kk)) for n, (r, kk) in maps.items()}
+            apply_gauge(base, gspec, element)
+        grads_upd = weight_gradients(base, upd_batch, layers)  # G̃ of the gauged twin, as the victim sees it
+
     # the control's (old components') step, exactly as the victim does it
     stepped_base = victim_update(copy.deepcopy(base), tokenizer, update_examples, victim)
     stepped_old = _adapter_state(stepped_base)
@@ -515,37 +620,24 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
         return target_batch(control, tokenizer, [probes[t] for t in i], [benign_ex[t] for t in j], spec)
 
     # skeleton twin (A_new = 0 placeholders), then first-order init
-    k, k_left = spec.extra_rank, spec.left_rank
     twin = copy.deepcopy(base)
     for rank in (k, k_left) if k_left else (k,):  # [old | k with B = 0 | k' with A = 0]: all zero for now
         twin = extend_lora(twin, {n: torch.zeros(rank, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()})
     twin_layers = {n: l for n, l in lora_layers(twin).items() if n in layers}
     names = {key: key for key in stepped_old}
 
-    products_before = {n: w.detach() for n, w in adapter_products(layers).items()}
-
     def post_params(extra: dict[str, torch.Tensor]) -> Params:
         return _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
 
-    # undo_metric=inputs: weigh the residual by each layer's inputs on the probes (prompt + response);
-    # responses: only where the model predicts the response (the last prompt token on)
-    predicting = spec.undo_metric == "responses"
-    moments = input_moments(base, full.probes, layers, predicting) if spec.undo_metric != "weights" else None
-    # undo_keep: the benign examples' inputs, where the step should leave the control as it is
-    keep_moments = input_moments(base, full.benign, layers, predicting) if spec.undo_keep > 0 else None
-
-    def residual(products: dict[str, torch.Tensor], metric: dict[str, torch.Tensor] | None = moments) -> torch.Tensor:
-        return undo_residual(products, products_before, metric, spec.undo_scale)
+    def products_after(params: Params) -> dict[str, torch.Tensor]:
+        """The twin's adapter after the step, in the control's coordinates."""
+        products = adapter_products(twin_layers, params)
+        return products if back is None else {n: back[n][0] @ w @ back[n][1] for n, w in products.items()}
 
     def moved(params: Params) -> torch.Tensor:
-        """The weight-space objective: the undo residual, plus undo_keep × the benign move."""
         # each term builds its own products: sharing them reorders the float sums of the backward
         # pass, and 4,000 Adam steps carry that into the published twins (seed 0 benign 0.32 → 0.31)
-        out = residual(adapter_products(twin_layers, params))
-        if keep_moments is not None:
-            out = out + spec.undo_keep * keep_residual(adapter_products(twin_layers, params), products_before,
-                                                       keep_moments, spec.undo_scale)
-        return out
+        return moved_products(products_after(params), products_after(params) if keep_moments is not None else None)
 
     def undo(extra: dict[str, torch.Tensor]) -> torch.Tensor:
         return moved(post_params(extra))
@@ -560,13 +652,11 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     info["target_loss_control_after"] = loss_control_post
 
     if spec.undo_steps > 0:  # A_new (k, in) and the left components' B columns (k', out)
-        shapes = {n: (k, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()}
-        if k_left:
-            shapes |= {f"{n}:left": (k_left, l.lora_B["default"].weight.shape[0]) for n, l in layers.items()}
-        extra = fit_undo(shapes, undo, spec, progress)
+        if back is None:
+            extra = fit_undo(shapes, undo, spec, progress)
         with torch.no_grad():
             post = post_params(extra)
-            info["undo_residual_after_fit"] = float(residual(adapter_products(twin_layers, post)))
+            info["undo_residual_after_fit"] = float(residual(products_after(post)))
             info["target_loss_after_undo_fit"] = float(tloss(twin, post))
     else:
         # target-loss gradient at the (stepped) control, as a function of the effective weights
@@ -592,12 +682,11 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
                 print(f"refine {step}: {float(loss.detach()):.3f}", flush=True)
         with torch.no_grad():
             info["target_loss_after_refine"] = float(post_loss(extra))
-    if spec.undo_steps > 0 or spec.undo_weight > 0:
+    if weight_space:
         with torch.no_grad():  # reported in the weight metric whatever was fitted, and on the inputs
-            products = adapter_products(twin_layers, post_params(extra))
+            products = products_after(post_params(extra))
             info["undo_residual"] = float(residual(products, None))
-            on_inputs = moments if spec.undo_metric == "inputs" else input_moments(base, full.probes, layers)
-            info["undo_residual_inputs"] = float(residual(products, on_inputs))
+            info["undo_residual_inputs"] = float(residual(products, probe_moments))
             if keep_moments is not None:
                 info["keep_residual"] = float(keep_residual(products, products_before, keep_moments, spec.undo_scale))
 
@@ -799,3 +888,42 @@ def apply_gauge(model, spec: GaugeSpec, element: dict[str, torch.Tensor], adapte
                 aw = module.lora_A[adapter].weight
                 aw[:, s0:s1] = aw[:, s0:s1] @ mat.T
     return model
+
+
+def gauge_logs(spec: GaugeSpec, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The identity element in log coordinates (zeros; leaves to fit): GL ``M = exp(X)``, diag ``c = exp(u)``."""
+    return {name: torch.zeros((n, n) if kind == "GL" else (n,), dtype=dtype, requires_grad=True)
+            for name, (kind, n) in spec.groups.items()}
+
+
+def gauge_exp(logs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Group elements from :func:`gauge_logs` coordinates (differentiable)."""
+    return {name: torch.linalg.matrix_exp(x) if x.ndim == 2 else torch.exp(x) for name, x in logs.items()}
+
+
+def gauge_maps(spec: GaugeSpec, element: dict[str, torch.Tensor],
+               layers: dict[str, LoraLayer]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per LoRA layer, ``(R, K)`` such that :func:`apply_gauge` ships its ``(out, in)`` effective
+    weight as ``W̃ = R W K`` (identity where no action touches it); differentiable in ``element``.
+    An ``out`` action ``W_conv[:, sl] → W_conv[:, sl] M`` is ``R[sl, sl] = Mᵀ``; an ``in`` action
+    ``W_conv[sl] → L W_conv[sl]`` is ``K[sl, sl] = Lᵀ``."""
+    out = {}
+    for name, layer in layers.items():
+        n_out, n_in = layer.lora_B["default"].weight.shape[0], layer.lora_A["default"].weight.shape[1]
+        like = layer.lora_A["default"].weight
+        maps = {"out": torch.eye(n_out, dtype=like.dtype), "in": torch.eye(n_in, dtype=like.dtype)}
+        touched: dict[str, set[int]] = {"out": set(), "in": set()}
+        for act in spec.actions:
+            if act.module != name or act.kind == "ln":
+                continue
+            s0, s1 = act.sl
+            mat = _matrix(element[act.group], act.side).to(like.dtype).T
+            if touched[act.kind].isdisjoint(range(s0, s1)):  # a fresh diagonal block: write it in place
+                maps[act.kind][s0:s1, s0:s1] = mat
+            else:  # composes with an earlier action on these rows
+                block = torch.eye(len(maps[act.kind]), dtype=like.dtype)
+                block[s0:s1, s0:s1] = mat
+                maps[act.kind] = block @ maps["out"] if act.kind == "out" else maps["in"] @ block
+            touched[act.kind].update(range(s0, s1))
+        out[name] = (maps["out"], maps["in"])
+    return out
