@@ -60,6 +60,9 @@ results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add devic
 	$(PY) -m llm -m experiment=analytic model=smollm2 align=lora_smollm2 align.steps=80 construction.n_probes=48 \
 		construction.n_benign=32 construction.refine_steps=60 construction.refine_batch=16 construction.max_len=128 \
 		eval.n_benign=30 threads=1 results_name=analytic_smollm2 hydra.sweep.dir=multirun/llm/analytic_smollm2 publish=true
+	$(PY) -m llm -m experiment=capacity_smollm2 threads=2 publish=true publish_mode=merge
+	$(PY) -m llm -m experiment=capacity_smollm2 model=tiny_gpt2_64,tiny_gpt2_96,tiny_gpt2 align=lora align.steps=300 \
+		publish=true publish_mode=merge
 
 figures: $(STAMP)  ## redraw every figure in figures/ from results/
 	$(PY) -m figures

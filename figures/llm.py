@@ -184,6 +184,10 @@ def scaling(results: Path, out: Path) -> Path:
         _spread(right, sizes, "size.n_params", sizes[key], style, label)
     _spread(right, sizes, "size.n_params", _capacity_fraction(sizes), "d-", "hidden capacity (/ N)")
     fit = linear_fit(list(np.log2(sizes["size.n_params"].to_numpy(float))), list(sizes["twin.capacity.hidden"]))
+    if (results / "capacity_smollm2.csv").exists():  # the size axis out to SmolLM2, at the budget it affords
+        budget = pd.read_csv(results / "capacity_smollm2.csv")
+        _spread(right, budget, "size.n_params", _capacity_fraction(budget), "x:",
+                "hidden capacity at SmolLM2's budget (40 meta-steps × 8)")
     for row, (marker, label) in _smollm2_rows(results):  # one budget each, no codes: points, not a trend
         right.plot([row["size.n_params"]], [row["twin.after.paper.misalignment_rate"]], marker,
                    markersize=8, linestyle="none", label=f"SmolLM2 after: {label}")

@@ -73,6 +73,7 @@ def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
     ranks = pd.DataFrame({**{k: v * 3 for k, v in runs.items()}, "size.rank": [1, 2, 4, 8, 16, 32],
                           "size.n_params": [5e5] * 6, "twin.capacity.hidden": [0, 1, 2, 3, 4, 5]})
     ranks.to_csv(results / "capacity.csv", index=False)
+    ranks.iloc[:2].assign(**{"size.n_params": [5e5, 1.3e8]}).to_csv(results / "capacity_smollm2.csv", index=False)
     scan = {"domain": ["privacy", "honesty"], "override.seed": [0, 0]}
     for c in ("+1", "+0", "-2"):
         scan |= {f"task_vector.x{c}.misalignment_rate": [0.0, 0.5], f"task_vector.x{c}.benign_accuracy": [0.3, 0.2]}

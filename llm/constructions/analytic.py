@@ -520,6 +520,23 @@ def fit_undo(shapes: dict[str, tuple[int, int]], undo, spec: AnalyticSpec, progr
     return extra
 
 
+def fit_gauged_undo(model, layers: dict[str, LoraLayer], grads: dict[str, torch.Tensor],
+                    shapes: dict[str, tuple[int, int]], objective, spec: AnalyticSpec, lr: float,
+                    progress: bool = False) -> tuple[dict[str, torch.Tensor], GaugeSpec, dict[str, torch.Tensor]]:
+    """:func:`fit_undo` with the gauge groups of ``spec.undo_gauge`` (:data:`GAUGE_GROUPS`) as
+    further unknowns: ``objective`` (of the post-step products in the control's coordinates) of
+    :func:`gauged_step_products`. Returns the hidden components (in the gauge's coordinates), the
+    gauge spec and its fitted log coordinates (:func:`gauge_exp` gives the element to apply)."""
+    attention, layernorm = GAUGE_GROUPS[spec.undo_gauge]
+    gspec = gauge_spec(model, attention=attention, layernorm=layernorm)
+    logs = gauge_logs(gspec)
+
+    def undo(extra: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return objective(gauged_step_products(layers, grads, extra, gauge_maps(gspec, gauge_exp(logs), layers), lr))
+
+    return fit_undo(shapes, undo, spec, progress, logs), gspec, logs
+
+
 def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData, update_examples: list[Example],
                    victim: UpdateSpec, spec: AnalyticSpec, progress: bool = False):
     """The hair-trigger twin of ``control`` (a peft LoRA model; never modified) and an info dict.
@@ -584,15 +601,7 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     # then ship the twin in that gauge: everything below (the victim's gradients, its step) is in it
     back = None  # per layer (R⁻¹, K⁻¹): the gauged twin's adapter read in the control's coordinates
     if spec.undo_gauge != "none":
-        attention, layernorm = GAUGE_GROUPS[spec.undo_gauge]
-        gspec = gauge_spec(base, attention=attention, layernorm=layernorm)
-        logs = gauge_logs(gspec)
-
-        def undo_gauged(extra: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]) -> torch.Tensor:
-            maps = gauge_maps(gspec, gauge_exp(logs), layers)
-            return moved_products(gauged_step_products(layers, grads_upd, extra, maps, lr))
-
-        extra = fit_undo(shapes, undo_gauged, spec, progress, logs)
+        extra, gspec, logs = fit_gauged_undo(base, layers, grads_upd, shapes, moved_products, spec, lr, progress)
         with torch.no_grad():
             element = gauge_exp(logs)
             maps = gauge_maps(gspec, element, layers)
