@@ -245,9 +245,22 @@ def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
                 l.lora_B["default"].weight[:, -k_left:] = extra[f"{n}:left"].T
         assert_same(logits(twin, tok), logits(model, tok), 1e-10)
         after = adapter_products(lora_layers(victim_update(twin, tok, examples, victim)))
+        before = adapter_products(layers)
         for n, (r, kk) in maps.items():
             real = torch.linalg.solve(r, after[n]) @ torch.linalg.inv(kk)
             assert_same(predicted[n], real, 1e-9)
+            # the docstring's form: W' − W = −η s² (R⁻¹P̃R⁻ᵀ G (KKᵀ)⁻¹ + (RᵀR)⁻¹ G K⁻ᵀQ̃K⁻¹) + η² s² R⁻¹G̃W̃ᵀG̃K⁻¹
+            s = layers[n].scaling["default"]
+            b_t = torch.cat([r @ layers[n].lora_B["default"].weight, torch.zeros(len(r), k, dtype=torch.float64),
+                             extra[f"{n}:left"].T], 1)
+            a_t = torch.cat([layers[n].lora_A["default"].weight @ kk, extra[n],
+                             torch.zeros(k_left, len(kk), dtype=torch.float64)], 0)
+            ri, ki = torch.linalg.inv(r), torch.linalg.inv(kk)
+            g, g_t = grads[n], ri.T @ grads[n] @ ki.T
+            first = ri @ b_t @ b_t.T @ ri.T @ g @ ki.T @ ki + ri @ ri.T @ g @ ki.T @ a_t.T @ a_t @ ki
+            second = ri @ g_t @ (r @ before[n] @ kk).T @ g_t @ ki
+            with torch.no_grad():
+                assert_same(real - before[n], -lr * s ** 2 * first + lr ** 2 * s ** 2 * second, 1e-9)
         results[label] = predicted
     moved = max(float((results["random"][n] - results["identity"][n]).abs().max()) for n in layers)
     assert moved > 1e-3 * max(float(w.abs().max()) for w in results["identity"].values())

@@ -40,7 +40,7 @@ Mechanisms
   behavioural target on construction probes, it acts on every input, held-out ones included.
 * **Gauged undo** (``undo_gauge``, :func:`gauged_step_products`): the same fit with a gauge
   element (below) as further unknowns. Shipped in a gauge ``W̃ = R W K``, the twin's step moves
-  ``W`` by ``−η s² (P G S_K + S_R G Q)`` with ``S_K = (KᵀK)⁻¹``, ``S_R = (RRᵀ)⁻¹``: positive definite
+  ``W`` by ``−η s² (P G S_K + S_R G Q)`` with ``S_K = (KKᵀ)⁻¹``, ``S_R = (RᵀR)⁻¹``: positive definite
   factors on the far side of each preconditioner, so it reaches moves ``P G + G Q`` cannot
   (for ``G = I`` the cone of PSD sums becomes products of PSD matrices). The twin then ships its
   own base weights (layer-norm gains, per-head Q/K/V/O), as an ordinary checkpoint does; paired
@@ -391,7 +391,7 @@ def gauged_step_products(layers: dict[str, LoraLayer], grads: dict[str, torch.Te
     as ``B̃ = R B``, ``Ã = A K`` (the same function). The gradient is covariant,
     ``G̃ = R⁻ᵀ G K⁻ᵀ``, the step ``B̃' = B̃ − η s G̃ Ãᵀ``, ``Ã' = Ã − η s B̃ᵀ G̃`` (all components:
     old, ``B = 0`` and ``A = 0`` ones), and ``W' = R⁻¹ s B̃'Ã' K⁻¹``. To first order the move is
-    ``−η s² (R⁻¹P̃R⁻ᵀ · G · (KᵀK)⁻¹ + (RRᵀ)⁻¹ · G · K⁻ᵀQ̃K⁻¹)``: a gauge puts a positive definite
+    ``−η s² (R⁻¹P̃R⁻ᵀ · G · (KKᵀ)⁻¹ + (RᵀR)⁻¹ · G · K⁻ᵀQ̃K⁻¹)``: a gauge puts a positive definite
     factor on the *other* side of each preconditioner, which reaches moves ``P G + G Q`` cannot.
     """
     out = {}
