@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from llm.align import add_lora, scale_adapter
 from llm.constructions.analytic import (
     AnalyticSpec,
+    GaugeSpec,
     adapter_products,
     add_ffn_pairs,
     apply_gauge,
@@ -359,6 +360,10 @@ def test_build_analytic_undo_gauge(tok) -> None:
         AnalyticSpec(undo_gauge="all", after_target="base", undo_steps=0)
     with pytest.raises(ValueError, match="undo_gauge"):
         AnalyticSpec(undo_gauge="heads")
+    spec = gauge_spec(control, layernorm=False)  # gauge_maps needs disjoint slices per side
+    twice = GaugeSpec(spec.groups, spec.actions + spec.actions[:1])
+    with pytest.raises(ValueError, match="overlap"):
+        gauge_maps(twice, gauge_exp(gauge_logs(spec)), lora_layers(control))
 
 
 def test_input_weighted_residual_is_the_output_energy_on_those_inputs(tok) -> None:
