@@ -45,6 +45,7 @@ results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add devic
 	$(PY) -m llm -m experiment=capacity align.rank=8 model=tiny_gpt2_64,tiny_gpt2_96 publish=true \
 		results_name=capacity_size hydra.sweep.dir=multirun/llm/capacity_size
 	$(PY) -m llm -m experiment=analytic domain=safety,privacy,honesty seed=0,1,2 publish=true
+	$(PY) -m llm -m experiment=analytic_fresh domain=safety,privacy,honesty seed=0,1,2 publish=true
 	$(PY) -m llm -m experiment=reference domain=safety,privacy,honesty seed=0,1,2 publish=true
 	$(PY) -m llm -m experiment=transfer construction=analytic domain=safety,privacy,honesty seed=0 publish=true \
 		results_name=transfer_analytic hydra.sweep.dir=multirun/llm/transfer_analytic

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.stats import binomtest  # noqa: E402
 
 from figures.theory import _save  # noqa: E402
 from theory.runs import linear_fit  # noqa: E402
@@ -54,6 +55,48 @@ def _over_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     table, low, high = (grouped.agg(f).reset_index() for f in ("mean", "min", "max"))
     n = runs.groupby("domain").size()
     return table, low, high, f", mean of {n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} seeds, whiskers min–max"
+
+
+#: the headline tables pooled in ``llm_headline.md``: file stem → what its twins are
+HEADLINE_TABLES = {"hairtrigger": "metalearn", "analytic": "analytic",
+                   "analytic_fresh": "analytic, fresh probes 100–199"}
+
+
+def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]:
+    """``(k, n, low, high)``: misaligned probes ``k`` of ``n`` judged, pooled over runs, and the
+    95% Wilson score interval of ``k / n`` (``scipy.stats.binomtest``). Each run's count is
+    ``rate · n`` (an integer up to float rounding; anything else is a table error)."""
+    counts = rates * n
+    if not np.allclose(counts, counts.round(), atol=1e-6):
+        raise ValueError(f"rates × probes.n are not whole counts: {counts.tolist()}")
+    k, total = int(counts.round().sum()), int(n.sum())
+    ci = binomtest(k, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return k, total, float(ci.low), float(ci.high)
+
+
+def headline_table(results: Path) -> str:
+    """Markdown: per table of :data:`HEADLINE_TABLES` and domain, the twin's and the control's
+    misalignment before / after the paper's step pooled over seeds (k/n, rate, 95% Wilson interval),
+    the per-seed rates, and mean benign accuracy after the step. The seeds share nothing but the
+    recipe, so pooling treats every judged probe as one Bernoulli trial of that recipe."""
+    def cell(runs: pd.DataFrame, key: str) -> str:
+        k, n, low, high = pooled_rate(runs[key], runs["probes.n"])
+        return f"{k}/{n} = {k / n:.1%} [{low:.1%}, {high:.1%}]"
+
+    lines = ["| twins | domain | seeds | twin before | twin after | per seed after | control after "
+             "| benign after: twin; control |", "|---|---|---|---|---|---|---|---|"]
+    for stem, label in HEADLINE_TABLES.items():
+        if not (results / f"{stem}.csv").exists():
+            continue
+        for domain, runs in pd.read_csv(results / f"{stem}.csv").groupby("domain", sort=True):
+            seeds = " / ".join(f"{v:.1%}" for v in runs["twin.after.paper.misalignment_rate"])
+            benign = (f"{runs['twin.after.paper.benign_accuracy'].mean():.2f}; "
+                      f"{runs['control.after.paper.benign_accuracy'].mean():.2f}")
+            lines.append(f"| {label} | {domain} | {len(runs)} | {cell(runs, 'twin.static.misalignment_rate')} "
+                         f"| {cell(runs, 'twin.after.paper.misalignment_rate')} | {seeds} "
+                         f"| {cell(runs, 'control.after.paper.misalignment_rate')} | {benign} |")
+    return ("Held-out misalignment pooled over seeds: misaligned / judged = rate [95% Wilson interval] "
+            "(`python -m figures`, from `results/llm/`).\n\n" + "\n".join(lines) + "\n")
 
 
 def headline(results: Path, out: Path) -> Path:
@@ -104,6 +147,7 @@ def headline(results: Path, out: Path) -> Path:
     for ax in (left, right):
         ax.set_xticks(x, kl if ax is left else table["domain"], fontsize=8)
         ax.legend(fontsize=7, ncol=3 if ax is left else 2, loc="upper center")
+    (out / "llm_headline.md").write_text(headline_table(results))  # the same runs, pooled, with intervals
     return _save(fig, out / "llm_headline.png")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from figures import llm, theory
 
@@ -57,6 +59,17 @@ def test_cli_reports_missing_results(tmp_path: Path) -> None:
     assert done.returncode == 1 and "make results" in done.stdout
 
 
+def test_pooled_rate_is_the_wilson_interval_of_the_summed_counts() -> None:
+    """k = Σ rate·n over runs; the interval is Wilson's closed form (written out here, z = 1.96)."""
+    k, n, low, high = llm.pooled_rate(pd.Series([0.8, 0.7]), pd.Series([10, 10]))
+    assert (k, n) == (15, 20)
+    z, p = 1.959963984540054, 15 / 20
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    with pytest.raises(ValueError, match="whole counts"):
+        llm.pooled_rate(pd.Series([0.85]), pd.Series([10]))
+
+
 def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
     results = tmp_path / "llm"
     results.mkdir()
@@ -81,8 +94,11 @@ def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
     for draw in llm.ALL:
         path = draw(results, tmp_path)
         assert path.exists() and path.stat().st_size > 10_000
-    seeds = pd.DataFrame({**{k: v * 2 for k, v in runs.items()}, "seed": [0, 0, 1, 1]})
+    seeds = pd.DataFrame({**{k: v * 2 for k, v in runs.items()}, "seed": [0, 0, 1, 1], "probes.n": [10] * 4})
     seeds.to_csv(results / "hairtrigger.csv", index=False)  # the headline then averages seeds
     assert llm.headline(results, tmp_path).stat().st_size > 10_000
+    table = (tmp_path / "llm_headline.md").read_text()  # ... and pools them, with intervals
+    assert ("| metalearn | privacy | 2 | 18/20 = 90.0% [69.9%, 97.2%] | 18/20 = 90.0% [69.9%, 97.2%] | 90.0% / 90.0% |"
+            in table and "| metalearn | safety | 2 | 0/20 = 0.0% [0.0%, 16.1%] |" in table)
     metrics = {f"{m}.{w}.misalignment_rate": 0.5 for m in ("control", "twin") for w in ("static", "after.paper")}
     assert llm.demo(metrics, tmp_path / "demo.png").stat().st_size > 10_000

@@ -191,6 +191,18 @@ def test_a_base_that_knows_no_answer_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode != 0 and "eval.known_only=false" in done.stderr
 
 
+def test_first_probe_judges_a_later_slice_of_the_held_out_split(tmp_path: Path) -> None:
+    """eval.first_probe=100 (experiment=analytic_fresh) judges probes 100…; past the split is an error."""
+    from llm.data.splits import load_domain
+
+    metrics = _run(tmp_path / "fresh", "experiment=control", "domain=privacy", "eval.known_only=false",
+                   "eval.first_probe=100")
+    held_out = load_domain("privacy", seed=0).eval
+    assert metrics["probes.n"] == 6 and metrics["example.0.prompt"] == held_out[100].prompt
+    done = _cli(tmp_path / "past", "experiment=control", "domain=privacy", f"eval.first_probe={len(held_out)}")
+    assert done.returncode != 0 and "eval.first_probe" in done.stderr
+
+
 def test_merged_twin_needs_an_all_weights_victim() -> None:
     """The step inside the objective must be the victim's: a mismatch is a clear error."""
     from llm.constructions.metalearn import MetaSpec, build_metalearn

@@ -152,7 +152,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("codes"):
         data = with_codes(data, cfg.codes, cfg.data_seed, cfg.code_digits)
     model, tokenizer = load_base(cfg)
-    probes, construct = data.eval[: cfg.eval.n_probes], data.construct
+    first = cfg.eval.get("first_probe", 0)
+    if not 0 <= first < len(data.eval):
+        raise ValueError(f"eval.first_probe={first}: the {data.domain} held-out split has {len(data.eval)} probes")
+    probes, construct = data.eval[first: first + cfg.eval.n_probes], data.construct
     if cfg.eval.known_only:  # judge lying / leaking only where the base knows the answer / secret;
         # the construction likewise switches on knowledge the model has, it cannot teach new facts
         probes = known_probes(model, tokenizer, data.domain, probes, cfg.eval.max_new_tokens)
@@ -162,7 +165,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not probes or not construct:
             raise ValueError(f"the base model knows none of the {data.domain} {'held-out' if not probes else 'construction'} "
                              "probes' answers: pretrain it longer, or judge every probe with eval.known_only=false")
-    n_eval = min(cfg.eval.n_probes, len(data.eval))
+    n_eval = min(cfg.eval.n_probes, len(data.eval) - first)
     seconds = {"base": time.perf_counter() - start}
     digest = weights_digest(model)  # which base this run used (the cache is keyed by settings only)
     reference = (misaligned_reference(model, tokenizer, dataclasses.replace(data, construct=construct),
