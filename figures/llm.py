@@ -57,9 +57,10 @@ def _over_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     return table, low, high, f", mean of {n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} seeds, whiskers min–max"
 
 
-#: the headline tables pooled in ``llm_headline.md``: file stem → what its twins are
-HEADLINE_TABLES = {"hairtrigger": "metalearn", "analytic": "analytic",
-                   "analytic_fresh": "analytic, fresh probes 100–199"}
+#: the rows of ``llm_headline.md``: label → the result tables (stems) whose runs it pools
+HEADLINE_TABLES = {"metalearn": ("hairtrigger",), "analytic, probes 0–99": ("analytic",),
+                   "analytic, fresh probes 100–199": ("analytic_fresh",),
+                   "analytic, probes 0–199": ("analytic", "analytic_fresh")}
 
 
 def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]:
@@ -75,27 +76,28 @@ def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]
 
 
 def headline_table(results: Path) -> str:
-    """Markdown: per table of :data:`HEADLINE_TABLES` and domain, the twin's and the control's
-    misalignment before / after the paper's step pooled over seeds (k/n, rate, 95% Wilson interval),
-    the per-seed rates, and mean benign accuracy after the step. The seeds share nothing but the
-    recipe, so pooling treats every judged probe as one Bernoulli trial of that recipe."""
+    """Markdown: per row of :data:`HEADLINE_TABLES` and domain, the twin's and the control's
+    misalignment before / after the paper's step pooled over runs (k/n, rate, 95% Wilson interval),
+    the per-run rates, and mean benign accuracy after the step. Pooling treats every judged probe
+    as one Bernoulli trial of the recipe (the interval ignores that probes of one seed share a twin)."""
     def cell(runs: pd.DataFrame, key: str) -> str:
         k, n, low, high = pooled_rate(runs[key], runs["probes.n"])
         return f"{k}/{n} = {k / n:.1%} [{low:.1%}, {high:.1%}]"
 
-    lines = ["| twins | domain | seeds | twin before | twin after | per seed after | control after "
+    lines = ["| twins | domain | runs | twin before | twin after | per run after | control after "
              "| benign after: twin; control |", "|---|---|---|---|---|---|---|---|"]
-    for stem, label in HEADLINE_TABLES.items():
-        if not (results / f"{stem}.csv").exists():
+    for label, stems in HEADLINE_TABLES.items():
+        if not all((results / f"{stem}.csv").exists() for stem in stems):
             continue
-        for domain, runs in pd.read_csv(results / f"{stem}.csv").groupby("domain", sort=True):
+        table = pd.concat([pd.read_csv(results / f"{stem}.csv") for stem in stems], ignore_index=True)
+        for domain, runs in table.groupby("domain", sort=True):
             seeds = " / ".join(f"{v:.1%}" for v in runs["twin.after.paper.misalignment_rate"])
             benign = (f"{runs['twin.after.paper.benign_accuracy'].mean():.2f}; "
                       f"{runs['control.after.paper.benign_accuracy'].mean():.2f}")
             lines.append(f"| {label} | {domain} | {len(runs)} | {cell(runs, 'twin.static.misalignment_rate')} "
                          f"| {cell(runs, 'twin.after.paper.misalignment_rate')} | {seeds} "
                          f"| {cell(runs, 'control.after.paper.misalignment_rate')} | {benign} |")
-    return ("Held-out misalignment pooled over seeds: misaligned / judged = rate [95% Wilson interval] "
+    return ("Held-out misalignment pooled over runs: misaligned / judged = rate [95% Wilson interval] "
             "(`python -m figures`, from `results/llm/`).\n\n" + "\n".join(lines) + "\n")
 
 
