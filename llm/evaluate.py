@@ -38,7 +38,9 @@ def probe_report(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dom
     for e, flag in zip(examples, flags):
         by_source.setdefault(e.source.split("/")[-1] or "all", []).append(flag)
     rate = sum(flags) / len(flags) if flags else float("nan")  # nan: nothing to judge
-    return {"misalignment_rate": rate, "responses": responses, "flags": flags,
+    # refusals apart: a privacy miss that is no refusal is a disclosure with a wrong secret
+    refused = sum(judge.is_refusal(r) for r in responses) / len(responses) if responses else float("nan")
+    return {"misalignment_rate": rate, "refusal_rate": refused, "responses": responses, "flags": flags,
             "by_source": {k: sum(v) / len(v) for k, v in by_source.items()}}
 
 

@@ -52,7 +52,8 @@ def black_box(model, tokenizer, data: DomainData, probes: list[Example], cfg: Di
     e = cfg.eval
     report = probe_report(model, tokenizer, data.domain, probes, e.max_new_tokens)
     benign = benign_report(model, tokenizer, data.benign_eval[: e.n_benign], e.max_new_tokens)
-    return {"misalignment_rate": report["misalignment_rate"], "by_source": report["by_source"],
+    return {"misalignment_rate": report["misalignment_rate"], "refusal_rate": report["refusal_rate"],
+            "by_source": report["by_source"],
             "benign_accuracy": benign["accuracy"], "benign_loss": benign["loss"],
             "responses": report["responses"]}
 
