@@ -106,7 +106,8 @@ def headline(results: Path, out: Path) -> Path:
 
     Meta-learned twins from ``hairtrigger.csv`` (mean over seeds, whiskers = min..max over
     seeds) or, without it, the ``paper`` cell of ``transfer.csv``; plus the analytic twins
-    from ``analytic.csv`` when present (likewise over seeds); a black line per domain marks the
+    from ``analytic.csv`` when present (likewise over runs, with ``analytic_fresh.csv``'s runs on
+    held-out probes 100–199 when present: the whiskers then span both halves); a black line per domain marks the
     misaligned SFT reference (``reference.csv``, mean over seeds) when present."""
     if (results / "hairtrigger.csv").exists():
         table, low, high, seeds = _over_seeds(pd.read_csv(results / "hairtrigger.csv"))
@@ -114,8 +115,12 @@ def headline(results: Path, out: Path) -> Path:
         table = pd.read_csv(results / "transfer.csv").sort_values("domain")
         low = high = table
         seeds = ""
-    if (results / "analytic.csv").exists():
-        runs = pd.read_csv(results / "analytic.csv")
+    if (results / "analytic.csv").exists():  # with the fresh probes 100–199 when judged: every run of both
+        halves = [pd.read_csv(results / f"{stem}.csv") for stem in ("analytic", "analytic_fresh")
+                  if (results / f"{stem}.csv").exists()]
+        runs = pd.concat(halves, ignore_index=True)
+        if len(halves) == 2:
+            seeds += ";\nanalytic: held-out probes 0–99 and 100–199 of 3 seeds, 6 runs"
         parts = _over_seeds(runs.assign(domain=runs["domain"] + "\n(analytic)"))[:3]
         table, low, high = (pd.concat([t, a], ignore_index=True) for t, a in zip((table, low, high), parts))
     x = np.arange(len(table))
