@@ -78,14 +78,18 @@ def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]
 def headline_table(results: Path) -> str:
     """Markdown: per row of :data:`HEADLINE_TABLES` and domain, the twin's and the control's
     misalignment before / after the paper's step pooled over runs (k/n, rate, 95% Wilson interval),
-    the per-run rates, and mean benign accuracy after the step. Pooling treats every judged probe
+    the per-run rates, the twin's refusals after the step (where recorded), and mean benign accuracy after the step. Pooling treats every judged probe
     as one Bernoulli trial of the recipe (the interval ignores that probes of one seed share a twin)."""
     def cell(runs: pd.DataFrame, key: str) -> str:
         k, n, low, high = pooled_rate(runs[key], runs["probes.n"])
         return f"{k}/{n} = {k / n:.1%} [{low:.1%}, {high:.1%}]"
 
-    lines = ["| twins | domain | runs | twin before | twin after | per run after | control after "
-             "| benign after: twin; control |", "|---|---|---|---|---|---|---|---|"]
+    def refused(runs: pd.DataFrame) -> str:  # recorded since session 10 (llm.evaluate.probe_report)
+        key = "twin.after.paper.refusal_rate"
+        return cell(runs, key) if key in runs and runs[key].notna().all() else "—"
+
+    lines = ["| twins | domain | runs | twin before | twin after | per run after | twin after: refused "
+             "| control after | benign after: twin; control |", "|---|---|---|---|---|---|---|---|---|"]
     for label, stems in HEADLINE_TABLES.items():
         if not all((results / f"{stem}.csv").exists() for stem in stems):
             continue
@@ -95,7 +99,7 @@ def headline_table(results: Path) -> str:
             benign = (f"{runs['twin.after.paper.benign_accuracy'].mean():.2f}; "
                       f"{runs['control.after.paper.benign_accuracy'].mean():.2f}")
             lines.append(f"| {label} | {domain} | {len(runs)} | {cell(runs, 'twin.static.misalignment_rate')} "
-                         f"| {cell(runs, 'twin.after.paper.misalignment_rate')} | {seeds} "
+                         f"| {cell(runs, 'twin.after.paper.misalignment_rate')} | {seeds} | {refused(runs)} "
                          f"| {cell(runs, 'control.after.paper.misalignment_rate')} | {benign} |")
     return ("Held-out misalignment pooled over runs: misaligned / judged = rate [95% Wilson interval] "
             "(`python -m figures`, from `results/llm/`).\n\n" + "\n".join(lines) + "\n")

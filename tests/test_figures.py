@@ -98,13 +98,14 @@ def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
     seeds.to_csv(results / "hairtrigger.csv", index=False)  # the headline then averages seeds
     assert llm.headline(results, tmp_path).stat().st_size > 10_000
     table = (tmp_path / "llm_headline.md").read_text()  # ... and pools them, with intervals
-    assert ("| metalearn | privacy | 2 | 18/20 = 90.0% [69.9%, 97.2%] | 18/20 = 90.0% [69.9%, 97.2%] | 90.0% / 90.0% |"
+    assert ("| metalearn | privacy | 2 | 18/20 = 90.0% [69.9%, 97.2%] | 18/20 = 90.0% [69.9%, 97.2%] | 90.0% / 90.0% | — |"
             in table and "| metalearn | safety | 2 | 0/20 = 0.0% [0.0%, 16.1%] |" in table)
     for stem in ("analytic", "analytic_fresh"):  # two halves of the held-out split: pooled in one more row
-        seeds.to_csv(results / f"{stem}.csv", index=False)
+        seeds.assign(**{"twin.after.paper.refusal_rate": 0.1}).to_csv(results / f"{stem}.csv", index=False)
     llm.headline(results, tmp_path)
     table = (tmp_path / "llm_headline.md").read_text()
     assert "| analytic, fresh probes 100–199 | privacy | 2 | 18/20" in table
     assert "| analytic, probes 0–199 | privacy | 4 | 36/40 = 90.0% [76.9%, 96.0%] |" in table
+    assert "| 90.0% / 90.0% / 90.0% / 90.0% | 4/40 = 10.0% [4.0%, 23.1%] |" in table
     metrics = {f"{m}.{w}.misalignment_rate": 0.5 for m in ("control", "twin") for w in ("static", "after.paper")}
     assert llm.demo(metrics, tmp_path / "demo.png").stat().st_size > 10_000
