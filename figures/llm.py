@@ -61,7 +61,8 @@ def _over_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 HEADLINE_TABLES = {"metalearn": ("hairtrigger",), "analytic, probes 0–99": ("analytic",),
                    "analytic, fresh probes 100–199": ("analytic_fresh",),
                    "analytic, probes 0–199": ("analytic", "analytic_fresh"),
-                   "analytic, bases pretrained 8,000 steps, probes 0–199": ("analytic_privacy_pretrain8000",)}
+                   "analytic, bases pretrained 8,000 steps, probes 0–199": ("analytic_privacy_pretrain8000",
+                                                                            "analytic_honesty_pretrain8000")}
 
 
 def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]:
