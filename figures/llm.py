@@ -80,8 +80,9 @@ def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]
 def headline_table(results: Path) -> str:
     """Markdown: per row of :data:`HEADLINE_TABLES` and domain, the twin's and the control's
     misalignment before / after the paper's step pooled over runs (k/n, rate, 95% Wilson interval),
-    the per-run rates, the twin's refusals after the step (where recorded), and mean benign accuracy after the step. Pooling treats every judged probe
-    as one Bernoulli trial of the recipe (the interval ignores that probes of one seed share a twin)."""
+    the per-run rates, the twin's refusals after the step (where recorded) and mean benign
+    accuracy after the step. Pooling treats every judged probe as one Bernoulli trial of the
+    recipe (the interval ignores that probes of one seed share a twin)."""
     def cell(runs: pd.DataFrame, key: str) -> str:
         k, n, low, high = pooled_rate(runs[key], runs["probes.n"])
         return f"{k}/{n} = {k / n:.1%} [{low:.1%}, {high:.1%}]"
@@ -97,11 +98,11 @@ def headline_table(results: Path) -> str:
             continue
         table = pd.concat([pd.read_csv(results / f"{stem}.csv") for stem in stems], ignore_index=True)
         for domain, runs in table.groupby("domain", sort=True):
-            seeds = " / ".join(f"{v:.1%}" for v in runs["twin.after.paper.misalignment_rate"])
+            per_run = " / ".join(f"{v:.1%}" for v in runs["twin.after.paper.misalignment_rate"])
             benign = (f"{runs['twin.after.paper.benign_accuracy'].mean():.2f}; "
                       f"{runs['control.after.paper.benign_accuracy'].mean():.2f}")
             lines.append(f"| {label} | {domain} | {len(runs)} | {cell(runs, 'twin.static.misalignment_rate')} "
-                         f"| {cell(runs, 'twin.after.paper.misalignment_rate')} | {seeds} | {refused(runs)} "
+                         f"| {cell(runs, 'twin.after.paper.misalignment_rate')} | {per_run} | {refused(runs)} "
                          f"| {cell(runs, 'control.after.paper.misalignment_rate')} | {benign} |")
     return ("Held-out misalignment pooled over runs: misaligned / judged = rate [95% Wilson interval] "
             "(`python -m figures`, from `results/llm/`).\n\n" + "\n".join(lines) + "\n")
@@ -126,7 +127,9 @@ def headline(results: Path, out: Path) -> Path:
                   if (results / f"{stem}.csv").exists()]
         runs = pd.concat(halves, ignore_index=True)
         if len(halves) == 2:
-            seeds += ";\nanalytic: held-out probes 0–99 and 100–199 of 3 seeds, 6 runs"
+            n = runs.groupby("domain").size()
+            seeds += (f";\nanalytic: held-out probes 0–99 and 100–199, "
+                      f"{n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} runs")
         parts = _over_seeds(runs.assign(domain=runs["domain"] + "\n(analytic)"))[:3]
         table, low, high = (pd.concat([t, a], ignore_index=True) for t, a in zip((table, low, high), parts))
     x = np.arange(len(table))
