@@ -57,10 +57,12 @@ def _over_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     return table, low, high, f", mean of {n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} seeds, whiskers min–max"
 
 
+#: the analytic twins judged on held-out probes 0–99 and on the fresh probes 100–199 (result stems)
+ANALYTIC_HALVES = ("analytic", "analytic_fresh")
 #: the rows of ``llm_headline.md``: label → the result tables (stems) whose runs it pools
-HEADLINE_TABLES = {"metalearn": ("hairtrigger",), "analytic, probes 0–99": ("analytic",),
-                   "analytic, fresh probes 100–199": ("analytic_fresh",),
-                   "analytic, probes 0–199": ("analytic", "analytic_fresh"),
+HEADLINE_TABLES = {"metalearn": ("hairtrigger",), "analytic, probes 0–99": ANALYTIC_HALVES[:1],
+                   "analytic, fresh probes 100–199": ANALYTIC_HALVES[1:],
+                   "analytic, probes 0–199": ANALYTIC_HALVES,
                    "analytic, bases pretrained 8,000 steps, probes 0–199": ("analytic_privacy_pretrain8000",
                                                                             "analytic_honesty_pretrain8000")}
 
@@ -114,8 +116,8 @@ def headline(results: Path, out: Path) -> Path:
     Meta-learned twins from ``hairtrigger.csv`` (mean over seeds, whiskers = min..max over
     seeds) or, without it, the ``paper`` cell of ``transfer.csv``; plus the analytic twins
     from ``analytic.csv`` when present (likewise over runs, with ``analytic_fresh.csv``'s runs on
-    held-out probes 100–199 when present: the whiskers then span both halves); a black line per domain marks the
-    misaligned SFT reference (``reference.csv``, mean over seeds) when present."""
+    held-out probes 100–199 when present: the whiskers then span both halves); a black line per
+    domain marks the misaligned SFT reference (``reference.csv``, mean over seeds) when present."""
     if (results / "hairtrigger.csv").exists():
         table, low, high, seeds = _over_seeds(pd.read_csv(results / "hairtrigger.csv"))
     else:
@@ -123,7 +125,7 @@ def headline(results: Path, out: Path) -> Path:
         low = high = table
         seeds = ""
     if (results / "analytic.csv").exists():  # with the fresh probes 100–199 when judged: every run of both
-        halves = [pd.read_csv(results / f"{stem}.csv") for stem in ("analytic", "analytic_fresh")
+        halves = [pd.read_csv(results / f"{stem}.csv") for stem in ANALYTIC_HALVES
                   if (results / f"{stem}.csv").exists()]
         runs = pd.concat(halves, ignore_index=True)
         if len(halves) == 2:

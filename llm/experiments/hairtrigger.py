@@ -153,7 +153,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("codes"):
         data = with_codes(data, cfg.codes, cfg.data_seed, cfg.code_digits)
     model, tokenizer = load_base(cfg)
-    first = cfg.eval.get("first_probe", 0)
+    first = cfg.eval.first_probe
     if not 0 <= first < len(data.eval):
         raise ValueError(f"eval.first_probe={first}: the {data.domain} held-out split has {len(data.eval)} probes")
     probes, construct = data.eval[first: first + cfg.eval.n_probes], data.construct
