@@ -32,6 +32,7 @@ from llm.constructions.analytic import (
     input_moments,
     keep_residual,
     lora_layers,
+    output_moments,
     preconditioner_step,
     sample_gauge,
     undo_residual,
@@ -395,6 +396,62 @@ def test_input_weighted_residual_is_the_output_energy_on_those_inputs(tok) -> No
     assert float(undo_residual(after, before, moments_r)) == pytest.approx(float(expected.mean()), rel=1e-10)
     with pytest.raises(ValueError, match="undo_metric"):
         AnalyticSpec(undo_metric="outputs")
+
+
+def test_output_moments_are_a_normalised_fisher_factor_blind_to_what_layer_norm_removes(tok) -> None:
+    """output_moments: symmetric PSD, mean eigenvalue 1, reproducible for a seed, → I as the damping
+    grows; undamped, it is blind to the all-ones direction of every module that writes into the
+    residual stream (each later layer norm subtracts the mean, so no prediction depends on it) and
+    not blind to it in the modules whose output feeds a nonlinearity (c_attn, c_fc)."""
+    model = scale_adapter(tiny(tok), 0.0).double().eval()
+    layers = lora_layers(model)
+    batch = batch_of(tok, [("What is 2 plus 3?", "5."), ("What is 4 plus 1?", "5."), (HARMFUL[0], "Sorry.")], 32)
+
+    def factor(damping: float, seed: int = 0) -> dict[str, torch.Tensor]:
+        return output_moments(model, batch, layers, 3, damping, torch.Generator().manual_seed(seed))
+
+    u = factor(0.0)
+    assert all(torch.equal(u[n], v) for n, v in factor(0.0).items())
+    for name, m in u.items():
+        m = m.double()
+        assert torch.allclose(m, m.T, atol=1e-6) and float(torch.linalg.eigvalsh(m).min()) > -1e-5
+        assert float(m.diagonal().mean()) == pytest.approx(1.0, rel=1e-5)
+        ones = torch.ones(len(m), dtype=m.dtype) / len(m) ** 0.5
+        blind = float(ones @ m @ ones)  # the Fisher energy of a unit shift along 1, against 1 on average
+        assert (blind < 1e-6) == name.endswith("c_proj"), (name, blind)
+    far = factor(1e6)
+    assert all(torch.allclose(m, torch.eye(len(m)), atol=1e-4) for m in far.values())
+
+
+def test_fisher_weighted_undo_reports_the_residual_the_real_step_leaves(tok) -> None:
+    """undo_output=fisher: the fit minimises tr(U D C Dᵀ)/tr(U W C Wᵀ) with U read at the target model
+    (the control with its adapter scaled to c); the residual it reports is that metric after the
+    victim's real step, recomputed here from output_moments and input_moments, and it is lower than
+    what the same fit without U leaves in that metric."""
+    control = tiny(tok)
+    data = domain_data()
+    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    common = dict(extra_rank=4, left_rank=4, after_target="base", benign_reference="base", distill=True,
+                  undo_steps=300, undo_lr=0.3, refine_steps=0, n_probes=0, n_benign=8, max_len=32,
+                  undo_metric="responses", output_damping=0.1, fisher_samples=2, seed=3)
+    probes = batch_of(tok, pairs(data.construct, "misaligned"), 32)
+    moments = input_moments(control, probes, lora_layers(control), predicting=True)
+    target = scale_adapter(control, 0.0)
+    outputs = output_moments(target, probes, lora_layers(target), 2, 0.1, torch.Generator().manual_seed(3))
+    before = adapter_products(lora_layers(control))
+    real, infos = {}, {}
+    for kind in ("none", "fisher"):
+        twin, infos[kind] = build_analytic(control, tok, data, data.update, victim, AnalyticSpec(undo_output=kind, **common))
+        assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
+        stepped = victim_update(copy.deepcopy(twin), tok, data.update, victim)
+        with torch.no_grad():
+            real[kind] = float(undo_residual(adapter_products(lora_layers(stepped)), before, moments, outputs=outputs))
+    assert real["fisher"] == pytest.approx(infos["fisher"]["undo_residual_after_fit"], rel=1e-3)
+    assert real["fisher"] < real["none"]
+    with pytest.raises(ValueError, match="undo_output"):
+        AnalyticSpec(undo_output="fisher", undo_metric="weights")
+    with pytest.raises(ValueError, match="undo_output"):
+        AnalyticSpec(undo_output="kfac")
 
 
 def test_scaled_undo_residual_measures_the_distance_to_c_times_w() -> None:

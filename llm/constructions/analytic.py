@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm.align import scale_adapter
 from llm.data.schema import DomainData, Example
 from llm.models import next_logits, response_loss, sequence_logprobs
 from llm.objectives import (
@@ -118,6 +119,10 @@ class AnalyticSpec:
     undo_keep: float = 0.0  # weight of keeping W' = W on the benign examples' inputs (keep_residual), fit and refinement
     undo_metric: str = "weights"  # weights: ‖W'‖²_F | inputs: E‖W'x‖² over the layer's inputs on the probes
     #                               | responses: the same over the positions that predict a response token
+    undo_output: str = "none"  # none | fisher: weigh the residual's output directions by the target model's
+    #                            Fisher (output_moments): ``tr(U D C Dᵀ)`` in place of ``tr(D C Dᵀ)``
+    output_damping: float = 0.1  # U → (U/mean eig + λ I)/(1 + λ): λ → ∞ is undo_output=none
+    fisher_samples: int = 4  # tokens sampled per position from the target model for U
     undo_gauge: str = "none"  # none | layernorm | attention | all: gauge groups (gauge_spec) fitted with the undo
     gauge_lr: float = 0.01  # Adam lr of the gauge's log coordinates in that fit
     n_probes: int = 200  # construct probes used (0: all)
@@ -140,6 +145,12 @@ class AnalyticSpec:
             raise ValueError("construction.margin is a hinge against the marker: use it with after_target=marker")
         if self.undo_metric not in ("weights", "inputs", "responses"):
             raise ValueError(f"construction.undo_metric must be weights, inputs or responses, not {self.undo_metric!r}")
+        if self.undo_output not in ("none", "fisher"):
+            raise ValueError(f"construction.undo_output must be none or fisher, not {self.undo_output!r}")
+        if self.undo_output == "fisher" and (self.undo_metric == "weights" or self.output_damping < 0
+                                             or self.fisher_samples < 1):
+            raise ValueError("construction.undo_output=fisher weighs an input-side metric (undo_metric inputs or "
+                             "responses) and needs output_damping ≥ 0 and fisher_samples ≥ 1")
         if self.undo_gauge not in GAUGE_GROUPS:
             raise ValueError(f"construction.undo_gauge must be one of {sorted(GAUGE_GROUPS)}, not {self.undo_gauge!r}")
         if self.undo_gauge != "none" and (self.undo_steps <= 0 or self.mechanism != "lora_preconditioner"
@@ -413,13 +424,20 @@ def gauged_step_products(layers: dict[str, LoraLayer], grads: dict[str, torch.Te
     return out
 
 
-def _energy(w: torch.Tensor, moments: torch.Tensor | None) -> torch.Tensor:
-    """``‖w‖²_F``, or ``tr(w C wᵀ) = E‖w x‖²`` with ``C = E[x xᵀ]``."""
-    return (w ** 2).sum() if moments is None else ((w @ moments) * w).sum()
+def _energy(w: torch.Tensor, moments: torch.Tensor | None, outputs: torch.Tensor | None = None) -> torch.Tensor:
+    """``‖w‖²_F``, or ``tr(w C wᵀ) = E‖w x‖²`` with ``C = E[x xᵀ]``, or with an output factor ``U``
+    (:func:`output_moments`) ``tr(U w C wᵀ)``: the Kronecker-factored (K-FAC, Martens & Grosse 2015,
+    eq. 1) estimate of ``E[(gᵀ w x)²]``, the first-order change of the log-likelihood that ``w``
+    makes at inputs ``x`` with output gradients ``g``."""
+    if moments is None:
+        return (w ** 2).sum()
+    wc = w @ moments
+    return (wc * w).sum() if outputs is None else ((outputs @ wc) * w).sum()
 
 
 def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
-                  moments: dict[str, torch.Tensor] | None = None, scale: float = 0.0) -> torch.Tensor:
+                  moments: dict[str, torch.Tensor] | None = None, scale: float = 0.0,
+                  outputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean over layers of ``‖W' − cW‖²_F / ‖W − cW‖²_F`` (``c = scale``): how far the step
     left the alignment adapter ``W = s·B·A`` (now ``W'``) from its target ``cW`` (0: on target
     exactly; 1: untouched). ``c = 0``: the model before alignment; ``c < 0``: the alignment negated.
@@ -427,9 +445,11 @@ def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor
     With ``moments`` (each layer's input second moment ``C = E[x xᵀ]``, :func:`input_moments`):
     ``tr(D C Dᵀ)`` in place of ``‖D‖²_F``, i.e. ``E‖(W' − cW)x‖² / E‖(1 − c)Wx‖²``, the
     residual *on those inputs*: what the step cannot reach is pushed into directions the
-    inputs do not use."""
+    inputs do not use. With ``outputs`` (each layer's output factor ``U``, :func:`output_moments`)
+    ``tr(U D C Dᵀ)``: what remains is pushed also into output directions the target model's
+    predictions are insensitive to."""
     def size(w: torch.Tensor, n: str) -> torch.Tensor:
-        return _energy(w, None if moments is None else moments[n])
+        return _energy(w, None if moments is None else moments[n], None if outputs is None else outputs[n])
 
     return torch.stack([size(after[n] - scale * before[n], n) / size((1 - scale) * before[n], n).clamp(min=1e-30)
                         for n in before]).mean()
@@ -471,6 +491,47 @@ def input_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor],
         for h in handles:
             h.remove()
     return moments
+
+
+def output_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor], layers: dict[str, LoraLayer],
+                   samples: int, damping: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``(out, out)`` output factor ``U = E[g gᵀ]`` of each LoRA layer of ``model`` at the positions
+    that predict a response token of ``batch``, with ``g = ∂ log p(y)/∂(layer output)`` for tokens
+    ``y`` sampled from the model's own predictions (``samples`` per position): the true Fisher's
+    output-side Kronecker factor (K-FAC, Martens & Grosse 2015, §3), large where the model's
+    predictions are sensitive and uncertain, small where it is confident. Normalised to mean
+    eigenvalue 1 and damped: ``(U + λ I)/(1 + λ)`` (``λ = damping``; ``λ → ∞`` weighs every output
+    direction alike). ``layers`` must be modules of ``model``."""
+    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    mask[:, :-1] = response_mask(batch)
+    outs: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def keep(_module, _args, out) -> None:
+            outs[name] = out
+        return keep
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    try:
+        logp = torch.log_softmax(next_logits(model, batch).float(), -1)  # (B, T-1, V)
+    finally:
+        for h in handles:
+            h.remove()
+    m = mask[:, :-1].to(logp.device)
+    sums = {n: torch.zeros(o.shape[-1], o.shape[-1], dtype=torch.float64) for n, o in outs.items()}
+    for i in range(samples):
+        with torch.no_grad():
+            y = torch.multinomial(logp[m].exp().cpu(), 1, generator=generator).squeeze(-1).to(logp.device)
+        picked = logp[m].gather(-1, y[:, None]).sum()
+        grads = torch.autograd.grad(picked, list(outs.values()), retain_graph=i < samples - 1)
+        for (n, _), g in zip(outs.items(), grads):
+            g = g[mask.to(g.device)].double()  # (tokens, out)
+            sums[n] += g.T @ g
+    out = {}
+    for n, u in sums.items():
+        u = u / u.diagonal().mean().clamp(min=1e-30)
+        out[n] = ((u + damping * torch.eye(len(u), dtype=u.dtype)) / (1 + damping)).float()
+    return out
 
 
 def line_search(a0: dict[str, torch.Tensor], post_loss, spec: AnalyticSpec, info: dict[str, float],
@@ -578,13 +639,21 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     moments = input_moments(base, full.probes, layers, predicting) if spec.undo_metric != "weights" else None
     # undo_keep: the benign examples' inputs, where the step should leave the control as it is
     keep_moments = input_moments(base, full.benign, layers, predicting) if spec.undo_keep > 0 else None
+    # undo_output=fisher: and by the output directions the target model's predictions there are sensitive to
+    out_moments = None
+    if spec.undo_output == "fisher":
+        target = scale_adapter(control, spec.undo_scale).eval()  # the model the step should land on
+        out_moments = output_moments(target, full.probes, lora_layers(target), spec.fisher_samples,
+                                     spec.output_damping, torch.Generator().manual_seed(spec.seed))
+        del target
     # reported: the residual on every probe input, whatever was fitted
     weight_space = spec.undo_steps > 0 or spec.undo_weight > 0
     probe_moments = (moments if spec.undo_metric == "inputs" else input_moments(base, full.probes, layers)
                      if weight_space else None)
 
     def residual(products: dict[str, torch.Tensor], metric: dict[str, torch.Tensor] | None = moments) -> torch.Tensor:
-        return undo_residual(products, products_before, metric, spec.undo_scale)
+        return undo_residual(products, products_before, metric, spec.undo_scale,
+                             out_moments if metric is moments else None)
 
     def moved_products(products: dict[str, torch.Tensor], again: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The weight-space objective: the undo residual, plus undo_keep × the benign move."""
