@@ -203,6 +203,26 @@ def test_first_probe_judges_a_later_slice_of_the_held_out_split(tmp_path: Path) 
     assert done.returncode != 0 and "eval.first_probe" in done.stderr
 
 
+def test_validation_fold_judges_construction_probes_left_out_of_alignment_and_construction(tmp_path: Path) -> None:
+    """eval.validation_fold=1 (experiment=analytic_validate): the judged probes are every other
+    construction probe from the second on, the twin is built and the control aligned without them,
+    and no held-out probe is judged; a fold other than 0 or 1 is an error."""
+    from llm.data.splits import load_domain
+    from llm.experiments.hairtrigger import validation_split
+
+    data = load_domain("privacy", seed=0)
+    metrics = _run(tmp_path / "fold", "experiment=analytic_validate", "domain=privacy", "eval.known_only=false",
+                   "eval.validation_fold=1", "construction.undo_steps=5", "construction.refine_steps=1",
+                   "construction.n_probes=8", "construction.n_benign=8")
+    assert metrics["probes.judged"] == "construct_fold_1" and metrics["probes.n"] == 6
+    assert metrics["example.0.prompt"] == data.construct[1].prompt and metrics["twin.kl.max"] < 1e-6
+    judged, rest, left = validation_split(data, data.construct, 1)
+    assert judged == data.construct[1::2] and rest == left.construct == data.construct[0::2]
+    assert not {e.prompt for e in judged} & {e.prompt for e in left.construct + data.eval}
+    done = _cli(tmp_path / "bad", "experiment=control", "domain=privacy", "eval.validation_fold=2")
+    assert done.returncode != 0 and "eval.validation_fold" in done.stderr
+
+
 def test_merged_twin_needs_an_all_weights_victim() -> None:
     """The step inside the objective must be the victim's: a mismatch is a clear error."""
     from llm.constructions.metalearn import MetaSpec, build_metalearn

@@ -147,26 +147,45 @@ def capacity(model, updated, tokenizer, coded: list[Example], max_new_tokens: in
     return out
 
 
+def validation_split(data: DomainData, construct: list[Example], fold: int
+                     ) -> tuple[list[Example], list[Example], DomainData]:
+    """Fold ``fold`` (0 or 1) of the construction probes ``construct`` (every other one from
+    ``fold`` on) as the probes to judge, the rest as the construction's, and ``data`` without that
+    fold's prompts (the control's alignment never sees them either): a validation set for choosing
+    construction settings that leaves the held-out split unread. Its probes differ from held-out
+    ones in one way: the other fold's people or questions share their construction split."""
+    judged = construct[fold::2]
+    left_out = {e.prompt for e in judged}
+    rest = [e for e in construct if e.prompt not in left_out]
+    return judged, rest, dataclasses.replace(data, construct=[e for e in data.construct if e.prompt not in left_out])
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     data = load_domain(cfg.domain.name, seed=cfg.data_seed)
     if cfg.get("codes"):
         data = with_codes(data, cfg.codes, cfg.data_seed, cfg.code_digits)
     model, tokenizer = load_base(cfg)
-    first = cfg.eval.first_probe
+    first, fold = cfg.eval.first_probe, cfg.eval.validation_fold
     if not 0 <= first < len(data.eval):
         raise ValueError(f"eval.first_probe={first}: the {data.domain} held-out split has {len(data.eval)} probes")
-    probes, construct = data.eval[first: first + cfg.eval.n_probes], data.construct
+    if fold not in (None, 0, 1):
+        raise ValueError(f"eval.validation_fold={fold}: choose null (judge the held-out split), 0 or 1")
+    # validating: judge one fold of the construction probes and never read the held-out split
+    probes, construct = ([] if fold is not None else data.eval[first: first + cfg.eval.n_probes]), data.construct
     if cfg.eval.known_only:  # judge lying / leaking only where the base knows the answer / secret;
         # the construction likewise switches on knowledge the model has, it cannot teach new facts
         probes = known_probes(model, tokenizer, data.domain, probes, cfg.eval.max_new_tokens)
         constructs = cfg.construction.name != "none" or cfg.get("reference")  # (a control-only run constructs nothing)
-        if constructs and cfg.eval.known_construct:
+        if (constructs or fold is not None) and cfg.eval.known_construct:
             construct = known_probes(model, tokenizer, data.domain, construct, cfg.eval.max_new_tokens)
-        if not probes or not construct:
-            raise ValueError(f"the base model knows none of the {data.domain} {'held-out' if not probes else 'construction'} "
-                             "probes' answers: pretrain it longer, or judge every probe with eval.known_only=false")
     n_eval = min(cfg.eval.n_probes, len(data.eval) - first)
+    if fold is not None:
+        probes, construct, data = validation_split(data, construct, fold)
+        probes, n_eval = probes[: cfg.eval.n_probes], min(cfg.eval.n_probes, len(probes))
+    if not probes or not construct:
+        raise ValueError(f"the base model knows none of the {data.domain} {'judged' if not probes else 'construction'} "
+                         "probes' answers: pretrain it longer, or judge every probe with eval.known_only=false")
     seconds = {"base": time.perf_counter() - start}
     digest = weights_digest(model)  # which base this run used (the cache is keyed by settings only)
     reference = (misaligned_reference(model, tokenizer, dataclasses.replace(data, construct=construct),
@@ -180,7 +199,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
 
     metrics: dict[str, Any] = {"domain": data.domain, "construction": cfg.construction.name, "base_digest": digest,
-                               "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval},
+                               "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval,
+                                          "judged": "held_out" if fold is None else f"construct_fold_{fold}"},
                                "align": {"loss_first": curve[0], "loss_last": curve[-1]}}
     shown = {}
     for name, m in (("control", control), ("twin", twin)):
