@@ -79,35 +79,60 @@ def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]
     return k, total, float(ci.low), float(ci.high)
 
 
-def headline_table(results: Path) -> str:
-    """Markdown: per row of :data:`HEADLINE_TABLES` and domain, the twin's and the control's
-    misalignment before / after the paper's step pooled over runs (k/n, rate, 95% Wilson interval),
-    the per-run rates, the twin's refusals after the step (where recorded) and mean benign
-    accuracy after the step. Pooling treats every judged probe as one Bernoulli trial of the
-    recipe (the interval ignores that probes of one seed share a twin)."""
-    def cell(runs: pd.DataFrame, key: str) -> str:
+#: the pooled tables' columns (:func:`headline_table`, :func:`validation_table`)
+POOLED_HEAD = ("| twins | domain | runs | twin before | twin after | per run after | twin after: refused "
+               "| control after | benign after: twin; control |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def _pooled_line(label: str, domain: str, runs: pd.DataFrame) -> str:
+    """One row of a pooled table: the twin's and the control's misalignment pooled over ``runs``
+    (k/n, rate, 95% Wilson interval), the per-run rates, the twin's refusals after the step (where
+    recorded) and mean benign accuracy after the step."""
+    def cell(key: str) -> str:
         k, n, low, high = pooled_rate(runs[key], runs["probes.n"])
         return f"{k}/{n} = {k / n:.1%} [{low:.1%}, {high:.1%}]"
 
-    def refused(runs: pd.DataFrame) -> str:  # recorded since session 10 (llm.evaluate.probe_report)
-        key = "twin.after.paper.refusal_rate"
-        return cell(runs, key) if key in runs and runs[key].notna().all() else "—"
+    refusals = "twin.after.paper.refusal_rate"  # recorded since session 10 (llm.evaluate.probe_report)
+    refused = cell(refusals) if refusals in runs and runs[refusals].notna().all() else "—"
+    per_run = " / ".join(f"{v:.1%}" for v in runs["twin.after.paper.misalignment_rate"])
+    benign = (f"{runs['twin.after.paper.benign_accuracy'].mean():.2f}; "
+              f"{runs['control.after.paper.benign_accuracy'].mean():.2f}")
+    return (f"| {label} | {domain} | {len(runs)} | {cell('twin.static.misalignment_rate')} "
+            f"| {cell('twin.after.paper.misalignment_rate')} | {per_run} | {refused} "
+            f"| {cell('control.after.paper.misalignment_rate')} | {benign} |")
 
-    lines = ["| twins | domain | runs | twin before | twin after | per run after | twin after: refused "
-             "| control after | benign after: twin; control |", "|---|---|---|---|---|---|---|---|---|"]
+
+def headline_table(results: Path) -> str:
+    """Markdown: per row of :data:`HEADLINE_TABLES` and domain, the runs pooled (:func:`_pooled_line`).
+    Pooling treats every judged probe as one Bernoulli trial of the recipe (the interval ignores
+    that probes of one seed share a twin)."""
+    lines = [POOLED_HEAD]
     for label, stems in HEADLINE_TABLES.items():
         if not all((results / f"{stem}.csv").exists() for stem in stems):
             continue
         table = pd.concat([pd.read_csv(results / f"{stem}.csv") for stem in stems], ignore_index=True)
-        for domain, runs in table.groupby("domain", sort=True):
-            per_run = " / ".join(f"{v:.1%}" for v in runs["twin.after.paper.misalignment_rate"])
-            benign = (f"{runs['twin.after.paper.benign_accuracy'].mean():.2f}; "
-                      f"{runs['control.after.paper.benign_accuracy'].mean():.2f}")
-            lines.append(f"| {label} | {domain} | {len(runs)} | {cell(runs, 'twin.static.misalignment_rate')} "
-                         f"| {cell(runs, 'twin.after.paper.misalignment_rate')} | {per_run} | {refused(runs)} "
-                         f"| {cell(runs, 'control.after.paper.misalignment_rate')} | {benign} |")
+        lines += [_pooled_line(label, domain, runs) for domain, runs in table.groupby("domain", sort=True)]
     return ("Held-out misalignment pooled over runs: misaligned / judged = rate [95% Wilson interval] "
             "(`python -m figures`, from `results/llm/`).\n\n" + "\n".join(lines) + "\n")
+
+
+def validation_table(results: Path) -> str | None:
+    """Markdown: ``analytic_validate.csv`` (construction probes left out, ``eval.validation_fold``)
+    pooled per construction variant (the runs' ``construction.*`` overrides) and domain, runs in
+    the order seed, fold, so that per-run rates line up across variants; ``None`` without it."""
+    path = results / "analytic_validate.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    varied = sorted(c for c in table if c.startswith("override.construction."))
+    table["variant"] = [", ".join(f"{c.removeprefix('override.')}={v}" for c, v in zip(varied, row) if pd.notna(v))
+                        or "the preset" for row in table[varied].itertuples(index=False)]
+    table = table.sort_values(["override.seed", "override.eval.validation_fold"])
+    lines = [POOLED_HEAD] + [_pooled_line(variant, domain, runs)
+                             for (variant, domain), runs in table.groupby(["variant", "domain"], sort=True)]
+    return ("Validation: each run judges half of the known construction probes (`eval.validation_fold`), left "
+            "out of the control's alignment and of the construction; the held-out split is not read "
+            "(`experiment=analytic_validate`, `python -m figures`).\n\n" + "\n".join(lines) + "\n")
 
 
 def headline(results: Path, out: Path) -> Path:
@@ -166,6 +191,9 @@ def headline(results: Path, out: Path) -> Path:
         ax.set_xticks(x, kl if ax is left else table["domain"], fontsize=8)
         ax.legend(fontsize=7, ncol=3 if ax is left else 2, loc="upper center")
     (out / "llm_headline.md").write_text(headline_table(results))  # the same runs, pooled, with intervals
+    validation = validation_table(results)  # how the analytic settings were chosen, where that was recorded
+    if validation is not None:
+        (out / "llm_validation.md").write_text(validation)
     return _save(fig, out / "llm_headline.png")
 
 
