@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
 from figures.theory import _save  # noqa: E402
-from theory.runs import linear_fit  # noqa: E402
+from theory.runs import linear_fit, override_labels  # noqa: E402
 
 #: transfer cells in reading order, with their labels
 CELLS = {"paper": "paper's step\n(SGD 1e-4, 1×)", "heldout_families": "unseen benign\nfamilies",
@@ -124,9 +124,7 @@ def validation_table(results: Path) -> str | None:
     if not path.exists():
         return None
     table = pd.read_csv(path)
-    varied = sorted(c for c in table if c.startswith("override.construction."))
-    table["variant"] = [", ".join(f"{c.removeprefix('override.')}={v}" for c, v in zip(varied, row) if pd.notna(v))
-                        or "the preset" for row in table[varied].itertuples(index=False)]
+    table["variant"] = [label or "the preset" for label in override_labels(table, "construction.")]
     table = table.sort_values(["override.seed", "override.eval.validation_fold"])
     lines = [POOLED_HEAD] + [_pooled_line(variant, domain, runs)
                              for (variant, domain), runs in table.groupby(["variant", "domain"], sort=True)]

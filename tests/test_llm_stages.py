@@ -359,3 +359,19 @@ def test_one_digit_codes_are_shared_and_capacity_is_chance_corrected() -> None:
     assert code_matches([None] * 128, assigned) == (0, 0.0)
     with pytest.raises(ValueError, match="code_digits"):
         with_codes(load_domain("safety"), 16, seed=0, digits=0)
+
+
+def test_summary_keeps_construction_variants_apart() -> None:
+    """A sweep over construction.undo_output=none,fisher summarises each variant on its own."""
+    import pandas as pd
+
+    from llm.experiments.hairtrigger import summarize
+
+    table = pd.DataFrame({"domain": ["privacy"] * 4, "construction": ["analytic"] * 4,
+                          "override.construction.undo_output": ["none", "none", "fisher", "fisher"],
+                          "twin.after.paper.misalignment_rate": [0.8, 0.9, 0.6, 0.7]})
+    summary = summarize(table)
+    assert summary["privacy / analytic / construction.undo_output=fisher"]["twin.after.paper.misalignment_rate"] == \
+        pytest.approx(0.65)
+    assert summary["privacy / analytic / construction.undo_output=none"]["n_runs"] == 2
+    assert set(summarize(table.drop(columns="override.construction.undo_output"))) == {"privacy / analytic"}

@@ -68,3 +68,16 @@ def test_publish_mode_is_checked() -> None:
     assert publish_mode(OmegaConf.create({"publish_mode": "merge"})) == "merge"
     with pytest.raises(ValueError, match="publish_mode"):
         publish_mode(OmegaConf.create({"publish_mode": "append"}))
+
+
+def test_override_labels_name_each_runs_variant_in_a_merged_table() -> None:
+    """Rows of two merged sweeps: each labelled by the overrides under the prefix that it sets."""
+    import pandas as pd
+
+    from theory.runs import override_labels
+
+    table = pd.DataFrame({"override.construction.undo_output": ["fisher", None, None],
+                          "override.construction.undo_gauge": [None, "none", None], "override.seed": [0, 1, 2]})
+    assert override_labels(table, "construction.") == ["construction.undo_output=fisher",
+                                                       "construction.undo_gauge=none", ""]
+    assert override_labels(table, "align.") == ["", "", ""]

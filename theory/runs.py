@@ -108,6 +108,14 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def override_labels(table: pd.DataFrame, prefix: str) -> list[str]:
+    """Per row, ``key=value`` for each of its ``override.<prefix>…`` columns that is set, joined by
+    ", " (``""`` where none is): which variant of a recipe the run is, in a table that merges sweeps."""
+    columns = sorted(c for c in table if c.startswith(f"override.{prefix}"))
+    return [", ".join(f"{c.removeprefix('override.')}={v}" for c, v in zip(columns, row) if pd.notna(v))
+            for row in table[columns].itertuples(index=False)] if columns else [""] * len(table)
+
+
 def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
     """Least-squares line ``y = slope·x + intercept`` and its coefficient of determination."""
     n = len(x)

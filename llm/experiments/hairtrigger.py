@@ -46,6 +46,7 @@ from llm.data.splits import load_domain
 from llm.evaluate import answers, benign_report, known_probes, next_token_kl, probe_report, victim_grad_norm
 from llm.models import weights_digest
 from llm.update import UpdateSpec, update_set, victim_update
+from theory.runs import override_labels
 
 
 def black_box(model, tokenizer, data: DomainData, probes: list[Example], cfg: DictConfig) -> dict[str, Any]:
@@ -265,7 +266,9 @@ def report(metrics: dict[str, Any]) -> str:
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
     keys = [k for k in table.columns if k.endswith(("misalignment_rate", "benign_accuracy", "kl.mean", "kl.max"))
             and ".by_source." not in k]
-    group = [c for c in ("domain", "construction") if c in table]
-    return {" / ".join(map(str, g if isinstance(g, tuple) else (g,))):
+    # construction overrides name different recipes (a sweep over undo_output=none,fisher): never averaged together
+    table = table.assign(variant=override_labels(table, "construction."))
+    group = [c for c in ("domain", "construction") if c in table] + ["variant"]
+    return {" / ".join(str(v) for v in g if v != ""):
             {k: float(rows[k].mean()) for k in keys} | {"n_runs": int(len(rows))}
             for g, rows in table.groupby(group)}
