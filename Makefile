@@ -51,9 +51,11 @@ results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add devic
 	$(PY) -m llm -m experiment=analytic domain=honesty seed=0,1,2 model.pretrain.steps=8000 eval.n_probes=200 \
 		results_name=analytic_honesty_pretrain8000 hydra.sweep.dir=multirun/llm/analytic_honesty_pretrain8000 publish=true
 	$(PY) -m llm -m experiment=analytic_validate domain=privacy seed=0,1,2 eval.validation_fold=0,1 \
-		construction.undo_output=none,fisher publish=true
+		construction.undo_gauge=attention construction.undo_output=none,fisher publish=true
 	$(PY) -m llm -m experiment=analytic_validate domain=privacy seed=0,1,2 eval.validation_fold=0,1 \
-		construction.undo_gauge=none publish=true publish_mode=merge
+		construction.undo_gauge=none,all publish=true publish_mode=merge
+	$(PY) -m llm -m experiment=analytic_validate domain=honesty seed=0,1,2 eval.validation_fold=0,1 publish=true \
+		publish_mode=merge
 	$(PY) -m llm -m experiment=reference domain=safety,privacy,honesty seed=0,1,2 publish=true
 	$(PY) -m llm -m experiment=transfer construction=analytic domain=safety,privacy,honesty seed=0 publish=true \
 		results_name=transfer_analytic hydra.sweep.dir=multirun/llm/transfer_analytic
