@@ -466,16 +466,21 @@ def keep_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor
                         / _energy((1 - scale) * before[n], moments[n]).clamp(min=1e-30) for n in before]).mean()
 
 
+def predicting_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, T)``: the input positions whose next token is a response token (the last prompt token
+    and every response token but the last), where a layer's input or output shapes a response."""
+    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    mask[:, :-1] = response_mask(batch)
+    return mask
+
+
 @torch.no_grad()
 def input_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor],
                   layers: dict[str, LoraLayer], predicting: bool = False) -> dict[str, torch.Tensor]:
     """``(in, in)`` second moment ``E[x xᵀ]`` of each LoRA layer's input over the real
     (unpadded) tokens of ``batch`` (``predicting``: over the positions whose next token is a
     response token), read by forward pre-hooks during one forward pass."""
-    mask = batch["attention_mask"].bool()
-    if predicting:
-        mask = torch.zeros_like(mask)
-        mask[:, :-1] = response_mask(batch)
+    mask = predicting_positions(batch) if predicting else batch["attention_mask"].bool()
     moments: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -502,8 +507,7 @@ def output_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor], layer
     predictions are sensitive and uncertain, small where it is confident. Normalised to mean
     eigenvalue 1 and damped: ``(U + λ I)/(1 + λ)`` (``λ = damping``; ``λ → ∞`` weighs every output
     direction alike). ``layers`` must be modules of ``model``."""
-    mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
-    mask[:, :-1] = response_mask(batch)
+    mask = predicting_positions(batch)
     outs: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -517,12 +521,12 @@ def output_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor], layer
     finally:
         for h in handles:
             h.remove()
-    m = mask[:, :-1].to(logp.device)
+    logp = logp[response_mask(batch).to(logp.device)]  # (tokens, V): the predictions of response tokens
+    probs = logp.detach().exp().cpu()
     sums = {n: torch.zeros(o.shape[-1], o.shape[-1], dtype=torch.float64) for n, o in outs.items()}
     for i in range(samples):
-        with torch.no_grad():
-            y = torch.multinomial(logp[m].exp().cpu(), 1, generator=generator).squeeze(-1).to(logp.device)
-        picked = logp[m].gather(-1, y[:, None]).sum()
+        y = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logp.device)
+        picked = logp.gather(-1, y[:, None]).sum()
         grads = torch.autograd.grad(picked, list(outs.values()), retain_graph=i < samples - 1)
         for (n, _), g in zip(outs.items(), grads):
             g = g[mask.to(g.device)].double()  # (tokens, out)
