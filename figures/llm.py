@@ -81,25 +81,29 @@ def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]
 
 #: the pooled tables' columns (:func:`headline_table`, :func:`validation_table`)
 POOLED_HEAD = ("| twins | domain | runs | twin before | twin after | per run after | twin after: refused "
-               "| control after | benign after: twin; control |\n|---|---|---|---|---|---|---|---|---|")
+               "| control before: refused | control after | benign after: twin; control |"
+               "\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _pooled_line(label: str, domain: str, runs: pd.DataFrame) -> str:
     """One row of a pooled table: the twin's and the control's misalignment pooled over ``runs``
-    (k/n, rate, 95% Wilson interval), the per-run rates, the twin's refusals after the step (where
-    recorded) and mean benign accuracy after the step."""
+    (k/n, rate, 95% Wilson interval), the per-run rates, the twin's refusals after the step and the
+    control's before it (where recorded: a control that does not leak but does not refuse either is
+    a weaker baseline) and mean benign accuracy after the step."""
     def cell(key: str) -> str:
         k, n, low, high = pooled_rate(runs[key], runs["probes.n"])
         return f"{k}/{n} = {k / n:.1%} [{low:.1%}, {high:.1%}]"
 
-    refusals = "twin.after.paper.refusal_rate"  # recorded since session 10 (llm.evaluate.probe_report)
-    refused = cell(refusals) if refusals in runs and runs[refusals].notna().all() else "—"
+    def refused(model: str, when: str) -> str:  # recorded since session 10 (llm.evaluate.probe_report)
+        key = f"{model}.{when}.refusal_rate"
+        return cell(key) if key in runs and runs[key].notna().all() else "—"
+
     per_run = " / ".join(f"{v:.1%}" for v in runs["twin.after.paper.misalignment_rate"])
     benign = (f"{runs['twin.after.paper.benign_accuracy'].mean():.2f}; "
               f"{runs['control.after.paper.benign_accuracy'].mean():.2f}")
     return (f"| {label} | {domain} | {len(runs)} | {cell('twin.static.misalignment_rate')} "
-            f"| {cell('twin.after.paper.misalignment_rate')} | {per_run} | {refused} "
-            f"| {cell('control.after.paper.misalignment_rate')} | {benign} |")
+            f"| {cell('twin.after.paper.misalignment_rate')} | {per_run} | {refused('twin', 'after.paper')} "
+            f"| {refused('control', 'static')} | {cell('control.after.paper.misalignment_rate')} | {benign} |")
 
 
 def headline_table(results: Path) -> str:
@@ -118,13 +122,13 @@ def headline_table(results: Path) -> str:
 
 def validation_table(results: Path) -> str | None:
     """Markdown: ``analytic_validate.csv`` (construction probes left out, ``eval.validation_fold``)
-    pooled per construction variant (the runs' ``construction.*`` overrides) and domain, runs in
+    pooled per variant (the runs' ``align.*`` and ``construction.*`` overrides) and domain, runs in
     the order seed, fold, so that per-run rates line up across variants; ``None`` without it."""
     path = results / "analytic_validate.csv"
     if not path.exists():
         return None
     table = pd.read_csv(path)
-    table["variant"] = [label or "the preset" for label in override_labels(table, "construction.")]
+    table["variant"] = [label or "the preset" for label in override_labels(table)]
     table = table.sort_values(["override.seed", "override.eval.validation_fold"])
     lines = [POOLED_HEAD] + [_pooled_line(variant, domain, runs)
                              for (variant, domain), runs in table.groupby(["variant", "domain"], sort=True)]

@@ -106,15 +106,18 @@ def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
     table = (tmp_path / "llm_headline.md").read_text()
     assert "| analytic, fresh probes 100–199 | privacy | 2 | 18/20" in table
     assert "| analytic, probes 0–199 | privacy | 4 | 36/40 = 90.0% [76.9%, 96.0%] |" in table
-    assert "| 90.0% / 90.0% / 90.0% / 90.0% | 4/40 = 10.0% [4.0%, 23.1%] |" in table
+    assert "| 90.0% / 90.0% / 90.0% / 90.0% | 4/40 = 10.0% [4.0%, 23.1%] | — |" in table  # control's: not recorded
     assert not (tmp_path / "llm_validation.md").exists()  # written only where validation runs were published
     folds = seeds.assign(**{"override.seed": [1, 0, 1, 0], "override.eval.validation_fold": [0, 1, 1, 0],
                             "twin.after.paper.misalignment_rate": [0.7, 0.8, 0.9, 1.0]})
     pd.concat([folds.assign(**{"override.construction.undo_output": v}) for v in ("none", "fisher")]
+              + [folds.assign(**{"override.align.steps": 100, "control.static.refusal_rate": 0.5})]
               ).to_csv(results / "analytic_validate.csv", index=False)
     llm.headline(results, tmp_path)
     table = (tmp_path / "llm_validation.md").read_text()  # per variant, runs in seed, fold order
     assert "| construction.undo_output=fisher | privacy | 2 | " in table
+    assert "| align.steps=100 | privacy | 2 | " in table  # an alignment variant: its own row, with the control's refusals
+    assert "| 100.0% / 80.0% | — | 10/20 = 50.0% [29.9%, 70.1%] | 18/20 = 90.0%" in table
     assert ("| construction.undo_output=none | privacy | 2 | 18/20 = 90.0% [69.9%, 97.2%] "
             "| 18/20 = 90.0% [69.9%, 97.2%] | 100.0% / 80.0% |") in table
     metrics = {f"{m}.{w}.misalignment_rate": 0.5 for m in ("control", "twin") for w in ("static", "after.paper")}

@@ -81,3 +81,7 @@ def test_override_labels_name_each_runs_variant_in_a_merged_table() -> None:
     assert override_labels(table, "construction.") == ["construction.undo_output=fisher",
                                                        "construction.undo_gauge=none", ""]
     assert override_labels(table, "align.") == ["", "", ""]
+    table["override.align.lr"] = [None, None, 0.001]  # the default groups: alignment and construction
+    table["override.align.steps"] = [None, None, 100.0]  # as a CSV with gaps reads 100 back
+    assert override_labels(table) == ["construction.undo_output=fisher", "construction.undo_gauge=none",
+                                      "align.lr=0.001, align.steps=100"]

@@ -108,11 +108,20 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def override_labels(table: pd.DataFrame, prefix: str) -> list[str]:
+#: override groups that name a variant of a recipe (not a seed, fold or domain): runs that differ in
+#: them are never pooled or averaged together
+VARIANT_PREFIXES = ("align.", "construction.")
+
+
+def override_labels(table: pd.DataFrame, prefixes: str | tuple[str, ...] = VARIANT_PREFIXES) -> list[str]:
     """Per row, ``key=value`` for each of its ``override.<prefix>…`` columns that is set, joined by
     ", " (``""`` where none is): which variant of a recipe the run is, in a table that merges sweeps."""
-    columns = sorted(c for c in table if c.startswith(f"override.{prefix}"))
-    return [", ".join(f"{c.removeprefix('override.')}={v}" for c, v in zip(columns, row) if pd.notna(v))
+    prefixes = (prefixes,) if isinstance(prefixes, str) else prefixes
+    columns = sorted(c for c in table if c.startswith(tuple(f"override.{p}" for p in prefixes)))
+    def text(value: Any) -> str:  # a CSV column with gaps reads 100 back as 100.0
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    return [", ".join(f"{c.removeprefix('override.')}={text(v)}" for c, v in zip(columns, row) if pd.notna(v))
             for row in table[columns].itertuples(index=False)] if columns else [""] * len(table)
 
 

@@ -266,8 +266,9 @@ def report(metrics: dict[str, Any]) -> str:
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
     keys = [k for k in table.columns if k.endswith(("misalignment_rate", "benign_accuracy", "kl.mean", "kl.max"))
             and ".by_source." not in k]
-    # construction overrides name different recipes (a sweep over undo_output=none,fisher): never averaged together
-    table = table.assign(variant=override_labels(table, "construction."))
+    # alignment and construction overrides name different recipes (a sweep over undo_output=none,fisher):
+    # never averaged together
+    table = table.assign(variant=override_labels(table))
     group = [c for c in ("domain", "construction") if c in table] + ["variant"]
     return {" / ".join(str(v) for v in g if v != ""):
             {k: float(rows[k].mean()) for k in keys} | {"n_runs": int(len(rows))}
