@@ -54,8 +54,12 @@ results-llm: data  ## the LLM reference tables (hours on a 2-core CPU; add devic
 		construction.undo_gauge=attention construction.undo_output=none,fisher publish=true
 	$(PY) -m llm -m experiment=analytic_validate domain=privacy seed=0,1,2 eval.validation_fold=0,1 \
 		construction.undo_gauge=none,all publish=true publish_mode=merge
-	$(PY) -m llm -m experiment=analytic_validate domain=honesty seed=0,1,2 eval.validation_fold=0,1 publish=true \
-		publish_mode=merge
+	$(PY) -m llm -m experiment=analytic_validate domain=honesty seed=0,1,2 eval.validation_fold=0,1 \
+		construction.undo_gauge=none,attention,all publish=true publish_mode=merge
+	$(PY) -m llm -m experiment=analytic_validate domain=honesty seed=0,1,2 eval.validation_fold=0,1 \
+		construction.undo_keep=0.6 publish=true publish_mode=merge
+	$(PY) -m llm -m experiment=analytic_validate domain=privacy seed=0,1,2 eval.validation_fold=0,1 \
+		align.lr=1e-3 align.steps=100,200,300 publish=true publish_mode=merge
 	$(PY) -m llm -m experiment=reference domain=safety,privacy,honesty seed=0,1,2 publish=true
 	$(PY) -m llm -m experiment=transfer construction=analytic domain=safety,privacy,honesty seed=0 publish=true \
 		results_name=transfer_analytic hydra.sweep.dir=multirun/llm/transfer_analytic
