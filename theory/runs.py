@@ -118,11 +118,12 @@ def override_labels(table: pd.DataFrame, prefixes: str | tuple[str, ...] = VARIA
     ", " (``""`` where none is): which variant of a recipe the run is, in a table that merges sweeps."""
     prefixes = (prefixes,) if isinstance(prefixes, str) else prefixes
     columns = sorted(c for c in table if c.startswith(tuple(f"override.{p}" for p in prefixes)))
+
     def text(value: Any) -> str:  # a CSV column with gaps reads 100 back as 100.0
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
     return [", ".join(f"{c.removeprefix('override.')}={text(v)}" for c, v in zip(columns, row) if pd.notna(v))
-            for row in table[columns].itertuples(index=False)] if columns else [""] * len(table)
+            for row in table[columns].itertuples(index=False)]
 
 
 def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:

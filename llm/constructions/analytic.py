@@ -521,7 +521,8 @@ def output_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor], layer
     finally:
         for h in handles:
             h.remove()
-    logp = logp[response_mask(batch).to(logp.device)]  # (tokens, V): the predictions of response tokens
+    mask = mask.to(logp.device)
+    logp = logp[mask[:, :-1]]  # (tokens, V): the predictions of response tokens
     probs = logp.detach().exp().cpu()
     sums = {n: torch.zeros(o.shape[-1], o.shape[-1], dtype=torch.float64) for n, o in outs.items()}
     for i in range(samples):
@@ -529,7 +530,7 @@ def output_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor], layer
         picked = logp.gather(-1, y[:, None]).sum()
         grads = torch.autograd.grad(picked, list(outs.values()), retain_graph=i < samples - 1)
         for (n, _), g in zip(outs.items(), grads):
-            g = g[mask.to(g.device)].double()  # (tokens, out)
+            g = g[mask].double()  # (tokens, out)
             sums[n] += g.T @ g
     out = {}
     for n, u in sums.items():
