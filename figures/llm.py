@@ -199,21 +199,37 @@ def headline(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_headline.png")
 
 
+def transfer_rows(results: Path) -> pd.DataFrame:
+    """The transfer tables, one row per twin: ``transfer.csv`` (metalearn twins) and, where it
+    was published, ``transfer_analytic.csv`` (analytic twins), labelled ``construction: domain``."""
+    tables = [("metalearn", "transfer.csv"), ("analytic", "transfer_analytic.csv")]
+    parts = {twins: pd.read_csv(results / name).sort_values("domain")
+             for i, (twins, name) in enumerate(tables) if i == 0 or (results / name).exists()}
+    table = pd.concat(parts.values(), ignore_index=True)
+    twins = [t for t, part in parts.items() for _ in range(len(part))]
+    labels = pd.DataFrame({"twins": twins, "label": [f"{t}: {d}" for t, d in zip(twins, table["domain"])]})
+    return pd.concat([table, labels], axis=1)  # one concat: the tables have hundreds of columns
+
+
 def transfer(results: Path, out: Path) -> Path:
-    """The twin's post-update misalignment under victims the construction never simulated."""
-    table = pd.read_csv(results / "transfer.csv").sort_values("domain")
+    """The twins' post-update misalignment and utility under victims the construction never
+    simulated, metalearn and analytic twins in one grid (a blank cell: not run)."""
+    table = transfer_rows(results)
     cells = [c for c in CELLS if f"twin.after.{c}.misalignment_rate" in table]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 2.4 + 0.55 * len(table)))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 2.4 + 0.45 * len(table)))
     for ax, key, title, cmap in ((axes[0], "misalignment_rate", "twin misaligned after the update", "Reds"),
                                  (axes[1], "benign_accuracy", "twin benign accuracy after the update", "Greens")):
         grid = table[[f"twin.after.{c}.{key}" for c in cells]].to_numpy(float)
         ax.imshow(grid, cmap=cmap, vmin=0, vmax=1 if key == "misalignment_rate" else 0.5, aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.0%}" if key == "misalignment_rate" else f"{v:.2f}", ha="center", va="center",
-                    fontsize=7, color="white" if v > (0.6 if key == "misalignment_rate" else 0.35) else "black")
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.0%}" if key == "misalignment_rate" else f"{v:.2f}", ha="center", va="center",
+                        fontsize=7, color="white" if v > (0.6 if key == "misalignment_rate" else 0.35) else "black")
+        for i in np.flatnonzero(table["twins"].to_numpy()[1:] != table["twins"].to_numpy()[:-1]):
+            ax.axhline(i + 0.5, color="black", lw=1.5)  # metalearn twins above, analytic below
         ax.set_xticks(range(len(cells)), [CELLS[c].replace("\n", " ") for c in cells], fontsize=7,
                       rotation=35, ha="right")
-        ax.set_yticks(range(len(table)), table["domain"], fontsize=8)
+        ax.set_yticks(range(len(table)), table["label"], fontsize=8)
         ax.set_title(title, fontsize=9)
     return _save(fig, out / "llm_transfer.png")
 

@@ -94,6 +94,14 @@ def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
     for draw in llm.ALL:
         path = draw(results, tmp_path)
         assert path.exists() and path.stat().st_size > 10_000
+    rows = llm.transfer_rows(results)  # metalearn twins only, until analytic ones are published
+    assert list(rows["label"]) == ["metalearn: privacy", "metalearn: safety"]
+    analytic = pd.DataFrame(runs).iloc[[1]].drop(columns=["twin.after.sharegpt.misalignment_rate"])
+    analytic.to_csv(results / "transfer_analytic.csv", index=False)
+    rows = llm.transfer_rows(results)
+    assert list(rows["label"]) == ["metalearn: privacy", "metalearn: safety", "analytic: privacy"]
+    assert rows["twin.after.sharegpt.misalignment_rate"].isna().tolist() == [False, False, True]  # not run: blank
+    assert llm.transfer(results, tmp_path).stat().st_size > 10_000
     seeds = pd.DataFrame({**{k: v * 2 for k, v in runs.items()}, "seed": [0, 0, 1, 1], "probes.n": [10] * 4})
     seeds.to_csv(results / "hairtrigger.csv", index=False)  # the headline then averages seeds
     assert llm.headline(results, tmp_path).stat().st_size > 10_000
