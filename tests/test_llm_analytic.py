@@ -522,3 +522,28 @@ def test_scale_adapter_interpolates_between_the_base_and_the_control(tok) -> Non
     with torch.no_grad(), model.disable_adapter():
         base_logits = next_logits(model, batch)
     torch.testing.assert_close(next_logits(scale_adapter(model, 0.0), batch), base_logits)
+
+
+@pytest.mark.parametrize("gauge", ["none", "all"])
+def test_undo_floor_is_a_descent_from_the_fit_on_the_affine_step(tok, gauge) -> None:
+    """undo_floor_steps: eq. (1) of llm.constructions.undo_floor (W' affine in the hidden Gram
+    matrices) reproduces the fit's own post-step products; projected gradient descent from the fit
+    never ends above it, and from a fit stopped early (20 Adam steps, rank 1) it finds a lower
+    objective, with the gradient then nearer PSD (the optimality condition of a convex problem)."""
+    control = tiny(tok)
+    data = domain_data()
+    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    common = dict(after_target="base", benign_reference="base", distill=True, undo_lr=0.3, refine_steps=0,
+                  n_probes=0, n_benign=8, max_len=32, undo_metric="responses", undo_keep=0.3, undo_gauge=gauge,
+                  undo_floor_steps=60)
+    _, info = build_analytic(control, tok, data, data.update, victim,
+                             AnalyticSpec(extra_rank=1, left_rank=1, undo_steps=20, **common))
+    assert info["undo_floor.affine_error"] <= 1e-4
+    assert info["undo_floor.fit"] == pytest.approx(info["undo_residual_after_fit"] + 0.3 * info["keep_residual"],
+                                                   rel=1e-4)  # the fitted objective, in float64
+    assert info["undo_floor.floor"] < info["undo_floor.fit"] - 0.01  # an early-stopped fit leaves room
+    assert info["undo_floor.kkt_min_eig_fit"] < 0  # ... and the gradient says so
+    assert info["undo_floor.kkt_min_eig_floor"] > info["undo_floor.kkt_min_eig_fit"]
+    assert info["undo_floor.rank_q"] >= 1
+    with pytest.raises(ValueError, match="undo_floor_steps"):
+        AnalyticSpec(undo_floor_steps=5, after_target="base")

@@ -75,6 +75,7 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.align import scale_adapter
+from llm.constructions.undo_floor import hidden_move, undo_floor
 from llm.data.schema import DomainData, Example
 from llm.models import next_logits, response_loss, sequence_logprobs
 from llm.objectives import (
@@ -125,6 +126,8 @@ class AnalyticSpec:
     fisher_samples: int = 4  # tokens sampled per position from the target model for U
     undo_gauge: str = "none"  # none | layernorm | attention | all: gauge groups (gauge_spec) fitted with the undo
     gauge_lr: float = 0.01  # Adam lr of the gauge's log coordinates in that fit
+    undo_floor_steps: int = 0  # >0: after the undo fit, that many projected gradient steps on the hidden Gram
+    #                            matrices (llm.constructions.undo_floor): how far the fit is from the best this gauge allows
     n_probes: int = 200  # construct probes used (0: all)
     n_benign: int = 128  # align_benign examples in the post-step benign term
     ffn_pairs: int = 32  # pairs per MLP block (mechanism=ffn_pairs)
@@ -158,6 +161,8 @@ class AnalyticSpec:
             raise ValueError("construction.undo_gauge is fitted with the weight-space undo of the LoRA mechanism, "
                              "over every LoRA layer (a gauge moves them all): set undo_steps > 0, "
                              "mechanism=lora_preconditioner and modules=all")
+        if self.undo_floor_steps < 0 or (self.undo_floor_steps > 0 and self.undo_steps <= 0):
+            raise ValueError("construction.undo_floor_steps checks the weight-space undo fit: set undo_steps > 0")
         if self.undo_scale >= 1:
             raise ValueError(f"construction.undo_scale={self.undo_scale}: the step must move W to c·W with c < 1")
         if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target == "marker":
@@ -466,6 +471,19 @@ def keep_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor
                         / _energy((1 - scale) * before[n], moments[n]).clamp(min=1e-30) for n in before]).mean()
 
 
+def undo_objective(products: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
+                   moments: dict[str, torch.Tensor] | None, scale: float, outputs: dict[str, torch.Tensor] | None = None,
+                   keep_moments: dict[str, torch.Tensor] | None = None, keep: float = 0.0,
+                   again: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """What the weight-space undo minimises: :func:`undo_residual` plus ``keep`` × :func:`keep_residual`
+    on ``keep_moments`` (when given). ``again``: the products the keep term reads, where a caller builds
+    them separately (the order of float sums in the backward pass is part of what was published)."""
+    out = undo_residual(products, before, moments, scale, outputs)
+    if keep_moments is not None:
+        out = out + keep * keep_residual(products if again is None else again, before, keep_moments, scale)
+    return out
+
+
 def predicting_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``(B, T)``: the input positions whose next token is a response token (the last prompt token
     and every response token but the last), where a layer's input or output shapes a response."""
@@ -605,6 +623,36 @@ def fit_gauged_undo(model, layers: dict[str, LoraLayer], grads: dict[str, torch.
     return fit_undo(shapes, undo, spec, progress, logs), gspec, logs
 
 
+def check_undo_floor(extra: dict[str, torch.Tensor], post_params, products_after, grads: dict[str, torch.Tensor],
+                     back: dict[str, tuple[torch.Tensor, torch.Tensor]] | None, twin_layers: dict[str, LoraLayer],
+                     lr: float, before: dict[str, torch.Tensor], moments, outputs, keep_moments, spec: AnalyticSpec,
+                     progress: bool = False) -> dict[str, float]:
+    """:func:`llm.constructions.undo_floor.undo_floor` for the fitted hidden components ``extra``
+    (the gauge fixed as fitted): the undo objective in float64 as a function of the hidden Gram
+    matrices ``Q_h = A_hᵀA_h`` and ``P_h = B_hB_hᵀ``, from the fit's, plus ``affine_error``: how far
+    eq. (1) there (``W'₀`` + the linear part) is from the post-step products the fit itself computes
+    (relative, max over layers; float32 round-off)."""
+    def wide(mats):
+        return None if mats is None else {n: m.detach().double() for n, m in mats.items()}
+
+    q0 = {n: extra[n].detach().T @ extra[n].detach() for n in twin_layers}
+    p0 = {n: extra[f"{n}:left"].detach().T @ extra[f"{n}:left"].detach() for n in twin_layers if f"{n}:left" in extra}
+    move = hidden_move(grads, back, {n: layer.scaling["default"] for n, layer in twin_layers.items()}, lr)
+    with torch.no_grad():
+        constant = products_after(post_params({n: torch.zeros_like(a) for n, a in extra.items()}))
+        fitted = products_after(post_params(extra))
+        moved = move(p0, q0)
+    affine_error = max(float((constant[n] + moved[n] - fitted[n]).abs().max() / fitted[n].abs().max())
+                       for n in fitted)
+    before64, moments64, outputs64, keep64 = wide(before), wide(moments), wide(outputs), wide(keep_moments)
+
+    def objective(products: dict[str, torch.Tensor]) -> torch.Tensor:
+        return undo_objective(products, before64, moments64, spec.undo_scale, outputs64, keep64, spec.undo_keep)
+
+    return {**undo_floor(objective, constant, move, p0, q0, spec.undo_floor_steps, progress),
+            "affine_error": affine_error}
+
+
 def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData, update_examples: list[Example],
                    victim: UpdateSpec, spec: AnalyticSpec, progress: bool = False):
     """The hair-trigger twin of ``control`` (a peft LoRA model; never modified) and an info dict.
@@ -662,11 +710,8 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
 
     def moved_products(products: dict[str, torch.Tensor], again: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The weight-space objective: the undo residual, plus undo_keep × the benign move."""
-        out = residual(products)
-        if keep_moments is not None:
-            out = out + spec.undo_keep * keep_residual(products if again is None else again, products_before,
-                                                       keep_moments, spec.undo_scale)
-        return out
+        return undo_objective(products, products_before, moments, spec.undo_scale, out_moments, keep_moments,
+                              spec.undo_keep, again)
 
     k, k_left = spec.extra_rank, spec.left_rank
     shapes = {n: (k, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()}
@@ -743,6 +788,10 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
             post = post_params(extra)
             info["undo_residual_after_fit"] = float(residual(products_after(post)))
             info["target_loss_after_undo_fit"] = float(tloss(twin, post))
+        if spec.undo_floor_steps > 0:  # how far the factor fit is from the best this gauge allows
+            info |= {f"undo_floor.{key}": value for key, value in check_undo_floor(
+                extra, post_params, products_after, grads_upd, back, twin_layers, lr, products_before, moments,
+                out_moments, keep_moments, spec, progress).items()}
     else:
         # target-loss gradient at the (stepped) control, as a function of the effective weights
         grads_tgt = weight_gradients(base, None, layers, loss_fn=lambda m, _b, p: tloss(m, {**p, **stepped_old}))

@@ -1,0 +1,161 @@
+"""How far a fitted weight-space undo is from the best one SGD step can do, for a fixed gauge.
+
+The analytic twin's hidden LoRA components enter the victim's step only through their Gram
+matrices: with ``P_h = B_h B_hᵀ`` (the ``A = 0`` components) and ``Q_h = A_hᵀ A_h`` (the ``B = 0``
+ones), the adapter after one SGD step, read in the control's coordinates, is
+
+    ``W' = W'₀ − η s² R⁻¹ (P_h G̃ + G̃ Q_h) K⁻¹``                                    (1)
+
+(:mod:`llm.constructions.analytic`, module docstring): ``W'₀`` is the step without hidden
+components (the old components' own move and the ``η² s² G̃ W̃ᵀ G̃`` term, neither of which
+depends on them), ``G̃`` the victim's gradient in the twin's coordinates and ``(R, K)`` the
+gauge (identity without one). So ``W'`` is *affine* in ``(P_h, Q_h)``, and the undo objective
+(:func:`~llm.constructions.analytic.undo_residual` plus ``undo_keep`` ×
+:func:`~llm.constructions.analytic.keep_residual`, a convex quadratic of ``W'``) is a convex
+quadratic over the cone of positive semi-definite pairs — for any number of hidden components.
+
+``fit_undo`` minimises it over rank-``k`` factors with Adam (a Burer–Monteiro factorisation), which
+can stop above the global optimum, never below. :func:`undo_floor` starts from the fitted point
+and runs accelerated projected gradient descent on ``(P_h, Q_h)`` themselves (float64, eigenvalue
+clipping, backtracking, restarts), a descent method for a convex problem: it gives an upper bound on the floor that
+only goes down, and says how much the factor fit left on the table. At the optimum the gradient
+is itself positive semi-definite on each side (KKT; complementary slackness holds at any
+stationary point of the factor fit), so the most negative gradient eigenvalue, and the decrease the
+best rank-one addition ``P_h + t vvᵀ`` would still give (exact line search, the objective being
+quadratic in ``t``), measure how far from optimal a point is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Mats = dict[str, torch.Tensor]
+
+
+def hidden_move(grads: Mats, back: dict[str, tuple[torch.Tensor, torch.Tensor]] | None,
+                scalings: dict[str, float], lr: float) -> Callable[[Mats, Mats], Mats]:
+    """The linear part of eq. (1): ``(P_h, Q_h) ↦ −η s² R⁻¹ (P_h G̃ + G̃ Q_h) K⁻¹`` per layer, in the
+    dtype of the arguments. ``grads``: ``G̃`` per layer (the twin's coordinates); ``back``: per
+    layer ``(R⁻¹, K⁻¹)`` (None: no gauge). A layer missing from ``p`` or ``q`` has no such side."""
+    def move(p: Mats, q: Mats) -> Mats:
+        out = {}
+        for name, g in grads.items():
+            dtype = (p.get(name) if name in p else q[name]).dtype
+            g = g.to(dtype)
+            inner = sum(([p[name] @ g] if name in p else []) + ([g @ q[name]] if name in q else []))
+            if back is not None:
+                r_inv, k_inv = back[name]
+                inner = r_inv.to(dtype) @ inner @ k_inv.to(dtype)
+            out[name] = -lr * scalings[name] ** 2 * inner
+        return out
+
+    return move
+
+
+def _psd(m: torch.Tensor) -> torch.Tensor:
+    """The nearest positive semi-definite matrix (Frobenius): eigenvalues clipped at 0."""
+    values, vectors = torch.linalg.eigh((m + m.T) / 2)
+    return (vectors * values.clamp(min=0)) @ vectors.T
+
+
+def _best_rank_one_gain(objective: Callable[[Mats, Mats], torch.Tensor], p: Mats, q: Mats,
+                        grads: tuple[Mats, Mats], base: float) -> tuple[float, float]:
+    """Most negative eigenvalue of the gradient over every layer and side (≥ 0 at the optimum), and
+    the largest decrease one PSD rank-one addition ``t vvᵀ`` along such an eigenvector gives, with
+    ``t`` by exact line search (the objective is quadratic in ``t``: three evaluations fix it)."""
+    worst, gain = 0.0, 0.0
+    for side, (mats, grad) in enumerate(((p, grads[0]), (q, grads[1]))):
+        for name, g in grad.items():
+            values, vectors = torch.linalg.eigh((g + g.T) / 2)
+            worst = min(worst, float(values[0]))
+            if values[0] >= 0:
+                continue
+            v = vectors[:, :1]
+            step = float(mats[name].diagonal().abs().max().clamp(min=1.0))  # a probe length on P's scale
+
+            def at(t: float) -> float:
+                moved = {**mats, name: mats[name] + t * (v @ v.T)}
+                return float(objective(moved, q) if side == 0 else objective(p, moved))
+
+            f1, f2 = at(step), at(2 * step)
+            a = (f2 - 2 * f1 + base) / (2 * step ** 2)  # f(t) = base + b t + a t²
+            b = (f1 - base) / step - a * step
+            if a > 0 and b < 0:
+                gain = max(gain, b * b / (4 * a))
+    return worst, gain
+
+
+def undo_floor(objective_of_products: Callable[[Mats], torch.Tensor], constant: Mats,
+               move: Callable[[Mats, Mats], Mats], p0: Mats, q0: Mats, steps: int,
+               progress: bool = False) -> dict[str, float]:
+    """Accelerated projected gradient descent on ``objective(constant + move(P_h, Q_h))`` over PSD ``(P_h, Q_h)``
+    from ``(p0, q0)`` (the Gram matrices of the fitted components), in float64.
+
+    Returns ``fit`` (the objective at the start), ``floor`` (after ``steps`` descent steps: an upper
+    bound on the global minimum), ``kkt_min_eig_fit`` / ``kkt_min_eig_floor`` (most negative
+    gradient eigenvalue, relative to the largest gradient eigenvalue in absolute value at the fit),
+    ``rank_one_gain_fit`` / ``rank_one_gain_floor`` (what the best PSD rank-one addition would still
+    gain, relative to ``fit``) and ``rank_p`` / ``rank_q`` (the largest numerical rank at the floor)."""
+    const = {n: w.detach().double() for n, w in constant.items()}
+
+    def objective(p: Mats, q: Mats) -> torch.Tensor:
+        moved = move(p, q)
+        return objective_of_products({n: const[n] + moved[n] for n in const})
+
+    def value_and_grads(p: Mats, q: Mats) -> tuple[torch.Tensor, Mats, Mats]:
+        p = {n: m.detach().requires_grad_() for n, m in p.items()}
+        q = {n: m.detach().requires_grad_() for n, m in q.items()}
+        value = objective(p, q)
+        grads = torch.autograd.grad(value, [*p.values(), *q.values()])
+        gp, gq = dict(zip(p, grads[: len(p)])), dict(zip(q, grads[len(p):]))
+        return value.detach(), {n: (g + g.T) / 2 for n, g in gp.items()}, {n: (g + g.T) / 2 for n, g in gq.items()}
+
+    p = {n: m.detach().double() for n, m in p0.items()}
+    q = {n: m.detach().double() for n, m in q0.items()}
+    value, gp, gq = value_and_grads(p, q)
+    fit = float(value)
+    scale = max(float(torch.linalg.eigvalsh(g).abs().max()) for g in (*gp.values(), *gq.values()))
+    worst_fit, gain_fit = _best_rank_one_gain(objective, p, q, (gp, gq), fit)
+    sizes = [float(m.norm()) for m in (*p.values(), *q.values())]
+    step = 1e-3 * max(sizes) / max(scale, 1e-30)  # adjusted by backtracking below
+    # accelerated projected gradient (FISTA, Beck & Teboulle 2009) from the fit, restarted whenever a
+    # step would raise the objective, so that (p, q) only ever improves: y is the extrapolated point
+    yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
+    for it in range(steps):
+        while True:
+            p_new = {n: _psd(m - step * ygp[n]) for n, m in yp.items()}
+            q_new = {n: _psd(m - step * ygq[n]) for n, m in yq.items()}
+            with torch.no_grad():
+                new = float(objective(p_new, q_new))
+            bound = float(y_value) + sum(float(((new_m - yp[n]) * ygp[n]).sum() + ((new_m - yp[n]) ** 2).sum()
+                                               / (2 * step)) for n, new_m in p_new.items()) \
+                + sum(float(((new_m - yq[n]) * ygq[n]).sum() + ((new_m - yq[n]) ** 2).sum() / (2 * step))
+                      for n, new_m in q_new.items())
+            if new <= bound + 1e-12 * abs(float(y_value)) or step < 1e-30:
+                break  # the sufficient-decrease test of the projected gradient step (ibid., §3)
+            step /= 2
+        if new > float(value):  # restart the momentum from the best point
+            yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
+            continue
+        following = (1 + (1 + 4 * momentum ** 2) ** 0.5) / 2
+        beta = (momentum - 1) / following
+        yp = {n: m + beta * (m - p[n]) for n, m in p_new.items()}
+        yq = {n: m + beta * (m - q[n]) for n, m in q_new.items()}
+        p, q, momentum = p_new, q_new, following
+        value, gp, gq = value_and_grads(p, q)
+        y_value, ygp, ygq = value_and_grads(yp, yq) if beta > 0 else (value, gp, gq)
+        step *= 1.5
+        if progress and it % 50 == 0:
+            print(f"undo floor {it}: {float(value):.5f} (fit {fit:.5f})", flush=True)
+    worst, gain = _best_rank_one_gain(objective, p, q, (gp, gq), float(value))
+
+    def rank(m: torch.Tensor) -> int:
+        values = torch.linalg.eigvalsh(m)
+        return int((values > 1e-8 * values.abs().max().clamp(min=1e-30)).sum())
+
+    return {"fit": fit, "floor": float(value), "kkt_min_eig_fit": worst_fit / scale, "kkt_min_eig_floor": worst / scale,
+            "rank_one_gain_fit": gain_fit / fit, "rank_one_gain_floor": gain / fit,
+            "rank_p": float(max((rank(m) for m in p.values()), default=0)),
+            "rank_q": float(max((rank(m) for m in q.values()), default=0))}
