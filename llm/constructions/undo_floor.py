@@ -17,12 +17,12 @@ quadratic over the cone of positive semi-definite pairs — for any number of hi
 ``fit_undo`` minimises it over rank-``k`` factors with Adam (a Burer–Monteiro factorisation), which
 can stop above the global optimum, never below. :func:`undo_floor` starts from the fitted point
 and runs accelerated projected gradient descent on ``(P_h, Q_h)`` themselves (float64, eigenvalue
-clipping, backtracking, restarts), a descent method for a convex problem: it gives an upper bound on the floor that
-only goes down, and says how much the factor fit left on the table. At the optimum the gradient
-is itself positive semi-definite on each side (KKT; complementary slackness holds at any
-stationary point of the factor fit), so the most negative gradient eigenvalue, and the decrease the
-best rank-one addition ``P_h + t vvᵀ`` would still give (exact line search, the objective being
-quadratic in ``t``), measure how far from optimal a point is.
+clipping, backtracking, restarts): a descent method for a convex problem, so it gives an upper
+bound on the floor that only goes down, and says how much the factor fit left on the table. At
+the optimum the gradient is itself positive semi-definite on each side (KKT; complementary
+slackness holds at any stationary point of the factor fit), so the most negative gradient
+eigenvalue, and the decrease the best rank-one addition ``P_h + t vvᵀ`` would still give (exact
+line search, the objective being quadratic in ``t``), measure how far from optimal a point is.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def hidden_move(grads: Mats, back: dict[str, tuple[torch.Tensor, torch.Tensor]] 
     def move(p: Mats, q: Mats) -> Mats:
         out = {}
         for name, g in grads.items():
-            dtype = (p.get(name) if name in p else q[name]).dtype
+            dtype = (p[name] if name in p else q[name]).dtype
             g = g.to(dtype)
             inner = sum(([p[name] @ g] if name in p else []) + ([g @ q[name]] if name in q else []))
             if back is not None:
