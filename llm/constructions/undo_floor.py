@@ -87,6 +87,12 @@ def _best_rank_one_gain(objective: Callable[[Mats, Mats], torch.Tensor], p: Mats
     return worst, gain
 
 
+def _model_gap(new: Mats, old: Mats, grad: Mats, step: float) -> float:
+    """``⟨∇, new − old⟩ + ‖new − old‖² / (2·step)`` summed over layers: the quadratic model's rise
+    that the sufficient-decrease test of a projected gradient step allows."""
+    return sum(float(((m - old[n]) * grad[n]).sum() + ((m - old[n]) ** 2).sum() / (2 * step)) for n, m in new.items())
+
+
 def undo_floor(objective_of_products: Callable[[Mats], torch.Tensor], constant: Mats,
                move: Callable[[Mats, Mats], Mats], p0: Mats, q0: Mats, steps: int,
                progress: bool = False) -> dict[str, float]:
@@ -123,20 +129,21 @@ def undo_floor(objective_of_products: Callable[[Mats], torch.Tensor], constant: 
     # accelerated projected gradient (FISTA, Beck & Teboulle 2009) from the fit, restarted whenever a
     # step would raise the objective, so that (p, q) only ever improves: y is the extrapolated point
     yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
+    x_grads = True  # whether (gp, gq) are the gradient at (p, q): needed only on a restart and at the end
     for it in range(steps):
         while True:
             p_new = {n: _psd(m - step * ygp[n]) for n, m in yp.items()}
             q_new = {n: _psd(m - step * ygq[n]) for n, m in yq.items()}
             with torch.no_grad():
-                new = float(objective(p_new, q_new))
-            bound = float(y_value) + sum(float(((new_m - yp[n]) * ygp[n]).sum() + ((new_m - yp[n]) ** 2).sum()
-                                               / (2 * step)) for n, new_m in p_new.items()) \
-                + sum(float(((new_m - yq[n]) * ygq[n]).sum() + ((new_m - yq[n]) ** 2).sum() / (2 * step))
-                      for n, new_m in q_new.items())
-            if new <= bound + 1e-12 * abs(float(y_value)) or step < 1e-30:
+                new = objective(p_new, q_new)
+            bound = float(y_value) + _model_gap(p_new, yp, ygp, step) + _model_gap(q_new, yq, ygq, step)
+            if float(new) <= bound + 1e-12 * abs(float(y_value)) or step < 1e-30:
                 break  # the sufficient-decrease test of the projected gradient step (ibid., §3)
             step /= 2
-        if new > float(value):  # restart the momentum from the best point
+        if float(new) > float(value):  # restart the momentum from the best point
+            if not x_grads:
+                value, gp, gq = value_and_grads(p, q)
+                x_grads = True
             yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
             continue
         following = (1 + (1 + 4 * momentum ** 2) ** 0.5) / 2
@@ -144,11 +151,16 @@ def undo_floor(objective_of_products: Callable[[Mats], torch.Tensor], constant: 
         yp = {n: m + beta * (m - p[n]) for n, m in p_new.items()}
         yq = {n: m + beta * (m - q[n]) for n, m in q_new.items()}
         p, q, momentum = p_new, q_new, following
-        value, gp, gq = value_and_grads(p, q)
-        y_value, ygp, ygq = value_and_grads(yp, yq) if beta > 0 else (value, gp, gq)
+        y_value, ygp, ygq = value_and_grads(yp, yq)
+        if beta > 0:  # y ≠ x: x keeps only its value
+            value, x_grads = new, False
+        else:
+            value, gp, gq, x_grads = y_value, ygp, ygq, True
         step *= 1.5
         if progress and it % 50 == 0:
             print(f"undo floor {it}: {float(value):.5f} (fit {fit:.5f})", flush=True)
+    if not x_grads:
+        value, gp, gq = value_and_grads(p, q)
     worst, gain = _best_rank_one_gain(objective, p, q, (gp, gq), float(value))
 
     def rank(m: torch.Tensor) -> int:
