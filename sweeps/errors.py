@@ -1,0 +1,23 @@
+"""The two ways a run refuses to produce a result, each reported by ``python -m APP`` in one line.
+
+* :class:`ConfigError`: a setting is invalid (bad type, non-finite or out-of-range value, an index
+  beyond a data split). Raised at start-up, before any model is trained; the message names the key.
+* :class:`NonFiniteError`: weights, losses or logits became NaN or infinite. Raised by the stage
+  that saw it (construction, update, evaluation, ...); a broken model is never written as a result.
+"""
+
+
+class ConfigError(ValueError):
+    """An invalid setting. ``str(error)`` starts with the dotted config key, e.g. ``update.lr: ...``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class NonFiniteError(RuntimeError):
+    """Non-finite numbers in a run. ``str(error)`` starts with the stage, e.g. ``update: ...``."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        self.stage = stage
+        super().__init__(f"{stage}: {message}")
