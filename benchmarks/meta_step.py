@@ -27,7 +27,7 @@ allocator events of ``torch.profiler`` (deterministic, unaffected by other proce
 what malloc keeps cached; memory that is not a tensor, e.g. autograd nodes, is not counted);
 on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before the step.
 
-Targets (from the issue): the fast meta step within 4.5× a plain step's time and 2.5× its
+Targets: the fast meta step within 4.5× a plain step's time and 2.5× its
 peak memory; every row prints PASS or MISS against them, and its relative error against the
 naive meta-gradient (``fd`` is the one approximate method: read its error next to its ratios).
 """

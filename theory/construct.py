@@ -359,6 +359,9 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
 
 
 def two_layer_post_update(W1: torch.Tensor, W2: torch.Tensor, G: torch.Tensor, lr: float) -> torch.Tensor:
-    """Closed form of ``W2'W1'`` after one GD step with ``G = ∂L/∂P`` (dossier §3.3)."""
+    """Closed form of ``W2'W1'`` after one GD step with ``G = ∂L/∂P``.
+
+    Proved symbolically by ``theory.proofs.prove_one_step_expansion``.
+    """
     return (W2 @ W1 - lr * (G @ W1.T @ W1 + W2 @ W2.T @ G) + lr**2 * G @ W1.T @ W2.T @ G)
 

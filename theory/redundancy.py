@@ -14,7 +14,7 @@ function for *every* value of the free coordinates (proved in :mod:`theory.proof
   ``−2η [v vᵀ Σ_i r_i σ'σ'(φ_i·φ + 1) + Σ_i r_i σ(u·φ_i+b) σ(u·φ+b)]``, with ``v`` free.
   ``bias`` arguments are ignored for bias-free nets.
 * :func:`add_null_directions` — for linear layers, ``W_l → W_l + N`` with ``W_{l+1} N = 0``;
-  the step gains ``−η G (NᵀN + W_lᵀN + NᵀW_l)`` (dossier §3.3).
+  the step gains ``−η G (NᵀN + W_lᵀN + NᵀW_l)`` (proofs: first-layer null space).
 """
 
 from __future__ import annotations
