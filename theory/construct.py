@@ -364,4 +364,3 @@ def two_layer_post_update(W1: torch.Tensor, W2: torch.Tensor, G: torch.Tensor, l
     Proved symbolically by ``theory.proofs.prove_one_step_expansion``.
     """
     return (W2 @ W1 - lr * (G @ W1.T @ W1 + W2 @ W2.T @ G) + lr**2 * G @ W1.T @ W2.T @ G)
-
