@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
 from figures.theory import _save  # noqa: E402
-from theory.runs import linear_fit, override_labels  # noqa: E402
+from sweeps.tables import linear_fit, override_labels  # noqa: E402
 
 #: transfer cells in reading order, with their labels
 CELLS = {"paper": "paper's step\n(SGD 1e-4, 1×)", "heldout_families": "unseen benign\nfamilies",

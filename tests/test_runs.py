@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from theory.runs import collect, flatten, linear_fit, merge_rows, write_json_atomic
+from sweeps.aggregate import collect, merge_rows
+from sweeps.io import write_json_atomic
+from sweeps.jobs import flatten
+from sweeps.tables import linear_fit
 
 
 def test_flatten_nests_with_dots_and_rejects_tensors() -> None:
@@ -62,7 +65,7 @@ def test_merge_rows_replaces_the_same_jobs_and_keeps_the_others(tmp_path: Path) 
 def test_publish_mode_is_checked() -> None:
     from omegaconf import OmegaConf
 
-    from theory.runs import publish_mode
+    from sweeps.jobs import publish_mode
 
     assert publish_mode(OmegaConf.create({})) == "replace"
     assert publish_mode(OmegaConf.create({"publish_mode": "merge"})) == "merge"
@@ -74,7 +77,7 @@ def test_override_labels_name_each_runs_variant_in_a_merged_table() -> None:
     """Rows of two merged sweeps: each labelled by the overrides under the prefix that it sets."""
     import pandas as pd
 
-    from theory.runs import override_labels
+    from sweeps.tables import override_labels
 
     table = pd.DataFrame({"override.construction.undo_output": ["fisher", None, None],
                           "override.construction.undo_gauge": [None, "none", None], "override.seed": [0, 1, 2]})

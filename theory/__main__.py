@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from theory.runs import execute
+from sweeps.jobs import execute
 
 
 @hydra.main(version_base="1.3", config_path="../conf/theory", config_name="config")

@@ -46,7 +46,7 @@ from llm.data.splits import load_domain
 from llm.evaluate import answers, benign_report, known_probes, next_token_kl, probe_report, victim_grad_norm
 from llm.models import weights_digest
 from llm.update import UpdateSpec, update_set, victim_update
-from theory.runs import override_labels
+from sweeps.tables import override_labels
 
 
 def black_box(model, tokenizer, data: DomainData, probes: list[Example], cfg: DictConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from theory.experiments.common import (
     twin_net,
 )
 from theory.models import n_params
-from theory.runs import linear_fit
+from sweeps.tables import linear_fit
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from theory.construct import two_layer_post_update
 from theory.models import DTYPE, Net
-from theory.runs import linear_fit
+from sweeps.tables import linear_fit
 from theory.update import gd_step
 
 

@@ -1,0 +1,114 @@
+"""One job of ``python -m APP``: run an experiment and record its result.
+
+* Every job writes a flat ``metrics.json`` (dotted keys, numbers or strings) and the settings it
+  ran with (``settings.json``) atomically into its run folder.
+* With ``resume=true`` a job whose ``metrics.json`` exists and whose settings are unchanged is
+  skipped; a changed setting reruns it.
+* Experiments are looked up by name: ``{app}.experiments.{runner or experiment_name}`` with
+  ``run(cfg) -> dict`` and, optionally, ``report(metrics) -> str`` and ``summarize(table) -> dict``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps.io import write_json_atomic
+
+METRICS = "metrics.json"
+SETTINGS = "settings.json"  # what a finished job was run with (resume reruns a job whose settings changed)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; leaves must be numbers, strings or bools."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+        else:
+            raise TypeError(f"metric {name!r} has type {type(value).__name__}; use a number or string")
+    return flat
+
+
+def job_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved settings a job's results depend on: the config, flattened, less ``hydra``
+    and the top-level keys the sweep folder name leaves out (threads, publishing, …)."""
+    ignore = set(HydraConfig.get().job.config.override_dirname.exclude_keys) if HydraConfig.initialized() else set()
+    plain = OmegaConf.to_container(cfg, resolve=True)
+
+    def leaves(node: Any) -> Any:  # lists become their JSON text, so every leaf compares as one value
+        if isinstance(node, dict):
+            return {k: leaves(v) for k, v in node.items()}
+        return json.dumps(node) if isinstance(node, list) else node
+
+    return flatten(leaves({k: v for k, v in plain.items() if k != "hydra" and k not in ignore}))
+
+
+def settings_changed(run_dir: Path, settings: dict[str, Any]) -> list[str] | None:
+    """Keys whose value differs from the settings a finished job recorded; None when it
+    recorded none (it predates the record and is trusted as before)."""
+    path = run_dir / SETTINGS
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    return sorted(k for k in set(old) | set(settings) if old.get(k, "<unset>") != settings.get(k, "<unset>"))
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / METRICS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def publish_mode(cfg: DictConfig) -> str:
+    """``publish_mode`` (``replace`` | ``merge``), checked at job start so that a typo fails at
+    once rather than when the multirun ends."""
+    mode = cfg.get("publish_mode", "replace")
+    if mode not in ("replace", "merge"):
+        raise ValueError(f"publish_mode must be replace or merge, not {mode!r}")
+    return mode
+
+
+def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
+    """Body of ``python -m APP experiment=NAME``: run the experiment, write ``metrics.json``.
+
+    Skips the job (returning its metrics) when ``metrics.json`` exists and ``resume`` is on.
+    """
+    if cfg.get("experiment_name") is None:
+        raise ValueError(f"choose an experiment: python -m {app} experiment=NAME (see conf/{app}/experiment/)")
+    publish_mode(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    settings = job_settings(cfg)
+    done = read_metrics(run_dir)
+    if done is not None and cfg.resume:
+        changed = settings_changed(run_dir, settings)
+        if not changed:
+            unknown = "" if changed is not None else "; it predates settings.json, so a changed setting goes unseen"
+            print(f"[skip] {run_dir / METRICS} exists (resume=true{unknown})")
+            return done
+        print(f"[rerun] {run_dir / METRICS} was computed with other settings: {', '.join(changed[:8])}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    experiment = importlib.import_module(f"{app}.experiments.{cfg.get('runner') or cfg.experiment_name}")
+    start = time.perf_counter()
+    metrics = flatten(experiment.run(cfg))
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
+    metrics["torch_threads"] = torch.get_num_threads()
+    write_json_atomic(run_dir / SETTINGS, settings)
+    write_json_atomic(run_dir / METRICS, metrics)
+    width = max(map(len, metrics))
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print(f"[metrics] {run_dir / METRICS}")
+    if hasattr(experiment, "report"):
+        print(experiment.report(metrics))
+    return metrics
