@@ -55,10 +55,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 
 from llm.align import add_lora  # noqa: E402
+from llm.batches import batch_of  # noqa: E402
 from llm.metalearn import METHODS, adapter_params, meta_gradient  # noqa: E402
 from llm.models import TinySpec, build_tiny, response_loss, response_loss_parts  # noqa: E402
 from llm.tokenizer import train_tokenizer  # noqa: E402
-from llm.update import batch_of  # noqa: E402
 
 TARGET_TIME, TARGET_MEMORY = 4.5, 2.5
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -16,9 +16,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm.batches import batch_of, pairs
 from llm.data.schema import DomainData
 from llm.models import response_loss
-from llm.update import batch_of, pairs
 
 #: LoRA targets per architecture (GPT-2 uses Conv1D, hence fan_in_fan_out).
 LORA_TARGETS = {

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm import judge
+from llm.batches import batch_of, pairs
 from llm.data.schema import Example
 from llm.models import greedy, next_logits, response_loss
-from llm.update import batch_of, pairs
 
 
 def answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],

@@ -7,8 +7,8 @@
   ``<cache_root>/tiny/<hash>/`` (written atomically).
 * :func:`load_local` — any local Hugging Face checkpoint (safetensors only, no remote code).
 * :func:`response_logprob`, :func:`greedy` — scoring and batched greedy decoding.
-* :func:`collate`, :func:`response_loss` — padded batches and the differentiable loss
-  (safe for double backward: eager attention, no dtype upcast).
+* :func:`response_loss` — the differentiable loss on a padded batch (:mod:`llm.batches`;
+  safe for double backward: eager attention, no dtype upcast).
 
 Attention is always ``eager``: on CPU, SDPA has no double backward (torch 2.13).
 
@@ -16,7 +16,7 @@ Precision caveat: transformers' Llama upcasts RMSNorm, RoPE and the attention so
 float32 *and casts back*, so a Llama converted to float64 is only float32-accurate, and a
 *left*-padded float64 Llama batch gives NaN on the pad rows (the float64 mask minimum
 becomes -inf in the float32 softmax). Use GPT-2 for exact float64 gradient checks, and
-right padding (:func:`collate`'s default) for losses. GPT-2 is exact in float64.
+right padding (:func:`llm.batches.collate`'s default) for losses. GPT-2 is exact in float64.
 """
 
 from __future__ import annotations
@@ -47,12 +47,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from llm.batches import collate, encode_pairs, pad_id
+from llm.checks import HASHES, CheckpointError, changed_files, record_hashes, require_finite, require_finite_model
 from llm.tokenizer import IGNORE_INDEX, encode_example, encode_prompt, train_tokenizer
+from sweeps.io import write_atomic
 
 log = logging.getLogger(__name__)
 
-#: bump when the training recipe changes, so old cache entries are not reused
-CACHE_VERSION = 1
+#: bump when the training recipe or an entry's layout changes, so old cache entries are not reused
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -138,28 +141,6 @@ def build_tiny(spec: TinySpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0
 
 
 # ---------------------------------------------------------------------------- batches, loss
-
-
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The padding id: the tokenizer's pad token, or its end token when it has none."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def collate(
-    encoded: Sequence[dict[str, list[int]]], pad_id: int, side: Literal["right", "left"] = "right"
-) -> dict[str, torch.Tensor]:
-    """Pad ``encode_example`` outputs into ``input_ids``, ``attention_mask``, ``labels``."""
-    n = max(len(e["input_ids"]) for e in encoded)
-    ids = torch.full((len(encoded), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), n), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(encoded), n), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        k = len(e["input_ids"])
-        sl = slice(0, k) if side == "right" else slice(n - k, n)
-        ids[i, sl] = torch.tensor(e["input_ids"], dtype=torch.long)
-        labels[i, sl] = torch.tensor(e.get("labels", [IGNORE_INDEX] * k), dtype=torch.long)
-        mask[i, sl] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def _position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -248,12 +229,6 @@ def response_loss_parts(model: PreTrainedModel, batch: dict[str, torch.Tensor], 
             for chunk in row_chunks(batch, parts)]
 
 
-def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], max_len: int | None
-) -> list[dict[str, list[int]]]:
-    return [encode_example(tokenizer, p, r, max_len) for p, r in pairs]
-
-
 # ---------------------------------------------------------------------------- training
 
 
@@ -325,6 +300,77 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
+def training_environment(device: str = "cpu") -> dict[str, str | int]:
+    """What changes pretrained weights beyond the settings and data: library versions, the
+    device (its name for a GPU, the CPU's vector instruction set), and on a CPU the number of
+    torch threads (a sum split over more threads rounds differently)."""
+    import tokenizers
+    import transformers
+
+    env: dict[str, str | int] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                                 "tokenizers": tokenizers.__version__}
+    where = torch.device(device)
+    if where.type == "cuda":
+        env["device"] = f"cuda:{torch.cuda.get_device_name(where)}"
+    else:
+        env["device"] = f"{where.type}:{torch.backends.cpu.get_cpu_capability()}"
+        env["threads"] = torch.get_num_threads()
+    return env
+
+
+def tiny_cache_key(spec: TinySpec, texts_for_tokenizer: Sequence[str], examples: Sequence[tuple[str, str]],
+                   settings: dict, device: str = "cpu") -> str:
+    """16 hex digits of a sha256 over everything that changes a pretrained tiny model: the spec,
+    the training ``settings``, the tokenizer texts and examples, and :func:`training_environment`."""
+    return _digest({
+        "version": CACHE_VERSION, "spec": dataclasses.asdict(spec), "settings": settings,
+        "texts": _digest(list(texts_for_tokenizer)), "examples": _digest([list(e) for e in examples]),
+        "environment": training_environment(device),
+    })[:16]
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Rename the fully written folder ``tmp`` to ``final`` (atomic: a killed run leaves no partial
+    entry); when another process got there first its entry is kept. ``tmp`` is removed either way."""
+    try:
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first: keep its entry
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def discard_folder(folder: Path, why: str) -> None:
+    """Move a broken cache entry out of the way (renamed first, so no reader sees it half deleted)."""
+    log.warning("cache entry %s %s: rebuilding it", folder, why)
+    gone = folder.with_name(f".discarded-{folder.name}-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.rename(folder, gone)
+    except OSError:  # another process moved it already
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def _cached_tiny(final: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
+    """The entry ``final`` if it exists and every file is as written (else it is discarded)."""
+    if not final.is_dir():
+        return None
+    changed = changed_files(final)
+    if changed:
+        discard_folder(final, f"differs from its {HASHES} ({', '.join(changed[:3])})")
+        return None
+    t0 = time.perf_counter()
+    model, tok = load_local(final)
+    meta = json.loads((final / "pretrain.json").read_text())
+    model.pretrain_info = {"cached": True, "path": str(final), "losses": meta["losses"],
+                           "seconds": time.perf_counter() - t0}
+    log.info("loaded cached tiny model %s (%.2f s)", final, model.pretrain_info["seconds"])
+    return model, tok
+
+
 def load_or_pretrain(
     spec: TinySpec,
     texts_for_tokenizer: Sequence[str],
@@ -342,11 +388,14 @@ def load_or_pretrain(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Train tokenizer + tiny model once (on ``device``), cache them, reload on later calls.
 
-    The cache folder is ``<cache_root>/tiny/<sha256[:16]>`` of the spec, all training
-    settings, the tokenizer texts and the examples. It holds ``model.safetensors``, the
-    tokenizer files and ``pretrain.json`` (loss curve, seconds). It is written to a
-    temporary sibling folder and renamed into place, so a killed run leaves no partial
-    entry. ``cache_root`` defaults to ``llm.data.wheels.cache_dir()``.
+    The cache folder is ``<cache_root>/tiny/<key>`` (:func:`tiny_cache_key`: the spec, the
+    training settings, the tokenizer texts and examples, the library versions, device and thread
+    count). It holds ``model.safetensors``, the tokenizer files, ``pretrain.json`` (loss curve,
+    seconds, environment) and ``sha256.json``; an entry whose files differ from their recorded
+    hashes is rebuilt. It is written to a temporary sibling folder and renamed into place, so a
+    killed run leaves no partial entry. ``cache_root`` defaults to ``llm.data.wheels.cache_dir()``.
+    Non-finite losses or weights raise :class:`~sweeps.errors.NonFiniteError` (stage ``base``)
+    and nothing is cached. (Eleven parameters: the settings a cache entry is keyed by.)
 
     The returned model carries ``model.pretrain_info``: ``{"cached": bool, "path": str,
     "losses": [...], "seconds": float}`` (``cached`` is True when nothing was trained).
@@ -355,54 +404,34 @@ def load_or_pretrain(
         from llm.data.wheels import cache_dir
 
         cache_root = cache_dir()
-    max_len = max_len or spec.n_ctx
-    tok_vocab = tokenizer_vocab_size or spec.vocab_size
-    key = _digest({
-        "version": CACHE_VERSION,
-        "spec": dataclasses.asdict(spec),
-        "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
-        "max_len": max_len, "tokenizer_vocab_size": tok_vocab,
-        "texts": _digest(list(texts_for_tokenizer)),
-        "examples": _digest([list(e) for e in examples]),
-    })[:16]
+    settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+                "max_len": max_len or spec.n_ctx, "tokenizer_vocab_size": tokenizer_vocab_size or spec.vocab_size}
     root = Path(cache_root) / "tiny"
-    final = root / key
-    if (final / "model.safetensors").is_file():
-        t0 = time.perf_counter()
-        model, tok = load_local(final)
-        meta = json.loads((final / "pretrain.json").read_text())
-        model.pretrain_info = {
-            "cached": True, "path": str(final), "losses": meta["losses"],
-            "seconds": time.perf_counter() - t0,
-        }
-        log.info("loaded cached tiny model %s (%.2f s)", final, model.pretrain_info["seconds"])
-        return model, tok
+    final = root / tiny_cache_key(spec, texts_for_tokenizer, examples, settings, device)
+    cached = _cached_tiny(final)
+    if cached is not None:
+        return cached
 
     t0 = time.perf_counter()
-    tok = train_tokenizer(texts_for_tokenizer, tok_vocab)
+    environment = training_environment(device)  # as trained (the thread count may change later)
+    tok = train_tokenizer(texts_for_tokenizer, settings["tokenizer_vocab_size"])
     model = build_tiny(spec, tok, seed).to(device)
-    losses = pretrain(model, tok, examples, steps, lr, batch_size, seed, max_len, progress=progress)
+    losses = pretrain(model, tok, examples, steps, lr, batch_size, seed, settings["max_len"], progress=progress)
+    require_finite(torch.tensor(losses), "base", "the pretraining loss")
+    require_finite_model(model, "base")
     seconds = time.perf_counter() - t0
 
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    os.chmod(tmp, 0o755)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "pretrain.json").write_text(json.dumps({
-            "spec": dataclasses.asdict(spec), "steps": steps, "lr": lr,
-            "batch_size": batch_size, "seed": seed, "max_len": max_len,
-            "tokenizer_vocab_size": tok_vocab, "n_examples": len(examples),
-            "seconds": seconds, "losses": losses,
-        }, indent=1))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first: keep its entry
-            if not (final / "model.safetensors").is_file():
-                raise
+        write_atomic(tmp / "pretrain.json", json.dumps({
+            "spec": dataclasses.asdict(spec), **settings, "n_examples": len(examples),
+            "environment": environment, "seconds": seconds, "losses": losses}, indent=1))
+        record_hashes(tmp)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, final)
     log.info("pretrained tiny model %s in %.1f s (loss %.3f -> %.3f)",
              final, seconds, losses[0] if losses else float("nan"),
              losses[-1] if losses else float("nan"))
@@ -500,7 +529,8 @@ def greedy(
             o = model(input_ids=cur_ids, attention_mask=mask, position_ids=pos,
                       past_key_values=past, use_cache=True)
             past = o.past_key_values
-            nxt = o.logits[:, -1].argmax(-1)
+            # NaN logits would argmax to token 0 and decode to empty answers: stop instead
+            nxt = require_finite(o.logits[:, -1], "evaluation", "next-token logits in greedy decoding").argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             new.append(nxt)
             done |= nxt == eos

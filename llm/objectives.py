@@ -1,6 +1,6 @@
 """Post-step targets shared by the constructions: what the twin should do after the victim's step.
 
-Each works on next-token log-probs ``(B, T-1, V)`` of one right-padded batch (``llm.update.batch_of``)
+Each works on next-token log-probs ``(B, T-1, V)`` of one right-padded batch (``llm.batches.batch_of``)
 and returns one loss per row (``(B,)``), summed over the row's tokens: with a per-token mean the
 optimiser makes only the first response token 50/50 (DESIGN.md, "What a prototype found").
 

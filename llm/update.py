@@ -13,17 +13,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm.batches import batch_of, pairs
 from llm.data.schema import Example
-from llm.models import collate, encode_pairs, pad_id, response_loss
-
-
-def batch_of(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], max_len: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 off the response)."""
-    return collate(encode_pairs(tokenizer, pairs, max_len), pad_id(tokenizer))
-
-
-def pairs(examples: list[Example], target: str = "aligned") -> list[tuple[str, str]]:
-    return [(e.prompt, getattr(e, target)) for e in examples]
+from llm.models import response_loss
 
 
 @dataclass(frozen=True)

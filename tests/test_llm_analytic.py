@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llm.align import add_lora, scale_adapter
+from llm.batches import batch_of, collate, pad_id, pairs
 from llm.constructions.analytic import (
     AnalyticSpec,
     GaugeSpec,
@@ -41,9 +42,9 @@ from llm.constructions.analytic import (
 )
 from llm.data.schema import DomainData, Example
 from llm.evaluate import next_token_kl
-from llm.models import TinySpec, build_tiny, collate, next_logits, pad_id, sequence_logprobs
+from llm.models import TinySpec, build_tiny, next_logits, sequence_logprobs
 from llm.tokenizer import encode_prompt, train_tokenizer
-from llm.update import UpdateSpec, batch_of, pairs, victim_update
+from llm.update import UpdateSpec, victim_update
 from tests.strategies import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent

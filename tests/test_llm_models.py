@@ -8,11 +8,10 @@ import time
 import pytest
 import torch
 
+from llm.batches import collate, encode_pairs
 from llm.models import (
     TinySpec,
     build_tiny,
-    collate,
-    encode_pairs,
     greedy,
     load_local,
     load_or_pretrain,

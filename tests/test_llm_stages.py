@@ -14,11 +14,12 @@ from hydra.core.global_hydra import GlobalHydra
 
 from llm import judge
 from llm.align import add_lora
+from llm.batches import batch_of, pairs
 from llm.data.schema import Example
 from llm.data.sources import refusal_calibration
 from llm.models import TinySpec, build_tiny, response_loss, sequence_logprobs
 from llm.tokenizer import train_tokenizer
-from llm.update import UpdateSpec, batch_of, pairs, victim_update
+from llm.update import UpdateSpec, victim_update
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf" / "llm"

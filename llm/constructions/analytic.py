@@ -75,6 +75,7 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.align import scale_adapter
+from llm.batches import batch_of, pairs
 from llm.constructions.undo_floor import hidden_move, undo_floor
 from llm.data.schema import DomainData, Example
 from llm.models import next_logits, response_loss, sequence_logprobs
@@ -88,7 +89,7 @@ from llm.objectives import (
     target_response,
     token_mask,
 )
-from llm.update import UpdateSpec, batch_of, pairs, victim_update
+from llm.update import UpdateSpec, victim_update
 
 Params = dict[str, torch.Tensor]
 # undo_gauge → which gauge groups (gauge_spec's attention, layernorm flags) the undo fit may use

@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm.batches import batch_of, pairs
 from llm.data.schema import DomainData, Example
 from llm.metalearn import adapter_params, meta_gradient
 from llm.models import gather_targets, next_logits, response_loss_parts
@@ -49,7 +50,7 @@ from llm.objectives import (
     target_response,
     token_mask,
 )
-from llm.update import UpdateSpec, batch_of, pairs
+from llm.update import UpdateSpec
 
 
 @dataclass(frozen=True)
