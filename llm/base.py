@@ -13,11 +13,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm.checks import CheckpointError, require_finite_model
 from llm.data.schema import DomainData
 from llm.data.splits import load_domain, normalise
 from llm.data.synthetic import benign_families
 from llm.data.wheels import cache_dir
 from llm.models import TinySpec, load_local, load_or_pretrain
+from sweeps.errors import ConfigError
 
 DOMAINS = ("safety", "privacy", "honesty")
 
@@ -42,8 +44,16 @@ def pretraining_pairs(domains: list[DomainData], seed: int) -> list[tuple[str, s
 
 
 def load_base(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    model, tokenizer = _load(cfg)
-    return model.to(cfg.get("device") or "cpu"), tokenizer
+    """The base model of ``cfg.model`` on ``cfg.device``, its weights checked finite (stage ``base``).
+    A ``local`` checkpoint that is missing, incomplete or not safetensors is a
+    :class:`~sweeps.errors.ConfigError` on ``model.path``."""
+    try:
+        model, tokenizer = _load(cfg)
+    except (CheckpointError, FileNotFoundError) as error:
+        if cfg.model.kind != "local":
+            raise
+        raise ConfigError("model.path", str(error)) from None
+    return require_finite_model(model, "base").to(cfg.get("device") or "cpu"), tokenizer
 
 
 def _load(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -4,8 +4,9 @@
   ``LlamaForCausalLM`` (float32, eager attention, dropout 0, tied embeddings).
 * :func:`pretrain` — AdamW on response-only cross-entropy (computed by hand from logits).
 * :func:`load_or_pretrain` — the same, cached as a safetensors checkpoint under
-  ``<cache_root>/tiny/<hash>/`` (written atomically).
-* :func:`load_local` — any local Hugging Face checkpoint (safetensors only, no remote code).
+  ``<cache_root>/tiny/<key>/`` (written atomically, verified by sha256 before use).
+* :func:`load_local` — any local Hugging Face checkpoint (safetensors only, no remote code,
+  every weight present).
 * :func:`response_logprob`, :func:`greedy` — scoring and batched greedy decoding.
 * :func:`response_loss` — the differentiable loss on a padded batch (:mod:`llm.batches`;
   safe for double backward: eager attention, no dtype upcast).
@@ -331,15 +332,13 @@ def tiny_cache_key(spec: TinySpec, texts_for_tokenizer: Sequence[str], examples:
 
 def publish_folder(tmp: Path, final: Path) -> None:
     """Rename the fully written folder ``tmp`` to ``final`` (atomic: a killed run leaves no partial
-    entry); when another process got there first its entry is kept. ``tmp`` is removed either way."""
+    entry). When another process got there first, its entry is kept and ``tmp`` removed."""
+    os.chmod(tmp, 0o755)
     try:
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first: keep its entry
-            if not final.is_dir():
-                raise
-    finally:
+        os.rename(tmp, final)
+    except OSError:  # another process finished first: keep its entry
+        if not final.is_dir():
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -430,8 +429,9 @@ def load_or_pretrain(
             "spec": dataclasses.asdict(spec), **settings, "n_examples": len(examples),
             "environment": environment, "seconds": seconds, "losses": losses}, indent=1))
         record_hashes(tmp)
-    finally:
         publish_folder(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # (gone once published)
     log.info("pretrained tiny model %s in %.1f s (loss %.3f -> %.3f)",
              final, seconds, losses[0] if losses else float("nan"),
              losses[-1] if losses else float("nan"))
@@ -449,7 +449,9 @@ def load_local(
 
     Only safetensors weights are read (``use_safetensors=True``; pickled ``.bin`` files are
     never loaded), ``trust_remote_code=False``, local files only, eager attention.
-    Raises ``FileNotFoundError`` if the folder has no ``*.safetensors`` weights.
+    Raises ``FileNotFoundError`` if the folder has no ``*.safetensors`` weights and
+    :class:`~llm.checks.CheckpointError` if they are not exactly the model's (missing,
+    unexpected or mismatched tensors).
     """
     path = Path(path)
     if not path.is_dir():
@@ -459,13 +461,31 @@ def load_local(
         hint = f" (found {', '.join(others)}; only safetensors are loaded)" if others else ""
         raise FileNotFoundError(f"no *.safetensors weights in {path}{hint}")
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
+    model, info = AutoModelForCausalLM.from_pretrained(
         str(path), use_safetensors=True, trust_remote_code=False, local_files_only=True,
-        attn_implementation="eager", dtype=dtype,
+        attn_implementation="eager", dtype=dtype, output_loading_info=True,
     )
+    _require_complete(path, info)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model.eval(), tok
+
+
+def _require_complete(path: Path, info: dict) -> None:
+    """:class:`CheckpointError` naming the weights file and the first keys when the checkpoint
+    lacks weights of its model (transformers would initialise them at random), has weights the
+    model does not, or has weights of the wrong shape."""
+    problems = []
+    for kind, word in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "mismatched")):
+        keys = sorted(str(k) for k in info.get(kind) or ())
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{len(keys)} {word} ({', '.join(keys[:3])}{more})")
+    problems += [str(e).splitlines()[0] for e in info.get("error_msgs") or ()]
+    if problems:
+        files = sorted(path.glob("*.safetensors"))
+        where = files[0] if len(files) == 1 else path / "*.safetensors"
+        raise CheckpointError(f"{where}: the checkpoint does not match its model: {'; '.join(problems)}")
 
 
 # ---------------------------------------------------------------------------- inference
