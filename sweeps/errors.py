@@ -12,7 +12,11 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
+        self.message = message
         super().__init__(f"{key}: {message}")
+
+    def __reduce__(self):  # a launcher's worker pickles the error back: rebuild it from both parts
+        return type(self), (self.key, self.message)
 
 
 class NonFiniteError(RuntimeError):
@@ -20,4 +24,8 @@ class NonFiniteError(RuntimeError):
 
     def __init__(self, stage: str, message: str) -> None:
         self.stage = stage
+        self.message = message
         super().__init__(f"{stage}: {message}")
+
+    def __reduce__(self):
+        return type(self), (self.stage, self.message)

@@ -20,6 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from sweeps.errors import ConfigError
 from sweeps.io import write_json_atomic
 
 METRICS = "metrics.json"
@@ -74,18 +75,32 @@ def publish_mode(cfg: DictConfig) -> str:
     once rather than when the multirun ends."""
     mode = cfg.get("publish_mode", "replace")
     if mode not in ("replace", "merge"):
-        raise ValueError(f"publish_mode must be replace or merge, not {mode!r}")
+        raise ConfigError("publish_mode", f"must be replace or merge, got {mode!r}")
     return mode
 
 
+def validate(cfg: DictConfig, app: str) -> None:
+    """The app's start-up checks, ``{app}.config.validate(cfg)`` (raises ConfigError), where the
+    app has that module."""
+    try:
+        module = importlib.import_module(f"{app}.config")
+    except ModuleNotFoundError as error:
+        if error.name != f"{app}.config":  # the module exists but one of its imports does not
+            raise
+        return
+    module.validate(cfg)
+
+
 def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
-    """Body of ``python -m APP experiment=NAME``: run the experiment, write ``metrics.json``.
+    """Body of ``python -m APP experiment=NAME``: validate the settings, run the experiment, write
+    ``metrics.json``.
 
     Skips the job (returning its metrics) when ``metrics.json`` exists and ``resume`` is on.
     """
     if cfg.get("experiment_name") is None:
-        raise ValueError(f"choose an experiment: python -m {app} experiment=NAME (see conf/{app}/experiment/)")
+        raise ConfigError("experiment", f"choose one: python -m {app} experiment=NAME (see conf/{app}/experiment/)")
     publish_mode(cfg)
+    validate(cfg, app)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     settings = job_settings(cfg)
     done = read_metrics(run_dir)

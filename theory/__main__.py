@@ -1,8 +1,11 @@
 """``python -m theory experiment=NAME [overrides]`` (``-m`` for a sweep); see conf/theory/."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from sweeps import cli
 from sweeps.jobs import execute
 
 
@@ -12,4 +15,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.main(main))
