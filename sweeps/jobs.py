@@ -120,10 +120,13 @@ def execute(cfg: DictConfig, app: str) -> dict[str, Any]:
     metrics["torch_threads"] = torch.get_num_threads()
     write_json_atomic(run_dir / SETTINGS, settings)
     write_json_atomic(run_dir / METRICS, metrics)
-    width = max(map(len, metrics))
-    for key, value in metrics.items():
-        print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print(experiment.report(metrics) if hasattr(experiment, "report") else format_metrics(metrics))
     print(f"[metrics] {run_dir / METRICS}")
-    if hasattr(experiment, "report"):
-        print(experiment.report(metrics))
     return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """One ``key  value`` line per metric, for an experiment without a ``report``."""
+    width = max(map(len, metrics))
+    return "\n".join(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}"
+                     for key, value in metrics.items())
