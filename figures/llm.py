@@ -235,17 +235,14 @@ def transfer(results: Path, out: Path) -> Path:
 
 
 def _smollm2_rows(results: Path):
-    """SmolLM2 twins (safety): metalearn rows of hairtrigger_smollm2.csv (first or exact second
-    order) and the analytic row, each with a marker and a label."""
+    """SmolLM2 twins (safety): metalearn rows of hairtrigger_smollm2.csv, one per variant
+    (conf/llm/variant/hairtrigger_smollm2/: fomaml, or the exact second order), and the analytic
+    row, each with a marker and a label."""
     if (results / "hairtrigger_smollm2.csv").exists():
         for _, row in pd.read_csv(results / "hairtrigger_smollm2.csv").iterrows():
-            first = str(row.get("override.construction.first_order", "")).lower() == "true"
-            label = f"{int(row['construct.steps'])} steps"
-            hinge = row.get("override.construction.hinge_weight")
-            label += f", hinge ×{hinge:g}" if pd.notna(hinge) else ""
-            benign = row.get("override.construction.benign_weight")
-            label += f", benign ×{benign:g}" if pd.notna(benign) else ""
-            yield row, (("v", f"FOMAML, {label}") if first else ("^", f"exact 2nd order, {label}"))
+            variant = str(row["override.variant"]).rpartition("/")[2]
+            label = f"{variant}, {int(row['construct.steps'])} steps"
+            yield row, ("v" if variant == "fomaml" else "^", label)
     if (results / "analytic_smollm2.csv").exists():
         for _, row in pd.read_csv(results / "analytic_smollm2.csv").iterrows():
             yield row, ("*", "analytic, 60 refine steps")

@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 
 #: override groups that name a variant of a recipe (not a seed, fold or domain): runs that differ in
-#: them are never pooled or averaged together
-VARIANT_PREFIXES = ("align.", "construction.")
+#: them are never pooled or averaged together (``variant``: a config of conf/llm/variant/, swept by an experiment)
+VARIANT_PREFIXES = ("align.", "construction.", "variant")
 
 
 def override_labels(table: pd.DataFrame, prefixes: str | tuple[str, ...] = VARIANT_PREFIXES) -> list[str]:
