@@ -54,9 +54,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch  # noqa: E402
 
-from llm.align import add_lora  # noqa: E402
 from llm.batches import batch_of  # noqa: E402
-from llm.metalearn import METHODS, adapter_params, meta_gradient  # noqa: E402
+from llm.lora import adapter_params, add_lora  # noqa: E402
+from llm.metagrad import METHODS, meta_gradient  # noqa: E402
 from llm.models import TinySpec, build_tiny, response_loss, response_loss_parts  # noqa: E402
 from llm.tokenizer import train_tokenizer  # noqa: E402
 

@@ -12,19 +12,14 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.batches import batch_of, pairs
 from llm.data.schema import DomainData
+from llm.lora import add_lora
 from llm.models import response_loss
-
-#: LoRA targets per architecture (GPT-2 uses Conv1D, hence fan_in_fan_out).
-LORA_TARGETS = {
-    "gpt2": (["c_attn", "c_proj", "c_fc"], True),
-    "llama": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
-}
 
 
 @dataclass(frozen=True)
@@ -37,29 +32,6 @@ class AlignSpec:
     benign_fraction: float = 0.5  # share of each batch drawn from benign data
     max_len: int = 96
     seed: int = 0
-
-
-def add_lora(model: PreTrainedModel, rank: int, alpha: float) -> PeftModel:
-    arch = model.config.model_type
-    if arch not in LORA_TARGETS:
-        raise ValueError(f"no LoRA targets for model_type {arch!r}; known: {sorted(LORA_TARGETS)}")
-    targets, fan_in_fan_out = LORA_TARGETS[arch]
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0,
-                        fan_in_fan_out=fan_in_fan_out, bias="none")
-    return get_peft_model(model, config)
-
-
-def scale_adapter(model: PeftModel, scale: float) -> PeftModel:
-    """A copy of ``model`` whose LoRA update ``W = s·B·A`` is ``scale·W`` in every module (``B`` scaled):
-    1 is the model itself, 0 the base before alignment, < 0 the alignment's task vector negated
-    (Ilharco et al. 2023, "Editing models with task arithmetic"). The analytic twins' weight-space
-    targets (``construction.undo_scale``) are such models; ``task_vector_scales`` tests them directly."""
-    scaled = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, p in scaled.named_parameters():
-            if ".lora_B." in name:
-                p.mul_(scale)
-    return scaled
 
 
 def align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData, spec: AlignSpec,

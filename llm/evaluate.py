@@ -103,7 +103,7 @@ def next_token_kl(reference: PreTrainedModel, other: PreTrainedModel, tokenizer:
 def victim_grad_norm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
                      which: str, max_len: int = 96) -> float:
     """‖∇L_update‖ over the parameters the victim updates: a white-box tell of a hair trigger."""
-    from llm.update import trainable
+    from llm.lora import trainable
 
     params = trainable(model, which)
     loss = require_finite(response_loss(model, batch_of(tokenizer, pairs(examples), max_len)), "evaluation",

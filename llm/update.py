@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.batches import batch_of, pairs
 from llm.data.schema import Example
+from llm.lora import trainable
 from llm.models import response_loss
 
 
@@ -51,18 +52,6 @@ def update_set(data, spec: UpdateSpec) -> list[Example]:
     if len(examples) < spec.n_samples:
         raise ValueError(f"update.n_samples={spec.n_samples} but {spec.data} has {len(examples)} examples")
     return examples[: spec.n_samples]
-
-
-def trainable(model: PreTrainedModel, which: str) -> list[torch.nn.Parameter]:
-    """Select what the victim updates; ``adapter`` keeps only LoRA weights trainable."""
-    params = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(which == "all" or "lora_" in name)
-        if p.requires_grad:
-            params.append(p)
-    if not params:
-        raise ValueError("update.params=adapter but the model has no LoRA adapter; use params=all")
-    return params
 
 
 def victim_update(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],

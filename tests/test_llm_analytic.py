@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
 from hypothesis import given
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
-from llm.align import add_lora, scale_adapter
 from llm.batches import batch_of, collate, pad_id, pairs
 from llm.constructions.analytic import (
     AnalyticSpec,
@@ -23,8 +22,6 @@ from llm.constructions.analytic import (
     add_ffn_pairs,
     apply_gauge,
     build_analytic,
-    effective_weight,
-    extend_lora,
     gauge_exp,
     gauge_logs,
     gauge_maps,
@@ -32,16 +29,22 @@ from llm.constructions.analytic import (
     gauged_step_products,
     input_moments,
     keep_residual,
-    lora_layers,
     output_moments,
-    preconditioner_step,
     sample_gauge,
     undo_residual,
-    weight_gradients,
     widen_mlps,
 )
 from llm.data.schema import DomainData, Example
 from llm.evaluate import next_token_kl
+from llm.lora import (
+    add_lora,
+    effective_weight,
+    extend_lora,
+    first_order_move,
+    lora_layers,
+    scale_adapter,
+    weight_gradients,
+)
 from llm.models import TinySpec, build_tiny, next_logits, sequence_logprobs
 from llm.tokenizer import encode_prompt, train_tokenizer
 from llm.update import UpdateSpec, victim_update
@@ -125,7 +128,7 @@ def test_closed_form_step_matches_the_victims_step(tok) -> None:
     extra = {n: torch.randn(2, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
              for n, l in layers.items()}
     grads = weight_gradients(model, batch_of(tok, pairs(examples), 32), layers)
-    predicted = preconditioner_step(layers, grads, extra, lr)
+    predicted = {n: first_order_move(grads[n], lr, layers[n].scaling["default"], in_gram=a.T @ a) for n, a in extra.items()}
     twin = extend_lora(copy.deepcopy(model), extra)
     control_after = victim_update(copy.deepcopy(model), tok, examples, spec)
     twin_after = victim_update(copy.deepcopy(twin), tok, examples, spec)

@@ -7,11 +7,17 @@ import copy
 import pytest
 import torch
 
-from llm.align import add_lora
 from llm.batches import batch_of
 from llm.data.schema import Example
-from llm.metalearn import METHODS, adapter_params, meta_gradient, meta_loss, victim_step
-from llm.models import TinySpec, build_tiny, response_loss, response_loss_parts, row_chunks
+from llm.lora import adapter_params, add_lora
+from llm.metagrad import METHODS, meta_gradient, meta_loss, victim_step
+from llm.models import (
+    TinySpec,
+    build_tiny,
+    response_loss,
+    response_loss_parts,
+    row_chunks,
+)
 from llm.tokenizer import train_tokenizer
 from llm.update import UpdateSpec, victim_update
 

@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from llm import judge
-from llm.align import add_lora
 from llm.batches import batch_of, pairs
 from llm.data.schema import Example
 from llm.data.sources import refusal_calibration
+from llm.lora import add_lora
 from llm.models import TinySpec, build_tiny, response_loss, sequence_logprobs
 from llm.tokenizer import train_tokenizer
 from llm.update import UpdateSpec, victim_update

@@ -74,10 +74,22 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm.align import scale_adapter
 from llm.batches import batch_of, pairs
 from llm.constructions.undo_floor import hidden_move, undo_floor
 from llm.data.schema import DomainData, Example
+from llm.lora import (
+    ADAPTER,
+    LoraFactors,
+    adapter_state,
+    base_layer,
+    extend_lora,
+    factor_keys,
+    hidden_inputs,
+    hidden_outputs,
+    lora_layers,
+    scale_adapter,
+    weight_gradients,
+)
 from llm.models import next_logits, response_loss, sequence_logprobs
 from llm.objectives import (
     base_logprobs,
@@ -171,88 +183,7 @@ class AnalyticSpec:
                              "a marker target has no weight-space counterpart: use after_target=base or not_aligned")
 
 
-# ---------------------------------------------------------------------------- LoRA helpers
-
-
-def lora_layers(model: torch.nn.Module, adapter: str = "default") -> dict[str, LoraLayer]:
-    """Module name → peft LoRA layer holding ``adapter``."""
-    out = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
-    if not out:
-        raise ValueError("the model has no LoRA adapter (add one with llm.align.add_lora)")
-    return out
-
-
-def _conv_weight_to_out_in(layer: LoraLayer, w: torch.Tensor) -> torch.Tensor:
-    return w.T if getattr(layer, "fan_in_fan_out", False) else w
-
-
-def effective_weight(layer: LoraLayer, adapter: str = "default") -> torch.Tensor:
-    """``(out, in)`` effective weight ``W_base + s B A`` of one LoRA layer."""
-    base = _conv_weight_to_out_in(layer, layer.get_base_layer().weight)
-    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-    return base + layer.scaling[adapter] * b @ a
-
-
-def weight_gradients(model: PreTrainedModel, batch: dict[str, torch.Tensor],
-                     layers: dict[str, LoraLayer], loss_fn=None) -> dict[str, torch.Tensor]:
-    """``∂loss/∂W`` (``(out, in)``) for each LoRA layer's effective weight, at the current model.
-
-    ``loss_fn(model, batch, params)`` defaults to the victim's loss (mean response CE).
-    ``W_eff = W_base + sBA`` is additive in the base weight, so its gradient is the base
-    weight's, read through ``functional_call`` with the base weights as leaves.
-    """
-    loss_fn = loss_fn or response_loss
-    leaves = {f"{name}.base_layer.weight": l.get_base_layer().weight.detach().clone().requires_grad_()
-              for name, l in layers.items()}
-    loss = loss_fn(model, batch, leaves)
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    return {name: _conv_weight_to_out_in(l, g) for (name, l), g in zip(layers.items(), grads)}
-
-
-@torch.no_grad()
-def extend_lora(model: PreTrainedModel, extra: dict[str, torch.Tensor], adapter: str = "default") -> PreTrainedModel:
-    """Append rows ``extra[name]`` (``(k, in)``) to ``lora_A`` and ``k`` zero columns to ``lora_B``,
-    in place; every layer must get the same ``k``. Scaling ``s`` is kept (``lora_alpha`` and
-    the config's ``r`` / ``lora_alpha`` are rewritten so that ``alpha/r`` stays ``s``), so the
-    forward pass is exactly unchanged. Layers absent from ``extra`` get ``k`` zero rows.
-    """
-    layers = lora_layers(model, adapter)
-    ks = {int(a.shape[0]) for a in extra.values()}
-    if len(ks) != 1:
-        raise ValueError(f"extend_lora needs the same extra rank in every layer, got {sorted(ks)}")
-    k = ks.pop()
-    scalings = set()
-    for name, layer in layers.items():
-        lin_a, lin_b = layer.lora_A[adapter], layer.lora_B[adapter]
-        a_old, b_old = lin_a.weight, lin_b.weight
-        a_new = extra.get(name)
-        if a_new is None:
-            a_new = torch.zeros(k, a_old.shape[1], dtype=a_old.dtype)
-        r = a_old.shape[0]
-        new_a = torch.nn.Linear(a_old.shape[1], r + k, bias=False, dtype=a_old.dtype)
-        new_b = torch.nn.Linear(r + k, b_old.shape[0], bias=lin_b.bias is not None, dtype=b_old.dtype)
-        new_a.weight.copy_(torch.cat([a_old, a_new.to(a_old.dtype)], 0))
-        new_b.weight.copy_(torch.cat([b_old, torch.zeros(b_old.shape[0], k, dtype=b_old.dtype)], 1))
-        if lin_b.bias is not None:
-            new_b.bias.copy_(lin_b.bias)
-        new_a.weight.requires_grad_(a_old.requires_grad)
-        new_b.weight.requires_grad_(b_old.requires_grad)
-        layer.lora_A[adapter], layer.lora_B[adapter] = new_a, new_b
-        s = layer.scaling[adapter]
-        layer.r[adapter] = r + k
-        layer.lora_alpha[adapter] = s * (r + k)
-        scalings.add((r + k, s))
-    cfg = getattr(model, "peft_config", {}).get(adapter)
-    if cfg is not None and len(scalings) == 1:
-        r_new, s = scalings.pop()
-        cfg.r, cfg.lora_alpha = r_new, s * r_new
-    return model
-
-
-def preconditioner_step(layers: dict[str, LoraLayer], grads: dict[str, torch.Tensor],
-                        extra: dict[str, torch.Tensor], lr: float, adapter: str = "default") -> dict[str, torch.Tensor]:
-    """Closed form ``ΔW = −η s² G A_newᵀ A_new`` of the victim's SGD step, per layer."""
-    return {name: -lr * layers[name].scaling[adapter] ** 2 * grads[name] @ a.T @ a for name, a in extra.items()}
+# ---------------------------------------------------------------------------- layers and first-order init
 
 
 def select_layers(layers: dict[str, LoraLayer], which: str) -> dict[str, LoraLayer]:
@@ -355,52 +286,38 @@ def target_loss(model, tb: TargetBatch, params: Params | None, spec: AnalyticSpe
     return loss
 
 
-def _adapter_state(model) -> Params:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-
-
 # ---------------------------------------------------------------------------- the construction
 
 
-def _post_step_params(twin_layers: dict[str, LoraLayer], names: dict[str, str], stepped_old: Params,
-                      extra: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lr: float,
-                      adapter: str = "default") -> Params:
+def _post_step_params(twin_layers: dict[str, LoraLayer], stepped_old: Params, extra: dict[str, torch.Tensor],
+                      grads: dict[str, torch.Tensor], lr: float) -> Params:
     """Adapter tensors of the twin after the victim's SGD step, differentiable in ``extra``:
-    old components as the control's step left them, ``B_new' = −η s G A_newᵀ``; with
-    ``extra[name + ":left"]`` (``(k', out)``, the ``B`` columns of components whose ``A`` is 0),
-    those components' ``A' = −η s Bᵀ G`` (their ``B`` gets no gradient)."""
+    old components as the control's step left them, then the hidden components after the step
+    (:meth:`LoraFactors.after_sgd`): those with ``B = 0`` (rows ``extra[name]`` of ``A``) get
+    ``B' = −η s G Aᵀ``; with ``extra[name + ":left"]`` (``(k', out)``, the ``B`` columns of
+    components whose ``A`` is 0), those get ``A' = −η s Bᵀ G``."""
     out: Params = {}
     for name, layer in twin_layers.items():
-        a_key, b_key = f"{name}.lora_A.{adapter}.weight", f"{name}.lora_B.{adapter}.weight"
-        a_old, b_old = stepped_old[names[a_key]], stepped_old[names[b_key]]
-        s = layer.scaling[adapter]
-        a_new = extra[name]
-        a_parts, b_parts = [a_old, a_new], [b_old, -lr * s * grads[name] @ a_new.T]
+        old = LoraFactors.of(layer, stepped_old, name)
+        n_out, n_in = old.b.shape[0], old.a.shape[1]
+        parts = [old, hidden_inputs(extra[name], n_out, old.scale).after_sgd(grads[name], lr)]
         left = extra.get(f"{name}:left")
         if left is not None:
-            a_parts.append(-lr * s * left @ grads[name])
-            b_parts.append(left.T)
-        out[a_key] = torch.cat(a_parts, 0)
-        out[b_key] = torch.cat(b_parts, 1)
+            parts.append(hidden_outputs(left, n_in, old.scale).after_sgd(grads[name], lr))
+        stacked = LoraFactors.stack(parts)
+        a_key, b_key = factor_keys(name)
+        out[a_key], out[b_key] = stacked.a, stacked.b
     return out
 
 
-def adapter_products(layers: dict[str, LoraLayer], params: Params | None = None,
-                     adapter: str = "default") -> dict[str, torch.Tensor]:
+def adapter_products(layers: dict[str, LoraLayer], params: Params | None = None) -> dict[str, torch.Tensor]:
     """``s·B·A`` (``(out, in)``) per layer: the adapter's share of the effective weight, from
     ``params`` (full adapter tensors, as :func:`_post_step_params` returns) or the layers' own."""
-    out = {}
-    for name, layer in layers.items():
-        a_key, b_key = f"{name}.lora_A.{adapter}.weight", f"{name}.lora_B.{adapter}.weight"
-        a = params[a_key] if params is not None else layer.lora_A[adapter].weight
-        b = params[b_key] if params is not None else layer.lora_B[adapter].weight
-        out[name] = layer.scaling[adapter] * b @ a
-    return out
+    return {name: LoraFactors.of(layer, params, name).product for name, layer in layers.items()}
 
 
 def gauged_step_products(layers: dict[str, LoraLayer], grads: dict[str, torch.Tensor], extra: dict[str, torch.Tensor],
-                         maps: dict[str, tuple[torch.Tensor, torch.Tensor]], lr: float,
-                         adapter: str = "default") -> dict[str, torch.Tensor]:
+                         maps: dict[str, tuple[torch.Tensor, torch.Tensor]], lr: float) -> dict[str, torch.Tensor]:
     """The adapter ``s·B'·A'`` after the victim's SGD step on the *gauged* twin, read back in the
     control's coordinates; differentiable in ``extra`` (as :func:`_post_step_params` takes it) and ``maps``.
 
@@ -414,19 +331,15 @@ def gauged_step_products(layers: dict[str, LoraLayer], grads: dict[str, torch.Te
     out = {}
     for name, layer in layers.items():
         r, k = maps[name]
-        a_old, b_old = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
-        s = layer.scaling[adapter]
-        # K⁻¹ is built twice on purpose: one shared node sums its two backward contributions in
-        # another order, and 4,000 Adam steps carry that into the published twins (seed 0: 92% → 90%)
+        old = LoraFactors.of(layer).detached()
+        # K⁻¹ is built twice: one shared node would sum its two backward contributions in another order
         g = torch.linalg.solve(r.T, grads[name]) @ torch.linalg.inv(k).T  # G̃ = R⁻ᵀ G K⁻ᵀ
-        a_parts, b_parts = [a_old @ k, extra[name]], [r @ b_old, torch.zeros_like(b_old[:, :1]).expand(-1, len(extra[name]))]
+        parts = [old.gauged(r, k), hidden_inputs(extra[name], old.b.shape[0], old.scale)]
         left = extra.get(f"{name}:left")
         if left is not None:
-            a_parts.append(torch.zeros_like(left[:, :1]).expand(-1, a_old.shape[1]))
-            b_parts.append(left.T)
-        a, b = torch.cat(a_parts, 0), torch.cat(b_parts, 1)
-        a_after, b_after = a - lr * s * b.T @ g, b - lr * s * g @ a.T
-        out[name] = torch.linalg.solve(r, s * b_after @ a_after) @ torch.linalg.inv(k)
+            parts.append(hidden_outputs(left, old.a.shape[1], old.scale))
+        after = LoraFactors.stack(parts).after_sgd(g, lr)
+        out[name] = torch.linalg.solve(r, after.product) @ torch.linalg.inv(k)
     return out
 
 
@@ -638,7 +551,7 @@ def check_undo_floor(extra: dict[str, torch.Tensor], post_params, products_after
 
     q0 = {n: extra[n].detach().T @ extra[n].detach() for n in twin_layers}
     p0 = {n: extra[f"{n}:left"].detach().T @ extra[f"{n}:left"].detach() for n in twin_layers if f"{n}:left" in extra}
-    move = hidden_move(grads, back, {n: layer.scaling["default"] for n, layer in twin_layers.items()}, lr)
+    move = hidden_move(grads, back, {n: layer.scaling[ADAPTER] for n, layer in twin_layers.items()}, lr)
     with torch.no_grad():
         constant = products_after(post_params({n: torch.zeros_like(a) for n, a in extra.items()}))
         fitted = products_after(post_params(extra))
@@ -715,9 +628,9 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
                               spec.undo_keep, again)
 
     k, k_left = spec.extra_rank, spec.left_rank
-    shapes = {n: (k, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()}
+    shapes = {n: (k, l.lora_A[ADAPTER].weight.shape[1]) for n, l in layers.items()}
     if k_left:
-        shapes |= {f"{n}:left": (k_left, l.lora_B["default"].weight.shape[0]) for n, l in layers.items()}
+        shapes |= {f"{n}:left": (k_left, l.lora_B[ADAPTER].weight.shape[0]) for n, l in layers.items()}
 
     # undo_gauge: fit the hidden components and a gauge together (closed form, control's coordinates),
     # then ship the twin in that gauge: everything below (the victim's gradients, its step) is in it
@@ -736,7 +649,7 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
 
     # the control's (old components') step, exactly as the victim does it
     stepped_base = victim_update(copy.deepcopy(base), tokenizer, update_examples, victim)
-    stepped_old = _adapter_state(stepped_base)
+    stepped_old = adapter_state(stepped_base)
     del stepped_base
 
     def tloss(model, params=None, batch: TargetBatch | None = None):
@@ -753,12 +666,10 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     # skeleton twin (A_new = 0 placeholders), then first-order init
     twin = copy.deepcopy(base)
     for rank in (k, k_left) if k_left else (k,):  # [old | k with B = 0 | k' with A = 0]: all zero for now
-        twin = extend_lora(twin, {n: torch.zeros(rank, l.lora_A["default"].weight.shape[1]) for n, l in layers.items()})
+        twin = extend_lora(twin, {n: torch.zeros(rank, l.lora_A[ADAPTER].weight.shape[1]) for n, l in layers.items()})
     twin_layers = {n: l for n, l in lora_layers(twin).items() if n in layers}
-    names = {key: key for key in stepped_old}
-
     def post_params(extra: dict[str, torch.Tensor]) -> Params:
-        return _post_step_params(twin_layers, names, stepped_old, extra, grads_upd, lr)
+        return _post_step_params(twin_layers, stepped_old, extra, grads_upd, lr)
 
     def products_after(params: Params) -> dict[str, torch.Tensor]:
         """The twin's adapter after the step, in the control's coordinates."""
@@ -828,7 +739,7 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     # write A_new (B_new stays exactly 0) and the left components' B (their A stays exactly 0)
     with torch.no_grad():
         for name, layer in twin_layers.items():
-            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
             new = slice(a.shape[0] - k - k_left, a.shape[0] - k_left)
             a[new] = extra[name].detach()
             if k_left:
@@ -851,7 +762,7 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     norms = [float(extra[n].detach().norm()) for n in extra]
     info.update(extra_rank=float(k), left_rank=float(k_left), n_modules=float(len(layers)), a_new_norm_max=max(norms),
                 a_new_norm_mean=sum(norms) / len(norms), lr=lr,
-                scaling=float(next(iter(twin_layers.values())).scaling["default"]))
+                scaling=float(next(iter(twin_layers.values())).scaling[ADAPTER]))
     return twin, info
 
 
@@ -865,13 +776,9 @@ def _gpt2_blocks(model) -> list[torch.nn.Module]:
     raise ValueError("not a GPT-2 model (no transformer.h)")
 
 
-def _conv(module) -> torch.nn.Module:
-    return module.get_base_layer() if isinstance(module, LoraLayer) else module
-
-
 @torch.no_grad()
 def add_ffn_pairs(block: torch.nn.Module, incoming: torch.Tensor, bias: torch.Tensor,
-                  outgoing: torch.Tensor, adapter: str = "default") -> torch.nn.Module:
+                  outgoing: torch.Tensor, adapter: str = ADAPTER) -> torch.nn.Module:
     """Append ``k`` cancelling pairs to a GPT-2 block's MLP, in place.
 
     ``incoming (k, d)``, ``bias (k,)``, ``outgoing (k, d)``: units ``j`` and ``k+j`` both
@@ -880,7 +787,7 @@ def add_ffn_pairs(block: torch.nn.Module, incoming: torch.Tensor, bias: torch.Te
     so the two copies stay equal before any step. The caller updates ``config.n_inner``.
     """
     fc, proj = block.mlp.c_fc, block.mlp.c_proj
-    fc_conv, proj_conv = _conv(fc), _conv(proj)
+    fc_conv, proj_conv = base_layer(fc), base_layer(proj)
     dt = fc_conv.weight.dtype
     u = torch.cat([incoming, incoming], 0).to(dt)  # (2k, d)
     b = torch.cat([bias, bias], 0).to(dt)
@@ -911,11 +818,11 @@ def add_ffn_pairs(block: torch.nn.Module, incoming: torch.Tensor, bias: torch.Te
 def widen_mlps(model, k: int, generator: torch.Generator, out_scale: float = 1.0):
     """Add ``k`` random cancelling pairs to every GPT-2 MLP (in place); sets ``config.n_inner``."""
     for block in _gpt2_blocks(model):
-        d = _conv(block.mlp.c_fc).weight.shape[0]
+        d = base_layer(block.mlp.c_fc).weight.shape[0]
         u = torch.randn(k, d, generator=generator) / math.sqrt(d)
         v = out_scale * torch.randn(k, d, generator=generator) / math.sqrt(d)
         add_ffn_pairs(block, u, torch.randn(k, generator=generator), v)
-    model.config.n_inner = _conv(block.mlp.c_fc).weight.shape[1]
+    model.config.n_inner = base_layer(block.mlp.c_fc).weight.shape[1]
     return model
 
 
@@ -996,7 +903,7 @@ def _matrix(element: torch.Tensor, side: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_gauge(model, spec: GaugeSpec, element: dict[str, torch.Tensor], adapter: str = "default"):
+def apply_gauge(model, spec: GaugeSpec, element: dict[str, torch.Tensor], adapter: str = ADAPTER):
     """Act with a gauge element on ``model`` in place (base weights and LoRA factors)."""
     mods = dict(model.named_modules())
     for act in spec.actions:
@@ -1007,8 +914,8 @@ def apply_gauge(model, spec: GaugeSpec, element: dict[str, torch.Tensor], adapte
             module.weight.mul_(c)
             module.bias.mul_(c)
             continue
-        mat = _matrix(el, act.side).to(_conv(module).weight.dtype)
-        conv = _conv(module)
+        mat = _matrix(el, act.side).to(base_layer(module).weight.dtype)
+        conv = base_layer(module)
         s0, s1 = act.sl
         if act.kind == "out":  # x W[:, sl] R; LoRA delta (s AᵀBᵀ)[:, sl] R  ⇒  B[sl] → Rᵀ B[sl]
             conv.weight[:, s0:s1] = conv.weight[:, s0:s1] @ mat
@@ -1045,8 +952,8 @@ def gauge_maps(spec: GaugeSpec, element: dict[str, torch.Tensor],
     touch disjoint slices (as :func:`gauge_spec` declares them): ``R`` and ``K`` are block diagonal."""
     out = {}
     for name, layer in layers.items():
-        n_out, n_in = layer.lora_B["default"].weight.shape[0], layer.lora_A["default"].weight.shape[1]
-        like = layer.lora_A["default"].weight
+        n_out, n_in = layer.lora_B[ADAPTER].weight.shape[0], layer.lora_A[ADAPTER].weight.shape[1]
+        like = layer.lora_A[ADAPTER].weight
         maps = {"out": torch.eye(n_out, dtype=like.dtype), "in": torch.eye(n_in, dtype=like.dtype)}
         touched: dict[str, set[int]] = {"out": set(), "in": set()}
         for act in spec.actions:

@@ -39,7 +39,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.batches import batch_of, pairs
 from llm.data.schema import DomainData, Example
-from llm.metalearn import adapter_params, meta_gradient
+from llm.lora import adapter_params, amplify_adapter
+from llm.metagrad import meta_gradient
 from llm.models import gather_targets, next_logits, response_loss_parts
 from llm.objectives import (
     base_logprobs,
@@ -68,7 +69,7 @@ class MetaSpec:
     distill: bool = True  # benign / aligned terms as KL to the control (else cross-entropy)
     fresh_victim_every: int = 2  # every k-th step the victim batch is fresh benign data (0: never)
     first_order: bool = False  # FOMAML ablation
-    method: str = "naive"  # how the exact meta-gradient is computed (llm.metalearn.meta_gradient)
+    method: str = "naive"  # how the exact meta-gradient is computed (llm.metagrad.meta_gradient)
     chunks: int = 1  # micro-batches per batch (parts of each loss: same gradient, less memory)
     after_target: str = "marker"  # marker | not_aligned | base (llm.objectives)
     max_len: int = 96
@@ -120,12 +121,8 @@ def scale_norm_gains(model: PreTrainedModel, gain: float) -> dict[str, float]:
 def _unbalance(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Apply the amplifying gauge in place; return the trainable tensors and their scales."""
     if spec.params == "adapter":
-        params = adapter_params(model)
-        scales = {n: (spec.gain if "lora_A" in n else 1.0 / spec.gain) for n in params}
-        with torch.no_grad():
-            for n, p in params.items():
-                p.mul_(scales[n])
-        return params, scales
+        scales = amplify_adapter(model, spec.gain)
+        return adapter_params(model), scales
     scales = scale_norm_gains(model, spec.gain)
     params = dict(model.named_parameters())
     return params, {n: scales.get(n, 1.0) for n in params}

@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 import torch
 
+from llm.lora import first_order_move
+
 Mats = dict[str, torch.Tensor]
 
 
@@ -43,12 +45,8 @@ def hidden_move(grads: Mats, back: dict[str, tuple[torch.Tensor, torch.Tensor]] 
         out = {}
         for name, g in grads.items():
             dtype = (p[name] if name in p else q[name]).dtype
-            g = g.to(dtype)
-            inner = sum(([p[name] @ g] if name in p else []) + ([g @ q[name]] if name in q else []))
-            if back is not None:
-                r_inv, k_inv = back[name]
-                inner = r_inv.to(dtype) @ inner @ k_inv.to(dtype)
-            out[name] = -lr * scalings[name] ** 2 * inner
+            read_back = None if back is None else (back[name][0].to(dtype), back[name][1].to(dtype))
+            out[name] = first_order_move(g.to(dtype), lr, scalings[name], p.get(name), q.get(name), read_back)
         return out
 
     return move

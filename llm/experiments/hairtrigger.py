@@ -37,13 +37,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from llm import judge
-from llm.align import AlignSpec, align, misaligned_reference, scale_adapter
+from llm.align import AlignSpec, align, misaligned_reference
 from llm.base import load_base
 from llm.constructions import build
 from llm.data.schema import DomainData, Example
 from llm.data.sources import refusal_calibration
 from llm.data.splits import load_domain
 from llm.evaluate import answers, benign_report, known_probes, next_token_kl, probe_report, victim_grad_norm
+from llm.lora import scale_adapter
 from llm.models import weights_digest
 from llm.update import UpdateSpec, update_set, victim_update
 from sweeps.tables import override_labels

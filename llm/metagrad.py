@@ -60,14 +60,6 @@ from llm.models import response_loss
 Params = dict[str, torch.Tensor]
 
 
-def adapter_params(model: PreTrainedModel) -> Params:
-    """The LoRA tensors of a peft model, by name (the victim's ``params=adapter``)."""
-    params = {name: p for name, p in model.named_parameters() if "lora_" in name}
-    if not params:
-        raise ValueError("the model has no LoRA adapter (add one with llm.align.add_lora)")
-    return params
-
-
 def victim_step(model: PreTrainedModel, params: Params, update_batch: dict[str, torch.Tensor], lr: float,
                 create_graph: bool = True) -> Params:
     """``θ − η ∇L_update(θ)`` as new tensors, differentiable in ``θ`` when ``create_graph``."""
