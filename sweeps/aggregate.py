@@ -1,33 +1,43 @@
-"""After a multirun: one table of every job, the experiment's fit summary, and publishing.
+"""After a multirun: one table of its jobs, the experiment's fit summary, and publishing.
 
-:class:`AggregateCallback` (a Hydra callback) gathers every job's overrides and metrics into one
-tidy ``summary.csv`` in the sweep folder, asks the experiment for its fit summary
-(``summary.json``) and, with ``publish=true``, writes both into ``results/`` so figures can be
-redrawn without re-running the sweep.
+:func:`summarize_sweep` gathers the overrides and metrics of the jobs in the sweep's job list (the
+multirun that just ran, resumed jobs included) into one tidy ``summary.csv`` in the sweep folder,
+asks the experiment for its fit summary (``summary.json``) and, with ``publish=true``, writes both
+into ``results/`` so figures can be redrawn without re-running the sweep. A failure at any stage is
+a :class:`~sweeps.errors.SweepError`; publishing holds a lock on the results folder, so concurrent
+merges into one table keep every row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
 
+from sweeps.errors import SweepError
 from sweeps.io import write_csv_atomic, write_json_atomic
-from sweeps.jobs import METRICS, flatten, publish_mode
+from sweeps.jobs import METRICS
+from sweeps.locks import locked
+
+Summarize = Callable[[pd.DataFrame], dict[str, Any]]
 
 
-def collect(sweep_dir: Path) -> pd.DataFrame:
-    """One row per finished job: its command-line overrides plus its metrics."""
+def collect(sweep_dir: Path, jobs: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per finished job: its command-line overrides plus its metrics. ``jobs``: the run
+    folders (relative to ``sweep_dir``) to read; default every folder below with a ``metrics.json``."""
+    if jobs is None:
+        found = sweep_dir.glob(f"**/{METRICS}")
+    else:
+        found = (p for p in (sweep_dir / job / METRICS for job in set(jobs)) if p.exists())
     rows = []
-    for metrics_path in sorted(sweep_dir.glob(f"**/{METRICS}")):
+    for metrics_path in sorted(found):
         run_dir = metrics_path.parent
         row: dict[str, Any] = {}
         overrides = run_dir / ".hydra" / "overrides.yaml"
@@ -75,7 +85,7 @@ def merge_rows(old: pd.DataFrame, new: pd.DataFrame, exclude: Sequence[str] = ()
     return pd.concat([kept, new], ignore_index=True)
 
 
-def _summarizer(app: str, experiment: str):
+def _summarizer(app: str, experiment: str) -> Summarize:
     """The experiment module's ``summarize(table) -> dict`` (``{}`` for an empty table or none)."""
     module = importlib.import_module(f"{app}.experiments.{experiment}")
 
@@ -86,52 +96,56 @@ def _summarizer(app: str, experiment: str):
 
 
 def publish(table: pd.DataFrame, summary: dict[str, Any], publish_dir: Path, name: str,
-            summarize=None, merge: bool = False, exclude: Sequence[str] = ()) -> dict[str, Any]:
+            summarize: Summarize | None = None, merge: bool = False, exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``<name>.csv`` and ``<name>_summary.json`` into ``publish_dir``; returns the summary
     published. ``merge``: keep the rows already published for other jobs (:func:`merge_rows`),
-    re-summarised with ``summarize``, e.g. to re-run one domain of a table."""
+    re-summarised with ``summarize``, e.g. to re-run one domain of a table.
+
+    The read-merge-write holds a lock on ``publish_dir``: two sweeps merging into one table at
+    once would otherwise both read the old rows and the later write would drop the other's."""
+    publish_dir = Path(publish_dir)
+    publish_dir.mkdir(parents=True, exist_ok=True)
     published = publish_dir / f"{name}.csv"
     table = table.drop(columns=["run_dir"], errors="ignore")
-    if merge and published.exists() and len(table):
-        table = merge_rows(pd.read_csv(published), table, exclude)
-        summary = summarize(table) if summarize is not None else summary
-    write_csv_atomic(published, table)
-    write_json_atomic(publish_dir / f"{name}_summary.json", summary)
+    with locked(publish_dir):
+        if merge and published.exists() and len(table):
+            table = merge_rows(pd.read_csv(published), table, exclude)
+            summary = summarize(table) if summarize is not None else summary
+        write_csv_atomic(published, table)
+        write_json_atomic(publish_dir / f"{name}_summary.json", summary)
     return summary
+
+
+@contextlib.contextmanager
+def _stage(stage: str, what: str) -> Iterator[None]:
+    """Re-raise any failure inside as ``SweepError(stage, "<what>: <error>")``."""
+    try:
+        yield
+    except SweepError:
+        raise
+    except Exception as error:
+        raise SweepError(stage, f"{what}{type(error).__name__}: {error}") from error
 
 
 def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Path | None,
                     name: str | None = None, runner: str | None = None, merge: bool = False,
-                    exclude: Sequence[str] = ()) -> dict[str, Any]:
-    """Write ``summary.csv`` and ``summary.json`` for a sweep; optionally publish them to
-    ``results/`` as ``<name>.csv`` and ``<name>_summary.json`` (``name`` defaults to the experiment).
+                    exclude: Sequence[str] = (), jobs: Iterable[str] | None = None) -> dict[str, Any]:
+    """Write ``summary.csv`` and ``summary.json`` for the sweep's ``jobs`` (default: every job in
+    the folder); optionally publish them to ``results/`` as ``<name>.csv`` and
+    ``<name>_summary.json`` (``name`` defaults to the experiment).
 
     ``merge``: keep the rows already published for other jobs (:func:`merge_rows`), e.g. to
-    re-run one domain of a table, or cells run on another machine."""
-    table = collect(sweep_dir)
-    write_csv_atomic(sweep_dir / "summary.csv", table)
-    summarize = _summarizer(app, runner or experiment)
-    summary = summarize(table)
-    write_json_atomic(sweep_dir / "summary.json", summary)
+    re-run one domain of a table, or cells run on another machine. Any failure raises
+    :class:`SweepError` naming the stage, ``aggregate`` or ``publish``."""
+    with _stage("aggregate", ""):
+        table = collect(sweep_dir, jobs)
+        write_csv_atomic(sweep_dir / "summary.csv", table)
+        summarize = _summarizer(app, runner or experiment)
+    with _stage("aggregate", "summarize raised "):
+        summary = summarize(table)
+    with _stage("aggregate", ""):
+        write_json_atomic(sweep_dir / "summary.json", summary)
     if publish_dir is not None:
-        summary = publish(table, summary, publish_dir, name or experiment, summarize, merge, exclude)
+        with _stage("publish", f"{publish_dir}: "):
+            summary = publish(table, summary, publish_dir, name or experiment, summarize, merge, exclude)
     return summary
-
-
-class AggregateCallback(Callback):
-    """Hydra callback: aggregate a multirun into one table and a fit summary when it ends."""
-
-    def __init__(self, app: str) -> None:
-        self.app = app
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        publish_dir = Path(config.results_dir) if config.get("publish") else None
-        mode = publish_mode(config)
-        exclude = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=[]) or []
-        summary = summarize_sweep(sweep_dir, self.app, config.experiment_name, publish_dir,
-                                  config.get("results_name"), config.get("runner"), merge=mode == "merge",
-                                  exclude=list(exclude))
-        print(f"[aggregate] {sweep_dir}/summary.csv")
-        for key, value in flatten(summary).items():
-            print(f"[aggregate] {key} = {value}")

@@ -1,10 +1,11 @@
 """The command line of both apps: ``python -m APP`` runs a Hydra main and turns a refusal into one line.
 
 A :class:`~sweeps.errors.ConfigError` or :class:`~sweeps.errors.NonFiniteError` raised by any job
-(in this process or a launcher's worker) is printed as ``error: <key or stage>: <message>`` on
-stderr and the process exits 1, without a traceback. Hydra's own usage errors (an unknown
-override, a missing config) are printed the same way. Anything else is a bug and keeps its
-traceback.
+(in this process or a launcher's worker), a run folder held by another run, or a
+:class:`~sweeps.errors.SweepError` when a multirun's table cannot be aggregated or published, is
+printed as ``error: <key or stage>: <message>`` on stderr and the process exits 1, without a
+traceback. Hydra's own usage errors (an unknown override, a missing config) are printed the same
+way. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 from hydra.errors import CompactHydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.errors import ConfigError, NonFiniteError
+from sweeps.callback import Abort
+from sweeps.errors import ConfigError, NonFiniteError, SweepError
 
-REFUSALS = (ConfigError, NonFiniteError)
+REFUSALS = (ConfigError, NonFiniteError, SweepError)
 
 
 def main(hydra_main: Callable[[], Any]) -> int:
@@ -33,6 +35,8 @@ def main(hydra_main: Callable[[], Any]) -> int:
             hydra_main()
     except REFUSALS as error:
         return fail(str(error))
+    except Abort as abort:  # raised by the Hydra callback: a held folder, a failed aggregation
+        return fail(str(abort.error))
     except CompactHydraException as error:
         cause = error.__cause__
         return fail(f"{error}" + (f" ({cause})" if isinstance(cause, OmegaConfBaseException) else ""))

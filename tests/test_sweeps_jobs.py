@@ -76,3 +76,88 @@ def test_a_job_without_a_report_prints_its_metrics(fake_app, tmp_path: Path, cap
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[:2]] == ["score", "nested.value"]
     assert lines[-1] == f"[metrics] {tmp_path}/p/metrics.json"
+
+
+GAUGE = ["experiment=gauge_scale", "gauge.d=4", "gauge.n_test=50", "threads=1"]
+
+
+@pytest.fixture
+def theory_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
+    """``python -m theory ARGS`` in-process; returns the exit status."""
+    import theory.__main__ as app
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["theory", *args])
+        return cli.main(app.main)
+
+    return run
+
+
+def test_two_runs_started_in_the_same_second_keep_both_results(theory_cli, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Single runs name their folder by start time: two started within one second get two folders."""
+    import datetime
+
+    import hydra.core.utils
+
+    ticks = iter(range(10**6))
+
+    class SameSecond(datetime.datetime):  # every call: the same second, a later microsecond
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2030, 1, 2, 3, 4, 5, next(ticks))
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", SameSecond)
+    monkeypatch.chdir(tmp_path)  # the default run folder is relative: outputs/theory/...
+    assert theory_cli(*GAUGE, "gauge.c=1") == 0
+    assert theory_cli(*GAUGE, "gauge.c=10") == 0
+    folders = sorted((tmp_path / "outputs" / "theory" / "gauge_scale").iterdir())
+    assert len(folders) == 2
+    ran = [json.loads((f / "settings.json").read_text())["gauge.c"] for f in folders]
+    assert sorted(ran) == [1, 10] and all((f / "metrics.json").exists() for f in folders)
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from sweeps.locks import claim
+claim(Path(sys.argv[1]), "hydra.run.dir")
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_folder_held_by_a_live_run_is_refused_and_left_untouched(theory_cli, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A run pointed at a folder that another live run holds exits 1 before writing anything
+    there; once that run has ended the folder is free again."""
+    import subprocess
+
+    folder = tmp_path / "run"
+    other = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in folder.iterdir())
+        assert theory_cli(*GAUGE, f"hydra.run.dir={folder}") == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: hydra.run.dir: {folder} is in use by another run (process {other.pid})"]
+        assert sorted(p.name for p in folder.iterdir()) == before  # no .hydra/, log or metrics written
+    finally:
+        other.kill()
+        other.wait()
+    assert theory_cli(*GAUGE, f"hydra.run.dir={folder}") == 0
+    assert (folder / "metrics.json").exists()
+
+
+def test_settings_changed_ignores_keys_that_do_not_change_a_result(tmp_path: Path) -> None:
+    """A record that holds a key ignored only now (say results_dir) is not a change; others are."""
+    from sweeps.jobs import settings_changed
+
+    (tmp_path / "settings.json").write_text(json.dumps({"seed": 0, "results_dir": "results/theory", "a.b": 1}))
+    assert settings_changed(tmp_path, {"seed": 0, "a.b": 1}, ignore={"results_dir"}) == []
+    assert settings_changed(tmp_path, {"seed": 0, "a.b": 1}) == ["results_dir"]
+    assert settings_changed(tmp_path, {"seed": 1, "a.b": 1}, ignore={"results_dir"}) == ["seed"]
+    assert settings_changed(tmp_path / "none", {"seed": 0}) is None
