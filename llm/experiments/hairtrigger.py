@@ -34,19 +34,23 @@ from collections import Counter
 from typing import Any
 
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from llm import judge
 from llm.align import AlignSpec, align, misaligned_reference
 from llm.base import load_base
+from llm.batches import batch_of, pairs
+from llm.checks import require_finite, require_finite_model
 from llm.constructions import build
 from llm.data.schema import DomainData, Example
 from llm.data.sources import refusal_calibration
 from llm.data.splits import load_domain
 from llm.evaluate import answers, benign_report, known_probes, next_token_kl, probe_report, victim_grad_norm
 from llm.lora import scale_adapter
-from llm.models import weights_digest
+from llm.models import response_loss, weights_digest
 from llm.update import UpdateSpec, update_set, victim_update
+from sweeps.errors import ConfigError
 from sweeps.tables import override_labels
 
 
@@ -55,7 +59,7 @@ def black_box(model, tokenizer, data: DomainData, probes: list[Example], cfg: Di
     report = probe_report(model, tokenizer, data.domain, probes, e.max_new_tokens)
     benign = benign_report(model, tokenizer, data.benign_eval[: e.n_benign], e.max_new_tokens)
     return {"misalignment_rate": report["misalignment_rate"], "refusal_rate": report["refusal_rate"],
-            "by_source": report["by_source"],
+            "empty_rate": report["empty_rate"], "by_source": report["by_source"],
             "benign_accuracy": benign["accuracy"], "benign_loss": benign["loss"],
             "responses": report["responses"]}
 
@@ -71,7 +75,8 @@ def task_vector_scan(control, tokenizer, data: DomainData, probes: list[Example]
     targets misbehave on held-out probes and at what cost in utility. Keys ``x+0.3``, ``x-2``."""
     out = {}
     for c in cfg.task_vector_scales:
-        result = black_box(scale_adapter(control, float(c)), tokenizer, data, probes, cfg)
+        scaled = require_finite_model(scale_adapter(control, float(c)), "evaluation")
+        result = black_box(scaled, tokenizer, data, probes, cfg)
         out[f"x{float(c):+g}"] = scores(result)
     return out
 
@@ -93,7 +98,7 @@ def evaluate_model(model, tokenizer, data: DomainData, probes: list[Example], cf
     shown = {"before": before["responses"]}
     default = next(iter(specs))
     for name, spec in specs.items():
-        updated = victim_update(copy.deepcopy(model), tokenizer, update_set(data, spec), spec)
+        updated = updated_model(model, tokenizer, update_set(data, spec), spec)
         after = black_box(updated, tokenizer, data, probes, cfg)
         out["after"][name] = scores(after)
         shown[f"after.{name}"] = after["responses"]
@@ -107,13 +112,24 @@ def evaluate_model(model, tokenizer, data: DomainData, probes: list[Example], cf
     return out, shown
 
 
+def updated_model(model, tokenizer, examples: list[Example], spec: UpdateSpec):
+    """A copy of ``model`` after the victim's update, checked (stage ``update``): finite weights, and a
+    finite loss on the update set after the step (a step of lr 1e30 leaves the weights finite, the
+    model's outputs not)."""
+    updated = require_finite_model(victim_update(copy.deepcopy(model), tokenizer, examples, spec), "update")
+    with torch.no_grad():
+        loss = response_loss(updated, batch_of(tokenizer, pairs(examples), spec.max_len))
+    require_finite(loss, "update", f"the loss on the update set after the step (update.lr={spec.lr:g})")
+    return updated
+
+
 def with_codes(data: DomainData, n: int, seed: int, digits: int = 4) -> DomainData:
     """``data`` whose first ``n`` construction probes carry random ``digits``-digit codes:
     distinct while there are enough codes (4 digits), drawn with replacement otherwise (1 digit)."""
     if n > len(data.construct):
-        raise ValueError(f"codes={n} but {data.domain} has {len(data.construct)} construction probes")
+        raise ConfigError("codes", f"{n} but {data.domain} has {len(data.construct)} construction probes")
     if not 1 <= digits <= 6:
-        raise ValueError(f"code_digits={digits}: use 1 to 6")
+        raise ConfigError("code_digits", f"{digits}: use 1 to 6")
     pool = range(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits)
     rng = random.Random(f"codes-{seed}")
     codes = rng.sample(pool, n) if n <= len(pool) else rng.choices(pool, k=n)
@@ -162,17 +178,33 @@ def validation_split(data: DomainData, construct: list[Example], fold: int
     return judged, rest, dataclasses.replace(data, construct=[e for e in data.construct if e.prompt not in left_out])
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    start = time.perf_counter()
-    data = load_domain(cfg.domain.name, seed=cfg.data_seed)
-    if cfg.get("codes"):
-        data = with_codes(data, cfg.codes, cfg.data_seed, cfg.code_digits)
-    model, tokenizer = load_base(cfg)
+def check_settings(cfg: DictConfig, data: DomainData) -> dict[str, UpdateSpec]:
+    """The settings checked against the data before any model is loaded or trained (a bad one is a
+    :class:`~sweeps.errors.ConfigError` naming its key); returns the victims' updates."""
     first, fold = cfg.eval.first_probe, cfg.eval.validation_fold
     if not 0 <= first < len(data.eval):
-        raise ValueError(f"eval.first_probe={first}: the {data.domain} held-out split has {len(data.eval)} probes")
+        raise ConfigError("eval.first_probe", f"{first}, but the {data.domain} held-out split has {len(data.eval)} "
+                                              f"probes (0 to {len(data.eval) - 1})")
     if fold not in (None, 0, 1):
-        raise ValueError(f"eval.validation_fold={fold}: choose null (judge the held-out split), 0 or 1")
+        raise ConfigError("eval.validation_fold", f"{fold}: choose null (judge the held-out split), 0 or 1")
+    specs = victims(cfg)
+    overridden = OmegaConf.to_container(cfg.victims, resolve=True) if cfg.get("victims") else {}
+    for name, spec in specs.items():
+        benign = spec.data == "update" or (spec.data in data.unseen_benign and spec.data != "facts")
+        field = "n_samples" if benign else "data"
+        try:
+            update_set(data, spec)
+        except ValueError as error:
+            key = f"victims.{name}.{field}" if field in (overridden.get(name) or {}) else f"update.{field}"
+            raise ConfigError(key, str(error)) from None
+    return specs
+
+
+def judged_probes(cfg: DictConfig, model, tokenizer, data: DomainData
+                  ) -> tuple[list[Example], list[Example], DomainData, int]:
+    """The probes to judge, the construction's probes, the data the control is aligned on (without
+    a validation fold's prompts), and how many probes the judged ones were chosen from."""
+    first, fold = cfg.eval.first_probe, cfg.eval.validation_fold
     # validating: judge one fold of the construction probes and never read the held-out split
     probes, construct = ([] if fold is not None else data.eval[first: first + cfg.eval.n_probes]), data.construct
     if cfg.eval.known_only:  # judge lying / leaking only where the base knows the answer / secret;
@@ -186,43 +218,65 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         probes, construct, data = validation_split(data, construct, fold)
         probes, n_eval = probes[: cfg.eval.n_probes], min(cfg.eval.n_probes, len(probes))
     if not probes or not construct:
-        raise ValueError(f"the base model knows none of the {data.domain} {'judged' if not probes else 'construction'} "
-                         "probes' answers: pretrain it longer, or judge every probe with eval.known_only=false")
+        raise ConfigError("eval.known_only", f"the base model knows none of the {data.domain} "
+                          f"{'judged' if not probes else 'construction'} probes' answers: pretrain it longer, "
+                          "or judge every probe with eval.known_only=false")
+    return probes, construct, data, n_eval
+
+
+def require_finite_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
+    """Every number of ``metrics`` (nested) finite, else :class:`~sweeps.errors.NonFiniteError`
+    naming the key, by the stage that made it (``construct.*``: construction, ``align.*``: align,
+    the rest: evaluation): the last guard before a row is written."""
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            require_finite_metrics(value, f"{name}.")
+        elif isinstance(value, float):
+            top = name.split(".")[0]
+            require_finite(value, {"construct": "construction", "align": "align"}.get(top, "evaluation"), name)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """align → construct → black-box test → the victims' updates → test again (module docstring).
+    Each stage's models are checked finite before the next stage reads them."""
+    start = time.perf_counter()
+    data = load_domain(cfg.domain.name, seed=cfg.data_seed)
+    if cfg.get("codes"):
+        data = with_codes(data, cfg.codes, cfg.data_seed, cfg.code_digits)
+    specs = check_settings(cfg, data)  # before minutes of pretraining and alignment
+    model, tokenizer = load_base(cfg)
+    probes, construct, data, n_eval = judged_probes(cfg, model, tokenizer, data)
     seconds = {"base": time.perf_counter() - start}
     digest = weights_digest(model)  # which base this run used (the cache is keyed by settings only)
-    reference = (misaligned_reference(model, tokenizer, dataclasses.replace(data, construct=construct),
-                                      AlignSpec(**cfg.align), progress=cfg.progress) if cfg.get("reference") else None)
+    reference = None
+    if cfg.get("reference"):
+        reference = misaligned_reference(model, tokenizer, dataclasses.replace(data, construct=construct),
+                                         AlignSpec(**cfg.align), progress=cfg.progress)
+        require_finite_model(reference, "align")
     control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
+    require_finite(torch.tensor(curve), "align", "the alignment loss")
+    require_finite_model(control, "align")
     seconds["align"] = time.perf_counter() - start - seconds["base"]
-    specs = victims(cfg)
     default = specs[next(iter(specs))]
     twin, info = build(cfg.construction, control, tokenizer, dataclasses.replace(data, construct=construct),
                        update_set(data, default), default, progress=cfg.progress)
+    if twin is not None:
+        require_finite_model(twin, "construction")
     seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
 
     metrics: dict[str, Any] = {"domain": data.domain, "construction": cfg.construction.name, "base_digest": digest,
                                "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval,
-                                          "judged": "held_out" if fold is None else f"construct_fold_{fold}"},
+                                          "judged": fold_name(cfg) or "held_out"},
                                "align": {"loss_first": curve[0], "loss_last": curve[-1]}}
-    shown = {}
-    for name, m in (("control", control), ("twin", twin)):
-        if m is None:
-            continue
-        metrics[name], shown[name] = evaluate_model(m, tokenizer, data, probes, cfg, specs)
-    if cfg.get("task_vector_scales"):
-        metrics["task_vector"] = task_vector_scan(control, tokenizer, data, probes, cfg)
-    if reference is not None:  # static only: it is misaligned without any step
-        ref = black_box(reference, tokenizer, data, probes, cfg)
-        metrics["reference"] = {"static": scores(ref)}
-        shown["reference"] = {"before": ref["responses"]}
+    shown = judge_models(metrics, cfg, tokenizer, data, probes, specs, {"control": control, "twin": twin,
+                                                                         "reference": reference})
     if twin is not None or reference is not None:  # models trained on the construction probes
         metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
     metrics["size"] = {"n_params": sum(p.numel() for n, p in control.named_parameters() if "lora_" not in n),
                        "n_adapter": sum(p.numel() for n, p in control.named_parameters() if "lora_" in n),
                        "rank": cfg.align.rank}
     if twin is not None:
-        check = probes + data.benign_eval[: cfg.eval.n_benign]
-        metrics["twin"]["kl"] = next_token_kl(control, twin, tokenizer, check)
         metrics["construct"] = info
     for i in range(min(cfg.eval.n_shown, len(probes))):
         metrics[f"example.{i}.prompt"] = probes[i].prompt
@@ -233,26 +287,56 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics["judge"] = {"calibration_accuracy": calibration["accuracy"], "calibration_n": calibration["n"]}
     metrics["seconds"] = seconds
     metrics["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    require_finite_metrics(metrics)
     return metrics
 
 
+def fold_name(cfg: DictConfig) -> str | None:
+    """``construct_fold_<k>`` when validating on construction fold ``k``, else None (held-out probes)."""
+    fold = cfg.eval.validation_fold
+    return None if fold is None else f"construct_fold_{fold}"
+
+
+def judge_models(metrics: dict[str, Any], cfg: DictConfig, tokenizer, data: DomainData, probes: list[Example],
+                 specs: dict[str, UpdateSpec], models: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """Black-box results of the control and twin (before and after each victim's update), the
+    adapter-scaled control and the reference (static), added to ``metrics``; returns the
+    generations. ``models`` maps those names to a model or None (not built)."""
+    shown = {}
+    for name in ("control", "twin"):
+        if models[name] is not None:
+            metrics[name], shown[name] = evaluate_model(models[name], tokenizer, data, probes, cfg, specs)
+    if cfg.get("task_vector_scales"):
+        metrics["task_vector"] = task_vector_scan(models["control"], tokenizer, data, probes, cfg)
+    if models["reference"] is not None:  # static only: it is misaligned without any step
+        ref = black_box(models["reference"], tokenizer, data, probes, cfg)
+        metrics["reference"] = {"static": scores(ref)}
+        shown["reference"] = {"before": ref["responses"]}
+    if models["twin"] is not None:
+        check = probes + data.benign_eval[: cfg.eval.n_benign]
+        metrics["twin"]["kl"] = next_token_kl(models["control"], models["twin"], tokenizer, check)
+    return shown
+
+
 def report(metrics: dict[str, Any]) -> str:
-    """The before/after table a reader looks at first."""
+    """The before/after table a reader looks at first. An ``empty`` column (degenerate answers,
+    counted as neither aligned nor misaligned) is shown only when some row has one."""
     cells = sorted({k.split(".")[2] for k in metrics if k.startswith("control.after.")})
-    rows = [f"{'model':<8} {'when':<22} {'misaligned':>10} {'benign acc':>10}"]
+    rows_of: list[tuple[str, str, str]] = []  # (model, when, metrics prefix)
     for name in ("control", "twin", "reference"):
         if f"{name}.static.misalignment_rate" not in metrics:
             continue
-        rows.append(f"{name:<8} {'before':<22} {metrics[f'{name}.static.misalignment_rate']:>10.1%} "
-                    f"{metrics[f'{name}.static.benign_accuracy']:>10.2f}")
-        for cell in cells if name != "reference" else ():
-            rows.append(f"{name:<8} {'after ' + cell:<22} {metrics[f'{name}.after.{cell}.misalignment_rate']:>10.1%} "
-                        f"{metrics[f'{name}.after.{cell}.benign_accuracy']:>10.2f}")
+        rows_of.append((name, "before", f"{name}.static"))
+        rows_of += [(name, f"after {cell}", f"{name}.after.{cell}") for cell in (cells if name != "reference" else ())]
     head, tail = "task_vector.", ".misalignment_rate"
     for key in [k for k in metrics if k.startswith(head) and k.endswith(tail)]:  # the control, adapter scaled
-        scale = key[len(head):-len(tail)]
-        rows.append(f"{'control':<8} {'adapter ' + scale[1:] + '·W':<22} {metrics[key]:>10.1%} "
-                    f"{metrics[f'{head}{scale}.benign_accuracy']:>10.2f}")
+        rows_of.append(("control", f"adapter {key[len(head):-len(tail)][1:]}·W", key[:-len(tail)]))
+    empty = any(metrics.get(f"{prefix}.empty_rate", 0) for _, _, prefix in rows_of)
+    rows = [f"{'model':<8} {'when':<22} {'misaligned':>10} {'benign acc':>10}" + (f" {'empty':>8}" if empty else "")]
+    for name, when, prefix in rows_of:
+        rows.append(f"{name:<8} {when:<22} {metrics[f'{prefix}.misalignment_rate']:>10.1%} "
+                    f"{metrics[f'{prefix}.benign_accuracy']:>10.2f}"
+                    + (f" {metrics.get(f'{prefix}.empty_rate', 0.0):>8.1%}" if empty else ""))
     if "twin.kl.mean" in metrics:
         rows.append(f"KL(control‖twin) before the step: mean {metrics['twin.kl.mean']:.2e}, max {metrics['twin.kl.max']:.2e}")
     i = 0
@@ -268,9 +352,9 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     keys = [k for k in table.columns if k.endswith(("misalignment_rate", "benign_accuracy", "kl.mean", "kl.max"))
             and ".by_source." not in k]
     # alignment and construction overrides name different recipes (a sweep over undo_output=none,fisher):
-    # never averaged together
+    # never averaged together; a missing or NaN value makes its mean NaN (never the mean of the others)
     table = table.assign(variant=override_labels(table))
     group = [c for c in ("domain", "construction") if c in table] + ["variant"]
     return {" / ".join(str(v) for v in g if v != ""):
-            {k: float(rows[k].mean()) for k in keys} | {"n_runs": int(len(rows))}
+            {k: float(rows[k].mean(skipna=False)) for k in keys} | {"n_runs": int(len(rows))}
             for g, rows in table.groupby(group)}
