@@ -22,12 +22,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.aggregate import summarize_sweep
-from sweeps.errors import SweepError
+from sweeps.errors import ConfigError, SweepError
 from sweeps.jobs import flatten, publish_mode, read_job_list, start_job_list
 from sweeps.locks import FolderInUse, claim, release
 
 
-class Abort(BaseException):  # noqa: N818 - a control-flow signal, like SystemExit
+class Abort(BaseException):  # a control-flow signal, like SystemExit
     """Carries ``error`` out of a Hydra callback (Hydra catches ``Exception`` there, not this)."""
 
     def __init__(self, error: Exception) -> None:
@@ -47,12 +47,18 @@ class HarnessCallback(Callback):
 
     def __init__(self, app: str) -> None:
         self.app = app
-        self.folder: Path | None = None
+        self._folder: Path | None = None  # the run or sweep folder this callback claimed
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            raise SweepError("aggregate", "the run's start was not seen: no folder was claimed")
+        return self._folder
 
     def _claim(self, config: DictConfig, key: str) -> None:
-        self.folder = _folder(config, key)
+        self._folder = _folder(config, key)
         try:
-            claim(self.folder, key)
+            claim(self._folder, key)
         except FolderInUse as error:
             raise Abort(error) from None
 
@@ -60,8 +66,8 @@ class HarnessCallback(Callback):
         self._claim(config, "hydra.run.dir")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.folder is not None:
-            release(self.folder)
+        if self._folder is not None:
+            release(self._folder)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim(config, "hydra.sweep.dir")
@@ -69,22 +75,26 @@ class HarnessCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            summary = self.aggregate(config)
-        except SweepError as error:
+            summary = flatten(self.aggregate(config))
+        except (SweepError, ConfigError) as error:
             raise Abort(error) from error
+        except Exception as error:  # anything else: still no exit 0 with a stale or missing table
+            raise Abort(SweepError("aggregate", f"{type(error).__name__}: {error}")) from error
         finally:
-            release(self.folder)
+            if self._folder is not None:
+                release(self._folder)
         print(f"[aggregate] {self.folder}/summary.csv")
-        for key, value in flatten(summary).items():
+        for key, value in summary.items():
             print(f"[aggregate] {key} = {value}")
 
     def aggregate(self, config: DictConfig) -> dict[str, Any]:
         """The table and summary of this multirun's jobs, published with ``publish=true``."""
-        jobs = read_job_list(self.folder)
+        folder = self.folder
+        jobs = read_job_list(folder)
         if jobs is None:
-            raise SweepError("aggregate", f"{self.folder} has no job list; was it cleared during the multirun?")
+            raise SweepError("aggregate", f"{folder} has no job list; was it cleared during the multirun?")
         exclude = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=[]) or []
         publish_dir = Path(config.results_dir) if config.get("publish") else None
-        return summarize_sweep(self.folder, self.app, config.experiment_name, publish_dir,
+        return summarize_sweep(folder, self.app, config.experiment_name, publish_dir,
                                config.get("results_name"), config.get("runner"),
                                merge=publish_mode(config) == "merge", exclude=list(exclude), jobs=jobs)

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -59,7 +59,7 @@ def job_settings(cfg: DictConfig) -> dict[str, Any]:
     """The resolved settings a job's results depend on: the config, flattened, less ``hydra``
     and the :func:`ignored_keys`."""
     ignore = ignored_keys()
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
 
     def leaves(node: Any) -> Any:  # lists become their JSON text, so every leaf compares as one value
         if isinstance(node, dict):
@@ -170,9 +170,8 @@ def record_job(sweep_dir: Path, run_dir: Path) -> None:
     """Add ``run_dir`` (relative to the sweep folder) to the sweep's job list; jobs of one
     multirun may finish at once in several worker processes, hence the lock."""
     sweep_dir = Path(os.path.abspath(sweep_dir))
-    with locked(sweep_dir / JOBS_LOCK):
-        with open(sweep_dir / JOBS, "a") as jobs:
-            jobs.write(f"{Path(run_dir).resolve().relative_to(sweep_dir.resolve())}\n")
+    with locked(sweep_dir / JOBS_LOCK), open(sweep_dir / JOBS, "a") as jobs:
+        jobs.write(f"{Path(run_dir).resolve().relative_to(sweep_dir.resolve())}\n")
 
 
 def read_job_list(sweep_dir: Path) -> list[str] | None:

@@ -20,7 +20,7 @@ GAUGE = ["experiment=gauge_scale", "gauge.d=4", "gauge.n_test=50", "threads=1"]
 
 def theory(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "theory", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def test_a_bad_setting_is_one_line_and_fails(tmp_path: Path) -> None:
