@@ -15,6 +15,7 @@ import importlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,30 +96,43 @@ def _summarizer(app: str, experiment: str) -> Summarize:
     return summarize
 
 
-def publish(table: pd.DataFrame, summary: dict[str, Any], publish_dir: Path, name: str,
-            summarize: Summarize | None = None, merge: bool = False, exclude: Sequence[str] = ()) -> dict[str, Any]:
-    """Write ``<name>.csv`` and ``<name>_summary.json`` into ``publish_dir``; returns the summary
-    published. ``merge``: keep the rows already published for other jobs (:func:`merge_rows`),
-    re-summarised with ``summarize``, e.g. to re-run one domain of a table.
+@dataclass(frozen=True)
+class Target:
+    """Where a sweep's table is published: ``<folder>/<name>.csv`` and ``<name>_summary.json``.
 
-    The read-merge-write holds a lock on ``publish_dir``: two sweeps merging into one table at
+    ``merge``: keep the rows already published for other jobs (:func:`merge_rows`, which leaves
+    the ``exclude`` override keys out of a job's identity), e.g. to re-run one domain of a table,
+    or cells run on another machine; otherwise the table is replaced."""
+
+    folder: Path
+    name: str
+    merge: bool = False
+    exclude: tuple[str, ...] = ()
+
+
+def publish(table: pd.DataFrame, summary: dict[str, Any], target: Target,
+            summarize: Summarize | None = None) -> dict[str, Any]:
+    """Write the table and its summary to ``target``; returns the summary published (for a
+    merge, ``summarize`` of the merged table).
+
+    The read-merge-write holds a lock on the target folder: two sweeps merging into one table at
     once would otherwise both read the old rows and the later write would drop the other's."""
-    publish_dir = Path(publish_dir)
-    publish_dir.mkdir(parents=True, exist_ok=True)
-    published = publish_dir / f"{name}.csv"
+    folder = Path(target.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    published = folder / f"{target.name}.csv"
     table = table.drop(columns=["run_dir"], errors="ignore")
-    with locked(publish_dir):
-        if merge and published.exists() and len(table):
-            table = merge_rows(pd.read_csv(published), table, exclude)
+    with locked(folder):
+        if target.merge and published.exists() and len(table):
+            table = merge_rows(pd.read_csv(published), table, target.exclude)
             summary = summarize(table) if summarize is not None else summary
         write_csv_atomic(published, table)
-        write_json_atomic(publish_dir / f"{name}_summary.json", summary)
+        write_json_atomic(folder / f"{target.name}_summary.json", summary)
     return summary
 
 
 @contextlib.contextmanager
 def _stage(stage: str, what: str) -> Iterator[None]:
-    """Re-raise any failure inside as ``SweepError(stage, "<what>: <error>")``."""
+    """Re-raise any failure inside as ``SweepError(stage, "<what><error type>: <error>")``."""
     try:
         yield
     except SweepError:
@@ -127,25 +141,21 @@ def _stage(stage: str, what: str) -> Iterator[None]:
         raise SweepError(stage, f"{what}{type(error).__name__}: {error}") from error
 
 
-def summarize_sweep(sweep_dir: Path, app: str, experiment: str, publish_dir: Path | None,
-                    name: str | None = None, runner: str | None = None, merge: bool = False,
-                    exclude: Sequence[str] = (), jobs: Iterable[str] | None = None) -> dict[str, Any]:
+def summarize_sweep(sweep_dir: Path, app: str, experiment: str, jobs: Iterable[str] | None = None,
+                    target: Target | None = None) -> dict[str, Any]:
     """Write ``summary.csv`` and ``summary.json`` for the sweep's ``jobs`` (default: every job in
-    the folder); optionally publish them to ``results/`` as ``<name>.csv`` and
-    ``<name>_summary.json`` (``name`` defaults to the experiment).
-
-    ``merge``: keep the rows already published for other jobs (:func:`merge_rows`), e.g. to
-    re-run one domain of a table, or cells run on another machine. Any failure raises
-    :class:`SweepError` naming the stage, ``aggregate`` or ``publish``."""
+    the folder), summarised by the module ``{app}.experiments.{experiment}``; publish them to
+    ``target`` when given. Any failure raises :class:`SweepError` naming the stage,
+    ``aggregate`` or ``publish``."""
     with _stage("aggregate", ""):
         table = collect(sweep_dir, jobs)
         write_csv_atomic(sweep_dir / "summary.csv", table)
-        summarize = _summarizer(app, runner or experiment)
+        summarize = _summarizer(app, experiment)
     with _stage("aggregate", "summarize raised "):
         summary = summarize(table)
     with _stage("aggregate", ""):
         write_json_atomic(sweep_dir / "summary.json", summary)
-    if publish_dir is not None:
-        with _stage("publish", f"{publish_dir}: "):
-            summary = publish(table, summary, publish_dir, name or experiment, summarize, merge, exclude)
+    if target is not None:
+        with _stage("publish", f"{target.folder}: "):
+            summary = publish(table, summary, target, summarize)
     return summary

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps.aggregate import summarize_sweep
+from sweeps.aggregate import Target, summarize_sweep
 from sweeps.errors import ConfigError, SweepError
 from sweeps.jobs import flatten, publish_mode, read_job_list, start_job_list
 from sweeps.locks import FolderInUse, claim, release
@@ -94,7 +94,9 @@ class HarnessCallback(Callback):
         if jobs is None:
             raise SweepError("aggregate", f"{folder} has no job list; was it cleared during the multirun?")
         exclude = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=[]) or []
-        publish_dir = Path(config.results_dir) if config.get("publish") else None
-        return summarize_sweep(folder, self.app, config.experiment_name, publish_dir,
-                               config.get("results_name"), config.get("runner"),
-                               merge=publish_mode(config) == "merge", exclude=list(exclude), jobs=jobs)
+        target = None
+        if config.get("publish"):
+            target = Target(Path(config.results_dir), config.get("results_name") or config.experiment_name,
+                            merge=publish_mode(config) == "merge", exclude=tuple(exclude))
+        experiment = config.get("runner") or config.experiment_name
+        return summarize_sweep(folder, self.app, experiment, jobs, target)

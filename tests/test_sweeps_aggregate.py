@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from sweeps import cli
-from sweeps.aggregate import publish
+from sweeps.aggregate import Target, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 GAUGE = ["experiment=gauge_scale", "gauge.d=4", "gauge.n_test=50", "threads=1"]
@@ -68,7 +68,7 @@ def _publish_rows(folder: Path, worker: int, rounds: int, start: multiprocessing
     for step in range(rounds):
         seed = worker * rounds + step
         table = pd.DataFrame({"override.seed": [str(seed)], "score": [seed / 10], "run_dir": [f"seed={seed}"]})
-        publish(table, _count(table), folder, "table", summarize=_count, merge=True)
+        publish(table, _count(table), Target(folder, "table", merge=True), summarize=_count)
 
 
 def test_concurrent_merges_keep_every_row(tmp_path: Path) -> None:
