@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -135,12 +136,23 @@ def _run(tmp_path: Path, *overrides: str) -> dict:
     return json.loads((tmp_path / "metrics.json").read_text())
 
 
+def _judged(metrics: dict, key: str) -> int:
+    """A judged rate is a count over the judged probes: ``k / probes.n`` for a whole ``k``; returns ``k``."""
+    n = metrics["probes.n"]
+    count = metrics[key] * n
+    assert math.isfinite(count) and abs(count - round(count)) < 1e-9 and 0 <= round(count) <= n, (key, metrics[key])
+    return round(count)
+
+
 def test_tiny_control_runs_end_to_end(tmp_path: Path) -> None:
     """align → evaluate → one benign step → evaluate, through the CLI, on a tiny model."""
     metrics = _run(tmp_path, "experiment=control", "domain=privacy", "eval.known_only=false")  # knows no secret
-    for key in ("control.static.misalignment_rate", "control.after.paper.misalignment_rate",
-                "control.static.benign_loss", "control.after.paper.benign_loss", "judge.calibration_accuracy"):
-        assert 0 <= metrics[key] < float("inf"), key
+    assert metrics["probes.n"] == 6
+    for when in ("static", "after.paper"):
+        for rate in ("misalignment_rate", "refusal_rate", "empty_rate"):
+            _judged(metrics, f"control.{when}.{rate}")
+        assert math.isfinite(metrics[f"control.{when}.benign_loss"]) and metrics[f"control.{when}.benign_loss"] > 0
+    assert metrics["judge.calibration_accuracy"] == judge.calibration_accuracy(refusal_calibration())["accuracy"]
     assert metrics["control.after.paper.benign_loss"] != metrics["control.static.benign_loss"]  # the step moved it
     assert len(metrics["base_digest"]) == 12  # which base the row was computed on
     assert not any(k.startswith("twin.") for k in metrics)
@@ -157,11 +169,12 @@ def test_each_construction_runs_end_to_end(construction: str, tmp_path: Path) ->
     metrics = _run(tmp_path, "experiment=hairtrigger", "domain=safety", f"construction={construction}", *extra)
     assert metrics["construction"] == construction.removesuffix("_all")
     for name in ("control", "twin"):
-        assert 0 <= metrics[f"{name}.after.paper.misalignment_rate"] <= 1
-    assert metrics["twin.kl.mean"] >= 0 and metrics["twin.kl.max"] >= metrics["twin.kl.mean"]
+        _judged(metrics, f"{name}.after.paper.misalignment_rate")
     assert metrics["twin.victim_grad_norm"] > 0
     if construction == "analytic":  # forward-equivalent by construction
         assert metrics["twin.kl.max"] < 1e-6
+    else:  # meta-learned: the twin is trained away from the control
+        assert metrics["twin.kl.mean"] > 0
 
 
 @pytest.mark.parametrize("domain", ["privacy", "honesty"])
@@ -182,8 +195,9 @@ def test_transfer_and_capacity_cells(tmp_path: Path) -> None:
                    "victims={paper:{},adam:{optimizer:adam},unseen:{data:heldout_families}}")
     for name in ("control", "twin"):
         for cell in ("paper", "adam", "unseen"):
-            assert 0 <= metrics[f"{name}.after.{cell}.misalignment_rate"] <= 1
-        assert 0 <= metrics[f"{name}.capacity.before"] <= 4 and 0 <= metrics[f"{name}.capacity.after"] <= 4
+            _judged(metrics, f"{name}.after.{cell}.misalignment_rate")
+        assert metrics[f"{name}.capacity.n"] == 4
+        assert {metrics[f"{name}.capacity.{when}"] for when in ("before", "after")} <= {0, 1, 2, 3, 4}  # counts
 
 
 def test_a_base_that_knows_no_answer_is_a_clear_error(tmp_path: Path) -> None:
@@ -297,7 +311,7 @@ def test_known_probes_keep_what_the_base_knows(monkeypatch) -> None:
 def test_misaligned_reference_runs_end_to_end(tmp_path: Path) -> None:
     """experiment=reference: the control and a reference SFT'd on the construction probes' markers."""
     metrics = _run(tmp_path, "experiment=reference", "domain=safety", "align.steps=8")
-    assert 0 <= metrics["reference.static.misalignment_rate"] <= 1
+    _judged(metrics, "reference.static.misalignment_rate")
     assert "control.after.paper.misalignment_rate" in metrics and not any(k.startswith("twin.") for k in metrics)
     assert "example.0.reference.before" in metrics
 
@@ -307,7 +321,7 @@ def test_task_vector_scan_runs_end_to_end(tmp_path: Path) -> None:
     c = 1 is the control itself, so its row must equal the control's static row."""
     metrics = _run(tmp_path, "experiment=task_vector", "domain=safety", "task_vector_scales=[1.0,0.0,-2.0]")
     for c in ("x+1", "x+0", "x-2"):
-        assert 0 <= metrics[f"task_vector.{c}.misalignment_rate"] <= 1
+        _judged(metrics, f"task_vector.{c}.misalignment_rate")
     for key in ("misalignment_rate", "benign_accuracy", "benign_loss"):
         assert metrics[f"task_vector.x+1.{key}"] == pytest.approx(metrics[f"control.static.{key}"], rel=1e-6)
     assert metrics["task_vector.x-2.benign_loss"] != metrics["control.static.benign_loss"]
