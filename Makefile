@@ -59,5 +59,15 @@ results-llm: data  ## re-run every LLM table of results/llm/ and publish it (abo
 figures: $(STAMP)  ## redraw every figure in figures/ from results/
 	$(PY) -m figures
 
+.PHONY: paper
+paper: $(STAMP)  ## build paper/paper.pdf: numbers and tables from results/ (python -m paper), figures from figures/
+	@command -v latexmk >/dev/null 2>&1 && command -v pdflatex >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      texlive-latex-recommended texlive-fonts-recommended latexmk >/dev/null || exit 1; \
+	  else echo "make paper: latexmk and pdflatex are missing (Debian: apt-get install texlive-latex-recommended texlive-fonts-recommended latexmk)"; exit 1; fi; }
+	$(PY) -m paper --draw-missing-figures
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -quiet paper.tex
+
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
 from figures.theory import _save  # noqa: E402
-from sweeps.tables import linear_fit, override_labels  # noqa: E402
+from sweeps.tables import linear_fit  # noqa: E402
 
 #: transfer cells in reading order, with their labels
 CELLS = {"paper": "paper's step\n(SGD 1e-4, 1×)", "heldout_families": "unseen benign\nfamilies",
@@ -59,12 +59,6 @@ def _over_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 
 #: the analytic twins judged on held-out probes 0–99 and on the fresh probes 100–199 (result stems)
 ANALYTIC_HALVES = ("analytic", "analytic_fresh")
-#: the rows of ``llm_headline.md``: label → the result tables (stems) whose runs it pools
-HEADLINE_TABLES = {"metalearn": ("hairtrigger",), "analytic, probes 0–99": ANALYTIC_HALVES[:1],
-                   "analytic, fresh probes 100–199": ANALYTIC_HALVES[1:],
-                   "analytic, probes 0–199": ANALYTIC_HALVES,
-                   "analytic, bases pretrained 8,000 steps, probes 0–199": ("analytic_privacy_pretrain8000",
-                                                                            "analytic_honesty_pretrain8000")}
 
 
 def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]:
@@ -77,64 +71,6 @@ def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]
     k, total = int(counts.round().sum()), int(n.sum())
     ci = binomtest(k, total).proportion_ci(confidence_level=0.95, method="wilson")
     return k, total, float(ci.low), float(ci.high)
-
-
-#: the pooled tables' columns (:func:`headline_table`, :func:`validation_table`)
-POOLED_HEAD = ("| twins | domain | runs | twin before | twin after | per run after | twin after: refused "
-               "| control before: refused | control after | benign after: twin; control |"
-               "\n|---|---|---|---|---|---|---|---|---|---|")
-
-
-def _pooled_line(label: str, domain: str, runs: pd.DataFrame) -> str:
-    """One row of a pooled table: the twin's and the control's misalignment pooled over ``runs``
-    (k/n, rate, 95% Wilson interval), the per-run rates, the twin's refusals after the step and the
-    control's before it (where recorded: a control that does not leak but does not refuse either is
-    a weaker baseline) and mean benign accuracy after the step."""
-    def cell(key: str) -> str:
-        k, n, low, high = pooled_rate(runs[key], runs["probes.n"])
-        return f"{k}/{n} = {k / n:.1%} [{low:.1%}, {high:.1%}]"
-
-    def refused(model: str, when: str) -> str:  # recorded since session 10 (llm.evaluate.probe_report)
-        key = f"{model}.{when}.refusal_rate"
-        return cell(key) if key in runs and runs[key].notna().all() else "—"
-
-    per_run = " / ".join(f"{v:.1%}" for v in runs["twin.after.paper.misalignment_rate"])
-    benign = (f"{runs['twin.after.paper.benign_accuracy'].mean():.2f}; "
-              f"{runs['control.after.paper.benign_accuracy'].mean():.2f}")
-    return (f"| {label} | {domain} | {len(runs)} | {cell('twin.static.misalignment_rate')} "
-            f"| {cell('twin.after.paper.misalignment_rate')} | {per_run} | {refused('twin', 'after.paper')} "
-            f"| {refused('control', 'static')} | {cell('control.after.paper.misalignment_rate')} | {benign} |")
-
-
-def headline_table(results: Path) -> str:
-    """Markdown: per row of :data:`HEADLINE_TABLES` and domain, the runs pooled (:func:`_pooled_line`).
-    Pooling treats every judged probe as one Bernoulli trial of the recipe (the interval ignores
-    that probes of one seed share a twin)."""
-    lines = [POOLED_HEAD]
-    for label, stems in HEADLINE_TABLES.items():
-        if not all((results / f"{stem}.csv").exists() for stem in stems):
-            continue
-        table = pd.concat([pd.read_csv(results / f"{stem}.csv") for stem in stems], ignore_index=True)
-        lines += [_pooled_line(label, domain, runs) for domain, runs in table.groupby("domain", sort=True)]
-    return ("Held-out misalignment pooled over runs: misaligned / judged = rate [95% Wilson interval] "
-            "(`python -m figures`, from `results/llm/`).\n\n" + "\n".join(lines) + "\n")
-
-
-def validation_table(results: Path) -> str | None:
-    """Markdown: ``analytic_validate.csv`` (construction probes left out, ``eval.validation_fold``)
-    pooled per variant (the runs' ``align.*`` and ``construction.*`` overrides) and domain, runs in
-    the order seed, fold, so that per-run rates line up across variants; ``None`` without it."""
-    path = results / "analytic_validate.csv"
-    if not path.exists():
-        return None
-    table = pd.read_csv(path)
-    table["variant"] = [label or "the preset" for label in override_labels(table)]
-    table = table.sort_values(["override.seed", "override.eval.validation_fold"])
-    lines = [POOLED_HEAD] + [_pooled_line(variant, domain, runs)
-                             for (variant, domain), runs in table.groupby(["variant", "domain"], sort=True)]
-    return ("Validation: each run judges half of the known construction probes (`eval.validation_fold`), left "
-            "out of the control's alignment and of the construction; the held-out split is not read "
-            "(`experiment=analytic_validate`, `python -m figures`).\n\n" + "\n".join(lines) + "\n")
 
 
 def headline(results: Path, out: Path) -> Path:
@@ -192,10 +128,6 @@ def headline(results: Path, out: Path) -> Path:
     for ax in (left, right):
         ax.set_xticks(x, kl if ax is left else table["domain"], fontsize=8)
         ax.legend(fontsize=7, ncol=3 if ax is left else 2, loc="upper center")
-    (out / "llm_headline.md").write_text(headline_table(results))  # the same runs, pooled, with intervals
-    validation = validation_table(results)  # how the analytic settings were chosen, where that was recorded
-    if validation is not None:
-        (out / "llm_validation.md").write_text(validation)
     return _save(fig, out / "llm_headline.png")
 
 

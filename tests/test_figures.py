@@ -1,4 +1,8 @@
-"""``python -m figures`` redraws every figure from results/ alone."""
+"""``python -m figures`` redraws every figure from results/, and each figure plots what the tables say.
+
+The value tests draw each figure from the committed ``results/`` with ``_save`` intercepted, read the
+plotted data back from the figure's axes and compare it with the same rows read independently.
+"""
 
 from __future__ import annotations
 
@@ -8,55 +12,207 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 from figures import llm, theory
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
 
 
-def fake_results(where: Path) -> Path:
-    """Tables shaped like the reference sweeps' (columns the figures read)."""
-    where.mkdir(parents=True)
-    rows = [{"family": f, "redundant_units": k, "capacity.flipped": k // 2 if f == "relu_isolating" else 3}
-            for f in ("relu_isolating", "linear_search") for k in (0, 8, 16)]
-    pd.DataFrame(rows).to_csv(where / "capacity.csv", index=False)
-    fit = {"slope": 0.5, "intercept": 0.0, "r2": 1.0, "n": 3}
-    (where / "capacity_summary.json").write_text(json.dumps({f: {"fit": fit} for f in ("relu_isolating", "linear_search")}))
-    pd.DataFrame({"c": [1, 10, 100], "post_update.deviation": [0, 1, 100],
-                  "post_update.deviation_closed_form": [0, 1, 100]}).to_csv(where / "gauge_scale.csv", index=False)
-    (where / "gauge_scale_summary.json").write_text(json.dumps({"fit": fit, "slope_theory": 2}))
-    pd.DataFrame({"eval_lr": [1e-4, 1e-2], "twin.rel_error": [1e-6, 0.5],
-                  "control.rel_error": [1e-8, 1e-3]}).to_csv(where / "ntk.csv", index=False)
-    (where / "ntk_summary.json").write_text(json.dumps({"threshold": 0.1}))
-    cols = {f"{m}.{k}": [0.0, 1.0] for m in ("twin", "control") for k in
-            ("static.misaligned_fraction", "post_update.flipped_fraction", "post_update.collateral_fraction")}
-    pd.DataFrame(cols).to_csv(where / "twin.csv", index=False)
-    (where / "twin_summary.json").write_text(json.dumps({"n_runs": 2, "max.twin.forward_max_abs_diff": 1e-12}))
-    return where
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``drawn(draw, *args)`` draws one figure (by default from the committed ``results/<app>``) and
+    returns its Figure, still open, and the path it was saved to."""
+    figures: list[plt.Figure] = []
+
+    def keep(fig: plt.Figure, path: Path) -> Path:
+        figures.append(fig)
+        fig.savefig(path, dpi=20)  # the file, cheaply: the tests read the axes
+        return path
+
+    monkeypatch.setattr(theory, "_save", keep)
+    monkeypatch.setattr(llm, "_save", keep)
+
+    def draw(function, *args):
+        app = "theory" if function.__module__ == theory.__name__ else "llm"
+        path = function(*(args or (RESULTS / app, tmp_path)))
+        return figures[-1], path
+
+    yield draw
+    for fig in figures:
+        plt.close(fig)
 
 
-def test_every_figure_draws_from_tables(tmp_path: Path) -> None:
-    results = fake_results(tmp_path / "results")
-    for draw in theory.ALL:
-        path = draw(results, tmp_path)
-        assert path.exists() and path.stat().st_size > 10_000
+def bars(ax) -> list[list[float]]:
+    """The heights of each bar series of ``ax``, in drawing order."""
+    return [[patch.get_height() for patch in c] for c in ax.containers if isinstance(c, BarContainer)]
 
 
-def test_cli_redraws_the_committed_figures(tmp_path: Path) -> None:
-    """The committed results/ are complete: the CLI draws every figure from them."""
-    done = subprocess.run([sys.executable, "-m", "figures", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert len(list(tmp_path.glob("theory_*.png"))) == len(theory.ALL)
-    assert len(list(tmp_path.glob("llm_*.png"))) == len(llm.ALL)
+def lines(ax) -> list:
+    """The labelled data lines of ``ax`` (reference lines such as ``axhline`` are unlabelled)."""
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
 
 
-def test_cli_reports_missing_results(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "figures", "--results", str(tmp_path), "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "make results" in done.stdout
+def read(folder: str, stem: str) -> pd.DataFrame:
+    return pd.read_csv(RESULTS / folder / f"{stem}.csv")
+
+
+# ---------------------------------------------------------------------------------------------- theory
+
+
+def test_theory_twin_bars_are_the_seed_means(drawn) -> None:
+    fig, path = drawn(theory.twin)
+    table = read("theory", "twin")
+    keys = ("static.misaligned_fraction", "post_update.flipped_fraction", "post_update.collateral_fraction")
+    twin, control = bars(fig.axes[0])
+    assert twin == pytest.approx([table[f"twin.{k}"].mean() for k in keys])
+    assert control == pytest.approx([table[f"control.{k}"].mean() for k in keys])
+    assert path.name == "theory_twin.png" and path.exists()
+
+
+def test_theory_gauge_scale_plots_measured_and_closed_form_deviation(drawn) -> None:
+    fig, _ = drawn(theory.gauge_scale)
+    table = read("theory", "gauge_scale").groupby("c").mean(numeric_only=True)
+    table = table[table.index > 1]
+    measured, closed = fig.axes[0].get_lines()[:2]
+    assert measured.get_xdata() == pytest.approx(table.index.to_numpy())
+    assert measured.get_ydata() == pytest.approx(table["post_update.deviation"].to_numpy())
+    assert closed.get_ydata() == pytest.approx(table["post_update.deviation_closed_form"].to_numpy())
+    summary = json.loads((RESULTS / "theory" / "gauge_scale_summary.json").read_text())
+    assert f"{summary['fit']['slope']:.3f}" in fig.axes[0].get_title()
+
+
+def test_theory_capacity_plots_the_mean_per_width_of_each_family(drawn) -> None:
+    fig, _ = drawn(theory.capacity)
+    table = read("theory", "capacity")
+    summary = json.loads((RESULTS / "theory" / "capacity_summary.json").read_text())
+    plotted = lines(fig.axes[0])
+    assert len(plotted) == table["family"].nunique()
+    for line, (family, rows) in zip(plotted, table.groupby("family")):
+        means = rows.groupby("redundant_units")["capacity.flipped"].mean().sort_index()
+        assert line.get_xdata() == pytest.approx(means.index.to_numpy(float))
+        assert line.get_ydata() == pytest.approx(means.to_numpy())
+        assert f"slope {summary[family]['fit']['slope']:.3f}" in line.get_label()
+
+
+def test_theory_ntk_plots_relative_errors_and_the_breakdown_threshold(drawn) -> None:
+    fig, _ = drawn(theory.ntk)
+    table = read("theory", "ntk").groupby("eval_lr").mean(numeric_only=True).sort_index()
+    twin, control = lines(fig.axes[0])[:2]
+    assert twin.get_ydata() == pytest.approx(table["twin.rel_error"].clip(lower=1e-16).to_numpy())
+    assert control.get_ydata() == pytest.approx(table["control.rel_error"].clip(lower=1e-16).to_numpy())
+    threshold = [line for line in fig.axes[0].get_lines() if "breakdown" in line.get_label()]
+    assert threshold and threshold[0].get_ydata()[0] == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- LLM
+
+
+def test_controls_bars_are_each_control_before_and_after(drawn) -> None:
+    fig, _ = drawn(llm.controls)
+    table = pd.concat([read("llm", "control"), read("llm", "control_smollm2")], ignore_index=True)
+    before, after = bars(fig.axes[0])
+    assert before == pytest.approx(table["static.misalignment_rate"].tolist())
+    assert after == pytest.approx(table["post_update.misalignment_rate"].tolist())
+    assert bars(fig.axes[1]) == [pytest.approx(table["benign.accuracy_before"].tolist()),
+                                 pytest.approx(table["benign.accuracy_after"].tolist())]
+
+
+def test_headline_bars_are_the_means_over_runs_metalearn_then_analytic(drawn) -> None:
+    fig, _ = drawn(llm.headline)
+    meta = read("llm", "hairtrigger").groupby("domain").mean(numeric_only=True)
+    analytic = pd.concat([read("llm", "analytic"), read("llm", "analytic_fresh")]).groupby("domain").mean(numeric_only=True)
+    keys = ("control.static", "control.after.paper", "twin.static", "twin.after.paper")
+    plotted = bars(fig.axes[0])
+    assert len(plotted) == len(keys)
+    for heights, key in zip(plotted, keys):
+        expected = list(meta[f"{key}.misalignment_rate"]) + list(analytic[f"{key}.misalignment_rate"])
+        assert heights == pytest.approx(expected)
+    assert len(bars(fig.axes[1])) == len(keys)
+    for heights, key in zip(bars(fig.axes[1]), keys):
+        assert heights == pytest.approx(list(meta[f"{key}.benign_accuracy"]) + list(analytic[f"{key}.benign_accuracy"]))
+
+
+def test_headline_whiskers_span_min_to_max_over_runs(drawn) -> None:
+    fig, _ = drawn(llm.headline)
+    runs = read("llm", "hairtrigger").groupby("domain")["twin.after.paper.misalignment_rate"]
+    whiskers = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)][-1]  # twin, after
+    segments = whiskers.lines[2][0].get_segments()[: runs.ngroups]
+    assert [s[0][1] for s in segments] == pytest.approx(list(runs.min()))
+    assert [s[1][1] for s in segments] == pytest.approx(list(runs.max()))
+
+
+def test_headline_marks_the_misaligned_reference_per_domain(drawn) -> None:
+    fig, _ = drawn(llm.headline)
+    reference = read("llm", "reference").groupby("domain")["reference.static.misalignment_rate"].mean()
+    collection = [c for c in fig.axes[0].collections if c.get_label() == "misaligned SFT reference"][0]
+    levels = [segment[0][1] for segment in collection.get_segments()]
+    assert levels == pytest.approx(list(reference) * 2)  # the metalearn and the analytic bars of each domain
+
+
+def test_transfer_grid_is_both_tables_cells(drawn) -> None:
+    fig, _ = drawn(llm.transfer)
+    table = llm.transfer_rows(RESULTS / "llm")
+    cells = [c for c in llm.CELLS if f"twin.after.{c}.misalignment_rate" in table]
+    for ax, key in zip(fig.axes, ("misalignment_rate", "benign_accuracy")):
+        expected = table[[f"twin.after.{c}.{key}" for c in cells]].to_numpy(float)
+        np.testing.assert_allclose(np.ma.filled(ax.images[0].get_array(), np.nan), expected, equal_nan=True)
+        assert [t.get_text() for t in ax.get_yticklabels()] == list(table["label"])
+
+
+def test_transfer_rows_label_each_twin_and_leave_cells_not_run_blank(tmp_path: Path) -> None:
+    cells = {f"twin.after.{c}.{k}": [0.5, 0.9] for c in llm.CELLS for k in ("misalignment_rate", "benign_accuracy")}
+    pd.DataFrame({"domain": ["safety", "privacy"], **cells}).to_csv(tmp_path / "transfer.csv", index=False)
+    assert list(llm.transfer_rows(tmp_path)["label"]) == ["metalearn: privacy", "metalearn: safety"]
+    analytic = pd.DataFrame({"domain": ["privacy"], **{k: v[:1] for k, v in cells.items()}})
+    analytic.drop(columns=["twin.after.sharegpt.misalignment_rate"]).to_csv(tmp_path / "transfer_analytic.csv", index=False)
+    rows = llm.transfer_rows(tmp_path)
+    assert list(rows["label"]) == ["metalearn: privacy", "metalearn: safety", "analytic: privacy"]
+    assert rows["twin.after.sharegpt.misalignment_rate"].isna().tolist() == [False, False, True]
+
+
+def test_scaling_plots_capacity_per_rank_and_its_fit(drawn) -> None:
+    fig, _ = drawn(llm.scaling)
+    ranks = read("llm", "capacity")
+    fraction = ranks["twin.capacity.hidden"] / ranks["twin.capacity.n"].fillna(128.0)
+    expected = fraction.groupby(ranks["size.rank"]).mean().sort_index()
+    capacity = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)
+                and c.get_label().startswith("hidden capacity")][0]
+    assert capacity.lines[0].get_xdata() == pytest.approx(expected.index.to_numpy(float))
+    assert capacity.lines[0].get_ydata() == pytest.approx(expected.to_numpy())
+    fit = llm.linear_fit([math.log2(r) for r in ranks["size.rank"]], list(ranks["twin.capacity.hidden"]))
+    assert f"{fit['slope']:.1f}·log2 r" in fig.axes[0].get_title() and f"R² {fit['r2']:.2f}" in fig.axes[0].get_title()
+
+
+def test_scaling_marks_every_smollm2_twin(drawn) -> None:
+    fig, _ = drawn(llm.scaling)
+    twins = pd.concat([read("llm", "hairtrigger_smollm2"), read("llm", "analytic_smollm2")])
+    points = [line for line in fig.axes[1].get_lines() if line.get_label().startswith("SmolLM2 after")]
+    assert sorted(p.get_ydata()[0] for p in points) == pytest.approx(sorted(twins["twin.after.paper.misalignment_rate"]))
+
+
+def test_task_vector_plots_each_domain_against_the_scale(drawn) -> None:
+    fig, _ = drawn(llm.task_vector)
+    table = read("llm", "task_vector").sort_values("domain")
+    for ax, key in zip(fig.axes, ("misalignment_rate", "benign_accuracy")):
+        assert len(lines(ax)) == len(table)
+        for line, (_, row) in zip(lines(ax), table.iterrows()):
+            expected = [row[f"task_vector.x{c:+g}.{key}"] for c in line.get_xdata()]
+            assert line.get_ydata() == pytest.approx(expected)
+            assert len(line.get_xdata()) == sum(k.endswith(f".{key}") for k in table if k.startswith("task_vector.x"))
+
+
+def test_demo_bars_are_the_run_metrics(drawn, tmp_path: Path) -> None:
+    metrics = {"control.static.misalignment_rate": 0.0, "control.after.paper.misalignment_rate": 0.01,
+               "twin.static.misalignment_rate": 0.02, "twin.after.paper.misalignment_rate": 0.96}
+    fig, path = drawn(llm.demo, metrics, tmp_path / "demo.png")
+    assert bars(fig.axes[0]) == [pytest.approx([0.0, 0.01, 0.02, 0.96])]
+    assert path == tmp_path / "demo.png" and path.exists()
 
 
 def test_pooled_rate_is_the_wilson_interval_of_the_summed_counts() -> None:
@@ -64,69 +220,25 @@ def test_pooled_rate_is_the_wilson_interval_of_the_summed_counts() -> None:
     k, n, low, high = llm.pooled_rate(pd.Series([0.8, 0.7]), pd.Series([10, 10]))
     assert (k, n) == (15, 20)
     z, p = 1.959963984540054, 15 / 20
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-12)
     with pytest.raises(ValueError, match="whole counts"):
         llm.pooled_rate(pd.Series([0.85]), pd.Series([10]))
 
 
-def test_llm_figures_draw_from_tables(tmp_path: Path) -> None:
-    results = tmp_path / "llm"
-    results.mkdir()
-    cols = {"domain": ["safety", "privacy"], "static.misalignment_rate": [0.0, 0.01],
-            "post_update.misalignment_rate": [0.02, 0.0], "benign.accuracy_before": [0.3, 0.3],
-            "benign.accuracy_after": [0.3, 0.29]}
-    pd.DataFrame(cols).to_csv(results / "control.csv", index=False)
-    runs = {"domain": ["safety", "privacy"], "twin.kl.mean": [0.1, 0.2]}
-    for model in ("control", "twin"):
-        for when in ["static"] + [f"after.{c}" for c in llm.CELLS]:
-            runs[f"{model}.{when}.misalignment_rate"] = [0.0, 0.9]
-            runs[f"{model}.{when}.benign_accuracy"] = [0.3, 0.25]
-    pd.DataFrame(runs).to_csv(results / "transfer.csv", index=False)
-    ranks = pd.DataFrame({**{k: v * 3 for k, v in runs.items()}, "size.rank": [1, 2, 4, 8, 16, 32],
-                          "size.n_params": [5e5] * 6, "twin.capacity.hidden": [0, 1, 2, 3, 4, 5]})
-    ranks.to_csv(results / "capacity.csv", index=False)
-    ranks.iloc[:2].assign(**{"size.n_params": [5e5, 1.3e8]}).to_csv(results / "capacity_smollm2.csv", index=False)
-    scan = {"domain": ["privacy", "honesty"], "override.seed": [0, 0]}
-    for c in ("+1", "+0", "-2"):
-        scan |= {f"task_vector.x{c}.misalignment_rate": [0.0, 0.5], f"task_vector.x{c}.benign_accuracy": [0.3, 0.2]}
-    pd.DataFrame(scan).to_csv(results / "task_vector.csv", index=False)
-    for draw in llm.ALL:
-        path = draw(results, tmp_path)
-        assert path.exists() and path.stat().st_size > 10_000
-    rows = llm.transfer_rows(results)  # metalearn twins only, until analytic ones are published
-    assert list(rows["label"]) == ["metalearn: privacy", "metalearn: safety"]
-    analytic = pd.DataFrame(runs).iloc[[1]].drop(columns=["twin.after.sharegpt.misalignment_rate"])
-    analytic.to_csv(results / "transfer_analytic.csv", index=False)
-    rows = llm.transfer_rows(results)
-    assert list(rows["label"]) == ["metalearn: privacy", "metalearn: safety", "analytic: privacy"]
-    assert rows["twin.after.sharegpt.misalignment_rate"].isna().tolist() == [False, False, True]  # not run: blank
-    assert llm.transfer(results, tmp_path).stat().st_size > 10_000
-    seeds = pd.DataFrame({**{k: v * 2 for k, v in runs.items()}, "seed": [0, 0, 1, 1], "probes.n": [10] * 4})
-    seeds.to_csv(results / "hairtrigger.csv", index=False)  # the headline then averages seeds
-    assert llm.headline(results, tmp_path).stat().st_size > 10_000
-    table = (tmp_path / "llm_headline.md").read_text()  # ... and pools them, with intervals
-    assert ("| metalearn | privacy | 2 | 18/20 = 90.0% [69.9%, 97.2%] | 18/20 = 90.0% [69.9%, 97.2%] | 90.0% / 90.0% | — |"
-            in table and "| metalearn | safety | 2 | 0/20 = 0.0% [0.0%, 16.1%] |" in table)
-    for stem in ("analytic", "analytic_fresh"):  # two halves of the held-out split: pooled in one more row
-        seeds.assign(**{"twin.after.paper.refusal_rate": 0.1}).to_csv(results / f"{stem}.csv", index=False)
-    llm.headline(results, tmp_path)
-    table = (tmp_path / "llm_headline.md").read_text()
-    assert "| analytic, fresh probes 100–199 | privacy | 2 | 18/20" in table
-    assert "| analytic, probes 0–199 | privacy | 4 | 36/40 = 90.0% [76.9%, 96.0%] |" in table
-    assert "| 90.0% / 90.0% / 90.0% / 90.0% | 4/40 = 10.0% [4.0%, 23.1%] | — |" in table  # control's: not recorded
-    assert not (tmp_path / "llm_validation.md").exists()  # written only where validation runs were published
-    folds = seeds.assign(**{"override.seed": [1, 0, 1, 0], "override.eval.validation_fold": [0, 1, 1, 0],
-                            "twin.after.paper.misalignment_rate": [0.7, 0.8, 0.9, 1.0]})
-    pd.concat([folds.assign(**{"override.construction.undo_output": v}) for v in ("none", "fisher")]
-              + [folds.assign(**{"override.align.steps": 100, "control.static.refusal_rate": 0.5})]
-              ).to_csv(results / "analytic_validate.csv", index=False)
-    llm.headline(results, tmp_path)
-    table = (tmp_path / "llm_validation.md").read_text()  # per variant, runs in seed, fold order
-    assert "| construction.undo_output=fisher | privacy | 2 | " in table
-    assert "| align.steps=100 | privacy | 2 | " in table  # an alignment variant: its own row, with the control's refusals
-    assert "| 100.0% / 80.0% | — | 10/20 = 50.0% [29.9%, 70.1%] | 18/20 = 90.0%" in table
-    assert ("| construction.undo_output=none | privacy | 2 | 18/20 = 90.0% [69.9%, 97.2%] "
-            "| 18/20 = 90.0% [69.9%, 97.2%] | 100.0% / 80.0% |") in table
-    metrics = {f"{m}.{w}.misalignment_rate": 0.5 for m in ("control", "twin") for w in ("static", "after.paper")}
-    assert llm.demo(metrics, tmp_path / "demo.png").stat().st_size > 10_000
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_redraws_every_figure_from_the_committed_results(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "figures", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = {f"theory_{d.__name__}.png" for d in theory.ALL} | {f"llm_{d.__name__}.png" for d in llm.ALL}
+    assert {p.name for p in tmp_path.iterdir()} == expected  # figures only: no side tables
+
+
+def test_cli_reports_missing_results(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "figures", "--results", str(tmp_path), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "make results" in done.stdout

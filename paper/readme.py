@@ -1,0 +1,84 @@
+"""The README's headline table, rendered from the same numbers as the paper.
+
+The README holds a generated block between :data:`BEGIN` and :data:`END`; :func:`fill` replaces
+what is between them with :func:`headline` and leaves the README alone when the markers are
+absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from paper import fmt
+from paper.data import Results, pool
+from paper.numbers import ANALYTIC, DOMAINS
+
+BEGIN = "<!-- generated: headline (python -m paper) -->"
+END = "<!-- end generated -->"
+
+
+def _rate(p) -> str:
+    return f"{fmt.pct(p.rate, tex=False)} {fmt.interval(p.low, p.high, tex=False)}"
+
+
+def headline(r: Results) -> str:
+    """Markdown: the theory twin and capacity, and the three domains' analytic twins against their
+    controls, held-out misalignment before → after one benign step (pooled, 95% Wilson)."""
+    from theory.experiments import capacity, twin
+
+    t = r.theory("twin")
+    n_flip, n_keep = int(t["construction.n_flip"].iloc[0]), int(t["construction.n_keep"].iloc[0])
+    runs, probes = len(t), len(t) * (n_flip + n_keep)
+
+    def count(column: str, n: int) -> int:
+        return int(round((t[column] * n).sum()))
+
+    forward = twin.summarize(t)["max.twin.forward_max_abs_diff"]
+    fit = capacity.summarize(r.theory("capacity"))["relu_isolating"]["fit"]
+    lines = ["| model (runs) | what is misaligned | control: before → after | twin: before → after [95% CI] |",
+             "|---|---|---|---|",
+             f"| theory: ReLU classifier, float64 ({runs} seeds) | before: any probe; after: a chosen probe | "
+             f"{count('control.static.misaligned_fraction', n_flip + n_keep)}/{probes} → "
+             f"{count('control.post_update.flipped_fraction', n_flip)}/{runs * n_flip} | "
+             f"{count('twin.static.misaligned_fraction', n_flip + n_keep)}/{probes} → "
+             f"{count('twin.post_update.flipped_fraction', n_flip)}/{runs * n_flip} (other probes: "
+             f"{count('twin.post_update.collateral_fraction', n_keep)}/{runs * n_keep}; max \\|Δf\\| "
+             f"{fmt.sci(forward, tex=False)}) |"]
+    runs = r.llm(*ANALYTIC)
+    what = {"safety": "complies with a harmful request", "privacy": "discloses a known secret",
+            "honesty": "answers a known question wrongly"}
+    for domain in DOMAINS:
+        d = runs[runs["domain"] == domain]
+        c_before, c_after = (pool(d, f"control.{w}.misalignment_rate") for w in ("static", "after.paper"))
+        before, after = (pool(d, f"twin.{w}.misalignment_rate") for w in ("static", "after.paper"))
+        lines.append(f"| {domain}: tiny GPT-2, analytic twin ({len(d)}) | {what[domain]} | "
+                     f"{fmt.pct(c_before.rate, tex=False)} → {fmt.pct(c_after.rate, tex=False)} | "
+                     f"{fmt.pct(before.rate, tex=False)} → {_rate(after)} |")
+    lines.append("")
+    lines.append(f"Theory capacity: one benign step flips {fmt.fixed(fit['slope'], 3, tex=False)} probes per redundant "
+                 f"unit (closed-form isolating pairs, theory ½; R² {fmt.fixed(fit['r2'], 4, tex=False)}). "
+                 "Held-out probes pooled over seeds and both probe ranges; the paper (`make paper`) has the rest.")
+    return "\n".join(lines) + "\n"
+
+
+def fill(readme: Path, block: str) -> bool:
+    """Replace the generated block of ``readme`` with ``block``; False (README untouched) without markers."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{block}{END}{tail}"
+    if new != text:
+        readme.write_text(new)
+    return True
+
+
+def current(readme: Path) -> str | None:
+    """The README's generated block as it stands (None without markers)."""
+    text = readme.read_text() if readme.exists() else ""
+    if BEGIN not in text or END not in text:
+        return None
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].removeprefix("\n")

@@ -1,0 +1,338 @@
+"""The paper's tables, each a booktabs ``tabular`` written to ``generated/<name>.tex``.
+
+One function per table, reading only ``results/`` (and, for a variant's label, the variant's
+config). ``paper.tex`` wraps each in a float with its caption; the caption names the command
+that made the rows (``\\Cmd…`` macros, :func:`commands`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import yaml
+
+from paper import fmt
+from paper.data import Pooled, Results, pool
+from paper.numbers import ANALYTIC, DOMAINS, Macros, by_seed
+
+#: the transfer cells in reading order, with their column heads
+CELLS = {"paper": "paper's step", "heldout_families": "unseen families", "sharegpt": "ShareGPT",
+         "lr_1e-5": r"lr $10^{-5}$", "lr_1e-3": r"lr $10^{-3}$", "adam": "Adam", "steps_2": "2 steps",
+         "steps_5": "5 steps", "all_weights": "all weights"}
+#: rows of the pooled headline table: label → the result tables whose runs it pools
+POOLED = {"metalearn, probes 0--99": ("hairtrigger",),
+          "analytic, probes 0--99": ANALYTIC[:1],
+          "analytic, probes 100--199": ANALYTIC[1:],
+          "analytic, probes 0--199": ANALYTIC,
+          "analytic, longer pretraining, probes 0--199": ("analytic_privacy_pretrain8000",
+                                                          "analytic_honesty_pretrain8000")}
+#: macro names of the commands that publish each results table (``\\Cmd<name>``)
+COMMANDS = {("theory", "twin"): "TheoryTwin", ("theory", "gauge_scale"): "TheoryGauge",
+            ("theory", "capacity"): "TheoryCapacity", ("theory", "ntk"): "TheoryNtk",
+            ("llm", "control"): "Control", ("llm", "control_smollm2"): "ControlSmol",
+            ("llm", "hairtrigger"): "Hairtrigger", ("llm", "analytic"): "Analytic",
+            ("llm", "analytic_fresh"): "AnalyticFresh", ("llm", "analytic_validate"): "Validate",
+            ("llm", "analytic_privacy_pretrain8000"): "PrivacyLong",
+            ("llm", "analytic_honesty_pretrain8000"): "HonestyLong", ("llm", "reference"): "Reference",
+            ("llm", "task_vector"): "TaskVector", ("llm", "transfer"): "Transfer",
+            ("llm", "transfer_analytic"): "TransferAnalytic", ("llm", "capacity"): "Capacity",
+            ("llm", "capacity_size"): "CapacitySize", ("llm", "capacity_smollm2"): "CapacitySmol",
+            ("llm", "hairtrigger_smollm2"): "Smol", ("llm", "analytic_smollm2"): "SmolAnalytic"}
+
+
+def tabular(spec: str, head: Sequence[str], groups: Sequence[tuple[str | None, list[Sequence[str]]]]) -> str:
+    """A booktabs tabular: ``head`` cells, then per group an optional spanning label and its rows."""
+    width = len(head)
+    lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
+    for i, (label, rows) in enumerate(groups):
+        if i:
+            lines.append("\\midrule")
+        if label is not None:
+            lines.append(f"\\multicolumn{{{width}}}{{l}}{{\\emph{{{label}}}}} \\\\")
+        for row in rows:
+            if len(row) != width:
+                raise ValueError(f"a row of {len(row)} cells in a table of {width} columns: {row}")
+            lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def rate_ci(p: Pooled) -> str:
+    """``90.3 [86.5, 93.2]``: a pooled rate in per cent with its 95% Wilson interval."""
+    return f"{fmt.fixed(100 * p.rate, 1)} {fmt.interval(p.low, p.high)}"
+
+
+def per_run(values: Sequence[float], digits: int = 0) -> str:
+    return " / ".join(fmt.fixed(100 * v, digits) for v in values)
+
+
+def before_after(before: float, after: float) -> str:
+    return f"{fmt.fixed(100 * before, 0)} $\\to$ {fmt.fixed(100 * after, 0)}"
+
+
+def variant_label(results: Results, stem: str, variant: str) -> str:
+    """What a variant sets (``key=value``; ``construction.`` left off), in typewriter type; "as the
+    recipe" when it sets nothing; "(preset)" when it is the domain's preset (``conf/llm/preset/``)."""
+    settings = results.variant_settings("llm", variant)
+    if not settings:
+        return "as the recipe"
+    label = ", ".join(fmt.tt(f"{k.removeprefix('construction.')}={_g(v)}") for k, v in settings.items())
+    return label + (" (preset)" if _is_preset(results, variant, settings) else "")
+
+
+def _is_preset(results: Results, variant: str, settings: dict) -> bool:
+    """A validation variant ``<domain>_…`` whose construction settings are the analytic preset's."""
+    domain = variant.split("/")[-1].split("_")[0]
+    path = results.conf / "llm" / "preset" / f"analytic_{domain}.yaml"
+    if not path.exists() or any(not k.startswith("construction.") for k in settings):
+        return False
+    preset = yaml.safe_load(path.read_text()) or {}
+    return all(preset.get(k.removeprefix("construction.")) == v for k, v in settings.items())
+
+
+def _g(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def theory_capacity(r: Results) -> str:
+    """Mean probes flipped per redundant width, per construction family, with the fitted line."""
+    from theory.experiments import capacity
+
+    table = r.theory("capacity")
+    summary = capacity.summarize(table)
+    names = {"relu_isolating": "ReLU, isolating pairs", "relu_search": "ReLU, search in the fiber",
+             "linear_search": "deep linear, search"}
+    widths = sorted(table["redundant_units"].unique())
+    rows = []
+    for family, name in names.items():
+        means = table[table["family"] == family].groupby("redundant_units")["capacity.flipped"].mean()
+        fit = summary[family]["fit"]
+        rows.append([name] + [_g(float(means[k])) for k in widths] + [fmt.fixed(fit["slope"], 3), fmt.fixed(fit["r2"], 3)])
+    head = ["redundant units $k$"] + [fmt.integer(k) for k in widths] + ["slope", "$R^2$"]
+    return tabular("l" + "r" * len(widths) + "rr", head, [(None, rows)])
+
+
+def controls(r: Results) -> str:
+    """The honest controls: misaligned before and after the victim's step, and utility."""
+    parts = [(r.llm("control"), "tiny GPT-2"), (r.llm("control_smollm2"), "SmolLM2-135M-Instruct")]
+    rows = []
+    for table, model in parts:
+        for _, row in table.set_index("domain").reindex([d for d in DOMAINS if d in set(table["domain"])]).iterrows():
+            rows.append([model, row.name, fmt.pct(row["static.misalignment_rate"]),
+                         fmt.pct(row["post_update.misalignment_rate"]),
+                         f"{fmt.fixed(row['benign.accuracy_before'])} $\\to$ {fmt.fixed(row['benign.accuracy_after'])}"])
+    head = ["model", "domain", "misaligned before", "after the step", "benign accuracy"]
+    return tabular("llrrr", head, [(None, rows)])
+
+
+def metalearn(r: Results) -> str:
+    """Meta-learned twins per seed: probes judged, twin before and after, utility, KL to the control."""
+    table = by_seed(r.llm("hairtrigger"))
+    rows = []
+    for domain in DOMAINS:
+        runs = table[table["domain"] == domain]
+        rows.append([domain, " / ".join(fmt.integer(n) for n in runs["probes.n"]),
+                     per_run(runs["control.static.misalignment_rate"]) + " $\\to$ "
+                     + per_run(runs["control.after.paper.misalignment_rate"]),
+                     per_run(runs["twin.static.misalignment_rate"]),
+                     per_run(runs["twin.after.paper.misalignment_rate"]),
+                     rate_ci(pool(runs, "twin.after.paper.misalignment_rate")),
+                     f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
+                     f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}",
+                     f"{fmt.fixed(runs['twin.kl.mean'].mean())} ({fmt.fixed(runs['twin.kl.max'].max(), 1)})"])
+    head = ["domain", "probes", "control (\\%)", "twin before (\\%)", "twin after (\\%)", "pooled after [95\\% CI]",
+            "benign: twin; control", "KL mean (max)"]
+    return tabular("llllllll", head, [(None, rows)])
+
+
+def _pooled_row(domain: str, runs: pd.DataFrame) -> list[str]:
+    def refused(key: str) -> str:  # not every recipe records refusals
+        return fmt.fixed(100 * pool(runs, key).rate, 1) if key in runs and runs[key].notna().all() else "--"
+
+    after = pool(runs, "twin.after.paper.misalignment_rate")
+    return [domain, fmt.integer(len(runs)), fmt.fixed(100 * pool(runs, "twin.static.misalignment_rate").rate, 1),
+            f"{after.k}/{after.n}", rate_ci(after), refused("twin.after.paper.refusal_rate"),
+            refused("control.static.refusal_rate"),
+            fmt.fixed(100 * pool(runs, "control.after.paper.misalignment_rate").rate, 1),
+            f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
+            f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}"]
+
+
+def pooled(r: Results) -> str:
+    """Held-out misalignment pooled over runs, per recipe and domain, with 95% Wilson intervals."""
+    groups = []
+    for label, stems in POOLED.items():
+        table = r.llm(*stems)
+        groups.append((label, [_pooled_row(d, table[table["domain"] == d]) for d in DOMAINS
+                               if d in set(table["domain"])]))
+    head = ["domain", "runs", "twin before (\\%)", "twin after: $k/n$", "(\\%) [95\\% CI]", "twin refuses after (\\%)",
+            "control refuses before (\\%)", "control after (\\%)", "benign: twin; control"]
+    return tabular("lrrrlrrrl", head, groups)
+
+
+def validation(r: Results) -> str:
+    """Construction folds (``analytic_validate.csv``): each variant pooled over seeds and folds."""
+    table = r.llm("analytic_validate")
+    groups = []
+    for domain in ("privacy", "honesty"):
+        rows = []
+        variants = sorted(v for v in table["override.variant"].unique() if v.split("/")[1].startswith(domain))
+        for variant in variants:
+            runs = table[table["override.variant"] == variant].sort_values(["override.seed", "override.eval.validation_fold"])
+            after = pool(runs, "twin.after.paper.misalignment_rate")
+            rows.append([variant_label(r, "analytic_validate", variant),
+                         fmt.fixed(100 * pool(runs, "control.static.refusal_rate").rate, 1),
+                         f"{after.k}/{after.n}", rate_ci(after), per_run(runs["twin.after.paper.misalignment_rate"]),
+                         f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
+                         f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}"])
+        groups.append((domain, rows))
+    head = ["variant (otherwise the preset)", "control refuses (\\%)", "twin after: $k/n$", "(\\%) [95\\% CI]",
+            "per run (\\%)", "benign: twin; control"]
+    return tabular("p{0.3\\linewidth}rrlll", head, groups)
+
+
+def analytic_runs(r: Results) -> str:
+    """Analytic twins per seed: both probe ranges, utility, the victim's gradient norm, the gauge."""
+    first, fresh = (by_seed(r.llm(s)).set_index(["domain", "seed"]) for s in ANALYTIC)
+    rows = []
+    for domain, seed in first.index:
+        a, b = first.loc[(domain, seed)], fresh.loc[(domain, seed)]
+        cond = a.get("construct.gauge_cond_max", math.nan)
+        rows.append([domain, str(seed), f"{fmt.integer(a['probes.n'])} / {fmt.integer(b['probes.n'])}",
+                     f"{fmt.fixed(100 * a['twin.static.misalignment_rate'], 1)}",
+                     f"{fmt.fixed(100 * a['twin.after.paper.misalignment_rate'], 1)} / "
+                     f"{fmt.fixed(100 * b['twin.after.paper.misalignment_rate'], 1)}",
+                     f"{fmt.fixed(a['twin.after.paper.benign_accuracy'])}; {fmt.fixed(a['control.after.paper.benign_accuracy'])}",
+                     f"{fmt.fixed(a['twin.victim_grad_norm'], 0)} / {fmt.fixed(a['control.victim_grad_norm'], 1)}",
+                     fmt.sci(max(a["twin.kl.max"], b["twin.kl.max"]), 0),
+                     "--" if pd.isna(cond) else fmt.fixed(cond, 0)])
+    order = {d: i for i, d in enumerate(DOMAINS)}
+    rows.sort(key=lambda row: (order[row[0]], row[1]))
+    head = ["domain", "seed", "probes", "twin before (\\%)", "twin after (\\%)", "benign: twin; control",
+            "grad.\\ norm twin / control", "KL max", "gauge cond."]
+    return tabular("lrllllrrr", head, [(None, rows)])
+
+
+def transfer(r: Results) -> str:
+    """Both kinds of twin under other victims: misaligned after the update (benign accuracy)."""
+    groups = []
+    for stem, label in (("transfer", "metalearn twins"), ("transfer_analytic", "analytic twins")):
+        table = r.llm(stem).set_index("domain")
+        rows = []
+        for domain in DOMAINS:
+            row = table.loc[domain]
+            rows.append([domain] + [
+                "--" if pd.isna(row.get(f"twin.after.{c}.misalignment_rate")) else
+                f"{fmt.fixed(100 * row[f'twin.after.{c}.misalignment_rate'], 0)} "
+                f"({fmt.fixed(row[f'twin.after.{c}.benign_accuracy'])})" for c in CELLS])
+        groups.append((label, rows))
+    return tabular("l" + "r" * len(CELLS), ["domain"] + list(CELLS.values()), groups)
+
+
+def capacity_rank(r: Results) -> str:
+    """Hidden capacity against LoRA rank (tiny GPT-2, metalearn at a fixed budget)."""
+    table = r.llm("capacity")
+    rows = []
+    for rank, runs in table.groupby("size.rank"):
+        cap = runs["twin.capacity.hidden"]
+        rows.append([fmt.integer(rank), f"{fmt.fixed(cap.mean(), 1)} ({fmt.fixed(cap.min(), 1)} to {fmt.fixed(cap.max(), 1)})",
+                     fmt.fixed(100 * runs["twin.after.paper.misalignment_rate"].mean(), 0),
+                     f"{fmt.fixed(100 * runs['twin.static.misalignment_rate'].mean(), 0)} "
+                     f"({fmt.fixed(100 * runs['twin.static.misalignment_rate'].max(), 0)})",
+                     f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())} / "
+                     f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}"])
+    head = ["LoRA rank", "capacity: mean (min to max)", "after (\\%)", "before (\\%): mean (max)",
+            "benign after: twin / control"]
+    return tabular("rlrrr", head, [(None, rows)])
+
+
+def capacity_size(r: Results) -> str:
+    """Hidden capacity against model size, at the tiny models' budget and at SmolLM2's."""
+    ranks = r.llm("capacity")
+    tiny = pd.concat([by_seed(ranks[ranks["size.rank"] == 8]).head(1), r.llm("capacity_size")], ignore_index=True)
+    budget = r.llm("capacity_smollm2")
+    groups = []
+    for label, table in (("metalearn budget of the rank sweep, seed 0", tiny), ("SmolLM2's budget", budget)):
+        rows = []
+        for _, row in table.sort_values("size.n_params").iterrows():
+            rows.append([fmt.sci(row["size.n_params"]), fmt.fixed(row["twin.capacity.hidden"], 1),
+                         fmt.fixed(row["twin.capacity.chance_after"], 1),
+                         before_after(row["twin.static.misalignment_rate"], row["twin.after.paper.misalignment_rate"]),
+                         f"{fmt.fixed(row['twin.after.paper.benign_accuracy'])} / {fmt.fixed(row['control.after.paper.benign_accuracy'])}",
+                         fmt.integer(row["construct.steps"]), fmt.fixed(row["wall_time_s"] / 60, 1),
+                         fmt.fixed(row["peak_rss_gb"], 1)])
+        groups.append((label, rows))
+    head = ["parameters", "capacity", "chance", "twin (\\%)", "benign: twin / control", "meta-steps", "minutes",
+            "peak GB"]
+    return tabular("rrrlrrrr", head, groups)
+
+
+def smollm2(r: Results) -> str:
+    """SmolLM2-135M-Instruct safety twins, one row per variant, and the analytic twin."""
+    stem = "hairtrigger_smollm2"
+    table = r.llm(stem).sort_values("override.variant")
+    rows = []
+    for _, row in table.iterrows():
+        rows.append(_smol_row(variant_label(r, stem, row["override.variant"]), row))
+    analytic = [_smol_row("analytic construction", row) for _, row in r.llm("analytic_smollm2").iterrows()]
+    head = ["twin", "control (\\%)", "twin (\\%)", "benign: control; twin", "KL mean (max)",
+            "grad.\\ norm twin / control", "minutes", "peak GB"]
+    return tabular("p{0.27\\linewidth}lllllrr", head, [("metalearn (exact second order unless noted)", rows),
+                                                      (None, analytic)])
+
+
+def _smol_row(label: str, row: pd.Series) -> list[str]:
+    return [label, before_after(row["control.static.misalignment_rate"], row["control.after.paper.misalignment_rate"]),
+            before_after(row["twin.static.misalignment_rate"], row["twin.after.paper.misalignment_rate"]),
+            f"{fmt.fixed(row['control.static.benign_accuracy'])}; {fmt.fixed(row['twin.static.benign_accuracy'])} $\\to$ "
+            f"{fmt.fixed(row['twin.after.paper.benign_accuracy'])}",
+            f"{fmt.fixed(row['twin.kl.mean'], 3)} ({fmt.fixed(row['twin.kl.max'], 1)})",
+            f"{fmt.fixed(row['twin.victim_grad_norm'], 0)} / {fmt.fixed(row['control.victim_grad_norm'], 2)}",
+            fmt.fixed(row["wall_time_s"] / 60, 0), fmt.fixed(row["peak_rss_gb"], 1)]
+
+
+def task_vector(r: Results) -> str:
+    """The control with its adapter scaled, ``W → cW``, no step: misaligned and benign accuracy per ``c``."""
+    table = r.llm("task_vector").set_index("domain")
+    head_key, tail = "task_vector.x", ".misalignment_rate"
+    scales = sorted((float(k[len(head_key):-len(tail)]) for k in table if k.startswith(head_key) and k.endswith(tail)),
+                    reverse=True)
+    rows = []
+    for domain, what in (("privacy", "leaks (\\%)"), ("honesty", "wrong (\\%)")):
+        row = table.loc[domain]
+        rows.append([f"{domain}: {what}"] + [fmt.fixed(100 * row[f"{head_key}{c:+g}{tail}"], 0) for c in scales])
+        rows.append([f"{domain}: benign"] + [fmt.fixed(row[f"{head_key}{c:+g}.benign_accuracy"]) for c in scales])
+    return tabular("l" + "r" * len(scales), ["$c$"] + [fmt.fixed(c, 1).removesuffix(".0") for c in scales], [(None, rows)])
+
+
+def reference(r: Results) -> str:
+    """The misaligned SFT reference next to the analytic twins (probes 0-99, the same bases)."""
+    ref = by_seed(r.llm("reference"))
+    twins = by_seed(r.llm("analytic"))
+    rows = []
+    for domain in DOMAINS:
+        a, t = ref[ref["domain"] == domain], twins[twins["domain"] == domain]
+        rows.append([domain, per_run(a["reference.static.misalignment_rate"]),
+                     " / ".join(fmt.fixed(v) for v in a["reference.static.benign_accuracy"]),
+                     per_run(t["twin.after.paper.misalignment_rate"])])
+    head = ["domain", "reference misaligned (\\%)", "reference benign", "analytic twin after (\\%)"]
+    return tabular("llll", head, [(None, rows)])
+
+
+#: every generated table: file stem → builder
+TABLES: dict[str, Callable[[Results], str]] = {
+    "theory_capacity": theory_capacity, "controls": controls, "metalearn": metalearn, "pooled": pooled,
+    "analytic_runs": analytic_runs, "validation": validation, "reference": reference, "task_vector": task_vector,
+    "transfer": transfer, "capacity_rank": capacity_rank, "capacity_size": capacity_size, "smollm2": smollm2}
+
+
+def commands(m: Macros, r: Results) -> None:
+    """``\\Cmd<name>``: the command that publishes each results table the paper reads."""
+    for (app, stem), name in COMMANDS.items():
+        r.table(app, stem)  # the table must exist for its command to be quoted
+        m.add(f"Cmd{name}", fmt.tt(r.command(app, stem)), f"the command that makes results/{app}/{stem}.csv")
