@@ -14,13 +14,18 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from strategies import SETTINGS, setups
 
 from sweeps.errors import ConfigError
 from theory import redundancy, symmetry
-from theory.audit import canonicalize, function_residual, gauge_excess, margin_certificate
+from theory.audit import (
+    canonicalize,
+    function_residual,
+    gauge_excess,
+    margin_certificate,
+)
 from theory.audit.amplification import amplification, probe_velocity
 from theory.audit.canonical import homogeneous, layer_sq_norms
 from theory.audit.certificate import lipschitz_on_interval
@@ -30,7 +35,7 @@ from theory.audit.simulate import misaligned_after_step, post_step_margins
 from theory.construct import RedundantUnitFiber, isolating_pairs_twin
 from theory.models import ACTIVATIONS, DTYPE, Net
 from theory.task import make_task, margin, train_aligned_base
-from theory.update import gd_step, gradient
+from theory.update import gd_step
 
 ROOT = Path(__file__).resolve().parent.parent
 LR = 1e-3
@@ -236,8 +241,8 @@ def test_certificate_bounds_every_step_in_the_ball(case, rho, data):
         for c in range(net.widths[-1]):
             if c == forbidden:
                 continue
-            g = torch.func.grad(lambda p: (net.forward(p, probes[j:j + 1])[0, forbidden]
-                                           - net.forward(p, probes[j:j + 1])[0, c]))(params)
+            g = torch.func.grad(lambda p, j=j, c=c: (net.forward(p, probes[j:j + 1])[0, forbidden]
+                                                     - net.forward(p, probes[j:j + 1])[0, c]))(params)
             norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
             if norm > 0:
                 steps += [{k: sign * rho * v / norm for k, v in g.items()} for sign in (1.0, -1.0)]
@@ -257,7 +262,7 @@ def test_certificate_is_tight_to_first_order_for_linear_nets():
     rho = 1e-5
     cert = margin_certificate(net, params, probes, 1, rho)
     for j in range(5):
-        g = torch.func.grad(lambda p: margin(net.forward(p, probes[j:j + 1]), 1)[0])(params)
+        g = torch.func.grad(lambda p, j=j: margin(net.forward(p, probes[j:j + 1]), 1)[0])(params)
         norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
         moved = {k: params[k] + rho * g[k] / norm for k in params}
         change = float(margin(net.forward(moved, probes[j:j + 1]), 1)[0] - cert.margin[j])
@@ -368,8 +373,8 @@ def test_neutraliser_brings_the_isolating_twin_to_its_control(relu_setup):
     control = misaligned_after_step(net, base, task, LR, "cross_entropy")
     a, b = canonicalize(twin_net, twin), canonicalize(net, base)
     assert misaligned_after_step(a.net, a.params, task, LR, "cross_entropy") == control == 0.0
-    margins = [post_step_margins(c.net, c.params, task.x_update, task.y_update, LR, "cross_entropy",
-                                 task.probes, task.forbidden) for c in (a, b)]
+    margins = [post_step_margins(c.net, c.params, task, task.x_update, task.y_update, LR, "cross_entropy")
+               for c in (a, b)]
     assert float((margins[0] - margins[1]).abs().max()) <= 1e-9
 
 
@@ -437,7 +442,7 @@ def test_tiny_audit_sweep(tmp_path: Path):
            "family=relu_isolating,gelu_search", "seed=0,1", "audit.held_out=gelu_search", "task.n_probes=32",
            "task.base_steps=100", "audit.n_gauged=2", "audit.n_random_inputs=200", "audit.worst.n_halves=1",
            "audit.worst.n_surrogate=1", "construction.max_steps=600"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(tmp_path.glob("*/metrics.json"))
     assert len(jobs) == 4

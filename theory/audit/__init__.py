@@ -15,7 +15,12 @@ One concept per module:
 * :mod:`~theory.audit.roc`: ROC-AUC with bootstrap intervals and TPR at a calibrated FPR.
 """
 
-from theory.audit.canonical import Canonical, canonicalize, function_residual, gauge_excess
+from theory.audit.canonical import (
+    Canonical,
+    canonicalize,
+    function_residual,
+    gauge_excess,
+)
 from theory.audit.certificate import Certificate, margin_certificate
 from theory.audit.signals import AuditSettings, Victim, audit_model
 

@@ -25,9 +25,20 @@ from typing import Any
 import torch
 
 from theory.audit.amplification import amplification, probe_velocity
-from theory.audit.canonical import Canonical, canonicalize, function_residual, gauge_excess, layer_sq_norms
+from theory.audit.canonical import (
+    Canonical,
+    canonicalize,
+    function_residual,
+    gauge_excess,
+    layer_sq_norms,
+)
 from theory.audit.certificate import margin_certificate
-from theory.audit.simulate import candidate_batches, misaligned_after_step, post_step_margins, worst_margin
+from theory.audit.simulate import (
+    candidate_batches,
+    misaligned_after_step,
+    post_step_margins,
+    worst_margin,
+)
 from theory.models import DTYPE, Net, Params, param_norm
 from theory.task import AlignmentTask
 from theory.update import Loss, grad_norm
@@ -76,8 +87,7 @@ def _certificates(net: Net, params: Params, canon: Canonical, task: AlignmentTas
                      "uncertified_fraction": 1.0 - cert.certified_fraction,
                      "max_bound": float(cert.bound.max()), "max_slope": float(cert.slope.max())}
         if name == "step" and victim.steps == 1:  # the victim's own step lies on the ball's boundary
-            after = post_step_margins(net, params, task.x_update, task.y_update, victim.lr, victim.loss,
-                                      task.probes, task.forbidden)
+            after = post_step_margins(net, params, task, task.x_update, task.y_update, victim.lr, victim.loss)
             out[name]["max_violation"] = float(((after - cert.margin).abs() - cert.bound).max())
     return out
 

@@ -23,20 +23,19 @@ from theory.task import AlignmentTask, margin
 from theory.update import Loss, gd_step
 
 
-def post_step_margins(net: Net, params: Params, x: torch.Tensor, y: torch.Tensor, lr: float,
-                      loss: Loss, probes: torch.Tensor, forbidden: int, steps: int = 1) -> torch.Tensor:
-    """Probe margins after ``steps`` exact GD steps on ``(x, y)``."""
+def post_step_margins(net: Net, params: Params, task: AlignmentTask, x: torch.Tensor, y: torch.Tensor,
+                      lr: float, loss: Loss, steps: int = 1) -> torch.Tensor:
+    """``task``'s probe margins after ``steps`` exact GD steps on ``(x, y)``."""
     net = net.fitted(params)
     with torch.no_grad():
         stepped = gd_step(net, params, x, y, lr, loss, steps)
-        return margin(net.forward(stepped, probes), forbidden)
+        return margin(net.forward(stepped, task.probes), task.forbidden)
 
 
 def misaligned_after_step(net: Net, params: Params, task: AlignmentTask, lr: float, loss: Loss,
                           steps: int = 1) -> float:
     """Fraction of probes misaligned after the victim's step on ``D``."""
-    m = post_step_margins(net, params, task.x_update, task.y_update, lr, loss, task.probes,
-                          task.forbidden, steps)
+    m = post_step_margins(net, params, task, task.x_update, task.y_update, lr, loss, steps)
     return float((m > 0).double().mean())
 
 
@@ -63,6 +62,6 @@ def worst_margin(net: Net, params: Params, task: AlignmentTask,
     worst = float("-inf")
     for x, y in batches:
         for lr in lrs:
-            m = post_step_margins(net, params, x, y, lr, loss, task.probes, task.forbidden, steps)
+            m = post_step_margins(net, params, task, x, y, lr, loss, steps)
             worst = max(worst, float(m.max()))
     return worst

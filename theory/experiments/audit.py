@@ -32,7 +32,14 @@ from theory.audit import AuditSettings, Victim, audit_model, canonicalize
 from theory.audit.honest import random_gauge
 from theory.audit.roc import bootstrap_auc, flagged_fraction, roc_auc, threshold_at_fpr
 from theory.audit.simulate import post_step_margins
-from theory.experiments.common import Setup, construct, forward_max_abs_diff, make_setup, probe_split, twin_net
+from theory.experiments.common import (
+    Setup,
+    construct,
+    forward_max_abs_diff,
+    make_setup,
+    probe_split,
+    twin_net,
+)
 
 FAMILIES = ("relu_isolating", "relu_search", "gelu_search", "linear_search")
 #: signal → metric suffix; every one is oriented so that larger means more suspicious
@@ -70,8 +77,8 @@ def _collapse(setup: Setup, twin: dict, victim: Victim) -> dict[str, float]:
     same = all(ct.params[k].shape == cc.params[k].shape for k in cc.params) and set(ct.params) == set(cc.params)
     gap = max(float((ct.params[k] - cc.params[k]).abs().max()) for k in cc.params) if same else math.inf
     task = setup.task
-    after = [post_step_margins(c.net, c.params, task.x_update, task.y_update, victim.lr, victim.loss,
-                               task.probes, task.forbidden, victim.steps) for c in (ct, cc)]
+    after = [post_step_margins(c.net, c.params, task, task.x_update, task.y_update, victim.lr, victim.loss,
+                               victim.steps) for c in (ct, cc)]
     return {"param_gap": gap, "post_step_margin_gap": float((after[0] - after[1]).abs().max())}
 
 
@@ -159,8 +166,8 @@ def summarize(table: pd.DataFrame, fpr: float = 0.01, n_boot: int = 2000) -> dic
     pop = population(table)
     held_out = str(table["held_out"].iloc[0])
     twins, honest = pop[pop.kind == "twin"], pop[pop.kind == "honest"]
-    out: dict[str, Any] = {"held_out": held_out, "n_twins": int(len(twins)), "n_honest": int(len(honest)),
-                           "n_twins_built": int(len(table)),
+    out: dict[str, Any] = {"held_out": held_out, "n_twins": len(twins), "n_honest": len(honest),
+                           "n_twins_built": len(table),
                            "signals": {name: _score(pop, key, held_out, fpr, n_boot) for name, key in SIGNALS.items()}}
     if len(twins) and len(honest):
         lo, hi = np.percentile(honest["post_update.delivered"], [2.5, 97.5])
