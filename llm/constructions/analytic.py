@@ -66,7 +66,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -74,9 +74,11 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm import gauges
 from llm.batches import batch_of, pairs
 from llm.constructions.undo_floor import hidden_move, undo_floor
 from llm.data.schema import DomainData, Example
+from llm.gauges import FAMILIES, GaugeSpec, gauge_maps, gauge_spec
 from llm.lora import (
     ADAPTER,
     LoraFactors,
@@ -104,8 +106,6 @@ from llm.objectives import (
 from llm.update import UpdateSpec, victim_update
 
 Params = dict[str, torch.Tensor]
-# undo_gauge → which gauge groups (gauge_spec's attention, layernorm flags) the undo fit may use
-GAUGE_GROUPS = {"none": None, "layernorm": (False, True), "attention": (True, False), "all": (True, True)}
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,8 @@ class AnalyticSpec:
                                              or self.fisher_samples < 1):
             raise ValueError("construction.undo_output=fisher weighs an input-side metric (undo_metric inputs or "
                              "responses) and needs output_damping ≥ 0 and fisher_samples ≥ 1")
-        if self.undo_gauge not in GAUGE_GROUPS:
-            raise ValueError(f"construction.undo_gauge must be one of {sorted(GAUGE_GROUPS)}, not {self.undo_gauge!r}")
+        if self.undo_gauge not in FAMILIES:
+            raise ValueError(f"construction.undo_gauge must be one of {sorted(FAMILIES)}, not {self.undo_gauge!r}")
         if self.undo_gauge != "none" and (self.undo_steps <= 0 or self.mechanism != "lora_preconditioner"
                                           or self.modules != "all"):
             raise ValueError("construction.undo_gauge is fitted with the weight-space undo of the LoRA mechanism, "
@@ -496,7 +496,7 @@ def fit_undo(shapes: dict[str, tuple[int, int]], undo, spec: AnalyticSpec, progr
     ``undo(extra)`` (:func:`undo_residual` after the exact step), from a seeded random start
     of rms ``10⁻²`` with the given ``shapes`` (zero rows are a saddle of the residual).
     Matrix products only (no forward pass), so thousands of steps take seconds. With
-    ``gauge`` (log coordinates, :func:`gauge_logs`) the objective is ``undo(extra, gauge)`` and
+    ``gauge`` (log coordinates, :func:`llm.gauges.identity_logs`) the objective is ``undo(extra, gauge)`` and
     the gauge is fitted along (in place, at ``spec.gauge_lr``).
 
     What one step can reach: with ``P = B Bᵀ`` and ``Q = AᵀA`` over the adapter's components,
@@ -523,16 +523,16 @@ def fit_undo(shapes: dict[str, tuple[int, int]], undo, spec: AnalyticSpec, progr
 def fit_gauged_undo(model, layers: dict[str, LoraLayer], grads: dict[str, torch.Tensor],
                     shapes: dict[str, tuple[int, int]], objective, spec: AnalyticSpec, lr: float,
                     progress: bool = False) -> tuple[dict[str, torch.Tensor], GaugeSpec, dict[str, torch.Tensor]]:
-    """:func:`fit_undo` with the gauge groups of ``spec.undo_gauge`` (:data:`GAUGE_GROUPS`) as
+    """:func:`fit_undo` with the gauge groups of ``spec.undo_gauge`` (:data:`FAMILIES`) as
     further unknowns: ``objective`` (of the post-step products in the control's coordinates) of
     :func:`gauged_step_products`. Returns the hidden components (in the gauge's coordinates), the
-    gauge spec and its fitted log coordinates (:func:`gauge_exp` gives the element to apply)."""
-    attention, layernorm = GAUGE_GROUPS[spec.undo_gauge]
+    gauge spec and its fitted log coordinates (:func:`llm.gauges.exp` gives the element to apply)."""
+    attention, layernorm = FAMILIES[spec.undo_gauge]
     gspec = gauge_spec(model, attention=attention, layernorm=layernorm)
-    logs = gauge_logs(gspec)
+    logs = gauges.identity_logs(gspec)
 
     def undo(extra: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return objective(gauged_step_products(layers, grads, extra, gauge_maps(gspec, gauge_exp(logs), layers), lr))
+        return objective(gauged_step_products(layers, grads, extra, gauge_maps(gspec, gauges.exp(logs), layers), lr))
 
     return fit_undo(shapes, undo, spec, progress, logs), gspec, logs
 
@@ -638,13 +638,13 @@ def build_analytic(control, tokenizer: PreTrainedTokenizerBase, data: DomainData
     if spec.undo_gauge != "none":
         extra, gspec, logs = fit_gauged_undo(base, layers, grads_upd, shapes, moved_products, spec, lr, progress)
         with torch.no_grad():
-            element = gauge_exp(logs)
+            element = gauges.exp(logs)
             maps = gauge_maps(gspec, element, layers)
             info["undo_residual_gauge_fit"] = float(residual(gauged_step_products(layers, grads_upd, extra, maps, lr)))
             info["gauge_log_max"] = max(float(x.abs().max()) for x in logs.values())
             info["gauge_cond_max"] = max(float(torch.linalg.cond(m.double())) for r_k in maps.values() for m in r_k)
             back = {n: (torch.linalg.inv(r), torch.linalg.inv(kk)) for n, (r, kk) in maps.items()}
-            apply_gauge(base, gspec, element)
+            gauges.apply(base, gspec, element)
         grads_upd = weight_gradients(base, upd_batch, layers)  # G̃ of the gauged twin, as the victim sees it
 
     # the control's (old components') step, exactly as the victim does it
@@ -824,145 +824,3 @@ def widen_mlps(model, k: int, generator: torch.Generator, out_scale: float = 1.0
         add_ffn_pairs(block, u, torch.randn(k, generator=generator), v)
     model.config.n_inner = base_layer(block.mlp.c_fc).weight.shape[1]
     return model
-
-
-# ---------------------------------------------------------------------------- gauges as data
-
-
-@dataclass(frozen=True)
-class GaugeAction:
-    """One factor of a gauge: ``module`` (a Conv1D, maybe LoRA-wrapped) or a layer norm.
-
-    ``kind``: ``out`` (columns ``sl`` of the Conv1D output: ``W[:, sl] → W[:, sl] R``,
-    ``b[sl] → b[sl] R``), ``in`` (rows ``sl`` of its input: ``W[sl] → L W[sl]``) or ``ln``
-    (gain and bias ``→ ⊙ c``). ``group`` names the matrix (or vector) of the group element and
-    ``side`` how it enters (``M``, ``M^-T``, ``M^-1``, ``1/c``, ``c``).
-    """
-
-    module: str
-    kind: Literal["out", "in", "ln"]
-    group: str
-    side: Literal["M", "M^-T", "M^-1", "c", "1/c"]
-    sl: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class GaugeSpec:
-    groups: dict[str, tuple[str, int]]  # name → ("GL" | "diag", size)
-    actions: tuple[GaugeAction, ...] = field(default_factory=tuple)
-
-
-def gauge_spec(model, attention: bool = True, layernorm: bool = True) -> GaugeSpec:
-    """Per block: ``q{l}.{h}`` (GL, acts on head ``h``'s query/key dims), ``v{l}.{h}`` (GL, on its
-    value dims and ``attn.c_proj``'s input rows), ``ln1.{l}`` / ``ln2.{l}`` (positive diagonal)."""
-    prefix = next(n for n, m in model.named_modules() if hasattr(m, "h") and isinstance(m.h, torch.nn.ModuleList))
-    cfg = model.config
-    d, n_head = cfg.n_embd, cfg.n_head
-    hd = d // n_head
-    groups: dict[str, tuple[str, int]] = {}
-    actions: list[GaugeAction] = []
-    for l in range(cfg.n_layer):
-        p = f"{prefix}.h.{l}" if prefix else f"h.{l}"
-        if attention:
-            for h in range(n_head):
-                q, kk, v = (h * hd, (h + 1) * hd), (d + h * hd, d + (h + 1) * hd), (2 * d + h * hd, 2 * d + (h + 1) * hd)
-                groups[f"q{l}.{h}"] = ("GL", hd)
-                groups[f"v{l}.{h}"] = ("GL", hd)
-                actions += [GaugeAction(f"{p}.attn.c_attn", "out", f"q{l}.{h}", "M", q),
-                            GaugeAction(f"{p}.attn.c_attn", "out", f"q{l}.{h}", "M^-T", kk),
-                            GaugeAction(f"{p}.attn.c_attn", "out", f"v{l}.{h}", "M", v),
-                            GaugeAction(f"{p}.attn.c_proj", "in", f"v{l}.{h}", "M^-1", (h * hd, (h + 1) * hd))]
-        if layernorm:
-            for ln, nxt in (("ln_1", "attn.c_attn"), ("ln_2", "mlp.c_fc")):
-                g = f"{ln.replace('_', '')}.{l}"
-                groups[g] = ("diag", d)
-                actions += [GaugeAction(f"{p}.{ln}", "ln", g, "c"), GaugeAction(f"{p}.{nxt}", "in", g, "1/c", (0, d))]
-    return GaugeSpec(groups, tuple(actions))
-
-
-def sample_gauge(spec: GaugeSpec, generator: torch.Generator, scale: float = 0.5,
-                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """GL: ``exp(scale · random/√n)``; diag: ``exp(scale · randn)`` (a vector)."""
-    out = {}
-    for name, (kind, n) in spec.groups.items():
-        if kind == "GL":
-            m = torch.linalg.matrix_exp(scale * torch.randn(n, n, generator=generator, dtype=torch.float64) / n ** 0.5)
-        else:
-            m = torch.exp(scale * torch.randn(n, generator=generator, dtype=torch.float64))
-        out[name] = m.to(dtype)
-    return out
-
-
-def _matrix(element: torch.Tensor, side: str) -> torch.Tensor:
-    if element.ndim == 1:  # diagonal group: as a matrix
-        return torch.diag(element if side == "c" else 1.0 / element)
-    if side == "M":
-        return element
-    inv = torch.linalg.inv(element.double()).to(element.dtype)
-    return inv.T if side == "M^-T" else inv
-
-
-@torch.no_grad()
-def apply_gauge(model, spec: GaugeSpec, element: dict[str, torch.Tensor], adapter: str = ADAPTER):
-    """Act with a gauge element on ``model`` in place (base weights and LoRA factors)."""
-    mods = dict(model.named_modules())
-    for act in spec.actions:
-        module = mods[act.module]
-        el = element[act.group]
-        if act.kind == "ln":
-            c = el.to(module.weight.dtype)
-            module.weight.mul_(c)
-            module.bias.mul_(c)
-            continue
-        mat = _matrix(el, act.side).to(base_layer(module).weight.dtype)
-        conv = base_layer(module)
-        s0, s1 = act.sl
-        if act.kind == "out":  # x W[:, sl] R; LoRA delta (s AᵀBᵀ)[:, sl] R  ⇒  B[sl] → Rᵀ B[sl]
-            conv.weight[:, s0:s1] = conv.weight[:, s0:s1] @ mat
-            if conv.bias is not None:
-                conv.bias[s0:s1] = conv.bias[s0:s1] @ mat
-            if isinstance(module, LoraLayer):
-                bw = module.lora_B[adapter].weight
-                bw[s0:s1] = mat.T @ bw[s0:s1]
-        else:  # L W[sl]; LoRA delta L (s AᵀBᵀ)[sl]  ⇒  A[:, sl] → A[:, sl] Lᵀ
-            conv.weight[s0:s1] = mat @ conv.weight[s0:s1]
-            if isinstance(module, LoraLayer):
-                aw = module.lora_A[adapter].weight
-                aw[:, s0:s1] = aw[:, s0:s1] @ mat.T
-    return model
-
-
-def gauge_logs(spec: GaugeSpec, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The identity element in log coordinates (zeros; leaves to fit): GL ``M = exp(X)``, diag ``c = exp(u)``."""
-    return {name: torch.zeros((n, n) if kind == "GL" else (n,), dtype=dtype, requires_grad=True)
-            for name, (kind, n) in spec.groups.items()}
-
-
-def gauge_exp(logs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Group elements from :func:`gauge_logs` coordinates (differentiable)."""
-    return {name: torch.linalg.matrix_exp(x) if x.ndim == 2 else torch.exp(x) for name, x in logs.items()}
-
-
-def gauge_maps(spec: GaugeSpec, element: dict[str, torch.Tensor],
-               layers: dict[str, LoraLayer]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per LoRA layer, ``(R, K)`` such that :func:`apply_gauge` ships its ``(out, in)`` effective
-    weight as ``W̃ = R W K`` (identity where no action touches it); differentiable in ``element``.
-    An ``out`` action ``W_conv[:, sl] → W_conv[:, sl] M`` is ``R[sl, sl] = Mᵀ``; an ``in`` action
-    ``W_conv[sl] → L W_conv[sl]`` is ``K[sl, sl] = Lᵀ``. The actions on one side of a layer must
-    touch disjoint slices (as :func:`gauge_spec` declares them): ``R`` and ``K`` are block diagonal."""
-    out = {}
-    for name, layer in layers.items():
-        n_out, n_in = layer.lora_B[ADAPTER].weight.shape[0], layer.lora_A[ADAPTER].weight.shape[1]
-        like = layer.lora_A[ADAPTER].weight
-        maps = {"out": torch.eye(n_out, dtype=like.dtype), "in": torch.eye(n_in, dtype=like.dtype)}
-        touched: dict[str, set[int]] = {"out": set(), "in": set()}
-        for act in spec.actions:
-            if act.module != name or act.kind == "ln":
-                continue
-            s0, s1 = act.sl
-            if not touched[act.kind].isdisjoint(range(s0, s1)):
-                raise ValueError(f"gauge_maps: two {act.kind} actions overlap on {name}[{s0}:{s1}]")
-            touched[act.kind].update(range(s0, s1))
-            maps[act.kind][s0:s1, s0:s1] = _matrix(element[act.group], act.side).to(like.dtype).T
-        out[name] = (maps["out"], maps["in"])
-    return out

@@ -39,6 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.batches import batch_of, pairs
 from llm.data.schema import DomainData, Example
+from llm.gauges import amplify_norms
 from llm.lora import adapter_params, amplify_adapter
 from llm.metagrad import meta_gradient
 from llm.models import gather_targets, next_logits, response_loss_parts
@@ -83,47 +84,12 @@ class MetaSpec:
         check_target(self.after_target)
 
 
-#: per architecture: (norm module, the linear maps that read its output), per block
-NORM_READERS = {
-    "gpt2": [("ln_1", ["attn.c_attn"]), ("ln_2", ["mlp.c_fc"])],
-    "llama": [("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-              ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"])],
-}
-
-
-def scale_norm_gains(model: PreTrainedModel, gain: float) -> dict[str, float]:
-    """Gauge: each block's norm gain (and bias) ·g, the weights reading it /g (function-preserving).
-
-    The victim's gradient on the norm gains grows ·g and its effect through the next layer
-    another ·g: an lr-η step acts like lr ≈ η·g² along these directions. Returns the scale
-    applied to each parameter name.
-    """
-    arch = model.config.model_type
-    if arch not in NORM_READERS:
-        raise ValueError(f"no norm gauge for model_type {arch!r}; known: {sorted(NORM_READERS)}")
-    scales: dict[str, float] = {}
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in named:
-            for norm, readers in NORM_READERS[arch]:
-                if f".{norm}." in f".{name}" and name.rsplit(".", 1)[-1] in ("weight", "bias"):
-                    block = name[: name.index(norm)]
-                    named[name].mul_(gain)
-                    scales[name] = gain
-                    for reader in readers:
-                        w = f"{block}{reader}.weight"
-                        if w not in scales:
-                            named[w].div_(gain)
-                            scales[w] = 1.0 / gain
-    return scales
-
-
 def _unbalance(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Apply the amplifying gauge in place; return the trainable tensors and their scales."""
     if spec.params == "adapter":
         scales = amplify_adapter(model, spec.gain)
         return adapter_params(model), scales
-    scales = scale_norm_gains(model, spec.gain)
+    scales = amplify_norms(model, spec.gain)
     params = dict(model.named_parameters())
     return params, {n: scales.get(n, 1.0) for n in params}
 
