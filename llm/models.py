@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -256,7 +256,8 @@ def pretrain(
 
     AdamW, response-only cross-entropy, batches drawn with replacement from a generator
     seeded with ``seed`` (the global RNG is not used). ``max_len`` defaults to the model's
-    context length. The model is left in eval mode.
+    context length. The model is left in eval mode. (Eleven parameters: the training settings,
+    each recorded by the tiny-model cache key.)
     """
     from tqdm.auto import tqdm
 
@@ -364,9 +365,9 @@ def _cached_tiny(final: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
     t0 = time.perf_counter()
     model, tok = load_local(final)
     meta = json.loads((final / "pretrain.json").read_text())
-    model.pretrain_info = {"cached": True, "path": str(final), "losses": meta["losses"],
-                           "seconds": time.perf_counter() - t0}
-    log.info("loaded cached tiny model %s (%.2f s)", final, model.pretrain_info["seconds"])
+    info = {"cached": True, "path": str(final), "losses": meta["losses"], "seconds": time.perf_counter() - t0}
+    model.pretrain_info = info
+    log.info("loaded cached tiny model %s (%.2f s)", final, info["seconds"])
     return model, tok
 
 
@@ -403,8 +404,10 @@ def load_or_pretrain(
         from llm.data.wheels import cache_dir
 
         cache_root = cache_dir()
-    settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
-                "max_len": max_len or spec.n_ctx, "tokenizer_vocab_size": tokenizer_vocab_size or spec.vocab_size}
+    max_len = max_len or spec.n_ctx
+    vocab = tokenizer_vocab_size or spec.vocab_size
+    settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "max_len": max_len,
+                "tokenizer_vocab_size": vocab}
     root = Path(cache_root) / "tiny"
     final = root / tiny_cache_key(spec, texts_for_tokenizer, examples, settings, device)
     cached = _cached_tiny(final)
@@ -413,9 +416,9 @@ def load_or_pretrain(
 
     t0 = time.perf_counter()
     environment = training_environment(device)  # as trained (the thread count may change later)
-    tok = train_tokenizer(texts_for_tokenizer, settings["tokenizer_vocab_size"])
+    tok = train_tokenizer(texts_for_tokenizer, vocab)
     model = build_tiny(spec, tok, seed).to(device)
-    losses = pretrain(model, tok, examples, steps, lr, batch_size, seed, settings["max_len"], progress=progress)
+    losses = pretrain(model, tok, examples, steps, lr, batch_size, seed, max_len, progress=progress)
     require_finite(torch.tensor(losses), "base", "the pretraining loss")
     require_finite_model(model, "base")
     seconds = time.perf_counter() - t0
@@ -461,10 +464,11 @@ def load_local(
         hint = f" (found {', '.join(others)}; only safetensors are loaded)" if others else ""
         raise FileNotFoundError(f"no *.safetensors weights in {path}{hint}")
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
-    model, info = AutoModelForCausalLM.from_pretrained(
+    loaded = AutoModelForCausalLM.from_pretrained(
         str(path), use_safetensors=True, trust_remote_code=False, local_files_only=True,
         attn_implementation="eager", dtype=dtype, output_loading_info=True,
     )
+    model, info = cast(tuple[PreTrainedModel, dict], loaded)  # (model, info) with output_loading_info
     _require_complete(path, info)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -356,5 +356,5 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     table = table.assign(variant=override_labels(table))
     group = [c for c in ("domain", "construction") if c in table] + ["variant"]
     return {" / ".join(str(v) for v in g if v != ""):
-            {k: float(rows[k].mean(skipna=False)) for k in keys} | {"n_runs": int(len(rows))}
+            {k: float(rows[k].mean(skipna=False)) for k in keys} | {"n_runs": len(rows)}
             for g, rows in table.groupby(group)}
