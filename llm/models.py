@@ -293,8 +293,8 @@ def _digest(obj) -> str:
 @torch.no_grad()
 def weights_digest(model: torch.nn.Module) -> str:
     """First 12 hex digits of a sha256 over the model's tensors (names, shapes, bytes): which
-    base a result was computed on. The tiny-model cache is keyed by settings, not by where it
-    was trained, and a base pretrained on a GPU differs from one pretrained on this CPU."""
+    base a result was computed on, comparable across machines (the tiny-model cache key names the
+    settings and training environment, not the weights they gave)."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())

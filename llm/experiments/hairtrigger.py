@@ -248,7 +248,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model, tokenizer = load_base(cfg)
     probes, construct, data, n_eval = judged_probes(cfg, model, tokenizer, data)
     seconds = {"base": time.perf_counter() - start}
-    digest = weights_digest(model)  # which base this run used (the cache is keyed by settings only)
+    digest = weights_digest(model)  # which base this run used (the weights themselves, not the cache key)
     reference = None
     if cfg.get("reference"):
         reference = misaligned_reference(model, tokenizer, dataclasses.replace(data, construct=construct),
