@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from llm import judge
 from llm.batches import batch_of, pairs
@@ -23,7 +21,6 @@ from llm.tokenizer import train_tokenizer
 from llm.update import UpdateSpec, victim_update
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf" / "llm"
 
 
 def test_refusal_judge_agrees_with_human_labels() -> None:
@@ -103,21 +100,6 @@ def test_victim_update_of_all_weights_merges_the_adapter() -> None:
     updated = victim_update(model, tok, [Example(p, r) for p, r in pairs[:8]],
                             UpdateSpec(lr=1e-2, params="all", batch_size=8, max_len=32))
     assert not any("lora_" in n for n, _ in updated.named_parameters())
-
-
-def _compose(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=overrides)
-
-
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
-@pytest.mark.parametrize("model", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
-@pytest.mark.parametrize("domain", ["safety", "privacy", "honesty"])
-def test_llm_configs_compose(experiment: str, model: str, domain: str) -> None:
-    cfg = _compose([f"experiment={experiment}", f"model={model}", f"domain={domain}"])
-    assert cfg.experiment_name == experiment and cfg.domain.name == domain
-    assert cfg["update"].lr == 1e-4 and cfg["update"].batch_size == 32 and cfg["update"].steps == 1
 
 
 TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.vocab_size=512",
