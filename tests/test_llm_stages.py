@@ -161,7 +161,7 @@ def test_each_construction_runs_end_to_end(construction: str, tmp_path: Path) ->
 
 @pytest.mark.parametrize("domain", ["privacy", "honesty"])
 def test_analytic_domain_presets_run_end_to_end(domain: str, tmp_path: Path) -> None:
-    """The domains' analytic settings (conf/llm/domain/*.yaml: weight-space undo to 0·W for privacy,
+    """The domains' analytic presets (conf/llm/preset/analytic_*.yaml: weight-space undo to 0·W for privacy,
     to the negated adapter for honesty, then the held refinement) build an exact twin via the CLI."""
     metrics = _run(tmp_path, "experiment=analytic", f"domain={domain}", "eval.known_only=false",
                    "construction.undo_steps=20", "construction.refine_steps=2", "construction.n_probes=8",
