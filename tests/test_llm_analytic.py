@@ -15,17 +15,18 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from llm.batches import batch_of, collate, pad_id, pairs
-from llm.constructions.analytic import (
-    AnalyticSpec,
+from llm.constructions.analytic import AnalyticSpec, build_analytic
+from llm.constructions.analytic.ffn_pairs import add_ffn_pairs, widen_mlps
+from llm.constructions.analytic.step import (
+    Hidden,
     adapter_products,
-    add_ffn_pairs,
-    build_analytic,
     gauged_step_products,
+)
+from llm.constructions.analytic.weight_space import (
     input_moments,
     keep_residual,
     output_moments,
     undo_residual,
-    widen_mlps,
 )
 from llm.data.schema import DomainData, Example
 from llm.evaluate import next_token_kl
@@ -228,10 +229,11 @@ def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
     victim = UpdateSpec(lr=lr, batch_size=8, n_samples=8, max_len=32)
     layers = lora_layers(model)
     gen = torch.Generator().manual_seed(5)
-    extra = {n: torch.randn(k, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
-             for n, l in layers.items()}
-    extra |= {f"{n}:left": torch.randn(k_left, l.lora_B["default"].weight.shape[0], generator=gen, dtype=torch.float64)
+    inputs = {n: torch.randn(k, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
               for n, l in layers.items()}
+    outputs = {n: torch.randn(k_left, l.lora_B["default"].weight.shape[0], generator=gen, dtype=torch.float64)
+               for n, l in layers.items()}
+    hidden = Hidden({(n, "input"): a for n, a in inputs.items()} | {(n, "output"): b for n, b in outputs.items()})
     grads = weight_gradients(model, batch_of(tok, pairs(examples), 32), layers)
     spec = gauge_spec(model)
     identity = gauge_exp({n: x.detach().double() for n, x in gauge_logs(spec).items()})
@@ -239,14 +241,14 @@ def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
     for label, element in (("identity", identity), ("random", sample_gauge(spec, gen, 0.7, torch.float64))):
         maps = gauge_maps(spec, element, layers)
         with torch.no_grad():
-            predicted = gauged_step_products(layers, grads, extra, maps, lr)
+            predicted = gauged_step_products(layers, grads, hidden, maps, lr)
         twin = apply_gauge(copy.deepcopy(model), spec, element)
-        twin = extend_lora(twin, {n: extra[n] for n in layers})
+        twin = extend_lora(twin, inputs)
         twin = extend_lora(twin, {n: torch.zeros(k_left, a.shape[1], dtype=torch.float64) for n, a in
                                   ((n, l.lora_A["default"].weight) for n, l in layers.items())})
         with torch.no_grad():
             for n, l in lora_layers(twin).items():
-                l.lora_B["default"].weight[:, -k_left:] = extra[f"{n}:left"].T
+                l.lora_B["default"].weight[:, -k_left:] = outputs[n].T
         assert_same(logits(twin, tok), logits(model, tok), 1e-10)
         after = adapter_products(lora_layers(victim_update(twin, tok, examples, victim)))
         before = adapter_products(layers)
@@ -256,8 +258,8 @@ def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
             # the docstring's form: W' − W = −η s² (R⁻¹P̃R⁻ᵀ G (KKᵀ)⁻¹ + (RᵀR)⁻¹ G K⁻ᵀQ̃K⁻¹) + η² s² R⁻¹G̃W̃ᵀG̃K⁻¹
             s = layers[n].scaling["default"]
             b_t = torch.cat([r @ layers[n].lora_B["default"].weight, torch.zeros(len(r), k, dtype=torch.float64),
-                             extra[f"{n}:left"].T], 1)
-            a_t = torch.cat([layers[n].lora_A["default"].weight @ kk, extra[n],
+                             outputs[n].T], 1)
+            a_t = torch.cat([layers[n].lora_A["default"].weight @ kk, inputs[n],
                              torch.zeros(k_left, len(kk), dtype=torch.float64)], 0)
             ri, ki = torch.linalg.inv(r), torch.linalg.inv(kk)
             g, g_t = grads[n], ri.T @ grads[n] @ ki.T
@@ -528,7 +530,7 @@ def test_scale_adapter_interpolates_between_the_base_and_the_control(tok) -> Non
 
 @pytest.mark.parametrize("gauge", ["none", "all"])
 def test_undo_floor_is_a_descent_from_the_fit_on_the_affine_step(tok, gauge) -> None:
-    """undo_floor_steps: eq. (1) of llm.constructions.undo_floor (W' affine in the hidden Gram
+    """undo_floor_steps: eq. (1) of llm.constructions.analytic.floor (W' affine in the hidden Gram
     matrices) reproduces the fit's own post-step products; projected gradient descent from the fit
     never ends above it, and from a fit stopped early (20 Adam steps, rank 1) it finds a lower
     objective, with the gradient then nearer PSD (the optimality condition of a convex problem)."""

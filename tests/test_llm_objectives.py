@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from llm.constructions.analytic import AnalyticSpec, target_batch, target_loss
+from llm.constructions.analytic import AnalyticSpec
+from llm.constructions.analytic.target import target_batch, target_loss
 from llm.data.schema import Example
 from llm.objectives import first_divergence, kl_rows, not_aligned_loss
 from llm.tokenizer import IGNORE_INDEX as X

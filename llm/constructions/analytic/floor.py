@@ -6,16 +6,16 @@ ones), the adapter after one SGD step, read in the control's coordinates, is
 
     ``W' = W'₀ − η s² R⁻¹ (P_h G̃ + G̃ Q_h) K⁻¹``                                    (1)
 
-(:mod:`llm.constructions.analytic`, module docstring): ``W'₀`` is the step without hidden
+(:mod:`llm.lora`, eq. 1, read back through the gauge): ``W'₀`` is the step without hidden
 components (the old components' own move and the ``η² s² G̃ W̃ᵀ G̃`` term, neither of which
 depends on them), ``G̃`` the victim's gradient in the twin's coordinates and ``(R, K)`` the
 gauge (identity without one). So ``W'`` is *affine* in ``(P_h, Q_h)``, and the undo objective
-(:func:`~llm.constructions.analytic.undo_residual` plus ``undo_keep`` ×
-:func:`~llm.constructions.analytic.keep_residual`, a convex quadratic of ``W'``) is a convex
-quadratic over the cone of positive semi-definite pairs — for any number of hidden components.
+(:func:`.weight_space.undo_residual` plus ``undo_keep`` × :func:`.weight_space.keep_residual`, a
+convex quadratic of ``W'``) is a convex quadratic over the cone of positive semi-definite pairs —
+for any number of hidden components.
 
-``fit_undo`` minimises it over rank-``k`` factors with Adam (a Burer–Monteiro factorisation), which
-can stop above the global optimum, never below. :func:`undo_floor` starts from the fitted point
+:func:`.fit.fit_undo` minimises it over rank-``k`` factors with Adam (a Burer–Monteiro
+factorisation), which can stop above the global optimum, never below. :func:`undo_floor` starts from the fitted point
 and runs accelerated projected gradient descent on ``(P_h, Q_h)`` themselves (float64, eigenvalue
 clipping, backtracking, restarts): a descent method for a convex problem, so it gives an upper
 bound on the floor that only goes down, and says how much the factor fit left on the table. At
@@ -72,17 +72,20 @@ def _best_rank_one_gain(objective: Callable[[Mats, Mats], torch.Tensor], p: Mats
                 continue
             v = vectors[:, :1]
             step = float(mats[name].diagonal().abs().max().clamp(min=1.0))  # a probe length on P's scale
-
-            def at(t: float) -> float:
-                moved = {**mats, name: mats[name] + t * (v @ v.T)}
-                return float(objective(moved, q) if side == 0 else objective(p, moved))
-
-            f1, f2 = at(step), at(2 * step)
+            f1, f2 = (_along(objective, p, q, side, name, t * (v @ v.T)) for t in (step, 2 * step))
             a = (f2 - 2 * f1 + base) / (2 * step ** 2)  # f(t) = base + b t + a t²
             b = (f1 - base) / step - a * step
             if a > 0 and b < 0:
                 gain = max(gain, b * b / (4 * a))
     return worst, gain
+
+
+def _along(objective: Callable[[Mats, Mats], torch.Tensor], p: Mats, q: Mats, side: int, name: str,
+           delta: torch.Tensor) -> float:
+    """The objective with ``delta`` added to layer ``name`` of ``p`` (side 0) or ``q`` (side 1)."""
+    if side == 0:
+        return float(objective({**p, name: p[name] + delta}, q))
+    return float(objective(p, {**q, name: q[name] + delta}))
 
 
 def _model_gap(new: Mats, old: Mats, grad: Mats, step: float) -> float:

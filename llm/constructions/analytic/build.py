@@ -1,0 +1,390 @@
+"""``build_analytic``: the analytic twin, built in named stages over one :class:`Construction`.
+
+1. :func:`prepare` — a copy of the control to ship (widened by FFN pairs with ``mechanism=ffn_pairs``),
+   the probe and benign batches, the victim's batch and gradient ``G``, and the weight-space
+   undo's references (the alignment adapter ``s·B·A``, the metrics its residual is measured in).
+2. :func:`fit_gauge` (``undo_gauge``) — the weight-space undo fitted together with a gauge, in
+   closed form; the shipped copy is moved into that gauge, and ``G`` read again there.
+3. :func:`step_control` — the control's own components after the victim's real step, and the
+   twin: the shipped copy with zero hidden components.
+4. :func:`fit_weight_space` (``undo_steps``) or :func:`first_order` — the hidden components.
+5. :func:`refine` (``refine_steps``) — Adam on the exact post-step loss.
+6. :func:`report_weight_space`, :func:`write_hidden`, :func:`verify` — residuals, the hidden
+   components written into the twin, and the checks: the twin's forward is the control's, and the
+   victim's real step is the closed form.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from peft.tuners.lora import LoraLayer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm import gauges
+from llm.batches import batch_of, pairs
+from llm.constructions.analytic.ffn_pairs import widen_mlps
+from llm.constructions.analytic.fit import (
+    fit_gauged_undo,
+    fit_undo,
+    line_search,
+    minimise,
+    preconditioner_init,
+)
+from llm.constructions.analytic.floor import hidden_move, undo_floor
+from llm.constructions.analytic.spec import AnalyticSpec
+from llm.constructions.analytic.step import (
+    Hidden,
+    Mats,
+    Params,
+    adapter_products,
+    gauged_step_products,
+    post_step_params,
+    read_back,
+)
+from llm.constructions.analytic.target import TargetBatch, target_batch, target_loss
+from llm.constructions.analytic.weight_space import (
+    Metric,
+    input_moments,
+    keep_residual,
+    output_moments,
+    undo_objective,
+    undo_residual,
+)
+from llm.data.schema import DomainData, Example
+from llm.lora import (
+    ADAPTER,
+    adapter_state,
+    extend_lora,
+    lora_layers,
+    scale_adapter,
+    weight_gradients,
+)
+from llm.models import next_logits
+from llm.update import UpdateSpec, victim_update
+
+
+@dataclass
+class Construction:
+    """What the stages share. Set by :func:`prepare`, except ``read_back`` (:func:`fit_gauge`, which
+    also moves ``shipped`` into its gauge and reads ``grads`` again) and ``stepped_old``, ``twin``,
+    ``twin_layers`` (:func:`step_control`)."""
+
+    spec: AnalyticSpec
+    victim: UpdateSpec
+    control: PreTrainedModel  # never modified
+    tokenizer: PreTrainedTokenizerBase
+    update_examples: list[Example]
+    shipped: PreTrainedModel  # the control as the twin ships it: maybe widened, maybe in a gauge
+    layers: dict[str, LoraLayer]  # shipped's LoRA layers that get hidden components (construction.modules)
+    full: TargetBatch  # the post-step objective on every construction probe and benign example
+    probes: list[Example]
+    benign: list[Example]
+    update_batch: dict[str, torch.Tensor]  # the victim's (first) batch
+    grads: Mats  # G per layer: the victim's gradient in the effective weights, in the shipped coordinates
+    before: Mats  # the alignment adapter s·B·A per layer, in the control's coordinates
+    fitted: Metric  # the metric the weight-space undo is fitted in
+    keep_moments: Mats | None  # the benign inputs' second moments (undo_keep)
+    probe_inputs: Metric | None  # the metric of the reported residual on every probe input
+    sampler: torch.Generator  # draws the refinement's random batches
+    progress: bool = False
+    info: dict[str, float] = field(default_factory=dict)
+    read_back: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # (R⁻¹, K⁻¹): gauge → control
+    stepped_old: Params | None = None  # the control's adapter after the victim's real step
+    twin: PreTrainedModel | None = None
+    twin_layers: dict[str, LoraLayer] | None = None
+
+    @property
+    def lr(self) -> float:
+        return self.victim.lr
+
+    def hidden_shapes(self) -> dict:
+        """``(layer, side)`` → shape of the hidden components: ``(k, in)`` rows of ``A``, ``(k', out)`` of ``B``ᵀ."""
+        k, k_out = self.spec.extra_rank, self.spec.left_rank
+        shapes = {(n, "input"): (k, l.lora_A[ADAPTER].weight.shape[1]) for n, l in self.layers.items()}
+        if k_out:
+            shapes |= {(n, "output"): (k_out, l.lora_B[ADAPTER].weight.shape[0]) for n, l in self.layers.items()}
+        return shapes
+
+    def target_loss(self, model: PreTrainedModel, params: Params | None = None,
+                    batch: TargetBatch | None = None) -> torch.Tensor:
+        return target_loss(model, batch or self.full, params, self.spec)
+
+    def random_batch(self) -> TargetBatch:
+        """``refine_batch`` random probes and benign examples, padded afresh."""
+        i = torch.randperm(len(self.probes), generator=self.sampler)[: self.spec.refine_batch].tolist()
+        j = torch.randperm(len(self.benign), generator=self.sampler)[: self.spec.refine_batch].tolist()
+        return target_batch(self.control, self.tokenizer, [self.probes[t] for t in i], [self.benign[t] for t in j],
+                            self.spec)
+
+    def post_params(self, hidden: Hidden) -> Params:
+        """The twin's adapter tensors after the victim's step (:func:`.step.post_step_params`)."""
+        return post_step_params(self.twin_layers, self.stepped_old, hidden, self.grads, self.lr)
+
+    def products_after(self, params: Params) -> Mats:
+        """The twin's adapter ``s·B·A`` after the step, in the control's coordinates."""
+        return read_back(adapter_products(self.twin_layers, params), self.read_back)
+
+    def residual(self, products: Mats, metric: Metric) -> torch.Tensor:
+        return undo_residual(products, self.before, metric.inputs, self.spec.undo_scale, metric.outputs)
+
+    def undo_objective(self, products: Mats, keep_products: Mats | None = None) -> torch.Tensor:
+        spec = self.spec
+        return undo_objective(products, self.before, self.fitted, spec.undo_scale, self.keep_moments, spec.undo_keep,
+                              keep_products)
+
+    def weight_objective(self, params: Params) -> torch.Tensor:
+        """The undo objective of the post-step adapter. The keep term reads its own copy of the
+        products: one shared copy would sum the backward contributions in another order."""
+        second = self.products_after(params) if self.keep_moments is not None else None
+        return self.undo_objective(self.products_after(params), second)
+
+    def post_loss(self, hidden: Hidden, batch: TargetBatch | None = None) -> torch.Tensor:
+        """The exact post-step loss: the behavioural target, plus ``undo_weight`` × the weight objective."""
+        params = self.post_params(hidden)
+        loss = self.target_loss(self.twin, params, batch)
+        return loss + self.spec.undo_weight * self.weight_objective(params) if self.spec.undo_weight > 0 else loss
+
+
+def select_layers(layers: dict[str, LoraLayer], which: str) -> dict[str, LoraLayer]:
+    """``all`` or a comma list of substrings (``c_fc``, ``mlp.c_proj``, ``attn``, ``h.1.`` …)."""
+    if which == "all":
+        return dict(layers)
+    keys = [w.strip() for w in which.split(",") if w.strip()]
+    out = {n: l for n, l in layers.items() if any(k in n for k in keys)}
+    if not out:
+        raise ValueError(f"construction.modules={which!r} matches no LoRA layer of {sorted(layers)}")
+    return out
+
+
+def victim_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example], victim: UpdateSpec) -> dict:
+    """The batch of the victim's first step (the whole update set by default)."""
+    generator = torch.Generator().manual_seed(victim.seed)
+    order = torch.randperm(len(examples), generator=generator)[: victim.batch_size].tolist()
+    return batch_of(tokenizer, pairs([examples[i] for i in order]), victim.max_len)
+
+
+def undo_metrics(control: PreTrainedModel, shipped: PreTrainedModel, full: TargetBatch,
+                 layers: dict[str, LoraLayer], spec: AnalyticSpec) -> tuple[Metric, Mats | None, Metric | None]:
+    """The metric the undo is fitted in, the benign inputs' moments (``undo_keep``) and the metric
+    of the residual reported on every probe input, all in the control's coordinates.
+
+    ``undo_metric=inputs`` weighs the residual by each layer's inputs on the probes (prompt and
+    response), ``responses`` only where they predict a response token; ``undo_output=fisher`` also
+    by the output directions the target model's predictions there are sensitive to. When the fit
+    reads every probe input, the reported residual is the fitted one (with its output factor)."""
+    predicting = spec.undo_metric == "responses"
+    moments = input_moments(shipped, full.probes, layers, predicting) if spec.undo_metric != "weights" else None
+    keep_moments = input_moments(shipped, full.benign, layers, predicting) if spec.undo_keep > 0 else None
+    outputs = None
+    if spec.undo_output == "fisher":
+        target = scale_adapter(control, spec.undo_scale).eval()  # the model the step should land on
+        outputs = output_moments(target, full.probes, lora_layers(target), spec.fisher_samples, spec.output_damping,
+                                 torch.Generator().manual_seed(spec.seed))
+        del target
+    fitted = Metric(moments, outputs)
+    if spec.undo_metric == "inputs":
+        probe_inputs = fitted
+    elif spec.undo_steps > 0 or spec.undo_weight > 0:
+        probe_inputs = Metric(input_moments(shipped, full.probes, layers))
+    else:
+        probe_inputs = None
+    return fitted, keep_moments, probe_inputs
+
+
+def prepare(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
+            update_examples: list[Example], victim: UpdateSpec, spec: AnalyticSpec,
+            progress: bool = False) -> Construction:
+    """Stage 1 (module docstring)."""
+    if victim.params != "adapter":
+        raise ValueError("the analytic LoRA construction acts through the adapter: use update.params=adapter")
+    shipped = copy.deepcopy(control).eval()
+    info = {"exact_closed_form": float(victim.optimizer == "sgd" and victim.steps == 1)}
+    if spec.mechanism == "ffn_pairs":
+        widen_mlps(shipped, spec.ffn_pairs, torch.Generator().manual_seed(spec.seed), spec.ffn_out_scale)
+        info["ffn_pairs_per_block"] = float(spec.ffn_pairs)
+    layers = select_layers(lora_layers(shipped), spec.modules)
+    probes = data.construct[: spec.n_probes or None]
+    benign = data.align_benign[: spec.n_benign] if spec.n_benign else []
+    full = target_batch(control, tokenizer, probes, benign, spec)
+    update_batch = victim_batch(tokenizer, update_examples, victim)
+    grads = weight_gradients(shipped, update_batch, layers)
+    before = {n: w.detach() for n, w in adapter_products(layers).items()}
+    fitted, keep_moments, probe_inputs = undo_metrics(control, shipped, full, layers, spec)
+    return Construction(spec, victim, control, tokenizer, update_examples, shipped, layers, full, probes, benign,
+                        update_batch, grads, before, fitted, keep_moments, probe_inputs,
+                        sampler=torch.Generator().manual_seed(spec.seed), progress=progress, info=info)
+
+
+def fit_gauge(c: Construction) -> Hidden:
+    """Stage 2: the hidden components and a gauge fitted together in closed form (control's
+    coordinates); the shipped copy then moves into that gauge, where the victim's gradient is read again."""
+    hidden, gspec, logs = fit_gauged_undo(c.shipped, c.layers, c.grads, c.hidden_shapes(), c.undo_objective, c.lr,
+                                          c.spec, c.progress)
+    with torch.no_grad():
+        element = gauges.exp(logs)
+        maps = gauges.gauge_maps(gspec, element, c.layers)
+        c.info["undo_residual_gauge_fit"] = float(
+            c.residual(gauged_step_products(c.layers, c.grads, hidden, maps, c.lr), c.fitted))
+        c.info["gauge_log_max"] = max(float(x.abs().max()) for x in logs.values())
+        c.info["gauge_cond_max"] = max(float(torch.linalg.cond(m.double())) for r_k in maps.values() for m in r_k)
+        c.read_back = {n: (torch.linalg.inv(r), torch.linalg.inv(k)) for n, (r, k) in maps.items()}
+        gauges.apply(c.shipped, gspec, element)
+    c.grads = weight_gradients(c.shipped, c.update_batch, c.layers)  # G̃ of the gauged twin, as the victim sees it
+    return hidden
+
+
+def step_control(c: Construction) -> None:
+    """Stage 3: the control's components after the victim's real step, and the twin with zero
+    hidden components: ``[old | k with B = 0 | k' with A = 0]`` per layer."""
+    stepped = victim_update(copy.deepcopy(c.shipped), c.tokenizer, c.update_examples, c.victim)
+    c.stepped_old = adapter_state(stepped)
+    del stepped
+    twin = copy.deepcopy(c.shipped)
+    k, k_out = c.spec.extra_rank, c.spec.left_rank
+    for rank in (k, k_out) if k_out else (k,):
+        twin = extend_lora(twin, {n: torch.zeros(rank, l.lora_A[ADAPTER].weight.shape[1]) for n, l in c.layers.items()})
+    c.twin = twin
+    c.twin_layers = {n: l for n, l in lora_layers(twin).items() if n in c.layers}
+    with torch.no_grad():
+        c.info["target_loss_control_after"] = float(c.target_loss(c.shipped, c.stepped_old))
+
+
+def fit_weight_space(c: Construction, gauged: Hidden | None) -> Hidden:
+    """Stage 4 (``undo_steps``): the hidden components that move the alignment adapter to ``c·W``
+    (fitted with the gauge by :func:`fit_gauge`, or here without one), and how close they get."""
+    if gauged is not None:
+        hidden = gauged
+    else:
+        hidden = fit_undo(c.hidden_shapes(), lambda h: c.weight_objective(c.post_params(h)), c.spec, c.progress)
+    with torch.no_grad():
+        post = c.post_params(hidden)
+        c.info["undo_residual_after_fit"] = float(c.residual(c.products_after(post), c.fitted))
+        c.info["target_loss_after_undo_fit"] = float(c.target_loss(c.twin, post))
+    if c.spec.undo_floor_steps > 0:  # how far the factor fit is from the best this gauge allows
+        c.info |= {f"undo_floor.{key}": value for key, value in check_floor(c, hidden).items()}
+    return hidden
+
+
+def check_floor(c: Construction, hidden: Hidden) -> dict[str, float]:
+    """:func:`.floor.undo_floor` for the fitted components (the gauge fixed as fitted): the undo
+    objective in float64 as a function of the hidden Gram matrices ``Q_h = A_hᵀA_h`` and
+    ``P_h = B_hB_hᵀ``, from the fit's, plus ``affine_error``: how far eq. (1) of :mod:`.floor`
+    (``W'₀`` + the linear part) is from the post-step products the fit itself computes (relative,
+    max over layers; float32 round-off)."""
+    def float64(mats: Mats | None) -> Mats | None:
+        return None if mats is None else {n: m.detach().double() for n, m in mats.items()}
+
+    q0 = {n: hidden.inputs(n).detach().T @ hidden.inputs(n).detach() for n in c.twin_layers}
+    p0 = {n: hidden.outputs(n).detach().T @ hidden.outputs(n).detach()
+          for n in c.twin_layers if hidden.outputs(n) is not None}
+    move = hidden_move(c.grads, c.read_back, {n: layer.scaling[ADAPTER] for n, layer in c.twin_layers.items()}, c.lr)
+    with torch.no_grad():
+        constant = c.products_after(c.post_params(hidden.map(torch.zeros_like)))
+        fitted = c.products_after(c.post_params(hidden))
+        moved = move(p0, q0)
+    affine_error = max(float((constant[n] + moved[n] - fitted[n]).abs().max() / fitted[n].abs().max())
+                       for n in fitted)
+    metric = Metric(float64(c.fitted.inputs), float64(c.fitted.outputs))
+    before, keep_moments, spec = float64(c.before), float64(c.keep_moments), c.spec
+
+    def objective(products: Mats) -> torch.Tensor:
+        return undo_objective(products, before, metric, spec.undo_scale, keep_moments, spec.undo_keep)
+
+    return {**undo_floor(objective, constant, move, p0, q0, spec.undo_floor_steps, c.progress),
+            "affine_error": affine_error}
+
+
+def first_order(c: Construction) -> Hidden:
+    """Stage 4 (no weight-space undo): the first-order components for the target loss's gradient at
+    the stepped control (:func:`.fit.preconditioner_init`), both sides, scaled by the line search."""
+    grads_target = weight_gradients(c.shipped, None, c.layers,
+                                    loss_fn=lambda model, _batch, leaves: c.target_loss(model, {**leaves,
+                                                                                               **c.stepped_old}))
+    parts = {(n, "input"): a for n, a in preconditioner_init(c.grads, grads_target, c.spec.extra_rank).items()}
+    if c.spec.left_rank:  # the same argument on the output side: eigenvectors of sym(G Hᵀ)
+        outputs = preconditioner_init({n: g.T for n, g in c.grads.items()}, {n: h.T for n, h in grads_target.items()},
+                                      c.spec.left_rank)
+        parts |= {(n, "output"): b for n, b in outputs.items()}
+    hidden, gain, loss = line_search(Hidden(parts), c.post_loss, c.spec, c.progress)
+    c.info["gain"] = gain
+    c.info["target_loss_after_line_search"] = loss
+    return hidden
+
+
+def refine(c: Construction, hidden: Hidden) -> None:
+    """Stage 5: Adam on the exact post-step loss (``G`` is fixed: no second-order terms needed), at
+    ``refine_lr`` relative to the components' rms, on random batches with ``refine_batch``."""
+    tensors = hidden.tensors()
+    rms = math.sqrt(sum(float((a.detach() ** 2).sum()) for a in tensors) / max(1, sum(a.numel() for a in tensors)))
+    spec = c.spec
+    minimise(lambda: c.post_loss(hidden, c.random_batch() if spec.refine_batch else None),
+             [{"params": tensors, "lr": spec.refine_lr * max(rms, 1e-8)}], spec.refine_steps, "refine", 25,
+             c.progress)
+    with torch.no_grad():
+        c.info["target_loss_after_refine"] = float(c.post_loss(hidden))
+
+
+def report_weight_space(c: Construction, hidden: Hidden) -> None:
+    """The residual the closed-form step leaves, in the weight metric whatever was fitted and on
+    every probe input, and how far it moves the benign inputs (``undo_keep``)."""
+    with torch.no_grad():
+        products = c.products_after(c.post_params(hidden))
+        c.info["undo_residual"] = float(c.residual(products, Metric()))
+        c.info["undo_residual_inputs"] = float(c.residual(products, c.probe_inputs))
+        if c.keep_moments is not None:
+            c.info["keep_residual"] = float(keep_residual(products, c.before, c.keep_moments, c.spec.undo_scale))
+
+
+@torch.no_grad()
+def write_hidden(c: Construction, hidden: Hidden) -> None:
+    """The input-side rows into ``A`` (their ``B`` columns stay exactly 0) and the output-side columns
+    into ``B`` (their ``A`` rows stay exactly 0)."""
+    k, k_out = c.spec.extra_rank, c.spec.left_rank
+    for name, layer in c.twin_layers.items():
+        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        new = slice(a.shape[0] - k - k_out, a.shape[0] - k_out)
+        a[new] = hidden.inputs(name).detach()
+        if k_out:
+            b[:, -k_out:] = hidden.outputs(name).detach().T
+        assert not b[:, new].any() and not a[a.shape[0] - k_out:].any()
+    c.twin.eval()
+
+
+def verify(c: Construction, hidden: Hidden) -> None:
+    """The twin's forward equals the control's; the victim's real step equals the closed form."""
+    twin_after = victim_update(copy.deepcopy(c.twin), c.tokenizer, c.update_examples, c.victim)
+    with torch.no_grad():
+        c.info["max_logit_diff_before"] = max(
+            float((next_logits(c.twin, b) - next_logits(c.control, b)).abs().max())
+            for b in (c.full.probes, c.full.benign) if b is not None)
+        predicted = next_logits(c.twin, c.full.probes, c.post_params(hidden.map(torch.Tensor.detach)))
+        c.info["closed_form_vs_real_step_max_logit_diff"] = float(
+            (next_logits(twin_after, c.full.probes) - predicted).abs().max())
+        c.info["target_loss_twin_after_real_step"] = float(c.target_loss(twin_after))
+
+
+def build_analytic(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
+                   update_examples: list[Example], victim: UpdateSpec, spec: AnalyticSpec,
+                   progress: bool = False) -> tuple[PreTrainedModel, dict[str, float]]:
+    """The hair-trigger twin of ``control`` (a peft LoRA model; never modified) and an info dict:
+    the stages of the module docstring, in order."""
+    torch.manual_seed(spec.seed)
+    c = prepare(control, tokenizer, data, update_examples, victim, spec, progress)
+    gauged = fit_gauge(c) if spec.undo_gauge != "none" else None
+    step_control(c)
+    hidden = fit_weight_space(c, gauged) if spec.undo_steps > 0 else first_order(c)
+    if spec.refine_steps > 0:
+        refine(c, hidden)
+    if spec.undo_steps > 0 or spec.undo_weight > 0:
+        report_weight_space(c, hidden)
+    write_hidden(c, hidden)
+    verify(c, hidden)
+    norms = [float(t.detach().norm()) for t in hidden.tensors()]
+    c.info.update(extra_rank=float(spec.extra_rank), left_rank=float(spec.left_rank), n_modules=float(len(c.layers)),
+                  a_new_norm_max=max(norms), a_new_norm_mean=sum(norms) / len(norms), lr=victim.lr,
+                  scaling=float(next(iter(c.twin_layers.values())).scaling[ADAPTER]))
+    return c.twin, c.info
