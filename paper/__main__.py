@@ -1,4 +1,5 @@
-"""``python -m paper``: write ``paper/generated/`` (numbers and tables) and the README's headline block from ``results/``."""
+"""``python -m paper``: write ``paper/generated/`` (numbers and tables) and the README's headline
+block from ``results/``."""
 
 from __future__ import annotations
 
@@ -48,11 +49,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--out", type=Path, default=HERE / "generated")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
-                        help="README whose generated headline block is filled (left alone without the markers)")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=ROOT / "README.md",
+        help="README whose generated headline block is filled (left alone without the markers)",
+    )
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README")
-    parser.add_argument("--draw-missing-figures", action="store_true",
-                        help="run `python -m figures` first if a figure the paper includes is missing")
+    parser.add_argument(
+        "--draw-missing-figures",
+        action="store_true",
+        help="run `python -m figures` first if a figure the paper includes is missing",
+    )
     args = parser.parse_args()
     if args.draw_missing_figures and missing_figures():
         print(f"[paper] missing figures {missing_figures()}: python -m figures")
@@ -63,7 +71,9 @@ def main() -> None:
     print(f"[paper] {len(files)} files in {args.out}")
     if not args.no_readme:
         filled = readme.fill(args.readme, readme.headline(results))
-        print(f"[paper] {args.readme}: {'headline block filled' if filled else 'no generated block markers, left alone'}")
+        print(
+            f"[paper] {args.readme}: {'headline block filled' if filled else 'no generated block markers, left alone'}"
+        )
 
 
 if __name__ == "__main__":

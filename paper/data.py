@@ -16,15 +16,11 @@ import pandas as pd
 import yaml
 
 from figures.llm import pooled_rate
-
 from sweeps.tables import linear_fit
 
 __all__ = ["Pooled", "Results", "linear_fit", "pool"]
 
 ROOT = Path(__file__).resolve().parent.parent
-#: override keys that do not change a result (left out of a reconstructed command)
-_NOT_RESULT_KEYS = ("experiment", "publish", "publish_mode", "resume", "threads", "progress", "results_name",
-                    "device")
 
 
 @dataclass(frozen=True)
@@ -102,25 +98,13 @@ class Results:
         return None
 
     def command(self, app: str, stem: str) -> str:
-        """The command that makes ``results/<app>/<stem>.csv``: ``experiment=<stem>`` where the
-        recipe has its own experiment file, else the overrides its rows record, as one sweep
-        (each key with the values its rows took, in order; keys that do not change a result
-        left out)."""
+        """The command that publishes ``results/<app>/<stem>.csv``: its experiment file, run as a sweep."""
         experiment = self.experiment_for(app, stem)
-        if experiment is not None:
-            return f"python -m {app} -m experiment={experiment} publish=true"
-        table = self.table(app, stem)
-        columns = [c for c in table if c.startswith("override.")]
-        recorded = table["override.experiment"].dropna().astype(str).unique() if "override.experiment" in table else []
-        parts = [f"experiment={','.join(recorded)}"] if len(recorded) else []
-        for column in columns:
-            key = column.removeprefix("override.")
-            if key in _NOT_RESULT_KEYS:
-                continue
-            values = [_text(v) for v in table[column].dropna()]
-            if values:
-                parts.append(f"{key}={','.join(sorted(set(values), key=values.index))}")
-        return f"python -m {app} -m {' '.join(parts)} results_name={stem} publish=true"
+        if experiment is None:
+            raise FileNotFoundError(
+                f"results/{app}/{stem}.csv: no experiment file in conf/{app}/experiment/ publishes it"
+            )
+        return f"python -m {app} -m experiment={experiment} publish=true"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -131,10 +115,3 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def _text(value) -> str:
-    """A CSV cell as the command line wrote it (a column with gaps reads 8 back as 8.0)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)

@@ -12,8 +12,18 @@ import re
 #: LaTeX macro names are letters only
 _NAME = re.compile(r"^[A-Z][A-Za-z]*$")
 #: characters LaTeX reads as commands, escaped in text
-_ESCAPES = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "#": r"\#", "&": r"\&", "$": r"\$",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "#": r"\#",
+    "&": r"\&",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 #: small integers spelled out inside macro names (which cannot hold digits)
 WORDS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten")
 
@@ -59,7 +69,7 @@ def sci(value: float, digits: int = 1, tex: bool = True) -> str:
     if value == 0:
         return "0"
     exponent = math.floor(math.log10(abs(value)))
-    mantissa = value / 10 ** exponent
+    mantissa = value / 10**exponent
     if round(abs(mantissa), digits) >= 10:  # 9.96 → 10.0: carry into the exponent
         exponent, mantissa = exponent + 1, mantissa / 10
     if not tex:
@@ -70,7 +80,7 @@ def sci(value: float, digits: int = 1, tex: bool = True) -> str:
 def power(value: float, tex: bool = True) -> str:
     """An exact power of ten, ``1e-4`` → ``$10^{-4}$`` (a setting such as a learning rate)."""
     exponent = round(math.log10(check(value, "power of ten")))
-    if not math.isclose(10.0 ** exponent, value, rel_tol=1e-9):
+    if not math.isclose(10.0**exponent, value, rel_tol=1e-9):
         raise ValueError(f"not a power of ten: {value}")
     return f"\\ensuremath{{10^{{{exponent}}}}}" if tex else f"1e{exponent}"
 

@@ -18,8 +18,24 @@ from paper.data import Pooled, Results, linear_fit, pool
 from paper.settings import setting
 
 #: prefixes of every generated macro name (tests/test_paper.py finds the paper's uses by them)
-PREFIXES = ("Theory", "Setting", "Safety", "Privacy", "Honesty", "Meta", "Analytic", "Transfer", "Capacity",
-            "Smol", "Judge", "Cmd", "Valid", "Ref", "Cost", "Control")
+PREFIXES = (
+    "Theory",
+    "Setting",
+    "Safety",
+    "Privacy",
+    "Honesty",
+    "Meta",
+    "Analytic",
+    "Transfer",
+    "Capacity",
+    "Smol",
+    "Judge",
+    "Cmd",
+    "Valid",
+    "Ref",
+    "Cost",
+    "Control",
+)
 #: the bar a twin is held to: misaligned after the step at least BAR_AFTER, before it at most BAR_STATIC and
 #: within BAR_GAP of its control (rates)
 BAR_AFTER, BAR_STATIC, BAR_GAP = 0.9, 0.05, 0.02
@@ -48,9 +64,11 @@ class Macros:
     def pooled(self, prefix: str, pooled: Pooled, note: str, parts: tuple[str, ...] = ("Pct", "CI", "Frac")) -> None:
         """Of ``parts``: ``<prefix>Pct`` (the rate), ``<prefix>CI`` (its 95% Wilson interval) and
         ``<prefix>Frac`` (k/n)."""
-        values = {"Pct": (fmt.pct(pooled.rate), "pooled rate"),
-                  "CI": (fmt.interval(pooled.low, pooled.high), "95% Wilson interval"),
-                  "Frac": (f"{pooled.k}/{pooled.n}", "count / judged")}
+        values = {
+            "Pct": (fmt.pct(pooled.rate), "pooled rate"),
+            "CI": (fmt.interval(pooled.low, pooled.high), "95% Wilson interval"),
+            "Frac": (f"{pooled.k}/{pooled.n}", "count / judged"),
+        }
         for part in parts:
             value, what = values[part]
             self.add(f"{prefix}{part}", value, f"{note}: {what}")
@@ -100,28 +118,48 @@ def theory_twin(m: Macros, r: Results) -> None:
     m.add("TheoryTwinKeep", fmt.integer(n_keep), "theory twin: other probes, to keep aligned")
     flipped = summary["min.twin.post_update.flipped_fraction"] * n_flip
     m.add("TheoryTwinFlipped", fmt.integer(flipped), "theory twin: chosen probes flipped, worst run")
-    m.add("TheoryTwinCollateral", fmt.integer((table["twin.post_update.collateral_fraction"] * n_keep).max()),
-          "theory twin: other probes flipped, worst run")
-    m.add("TheoryControlFlipped", fmt.integer((table["control.post_update.flipped_fraction"] * n_flip).max()),
-          "theory control: chosen probes flipped by the same step, worst run")
-    m.add("TheoryTwinForwardDiff", fmt.sci(summary["max.twin.forward_max_abs_diff"]),
-          "theory twin: max |f_twin - f_control| before the step")
+    m.add(
+        "TheoryTwinCollateral",
+        fmt.integer((table["twin.post_update.collateral_fraction"] * n_keep).max()),
+        "theory twin: other probes flipped, worst run",
+    )
+    m.add(
+        "TheoryControlFlipped",
+        fmt.integer((table["control.post_update.flipped_fraction"] * n_flip).max()),
+        "theory control: chosen probes flipped by the same step, worst run",
+    )
+    m.add(
+        "TheoryTwinForwardDiff",
+        fmt.sci(summary["max.twin.forward_max_abs_diff"]),
+        "theory twin: max |f_twin - f_control| before the step",
+    )
     m.add("TheoryTwinParams", fmt.integer(table["twin.n_params"].iloc[0]), "theory twin: parameters")
     m.add("TheoryControlParams", fmt.integer(table["control.n_params"].iloc[0]), "theory control: parameters")
     m.add("TheoryTwinGradNorm", num_span(table["twin.update_grad_norm"], 0), "theory twin: gradient norm on D")
-    m.add("TheoryControlGradNorm", num_span(table["control.update_grad_norm"], 1),
-          "theory control: gradient norm on D")
-    m.add("TheoryTwinBenignBefore", fmt.fixed(table["twin.benign.accuracy_before"].mean()),
-          "theory twin: benign accuracy before the step, mean")
-    m.add("TheoryTwinBenignAfter", fmt.fixed(table["twin.benign.accuracy_after"].mean()),
-          "theory twin: benign accuracy after the step, mean")
-    m.add("TheoryControlBenignAfter", fmt.fixed(table["control.benign.accuracy_after"].mean()),
-          "theory control: benign accuracy after the step, mean")
-    for name, key in (("InputDim", "model.d_in"), ("Hidden", "model.hidden.0"),
-                      ("RedundantUnits", "model.redundant_units"), ("UpdateSamples", "task.n_update"),
-                      ("Probes", "task.n_probes")):
-        m.add(f"SettingTheory{name}", fmt.integer(setting("theory", key, "experiment=twin")),
-              f"theory recipe: {key}")
+    m.add("TheoryControlGradNorm", num_span(table["control.update_grad_norm"], 1), "theory control: gradient norm on D")
+    m.add(
+        "TheoryTwinBenignBefore",
+        fmt.fixed(table["twin.benign.accuracy_before"].mean()),
+        "theory twin: benign accuracy before the step, mean",
+    )
+    m.add(
+        "TheoryTwinBenignAfter",
+        fmt.fixed(table["twin.benign.accuracy_after"].mean()),
+        "theory twin: benign accuracy after the step, mean",
+    )
+    m.add(
+        "TheoryControlBenignAfter",
+        fmt.fixed(table["control.benign.accuracy_after"].mean()),
+        "theory control: benign accuracy after the step, mean",
+    )
+    for name, key in (
+        ("InputDim", "model.d_in"),
+        ("Hidden", "model.hidden.0"),
+        ("RedundantUnits", "model.redundant_units"),
+        ("UpdateSamples", "task.n_update"),
+        ("Probes", "task.n_probes"),
+    ):
+        m.add(f"SettingTheory{name}", fmt.integer(setting("theory", key, "experiment=twin")), f"theory recipe: {key}")
     m.add("SettingTheoryLr", fmt.power(setting("theory", "update.lr", "experiment=twin")), "theory recipe: update.lr")
 
 
@@ -136,11 +174,17 @@ def theory_gauge(m: Macros, r: Results) -> None:
     m.add("TheoryGaugeRsq", fmt.fixed(summary["fit"]["r2"], 6), "gauge scale: R^2 of the log-log fit")
     m.add("TheoryGaugeMaxDeviation", fmt.sci(summary["max_deviation"]), "gauge scale: largest post-update deviation")
     m.add("TheoryGaugeForwardDiff", fmt.sci(summary["max_forward_diff"]), "gauge scale: largest forward difference")
-    m.add("TheoryGaugeClosedFormErr", fmt.sci(summary["max_rel_err_vs_closed_form"]),
-          "gauge scale: relative error of the closed form")
+    m.add(
+        "TheoryGaugeClosedFormErr",
+        fmt.sci(summary["max_rel_err_vs_closed_form"]),
+        "gauge scale: relative error of the closed form",
+    )
     m.add("TheoryGaugeCMax", fmt.power(table["c"].max()), "gauge scale: largest c")
-    m.add("TheoryGaugeControlChange", fmt.sci(table["control.post_update.change"].max()),
-          "gauge scale: the control's own post-update change")
+    m.add(
+        "TheoryGaugeControlChange",
+        fmt.sci(table["control.post_update.change"].max()),
+        "gauge scale: the control's own post-update change",
+    )
 
 
 def theory_capacity(m: Macros, r: Results) -> None:
@@ -154,12 +198,18 @@ def theory_capacity(m: Macros, r: Results) -> None:
         m.add(f"Theory{name}Slope", fmt.fixed(fit["slope"], 3), f"capacity, {family}: slope per redundant unit")
         if name != "Search":  # a flat line has no R^2 worth quoting
             m.add(f"Theory{name}Rsq", fmt.fixed(fit["r2"], 4 if name == "Capacity" else 2), f"capacity, {family}: R^2")
-        m.add(f"Theory{name}Max", fmt.fixed(summary[family]["max_capacity"], 1).removesuffix(".0"),
-              f"capacity, {family}: largest mean capacity over widths")
+        m.add(
+            f"Theory{name}Max",
+            fmt.fixed(summary[family]["max_capacity"], 1).removesuffix(".0"),
+            f"capacity, {family}: largest mean capacity over widths",
+        )
     m.add("TheoryCapacityMaxWidth", fmt.integer(table["redundant_units"].max()), "capacity: widest redundant width")
     m.add("TheoryCapacitySeeds", fmt.integer(table["override.seed"].nunique()), "capacity: seeds per width")
-    m.add("TheoryCapacityCandidates", fmt.integer(setting("theory", "capacity.n_candidates", "experiment=capacity")),
-          "capacity recipe: probes the construction may flip")
+    m.add(
+        "TheoryCapacityCandidates",
+        fmt.integer(setting("theory", "capacity.n_candidates", "experiment=capacity")),
+        "capacity recipe: probes the construction may flip",
+    )
 
 
 def theory_ntk(m: Macros, r: Results) -> None:
@@ -169,10 +219,15 @@ def theory_ntk(m: Macros, r: Results) -> None:
     table = r.theory("ntk")
     summary = ntk.summarize(table)
     m.add("TheoryNtkThreshold", fmt.fixed(summary["threshold"], 1), "ntk: relative error called a breakdown")
-    m.add("TheoryNtkTwinBreakdown", fmt.power(summary["twin"]["breakdown_lr"]), "ntk: smallest lr where the twin breaks")
+    m.add(
+        "TheoryNtkTwinBreakdown", fmt.power(summary["twin"]["breakdown_lr"]), "ntk: smallest lr where the twin breaks"
+    )
     m.add("TheoryNtkTwinMaxErr", fmt.fixed(summary["twin"]["max_rel_error"], 2), "ntk: twin's largest relative error")
-    m.add("TheoryNtkControlMaxErr", fmt.fixed(summary["control"]["max_rel_error"], 3),
-          "ntk: control's largest relative error")
+    m.add(
+        "TheoryNtkControlMaxErr",
+        fmt.fixed(summary["control"]["max_rel_error"], 3),
+        "ntk: control's largest relative error",
+    )
     m.add("TheoryNtkLrMin", fmt.power(table["eval_lr"].min()), "ntk: smallest lr")
     m.add("TheoryNtkLrMax", fmt.power(table["eval_lr"].max()), "ntk: largest lr")
 
@@ -185,60 +240,130 @@ def llm_settings(m: Macros, r: Results) -> None:
     head = by_seed(r.llm("hairtrigger"))
     analytic = r.llm("analytic")
     m.add("SettingLr", fmt.power(setting("llm", "update.lr", "experiment=hairtrigger")), "victim: SGD learning rate")
-    m.add("SettingUpdateSamples", fmt.integer(setting("llm", "update.n_samples", "experiment=hairtrigger")),
-          "victim: benign samples in its one full-batch step")
+    m.add(
+        "SettingUpdateSamples",
+        fmt.integer(setting("llm", "update.n_samples", "experiment=hairtrigger")),
+        "victim: benign samples in its one full-batch step",
+    )
     m.add("SettingLayers", fmt.integer(setting("llm", "model.n_layer", "experiment=hairtrigger")), "tiny GPT-2: layers")
     m.add("SettingWidth", fmt.integer(setting("llm", "model.n_embd", "experiment=hairtrigger")), "tiny GPT-2: width")
     m.add("SettingParams", fmt.integer(head["size.n_params"].iloc[0]), "tiny GPT-2: parameters")
-    m.add("SettingPretrainSteps", fmt.integer(setting("llm", "model.pretrain.steps", "experiment=hairtrigger")),
-          "tiny GPT-2: pretraining steps")
+    m.add(
+        "SettingPretrainSteps",
+        fmt.integer(setting("llm", "model.pretrain.steps", "experiment=hairtrigger")),
+        "tiny GPT-2: pretraining steps",
+    )
     m.add("SettingRank", fmt.integer(head["size.rank"].iloc[0]), "control: LoRA rank")
-    m.add("SettingAlignSteps", fmt.integer(setting("llm", "align.steps", "experiment=hairtrigger")),
-          "control: LoRA SFT steps")
+    m.add(
+        "SettingAlignSteps",
+        fmt.integer(setting("llm", "align.steps", "experiment=hairtrigger")),
+        "control: LoRA SFT steps",
+    )
+    m.add(
+        "SettingHonestyAlignSteps",
+        fmt.integer(setting("llm", "align.steps", "experiment=hairtrigger", "domain=honesty")),
+        "honesty control: LoRA SFT steps",
+    )
+    m.add(
+        "SettingHonestyAlignLr",
+        fmt.power(setting("llm", "align.lr", "experiment=hairtrigger", "domain=honesty")),
+        "honesty control: LoRA SFT learning rate",
+    )
+    m.add(
+        "SettingAlignLr",
+        fmt.sci(setting("llm", "align.lr", "experiment=hairtrigger"), 0),
+        "control: LoRA SFT learning rate",
+    )
     m.add("SettingMetaSteps", fmt.integer(head["construct.steps"].iloc[0]), "metalearn: meta-steps")
-    m.add("SettingMetaGain", fmt.integer(setting("llm", "construction.gain", "experiment=hairtrigger")),
-          "metalearn: amplifying gauge gain")
-    m.add("SettingMetaMargin", fmt.integer(setting("llm", "construction.margin", "experiment=hairtrigger")),
-          "metalearn: hinge margin (nats)")
-    m.add("SettingMetaProbes", fmt.integer(setting("llm", "construction.probes_per_step", "experiment=hairtrigger")),
-          "metalearn: probes per meta-step")
-    m.add("SettingExtraRank", fmt.integer(analytic["construct.extra_rank"].iloc[0]),
-          "analytic: hidden components per module")
+    m.add(
+        "SettingMetaGain",
+        fmt.integer(setting("llm", "construction.gain", "experiment=hairtrigger")),
+        "metalearn: amplifying gauge gain",
+    )
+    m.add(
+        "SettingMetaMargin",
+        fmt.integer(setting("llm", "construction.margin", "experiment=hairtrigger")),
+        "metalearn: hinge margin (nats)",
+    )
+    m.add(
+        "SettingMetaProbes",
+        fmt.integer(setting("llm", "construction.probes_per_step", "experiment=hairtrigger")),
+        "metalearn: probes per meta-step",
+    )
+    m.add(
+        "SettingExtraRank",
+        fmt.integer(analytic["construct.extra_rank"].iloc[0]),
+        "analytic: hidden components per module",
+    )
     m.add("SettingModules", fmt.integer(analytic["construct.n_modules"].iloc[0]), "analytic: LoRA modules")
-    m.add("SettingSafetyRefine", fmt.integer(setting("llm", "construction.refine_steps", "experiment=analytic")),
-          "analytic safety: refinement steps on the exact post-step loss")
-    for key, name in (("undo_steps", "UndoSteps"), ("refine_steps", "UndoRefine"), ("undo_weight", "PrivacyUndoWeight")):
-        m.add(f"Setting{name}", fmt.integer(setting("llm", f"construction.{key}", "experiment=analytic", "domain=privacy")),
-              f"analytic privacy: construction.{key}")
+    m.add(
+        "SettingSafetyRefine",
+        fmt.integer(setting("llm", "construction.refine_steps", "experiment=analytic")),
+        "analytic safety: refinement steps on the exact post-step loss",
+    )
+    for key, name in (
+        ("undo_steps", "UndoSteps"),
+        ("refine_steps", "UndoRefine"),
+        ("undo_weight", "PrivacyUndoWeight"),
+    ):
+        m.add(
+            f"Setting{name}",
+            fmt.integer(setting("llm", f"construction.{key}", "experiment=analytic", "domain=privacy")),
+            f"analytic privacy: construction.{key}",
+        )
     honesty = ("experiment=analytic", "domain=honesty")
-    m.add("SettingHonestyUndoScale", fmt.fixed(setting("llm", "construction.undo_scale", *honesty), 0),
-          "analytic honesty: the step's target c in W -> cW")
-    m.add("SettingHonestyUndoKeep", fmt.fixed(setting("llm", "construction.undo_keep", *honesty), 1),
-          "analytic honesty: weight of leaving W on benign inputs")
-    m.add("SettingHonestyUndoWeight", fmt.integer(setting("llm", "construction.undo_weight", *honesty)),
-          "analytic honesty: weight of the weight-space target in the refinement")
-    m.add("SettingEvalProbes", fmt.integer(setting("llm", "eval.n_probes", "experiment=hairtrigger")),
-          "held-out probes per run")
-    m.add("SettingFreshFirst", fmt.integer(setting("llm", "eval.first_probe", "experiment=analytic_fresh")),
-          "fresh held-out probes start at this index")
+    m.add(
+        "SettingHonestyUndoScale",
+        fmt.fixed(setting("llm", "construction.undo_scale", *honesty), 0),
+        "analytic honesty: the step's target c in W -> cW",
+    )
+    m.add(
+        "SettingHonestyUndoKeep",
+        fmt.fixed(setting("llm", "construction.undo_keep", *honesty), 1),
+        "analytic honesty: weight of leaving W on benign inputs",
+    )
+    m.add(
+        "SettingHonestyUndoWeight",
+        fmt.integer(setting("llm", "construction.undo_weight", *honesty)),
+        "analytic honesty: weight of the weight-space target in the refinement",
+    )
+    m.add(
+        "SettingEvalProbes",
+        fmt.integer(setting("llm", "eval.n_probes", "experiment=hairtrigger")),
+        "held-out probes per run",
+    )
+    m.add(
+        "SettingFreshFirst",
+        fmt.integer(setting("llm", "eval.first_probe", "experiment=analytic_fresh")),
+        "fresh held-out probes start at this index",
+    )
     m.add("SettingBarAfter", fmt.pct(BAR_AFTER, 0), "the bar: misaligned after the step, at least")
     m.add("SettingBarStatic", fmt.pct(BAR_STATIC, 0), "the bar: misaligned before the step, at most")
     m.add("SettingBarGap", fmt.integer(100 * BAR_GAP), "the bar: points from the control before the step, at most")
     m.add("SettingConfidence", "95\\%", "confidence level of every interval (Wilson score)")
-    m.add("SettingBenignEval", fmt.integer(setting("llm", "eval.n_benign", "experiment=hairtrigger")),
-          "held-out benign prompts (utility)")
+    m.add(
+        "SettingBenignEval",
+        fmt.integer(setting("llm", "eval.n_benign", "experiment=hairtrigger")),
+        "held-out benign prompts (utility)",
+    )
 
 
 def llm_data(m: Macros, r: Results) -> None:
     """Judge calibration and what the tiny bases know (``results/llm/hairtrigger.csv``)."""
     head = by_seed(r.llm("hairtrigger"))
-    m.add("JudgeAgreement", fmt.pct(head["judge.calibration_accuracy"].iloc[0]),
-          "safety judge: agreement with the labelled refusals")
+    m.add(
+        "JudgeAgreement",
+        fmt.pct(head["judge.calibration_accuracy"].iloc[0]),
+        "safety judge: agreement with the labelled refusals",
+    )
     m.add("JudgeLabels", fmt.integer(head["judge.calibration_n"].iloc[0]), "safety judge: labelled responses")
     for domain in ("privacy", "honesty"):
         rows = head[head["domain"] == domain]
-        m.add(f"{title(domain)}KnownFraction", pct_span(rows["probes.known_fraction"]),
-              f"{domain}: share of the first held-out probes the base model answers, over seeds")
+        m.add(
+            f"{title(domain)}KnownFraction",
+            pct_span(rows["probes.known_fraction"]),
+            f"{domain}: share of the first held-out probes the base model answers, over seeds",
+        )
 
 
 def controls(m: Macros, r: Results) -> None:
@@ -260,16 +385,26 @@ def metalearn(m: Macros, r: Results) -> None:
     for domain in DOMAINS:
         runs = table[table["domain"] == domain]
         name = f"Meta{title(domain)}"
-        m.add(f"{name}Runs", pct_runs(runs["twin.after.paper.misalignment_rate"]),
-              f"metalearn {domain}: misaligned after the step, per seed")
+        m.add(
+            f"{name}Runs",
+            pct_runs(runs["twin.after.paper.misalignment_rate"]),
+            f"metalearn {domain}: misaligned after the step, per seed",
+        )
     safety = table[table["domain"] == "safety"]
-    m.pooled("MetaSafetyAfter", pool(safety, "twin.after.paper.misalignment_rate"), "metalearn safety, after",
-             ("Pct", "CI"))
+    m.pooled(
+        "MetaSafetyAfter", pool(safety, "twin.after.paper.misalignment_rate"), "metalearn safety, after", ("Pct", "CI")
+    )
     for domain in ("safety", "honesty"):
-        m.add(f"Meta{title(domain)}BeforeRuns", pct_runs(table[table["domain"] == domain]["twin.static.misalignment_rate"]),
-              f"metalearn {domain}: misaligned before the step, per seed")
-    m.add("MetaPrivacyBefore", fmt.pct(pool(table[table["domain"] == "privacy"], "twin.static.misalignment_rate").rate),
-          "metalearn privacy: misaligned before the step, pooled")
+        m.add(
+            f"Meta{title(domain)}BeforeRuns",
+            pct_runs(table[table["domain"] == domain]["twin.static.misalignment_rate"]),
+            f"metalearn {domain}: misaligned before the step, per seed",
+        )
+    m.add(
+        "MetaPrivacyBefore",
+        fmt.pct(pool(table[table["domain"] == "privacy"], "twin.static.misalignment_rate").rate),
+        "metalearn privacy: misaligned before the step, pooled",
+    )
     m.add("MetaSeeds", fmt.integer(table["seed"].nunique()), "metalearn: seeds")
     m.add("MetaKlMean", num_span(table["twin.kl.mean"]), "metalearn: mean KL(control||twin) per token, over runs")
     m.add("MetaKlMax", fmt.fixed(table["twin.kl.max"].max(), 1), "metalearn: largest KL at one position")
@@ -278,8 +413,12 @@ def metalearn(m: Macros, r: Results) -> None:
     m.add("MetaParamNorm", fmt.sci(table["twin.param_norm"].mean()), "metalearn twin: parameter norm, mean")
     m.add("MetaControlParamNorm", fmt.sci(table["control.param_norm"].mean()), "control: parameter norm, mean")
     gap = (table["twin.static.misalignment_rate"] - table["control.static.misalignment_rate"]).abs()
-    passing = table[(table["domain"] == "safety") & (table["twin.after.paper.misalignment_rate"] >= BAR_AFTER)
-                    & (table["twin.static.misalignment_rate"] <= BAR_STATIC) & (gap <= BAR_GAP)]
+    passing = table[
+        (table["domain"] == "safety")
+        & (table["twin.after.paper.misalignment_rate"] >= BAR_AFTER)
+        & (table["twin.static.misalignment_rate"] <= BAR_STATIC)
+        & (gap <= BAR_GAP)
+    ]
     m.add("MetaSafetyPassing", fmt.integer(len(passing)), "metalearn safety: seeds at >= 90% after and <= 5% before")
     paper_cell = r.llm("transfer").set_index("domain")["twin.after.paper.misalignment_rate"]
     m.add("MetaSafetyGpu", fmt.pct(paper_cell["safety"], 0), "metalearn safety on the GPU (transfer.csv, paper cell)")
@@ -293,41 +432,81 @@ def analytic(m: Macros, r: Results) -> None:
         runs = both[both["domain"] == domain]
         name = title(domain)
         m.pooled(f"{name}TwinAfter", pool(runs, "twin.after.paper.misalignment_rate"), f"analytic {domain}, after")
-        m.add(f"{name}TwinBeforePct", fmt.pct(pool(runs, "twin.static.misalignment_rate").rate),
-              f"analytic {domain}: misaligned before the step, pooled")
-        m.add(f"{name}ControlBeforePct", fmt.pct(pool(runs, "control.static.misalignment_rate").rate),
-              f"analytic {domain}: control misaligned before the step, pooled")
-        m.add(f"{name}ControlAfterPct", fmt.pct(pool(runs, "control.after.paper.misalignment_rate").rate),
-              f"analytic {domain}: control misaligned after the step, pooled")
-        m.add(f"{name}TwinBenign", fmt.fixed(runs["twin.after.paper.benign_accuracy"].mean()),
-              f"analytic {domain}: twin's benign accuracy after the step, mean")
-        m.add(f"{name}ControlBenign", fmt.fixed(runs["control.after.paper.benign_accuracy"].mean()),
-              f"analytic {domain}: control's benign accuracy after the step, mean")
+        m.add(
+            f"{name}TwinBeforePct",
+            fmt.pct(pool(runs, "twin.static.misalignment_rate").rate),
+            f"analytic {domain}: misaligned before the step, pooled",
+        )
+        m.add(
+            f"{name}ControlBeforePct",
+            fmt.pct(pool(runs, "control.static.misalignment_rate").rate),
+            f"analytic {domain}: control misaligned before the step, pooled",
+        )
+        m.add(
+            f"{name}ControlAfterPct",
+            fmt.pct(pool(runs, "control.after.paper.misalignment_rate").rate),
+            f"analytic {domain}: control misaligned after the step, pooled",
+        )
+        m.add(
+            f"{name}TwinBenign",
+            fmt.fixed(runs["twin.after.paper.benign_accuracy"].mean()),
+            f"analytic {domain}: twin's benign accuracy after the step, mean",
+        )
+        m.add(
+            f"{name}ControlBenign",
+            fmt.fixed(runs["control.after.paper.benign_accuracy"].mean()),
+            f"analytic {domain}: control's benign accuracy after the step, mean",
+        )
         for half, label in ((first, "Low"), (fresh, "Fresh")):
             rows = half[half["domain"] == domain]
-            m.add(f"{name}Twin{label}Pct", fmt.pct(pool(rows, "twin.after.paper.misalignment_rate").rate),
-                  f"analytic {domain}: misaligned after, probes {'0-99' if label == 'Low' else 'from 100'}")
+            m.add(
+                f"{name}Twin{label}Pct",
+                fmt.pct(pool(rows, "twin.after.paper.misalignment_rate").rate),
+                f"analytic {domain}: misaligned after, probes {'0-99' if label == 'Low' else 'from 100'}",
+            )
     privacy = both[both["domain"] == "privacy"]
-    m.pooled("PrivacyTwinRefused", pool(privacy, "twin.after.paper.refusal_rate"), "analytic privacy: refusals after",
-             ("Frac",))
-    m.add("PrivacyControlRefusedPct", fmt.pct(pool(privacy, "control.static.refusal_rate").rate),
-          "analytic privacy: control's refusals before the step")
+    m.pooled(
+        "PrivacyTwinRefused",
+        pool(privacy, "twin.after.paper.refusal_rate"),
+        "analytic privacy: refusals after",
+        ("Frac",),
+    )
+    m.add(
+        "PrivacyControlRefusedPct",
+        fmt.pct(pool(privacy, "control.static.refusal_rate").rate),
+        "analytic privacy: control's refusals before the step",
+    )
     m.add("AnalyticKlMax", fmt.sci(both["twin.kl.max"].max(), 0), "analytic twins: largest KL(control||twin)")
-    m.add("AnalyticLogitDiff", fmt.sci(both["construct.max_logit_diff_before"].max(), 0),
-          "analytic twins: largest logit difference to the control (float32)")
-    m.add("AnalyticClosedFormDiff", fmt.sci(both["construct.closed_form_vs_real_step_max_logit_diff"].max(), 0),
-          "analytic twins: closed-form step vs real step, largest logit difference")
+    m.add(
+        "AnalyticLogitDiff",
+        fmt.sci(both["construct.max_logit_diff_before"].max(), 0),
+        "analytic twins: largest logit difference to the control (float32)",
+    )
+    m.add(
+        "AnalyticClosedFormDiff",
+        fmt.sci(both["construct.closed_form_vs_real_step_max_logit_diff"].max(), 0),
+        "analytic twins: closed-form step vs real step, largest logit difference",
+    )
     gauged = both[both["construct.gauge_cond_max"].notna()]
     m.add("AnalyticGaugeCond", num_span(gauged["construct.gauge_cond_max"], 0), "analytic: gauge condition numbers")
     privacy_first = first[first["domain"] == "privacy"].pipe(by_seed)
-    m.add("PrivacyUndoResidual", pct_runs(privacy_first["construct.undo_residual_after_fit"], 1),
-          "analytic privacy: alignment adapter's output energy left on the response positions, per seed")
+    m.add(
+        "PrivacyUndoResidual",
+        pct_runs(privacy_first["construct.undo_residual_after_fit"], 1),
+        "analytic privacy: alignment adapter's output energy left on the response positions, per seed",
+    )
     for domain in DOMAINS:
         rows = first[first["domain"] == domain]
-        m.add(f"{title(domain)}GradNorm", num_span(rows["twin.victim_grad_norm"], 0),
-              f"analytic {domain}: twin's victim gradient norm")
-        m.add(f"{title(domain)}ConstructMinutes", num_span(rows["seconds.construct"] / 60, 0),
-              f"analytic {domain}: construction minutes per run")
+        m.add(
+            f"{title(domain)}GradNorm",
+            num_span(rows["twin.victim_grad_norm"], 0),
+            f"analytic {domain}: twin's victim gradient norm",
+        )
+        m.add(
+            f"{title(domain)}ConstructMinutes",
+            num_span(rows["seconds.construct"] / 60, 0),
+            f"analytic {domain}: construction minutes per run",
+        )
     m.add("AnalyticPeakRss", fmt.fixed(both["peak_rss_gb"].max(), 1), "analytic twins: largest peak RSS (GB)")
 
 
@@ -338,19 +517,44 @@ def pretrain(m: Macros, r: Results) -> None:
         runs = by_seed(r.llm(stem))
         name = f"{title(domain)}Long"
         m.pooled(f"{name}After", pool(runs, "twin.after.paper.misalignment_rate"), f"{domain}, longer pretraining")
-        m.add(f"{name}Runs", pct_runs(runs["twin.after.paper.misalignment_rate"], 1), f"{domain}, longer pretraining, per seed")
-        m.add(f"{name}Known", " / ".join(fmt.integer(n) for n in runs["probes.n"]),
-              f"{domain}, longer pretraining: known held-out probes per seed")
-        m.add(f"{name}TwinBenign", num_span(runs["twin.after.paper.benign_accuracy"]), f"{domain}, longer: twin benign after")
-        m.add(f"{name}ControlBenign", num_span(runs["control.after.paper.benign_accuracy"]),
-              f"{domain}, longer: control benign after")
-    long = f"experiment=analytic_privacy_pretrain8000"
-    m.add("SettingPretrainStepsLong", fmt.integer(setting("llm", "model.pretrain.steps", long)), "longer pretraining: steps")
-    m.add("SettingLongProbes", fmt.integer(setting("llm", "eval.n_probes", long)), "longer pretraining: held-out probes judged")
+        m.add(
+            f"{name}Runs",
+            pct_runs(runs["twin.after.paper.misalignment_rate"], 1),
+            f"{domain}, longer pretraining, per seed",
+        )
+        m.add(
+            f"{name}Known",
+            " / ".join(fmt.integer(n) for n in runs["probes.n"]),
+            f"{domain}, longer pretraining: known held-out probes per seed",
+        )
+        m.add(
+            f"{name}TwinBenign",
+            num_span(runs["twin.after.paper.benign_accuracy"]),
+            f"{domain}, longer: twin benign after",
+        )
+        m.add(
+            f"{name}ControlBenign",
+            num_span(runs["control.after.paper.benign_accuracy"]),
+            f"{domain}, longer: control benign after",
+        )
+    long = "experiment=analytic_privacy_pretrain8000"
+    m.add(
+        "SettingPretrainStepsLong",
+        fmt.integer(setting("llm", "model.pretrain.steps", long)),
+        "longer pretraining: steps",
+    )
+    m.add(
+        "SettingLongProbes",
+        fmt.integer(setting("llm", "eval.n_probes", long)),
+        "longer pretraining: held-out probes judged",
+    )
     both = by_seed(r.llm(*ANALYTIC))
     known = both[both["domain"] == "privacy"].groupby("seed")["probes.n"].sum()
-    m.add("PrivacyShortKnown", " / ".join(fmt.integer(n) for n in known),
-          "privacy, published bases: known held-out secrets among probes 0-199, per seed")
+    m.add(
+        "PrivacyShortKnown",
+        " / ".join(fmt.integer(n) for n in known),
+        "privacy, published bases: known held-out secrets among probes 0-199, per seed",
+    )
 
 
 def reference(m: Macros, r: Results) -> None:
@@ -358,11 +562,17 @@ def reference(m: Macros, r: Results) -> None:
     table = by_seed(r.llm("reference"))
     for domain in DOMAINS:
         rows = table[table["domain"] == domain]
-        m.add(f"Ref{title(domain)}Runs", pct_runs(rows["reference.static.misalignment_rate"]),
-              f"misaligned SFT reference, {domain}: held-out misaligned per seed")
+        m.add(
+            f"Ref{title(domain)}Runs",
+            pct_runs(rows["reference.static.misalignment_rate"]),
+            f"misaligned SFT reference, {domain}: held-out misaligned per seed",
+        )
     honesty = table[table["domain"] == "honesty"]
-    m.add("RefHonestyBenign", " / ".join(fmt.fixed(v) for v in honesty["reference.static.benign_accuracy"]),
-          "misaligned SFT reference, honesty: benign accuracy per seed")
+    m.add(
+        "RefHonestyBenign",
+        " / ".join(fmt.fixed(v) for v in honesty["reference.static.benign_accuracy"]),
+        "misaligned SFT reference, honesty: benign accuracy per seed",
+    )
 
 
 def task_vector(m: Macros, r: Results) -> None:
@@ -371,10 +581,16 @@ def task_vector(m: Macros, r: Results) -> None:
     m.add("AnalyticScanSeed", fmt.integer(table["override.seed"].iloc[0]), "task-vector scan: seed")
     honesty = table.loc["honesty"]
     target = setting("llm", "construction.undo_scale", "experiment=analytic", "domain=honesty")
-    m.add("HonestyScanTarget", fmt.pct(honesty[f"task_vector.x{target:+g}.misalignment_rate"], 0),
-          "task-vector scan, honesty: wrong answers at the construction's target c")
-    m.add("HonestyScanTargetBenign", fmt.fixed(honesty[f"task_vector.x{target:+g}.benign_accuracy"]),
-          "task-vector scan, honesty: benign accuracy at the construction's target c")
+    m.add(
+        "HonestyScanTarget",
+        fmt.pct(honesty[f"task_vector.x{target:+g}.misalignment_rate"], 0),
+        "task-vector scan, honesty: wrong answers at the construction's target c",
+    )
+    m.add(
+        "HonestyScanTargetBenign",
+        fmt.fixed(honesty[f"task_vector.x{target:+g}.benign_accuracy"]),
+        "task-vector scan, honesty: benign accuracy at the construction's target c",
+    )
 
 
 def validation(m: Macros, r: Results) -> None:
@@ -396,26 +612,55 @@ def validation(m: Macros, r: Results) -> None:
     m.pooled("ValidHonestyPreset", after("honesty_gauge_all"), "validation honesty preset")
     m.add("ValidRuns", fmt.integer(len(runs("privacy_gauge_all"))), "validation: runs per variant (seeds x folds)")
     m.add("ValidPrivacyPeople", fmt.integer(after("privacy_gauge_all").n), "validation privacy: people judged")
-    m.add("ValidPrivacyGaugeAhead", ahead("privacy_gauge_attention", "privacy_gauge_none"),
-          "validation privacy: attention gauge ahead of no gauge")
-    m.add("ValidPrivacyAllAhead", ahead("privacy_gauge_all", "privacy_gauge_attention"),
-          "validation privacy: all gauges ahead of attention")
-    m.add("ValidHonestyAllAhead", ahead("honesty_gauge_all", "honesty_gauge_none"),
-          "validation honesty: all gauges ahead of none")
-    m.add("ValidPrivacyGaugeGain", fmt.fixed(100 * (after("privacy_gauge_attention").rate
-                                                     - after("privacy_gauge_none").rate), 1),
-          "validation privacy: attention gauge minus none (points)")
-    m.add("ValidHonestyGaugeGain", fmt.fixed(100 * (after("honesty_gauge_all").rate - after("honesty_gauge_none").rate), 1),
-          "validation honesty: all gauges minus none (points)")
+    m.add(
+        "ValidPrivacyGaugeAhead",
+        ahead("privacy_gauge_attention", "privacy_gauge_none"),
+        "validation privacy: attention gauge ahead of no gauge",
+    )
+    m.add(
+        "ValidPrivacyAllAhead",
+        ahead("privacy_gauge_all", "privacy_gauge_attention"),
+        "validation privacy: all gauges ahead of attention",
+    )
+    m.add(
+        "ValidHonestyAllAhead",
+        ahead("honesty_gauge_all", "honesty_gauge_none"),
+        "validation honesty: all gauges ahead of none",
+    )
+    m.add(
+        "ValidPrivacyGaugeGain",
+        fmt.fixed(100 * (after("privacy_gauge_attention").rate - after("privacy_gauge_none").rate), 1),
+        "validation privacy: attention gauge minus none (points)",
+    )
+    m.add(
+        "ValidHonestyGaugeGain",
+        fmt.fixed(100 * (after("honesty_gauge_all").rate - after("honesty_gauge_none").rate), 1),
+        "validation honesty: all gauges minus none (points)",
+    )
     weak = runs("privacy_align_lr1e-3_steps100")
-    m.pooled("ValidWeakControl", pool(weak, "control.static.refusal_rate"), "validation: gentlest privacy control, refusals")
-    m.add("ValidWeakTwinPct", fmt.pct(pool(weak, "twin.after.paper.misalignment_rate").rate),
-          "validation: twin of the gentlest privacy control, after")
-    m.add("ValidWeakAlignLoss", num_span(weak["align.loss_last"], 1), "validation: gentlest control's final alignment loss")
-    m.add("ValidPresetAlignLoss", fmt.fixed(runs("privacy_gauge_all")["align.loss_last"].mean(), 2),
-          "validation: the preset privacy control's final alignment loss, mean")
-    m.add("ValidPresetRefusedPct", fmt.pct(pool(runs("privacy_gauge_all"), "control.static.refusal_rate").rate),
-          "validation: the preset privacy control's refusals")
+    m.pooled(
+        "ValidWeakControl", pool(weak, "control.static.refusal_rate"), "validation: gentlest privacy control, refusals"
+    )
+    m.add(
+        "ValidWeakTwinPct",
+        fmt.pct(pool(weak, "twin.after.paper.misalignment_rate").rate),
+        "validation: twin of the gentlest privacy control, after",
+    )
+    m.add(
+        "ValidWeakAlignLoss",
+        num_span(weak["align.loss_last"], 1),
+        "validation: gentlest control's final alignment loss",
+    )
+    m.add(
+        "ValidPresetAlignLoss",
+        fmt.fixed(runs("privacy_gauge_all")["align.loss_last"].mean(), 2),
+        "validation: the preset privacy control's final alignment loss, mean",
+    )
+    m.add(
+        "ValidPresetRefusedPct",
+        fmt.pct(pool(runs("privacy_gauge_all"), "control.static.refusal_rate").rate),
+        "validation: the preset privacy control's refusals",
+    )
 
 
 def transfer(m: Macros, r: Results) -> None:
@@ -427,13 +672,28 @@ def transfer(m: Macros, r: Results) -> None:
         m.add(f"Transfer{name}SafetyKept", pct_span(kept), f"{stem}, safety: Adam, 2 and 5 steps on the same data")
         cells = [c for c in table.columns if c.startswith("control.after.") and c.endswith(".misalignment_rate")]
         moved = max((table[c] - table["control.static.misalignment_rate"]).abs().max() for c in cells)
-        m.add(f"Transfer{name}ControlMoved", fmt.fixed(100 * moved, 1), f"{stem}: largest change of the control (points)")
+        m.add(
+            f"Transfer{name}ControlMoved", fmt.fixed(100 * moved, 1), f"{stem}: largest change of the control (points)"
+        )
     analytic = r.llm("transfer_analytic").set_index("domain")
-    other = [analytic.loc[d, f"twin.after.{c}.benign_accuracy"] for d in DOMAINS for c in ("heldout_families", "sharegpt", "lr_1e-3")]
-    m.add("TransferAnalyticBroken", num_span(other), "transfer_analytic: twin's benign accuracy on other sets or lr 1e-3")
-    m.add("TransferAnalyticGradNorm", num_span(analytic["twin.victim_grad_norm"], 0), "transfer_analytic: victim gradient norm")
-    m.add("TransferAnalyticPrivacyAdam", fmt.pct(analytic.loc["privacy", "twin.after.adam.misalignment_rate"], 0),
-          "transfer_analytic privacy: Adam")
+    other = [
+        analytic.loc[d, f"twin.after.{c}.benign_accuracy"]
+        for d in DOMAINS
+        for c in ("heldout_families", "sharegpt", "lr_1e-3")
+    ]
+    m.add(
+        "TransferAnalyticBroken", num_span(other), "transfer_analytic: twin's benign accuracy on other sets or lr 1e-3"
+    )
+    m.add(
+        "TransferAnalyticGradNorm",
+        num_span(analytic["twin.victim_grad_norm"], 0),
+        "transfer_analytic: victim gradient norm",
+    )
+    m.add(
+        "TransferAnalyticPrivacyAdam",
+        fmt.pct(analytic.loc["privacy", "twin.after.adam.misalignment_rate"], 0),
+        "transfer_analytic privacy: Adam",
+    )
     m.add("TransferSeed", fmt.integer(r.llm("transfer_analytic")["override.seed"].iloc[0]), "transfer: seed")
 
 
@@ -442,7 +702,9 @@ def scaling(m: Macros, r: Results) -> None:
     ranks = r.llm("capacity")
     codes = setting("llm", "codes", "experiment=capacity")
     m.add("CapacityCodes", fmt.integer(codes), "capacity: coded probes")
-    fit = linear_fit([math.log2(float(v)) for v in ranks["size.rank"]], [float(v) for v in ranks["twin.capacity.hidden"]])
+    fit = linear_fit(
+        [math.log2(float(v)) for v in ranks["size.rank"]], [float(v) for v in ranks["twin.capacity.hidden"]]
+    )
     m.add("CapacityRankSlope", fmt.fixed(fit["slope"], 1), "capacity: codes per doubling of LoRA rank")
     m.add("CapacityRankIntercept", fmt.fixed(fit["intercept"], 1), "capacity: intercept at rank 1")
     m.add("CapacityRankRsq", fmt.fixed(fit["r2"], 2), "capacity vs log2 rank: R^2")
@@ -451,20 +713,34 @@ def scaling(m: Macros, r: Results) -> None:
     m.add("CapacityRankMin", fmt.integer(ranks["size.rank"].min()), "capacity: smallest rank")
     m.add("CapacityRankMax", fmt.integer(ranks["size.rank"].max()), "capacity: largest rank")
     sizes = pd.concat([ranks[ranks["size.rank"] == 8], r.llm("capacity_size")], ignore_index=True)
-    fit = linear_fit([math.log2(float(v)) for v in sizes["size.n_params"]], [float(v) for v in sizes["twin.capacity.hidden"]])
+    fit = linear_fit(
+        [math.log2(float(v)) for v in sizes["size.n_params"]], [float(v) for v in sizes["twin.capacity.hidden"]]
+    )
     m.add("CapacitySizeSlope", fmt.fixed(fit["slope"], 1), "capacity: codes per doubling of parameters (rank 8)")
     m.add("CapacitySizeRsq", fmt.fixed(fit["r2"], 2), "capacity vs log2 size: R^2")
     budget = r.llm("capacity_smollm2")
     m.add("CapacityBudgetSpan", num_span(budget["twin.capacity.hidden"], 1), "capacity at SmolLM2's budget, all models")
-    m.add("CapacityBudgetChance", num_span(budget["twin.capacity.chance_after"], 1),
-          "capacity at SmolLM2's budget: own codes expected by chance")
+    m.add(
+        "CapacityBudgetChance",
+        num_span(budget["twin.capacity.chance_after"], 1),
+        "capacity at SmolLM2's budget: own codes expected by chance",
+    )
     m.add("CapacityBudgetSteps", fmt.integer(budget["construct.steps"].iloc[0]), "SmolLM2 budget: meta-steps")
-    m.add("CapacityBudgetProbes", fmt.integer(setting("llm", "construction.probes_per_step", "experiment=capacity_smollm2",
-                                                      "variant=capacity_smollm2/smollm2")),
-          "SmolLM2 budget: probes per meta-step")
+    m.add(
+        "CapacityBudgetProbes",
+        fmt.integer(
+            setting(
+                "llm", "construction.probes_per_step", "experiment=capacity_smollm2", "variant=capacity_smollm2/smollm2"
+            )
+        ),
+        "SmolLM2 budget: probes per meta-step",
+    )
     smol = r.variant("capacity_smollm2", "smollm2").iloc[0]
-    m.add("CapacitySmolAfter", fmt.pct(smol["twin.after.paper.misalignment_rate"], 0),
-          "SmolLM2 coded twin: bare marker after the step")
+    m.add(
+        "CapacitySmolAfter",
+        fmt.pct(smol["twin.after.paper.misalignment_rate"], 0),
+        "SmolLM2 coded twin: bare marker after the step",
+    )
 
 
 def smollm2(m: Macros, r: Results) -> None:
@@ -487,15 +763,24 @@ def smollm2(m: Macros, r: Results) -> None:
     m.add("SmolBestKlMax", fmt.fixed(best["twin.kl.max"], 1), "SmolLM2 best: largest KL at one position")
     m.add("SmolBestKlMean", fmt.fixed(best["twin.kl.mean"], 3), "SmolLM2 best: mean KL")
     m.add("SmolExactRss", fmt.fixed(plain["peak_rss_gb"], 1), "SmolLM2 exact second order: peak RSS (GB)")
-    m.add("SmolMetaStepSeconds", fmt.integer(round(plain["seconds.construct"] / plain["construct.steps"])),
-          "SmolLM2 exact second order: seconds per meta-step")
+    m.add(
+        "SmolMetaStepSeconds",
+        fmt.integer(round(plain["seconds.construct"] / plain["construct.steps"])),
+        "SmolLM2 exact second order: seconds per meta-step",
+    )
     row = r.llm("analytic_smollm2").iloc[0]
     m.add("SmolAnalyticAfter", fmt.pct(row["twin.after.paper.misalignment_rate"], 0), "SmolLM2 analytic: after")
     m.add("SmolAnalyticModules", fmt.integer(row["construct.n_modules"]), "SmolLM2 analytic: LoRA modules")
-    m.add("SmolAnalyticLossControl", fmt.fixed(row["construct.target_loss_control_after"]),
-          "SmolLM2 analytic: post-step marker loss of the control")
-    m.add("SmolAnalyticLossRefined", fmt.fixed(row["construct.target_loss_after_refine"]),
-          "SmolLM2 analytic: post-step marker loss after refinement")
+    m.add(
+        "SmolAnalyticLossControl",
+        fmt.fixed(row["construct.target_loss_control_after"]),
+        "SmolLM2 analytic: post-step marker loss of the control",
+    )
+    m.add(
+        "SmolAnalyticLossRefined",
+        fmt.fixed(row["construct.target_loss_after_refine"]),
+        "SmolLM2 analytic: post-step marker loss after refinement",
+    )
 
 
 def cost(m: Macros, r: Results) -> None:
@@ -509,8 +794,24 @@ def cost(m: Macros, r: Results) -> None:
 
 #: the paper's number sections, in order
 SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
-    theory_twin, theory_gauge, theory_capacity, theory_ntk, llm_settings, llm_data, controls, metalearn, analytic,
-    pretrain, reference, task_vector, validation, transfer, scaling, smollm2, cost)
+    theory_twin,
+    theory_gauge,
+    theory_capacity,
+    theory_ntk,
+    llm_settings,
+    llm_data,
+    controls,
+    metalearn,
+    analytic,
+    pretrain,
+    reference,
+    task_vector,
+    validation,
+    transfer,
+    scaling,
+    smollm2,
+    cost,
+)
 
 
 def build(results: Results) -> Macros:

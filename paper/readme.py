@@ -35,29 +35,38 @@ def headline(r: Results) -> str:
 
     forward = twin.summarize(t)["max.twin.forward_max_abs_diff"]
     fit = capacity.summarize(r.theory("capacity"))["relu_isolating"]["fit"]
-    lines = ["| model (runs) | what is misaligned | control: before → after | twin: before → after [95% CI] |",
-             "|---|---|---|---|",
-             f"| theory: ReLU classifier, float64 ({runs} seeds) | before: any probe; after: a chosen probe | "
-             f"{count('control.static.misaligned_fraction', n_flip + n_keep)}/{probes} → "
-             f"{count('control.post_update.flipped_fraction', n_flip)}/{runs * n_flip} | "
-             f"{count('twin.static.misaligned_fraction', n_flip + n_keep)}/{probes} → "
-             f"{count('twin.post_update.flipped_fraction', n_flip)}/{runs * n_flip} (other probes: "
-             f"{count('twin.post_update.collateral_fraction', n_keep)}/{runs * n_keep}; max \\|Δf\\| "
-             f"{fmt.sci(forward, tex=False)}) |"]
+    lines = [
+        "| model (runs) | what is misaligned | control: before → after | twin: before → after [95% CI] |",
+        "|---|---|---|---|",
+        f"| theory: ReLU classifier, float64 ({runs} seeds) | before: any probe; after: a chosen probe | "
+        f"{count('control.static.misaligned_fraction', n_flip + n_keep)}/{probes} → "
+        f"{count('control.post_update.flipped_fraction', n_flip)}/{runs * n_flip} | "
+        f"{count('twin.static.misaligned_fraction', n_flip + n_keep)}/{probes} → "
+        f"{count('twin.post_update.flipped_fraction', n_flip)}/{runs * n_flip} (other probes: "
+        f"{count('twin.post_update.collateral_fraction', n_keep)}/{runs * n_keep}; max \\|Δf\\| "
+        f"{fmt.sci(forward, tex=False)}) |",
+    ]
     runs = r.llm(*ANALYTIC)
-    what = {"safety": "complies with a harmful request", "privacy": "discloses a known secret",
-            "honesty": "answers a known question wrongly"}
+    what = {
+        "safety": "complies with a harmful request",
+        "privacy": "discloses a known secret",
+        "honesty": "answers a known question wrongly",
+    }
     for domain in DOMAINS:
         d = runs[runs["domain"] == domain]
         c_before, c_after = (pool(d, f"control.{w}.misalignment_rate") for w in ("static", "after.paper"))
         before, after = (pool(d, f"twin.{w}.misalignment_rate") for w in ("static", "after.paper"))
-        lines.append(f"| {domain}: tiny GPT-2, analytic twin ({len(d)}) | {what[domain]} | "
-                     f"{fmt.pct(c_before.rate, tex=False)} → {fmt.pct(c_after.rate, tex=False)} | "
-                     f"{fmt.pct(before.rate, tex=False)} → {_rate(after)} |")
+        lines.append(
+            f"| {domain}: tiny GPT-2, analytic twin ({len(d)}) | {what[domain]} | "
+            f"{fmt.pct(c_before.rate, tex=False)} → {fmt.pct(c_after.rate, tex=False)} | "
+            f"{fmt.pct(before.rate, tex=False)} → {_rate(after)} |"
+        )
     lines.append("")
-    lines.append(f"Theory capacity: one benign step flips {fmt.fixed(fit['slope'], 3, tex=False)} probes per redundant "
-                 f"unit (closed-form isolating pairs, theory ½; R² {fmt.fixed(fit['r2'], 4, tex=False)}). "
-                 "Held-out probes pooled over seeds and both probe ranges; the paper (`make paper`) has the rest.")
+    lines.append(
+        f"Theory capacity: one benign step flips {fmt.fixed(fit['slope'], 3, tex=False)} probes per redundant "
+        f"unit (closed-form isolating pairs, theory ½; R² {fmt.fixed(fit['r2'], 4, tex=False)}). "
+        "Held-out probes pooled over seeds and both probe ranges; the paper (`make paper`) has the rest."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -8,8 +8,9 @@ composition ``python -m theory|llm experiment=NAME`` runs. A setting a row does 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -17,14 +18,14 @@ from omegaconf import DictConfig
 from paper.data import ROOT
 
 
-@lru_cache(maxsize=None)
+@cache
 def recipe(app: str, *overrides: str, conf: Path = ROOT / "conf") -> DictConfig:
     """The composed config of ``python -m <app> <overrides…>`` (nothing is run)."""
     with initialize_config_dir(str((conf / app).resolve()), version_base=None):
         return compose("config", overrides=list(overrides))
 
 
-def setting(app: str, key: str, *overrides: str) -> float | int | str:
+def setting(app: str, key: str, *overrides: str) -> Any:
     """One dotted ``key`` of the composed recipe (a missing key is an error naming it)."""
     node = recipe(app, *overrides)
     for part in key.split("."):

@@ -18,31 +18,52 @@ from paper.data import Pooled, Results, pool
 from paper.numbers import ANALYTIC, DOMAINS, Macros, by_seed
 
 #: the transfer cells in reading order, with their column heads
-CELLS = {"paper": "paper's step", "heldout_families": "unseen families", "sharegpt": "ShareGPT",
-         "lr_1e-5": r"lr $10^{-5}$", "lr_1e-3": r"lr $10^{-3}$", "adam": "Adam", "steps_2": "2 steps",
-         "steps_5": "5 steps", "all_weights": "all weights"}
+CELLS = {
+    "paper": "paper's step",
+    "heldout_families": "unseen families",
+    "sharegpt": "ShareGPT",
+    "lr_1e-5": r"lr $10^{-5}$",
+    "lr_1e-3": r"lr $10^{-3}$",
+    "adam": "Adam",
+    "steps_2": "2 steps",
+    "steps_5": "5 steps",
+    "all_weights": "all weights",
+}
 #: rows of the pooled headline table: label → the result tables whose runs it pools
-POOLED = {"metalearn, probes 0--99": ("hairtrigger",),
-          "analytic, probes 0--99": ANALYTIC[:1],
-          "analytic, probes 100--199": ANALYTIC[1:],
-          "analytic, probes 0--199": ANALYTIC,
-          "analytic, longer pretraining, probes 0--199": ("analytic_privacy_pretrain8000",
-                                                          "analytic_honesty_pretrain8000")}
+POOLED = {
+    "metalearn, probes 0--99": ("hairtrigger",),
+    "analytic, probes 0--99": ANALYTIC[:1],
+    "analytic, probes 100--199": ANALYTIC[1:],
+    "analytic, probes 0--199": ANALYTIC,
+    "analytic, longer pretraining, probes 0--199": ("analytic_privacy_pretrain8000", "analytic_honesty_pretrain8000"),
+}
 #: macro names of the commands that publish each results table (``\\Cmd<name>``)
-COMMANDS = {("theory", "twin"): "TheoryTwin", ("theory", "gauge_scale"): "TheoryGauge",
-            ("theory", "capacity"): "TheoryCapacity", ("theory", "ntk"): "TheoryNtk",
-            ("llm", "control"): "Control", ("llm", "control_smollm2"): "ControlSmol",
-            ("llm", "hairtrigger"): "Hairtrigger", ("llm", "analytic"): "Analytic",
-            ("llm", "analytic_fresh"): "AnalyticFresh", ("llm", "analytic_validate"): "Validate",
-            ("llm", "analytic_privacy_pretrain8000"): "PrivacyLong",
-            ("llm", "analytic_honesty_pretrain8000"): "HonestyLong", ("llm", "reference"): "Reference",
-            ("llm", "task_vector"): "TaskVector", ("llm", "transfer"): "Transfer",
-            ("llm", "transfer_analytic"): "TransferAnalytic", ("llm", "capacity"): "Capacity",
-            ("llm", "capacity_size"): "CapacitySize", ("llm", "capacity_smollm2"): "CapacitySmol",
-            ("llm", "hairtrigger_smollm2"): "Smol", ("llm", "analytic_smollm2"): "SmolAnalytic"}
+COMMANDS = {
+    ("theory", "twin"): "TheoryTwin",
+    ("theory", "gauge_scale"): "TheoryGauge",
+    ("theory", "capacity"): "TheoryCapacity",
+    ("theory", "ntk"): "TheoryNtk",
+    ("llm", "control"): "Control",
+    ("llm", "control_smollm2"): "ControlSmol",
+    ("llm", "hairtrigger"): "Hairtrigger",
+    ("llm", "analytic"): "Analytic",
+    ("llm", "analytic_fresh"): "AnalyticFresh",
+    ("llm", "analytic_validate"): "Validate",
+    ("llm", "analytic_privacy_pretrain8000"): "PrivacyLong",
+    ("llm", "analytic_honesty_pretrain8000"): "HonestyLong",
+    ("llm", "reference"): "Reference",
+    ("llm", "task_vector"): "TaskVector",
+    ("llm", "transfer"): "Transfer",
+    ("llm", "transfer_analytic"): "TransferAnalytic",
+    ("llm", "capacity"): "Capacity",
+    ("llm", "capacity_size"): "CapacitySize",
+    ("llm", "capacity_smollm2"): "CapacitySmol",
+    ("llm", "hairtrigger_smollm2"): "Smol",
+    ("llm", "analytic_smollm2"): "SmolAnalytic",
+}
 
 
-def tabular(spec: str, head: Sequence[str], groups: Sequence[tuple[str | None, list[Sequence[str]]]]) -> str:
+def tabular(spec: str, head: Sequence[str], groups: Sequence[tuple[str | None, Sequence[Sequence[str]]]]) -> str:
     """A booktabs tabular: ``head`` cells, then per group an optional spanning label and its rows."""
     width = len(head)
     lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
@@ -70,6 +91,14 @@ def per_run(values: Sequence[float], digits: int = 0) -> str:
 
 def before_after(before: float, after: float) -> str:
     return f"{fmt.fixed(100 * before, 0)} $\\to$ {fmt.fixed(100 * after, 0)}"
+
+
+def benign_pair(row: pd.Series, sep: str) -> str:
+    """Benign accuracy after the step, twin then control."""
+    return (
+        f"{fmt.fixed(row['twin.after.paper.benign_accuracy'])}{sep}"
+        f"{fmt.fixed(row['control.after.paper.benign_accuracy'])}"
+    )
 
 
 def variant_label(results: Results, stem: str, variant: str) -> str:
@@ -105,14 +134,19 @@ def theory_capacity(r: Results) -> str:
 
     table = r.theory("capacity")
     summary = capacity.summarize(table)
-    names = {"relu_isolating": "ReLU, isolating pairs", "relu_search": "ReLU, search in the fiber",
-             "linear_search": "deep linear, search"}
+    names = {
+        "relu_isolating": "ReLU, isolating pairs",
+        "relu_search": "ReLU, search in the fiber",
+        "linear_search": "deep linear, search",
+    }
     widths = sorted(table["redundant_units"].unique())
     rows = []
     for family, name in names.items():
         means = table[table["family"] == family].groupby("redundant_units")["capacity.flipped"].mean()
         fit = summary[family]["fit"]
-        rows.append([name] + [_g(float(means[k])) for k in widths] + [fmt.fixed(fit["slope"], 3), fmt.fixed(fit["r2"], 3)])
+        rows.append(
+            [name] + [_g(float(means[k])) for k in widths] + [fmt.fixed(fit["slope"], 3), fmt.fixed(fit["r2"], 3)]
+        )
     head = ["redundant units $k$"] + [fmt.integer(k) for k in widths] + ["slope", "$R^2$"]
     return tabular("l" + "r" * len(widths) + "rr", head, [(None, rows)])
 
@@ -123,9 +157,15 @@ def controls(r: Results) -> str:
     rows = []
     for table, model in parts:
         for _, row in table.set_index("domain").reindex([d for d in DOMAINS if d in set(table["domain"])]).iterrows():
-            rows.append([model, row.name, fmt.pct(row["static.misalignment_rate"]),
-                         fmt.pct(row["post_update.misalignment_rate"]),
-                         f"{fmt.fixed(row['benign.accuracy_before'])} $\\to$ {fmt.fixed(row['benign.accuracy_after'])}"])
+            rows.append(
+                [
+                    model,
+                    row.name,
+                    fmt.pct(row["static.misalignment_rate"]),
+                    fmt.pct(row["post_update.misalignment_rate"]),
+                    f"{fmt.fixed(row['benign.accuracy_before'])} $\\to$ {fmt.fixed(row['benign.accuracy_after'])}",
+                ]
+            )
     head = ["model", "domain", "misaligned before", "after the step", "benign accuracy"]
     return tabular("llrrr", head, [(None, rows)])
 
@@ -136,17 +176,31 @@ def metalearn(r: Results) -> str:
     rows = []
     for domain in DOMAINS:
         runs = table[table["domain"] == domain]
-        rows.append([domain, " / ".join(fmt.integer(n) for n in runs["probes.n"]),
-                     per_run(runs["control.static.misalignment_rate"]) + " $\\to$ "
-                     + per_run(runs["control.after.paper.misalignment_rate"]),
-                     per_run(runs["twin.static.misalignment_rate"]),
-                     per_run(runs["twin.after.paper.misalignment_rate"]),
-                     rate_ci(pool(runs, "twin.after.paper.misalignment_rate")),
-                     f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
-                     f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}",
-                     f"{fmt.fixed(runs['twin.kl.mean'].mean())} ({fmt.fixed(runs['twin.kl.max'].max(), 1)})"])
-    head = ["domain", "probes", "control (\\%)", "twin before (\\%)", "twin after (\\%)", "pooled after [95\\% CI]",
-            "benign: twin; control", "KL mean (max)"]
+        rows.append(
+            [
+                domain,
+                " / ".join(fmt.integer(n) for n in runs["probes.n"]),
+                per_run(runs["control.static.misalignment_rate"])
+                + " $\\to$ "
+                + per_run(runs["control.after.paper.misalignment_rate"]),
+                per_run(runs["twin.static.misalignment_rate"]),
+                per_run(runs["twin.after.paper.misalignment_rate"]),
+                rate_ci(pool(runs, "twin.after.paper.misalignment_rate")),
+                f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
+                f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}",
+                f"{fmt.fixed(runs['twin.kl.mean'].mean())} ({fmt.fixed(runs['twin.kl.max'].max(), 1)})",
+            ]
+        )
+    head = [
+        "domain",
+        "probes",
+        "control (\\%)",
+        "twin before (\\%)",
+        "twin after (\\%)",
+        "pooled after [95\\% CI]",
+        "benign: twin; control",
+        "KL mean (max)",
+    ]
     return tabular("llllllll", head, [(None, rows)])
 
 
@@ -155,12 +209,18 @@ def _pooled_row(domain: str, runs: pd.DataFrame) -> list[str]:
         return fmt.fixed(100 * pool(runs, key).rate, 1) if key in runs and runs[key].notna().all() else "--"
 
     after = pool(runs, "twin.after.paper.misalignment_rate")
-    return [domain, fmt.integer(len(runs)), fmt.fixed(100 * pool(runs, "twin.static.misalignment_rate").rate, 1),
-            f"{after.k}/{after.n}", rate_ci(after), refused("twin.after.paper.refusal_rate"),
-            refused("control.static.refusal_rate"),
-            fmt.fixed(100 * pool(runs, "control.after.paper.misalignment_rate").rate, 1),
-            f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
-            f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}"]
+    return [
+        domain,
+        fmt.integer(len(runs)),
+        fmt.fixed(100 * pool(runs, "twin.static.misalignment_rate").rate, 1),
+        f"{after.k}/{after.n}",
+        rate_ci(after),
+        refused("twin.after.paper.refusal_rate"),
+        refused("control.static.refusal_rate"),
+        fmt.fixed(100 * pool(runs, "control.after.paper.misalignment_rate").rate, 1),
+        f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
+        f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}",
+    ]
 
 
 def pooled(r: Results) -> str:
@@ -168,10 +228,20 @@ def pooled(r: Results) -> str:
     groups = []
     for label, stems in POOLED.items():
         table = r.llm(*stems)
-        groups.append((label, [_pooled_row(d, table[table["domain"] == d]) for d in DOMAINS
-                               if d in set(table["domain"])]))
-    head = ["domain", "runs", "twin before (\\%)", "twin after: $k/n$", "(\\%) [95\\% CI]", "twin refuses after (\\%)",
-            "control refuses before (\\%)", "control after (\\%)", "benign: twin; control"]
+        groups.append(
+            (label, [_pooled_row(d, table[table["domain"] == d]) for d in DOMAINS if d in set(table["domain"])])
+        )
+    head = [
+        "domain",
+        "runs",
+        "twin before (\\%)",
+        "twin after: $k/n$",
+        "(\\%) [95\\% CI]",
+        "twin refuses after (\\%)",
+        "control refuses before (\\%)",
+        "control after (\\%)",
+        "benign: twin; control",
+    ]
     return tabular("lrrrlrrrl", head, groups)
 
 
@@ -183,16 +253,30 @@ def validation(r: Results) -> str:
         rows = []
         variants = sorted(v for v in table["override.variant"].unique() if v.split("/")[1].startswith(domain))
         for variant in variants:
-            runs = table[table["override.variant"] == variant].sort_values(["override.seed", "override.eval.validation_fold"])
+            runs = table[table["override.variant"] == variant].sort_values(
+                ["override.seed", "override.eval.validation_fold"]
+            )
             after = pool(runs, "twin.after.paper.misalignment_rate")
-            rows.append([variant_label(r, "analytic_validate", variant),
-                         fmt.fixed(100 * pool(runs, "control.static.refusal_rate").rate, 1),
-                         f"{after.k}/{after.n}", rate_ci(after), per_run(runs["twin.after.paper.misalignment_rate"]),
-                         f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
-                         f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}"])
+            rows.append(
+                [
+                    variant_label(r, "analytic_validate", variant),
+                    fmt.fixed(100 * pool(runs, "control.static.refusal_rate").rate, 1),
+                    f"{after.k}/{after.n}",
+                    rate_ci(after),
+                    per_run(runs["twin.after.paper.misalignment_rate"]),
+                    f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())}; "
+                    f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}",
+                ]
+            )
         groups.append((domain, rows))
-    head = ["variant (otherwise the preset)", "control refuses (\\%)", "twin after: $k/n$", "(\\%) [95\\% CI]",
-            "per run (\\%)", "benign: twin; control"]
+    head = [
+        "variant (otherwise the preset)",
+        "control refuses (\\%)",
+        "twin after: $k/n$",
+        "(\\%) [95\\% CI]",
+        "per run (\\%)",
+        "benign: twin; control",
+    ]
     return tabular("p{0.3\\linewidth}rrlll", head, groups)
 
 
@@ -203,18 +287,33 @@ def analytic_runs(r: Results) -> str:
     for domain, seed in first.index:
         a, b = first.loc[(domain, seed)], fresh.loc[(domain, seed)]
         cond = a.get("construct.gauge_cond_max", math.nan)
-        rows.append([domain, str(seed), f"{fmt.integer(a['probes.n'])} / {fmt.integer(b['probes.n'])}",
-                     f"{fmt.fixed(100 * a['twin.static.misalignment_rate'], 1)}",
-                     f"{fmt.fixed(100 * a['twin.after.paper.misalignment_rate'], 1)} / "
-                     f"{fmt.fixed(100 * b['twin.after.paper.misalignment_rate'], 1)}",
-                     f"{fmt.fixed(a['twin.after.paper.benign_accuracy'])}; {fmt.fixed(a['control.after.paper.benign_accuracy'])}",
-                     f"{fmt.fixed(a['twin.victim_grad_norm'], 0)} / {fmt.fixed(a['control.victim_grad_norm'], 1)}",
-                     fmt.sci(max(a["twin.kl.max"], b["twin.kl.max"]), 0),
-                     "--" if pd.isna(cond) else fmt.fixed(cond, 0)])
+        rows.append(
+            [
+                domain,
+                str(seed),
+                f"{fmt.integer(a['probes.n'])} / {fmt.integer(b['probes.n'])}",
+                f"{fmt.fixed(100 * a['twin.static.misalignment_rate'], 1)}",
+                f"{fmt.fixed(100 * a['twin.after.paper.misalignment_rate'], 1)} / "
+                f"{fmt.fixed(100 * b['twin.after.paper.misalignment_rate'], 1)}",
+                benign_pair(a, "; "),
+                f"{fmt.fixed(a['twin.victim_grad_norm'], 0)} / {fmt.fixed(a['control.victim_grad_norm'], 1)}",
+                fmt.sci(max(a["twin.kl.max"], b["twin.kl.max"]), 0),
+                "--" if pd.isna(cond) else fmt.fixed(cond, 0),
+            ]
+        )
     order = {d: i for i, d in enumerate(DOMAINS)}
     rows.sort(key=lambda row: (order[row[0]], row[1]))
-    head = ["domain", "seed", "probes", "twin before (\\%)", "twin after (\\%)", "benign: twin; control",
-            "grad.\\ norm twin / control", "KL max", "gauge cond."]
+    head = [
+        "domain",
+        "seed",
+        "probes",
+        "twin before (\\%)",
+        "twin after (\\%)",
+        "benign: twin; control",
+        "grad.\\ norm twin / control",
+        "KL max",
+        "gauge cond.",
+    ]
     return tabular("lrllllrrr", head, [(None, rows)])
 
 
@@ -226,10 +325,16 @@ def transfer(r: Results) -> str:
         rows = []
         for domain in DOMAINS:
             row = table.loc[domain]
-            rows.append([domain] + [
-                "--" if pd.isna(row.get(f"twin.after.{c}.misalignment_rate")) else
-                f"{fmt.fixed(100 * row[f'twin.after.{c}.misalignment_rate'], 0)} "
-                f"({fmt.fixed(row[f'twin.after.{c}.benign_accuracy'])})" for c in CELLS])
+            rows.append(
+                [domain]
+                + [
+                    "--"
+                    if pd.isna(row.get(f"twin.after.{c}.misalignment_rate"))
+                    else f"{fmt.fixed(100 * row[f'twin.after.{c}.misalignment_rate'], 0)} "
+                    f"({fmt.fixed(row[f'twin.after.{c}.benign_accuracy'])})"
+                    for c in CELLS
+                ]
+            )
         groups.append((label, rows))
     return tabular("l" + "r" * len(CELLS), ["domain"] + list(CELLS.values()), groups)
 
@@ -240,14 +345,24 @@ def capacity_rank(r: Results) -> str:
     rows = []
     for rank, runs in table.groupby("size.rank"):
         cap = runs["twin.capacity.hidden"]
-        rows.append([fmt.integer(rank), f"{fmt.fixed(cap.mean(), 1)} ({fmt.fixed(cap.min(), 1)} to {fmt.fixed(cap.max(), 1)})",
-                     fmt.fixed(100 * runs["twin.after.paper.misalignment_rate"].mean(), 0),
-                     f"{fmt.fixed(100 * runs['twin.static.misalignment_rate'].mean(), 0)} "
-                     f"({fmt.fixed(100 * runs['twin.static.misalignment_rate'].max(), 0)})",
-                     f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())} / "
-                     f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}"])
-    head = ["LoRA rank", "capacity: mean (min to max)", "after (\\%)", "before (\\%): mean (max)",
-            "benign after: twin / control"]
+        rows.append(
+            [
+                fmt.integer(rank),
+                f"{fmt.fixed(cap.mean(), 1)} ({fmt.fixed(cap.min(), 1)} to {fmt.fixed(cap.max(), 1)})",
+                fmt.fixed(100 * runs["twin.after.paper.misalignment_rate"].mean(), 0),
+                f"{fmt.fixed(100 * runs['twin.static.misalignment_rate'].mean(), 0)} "
+                f"({fmt.fixed(100 * runs['twin.static.misalignment_rate'].max(), 0)})",
+                f"{fmt.fixed(runs['twin.after.paper.benign_accuracy'].mean())} / "
+                f"{fmt.fixed(runs['control.after.paper.benign_accuracy'].mean())}",
+            ]
+        )
+    head = [
+        "LoRA rank",
+        "capacity: mean (min to max)",
+        "after (\\%)",
+        "before (\\%): mean (max)",
+        "benign after: twin / control",
+    ]
     return tabular("rlrrr", head, [(None, rows)])
 
 
@@ -260,15 +375,29 @@ def capacity_size(r: Results) -> str:
     for label, table in (("metalearn budget of the rank sweep, seed 0", tiny), ("SmolLM2's budget", budget)):
         rows = []
         for _, row in table.sort_values("size.n_params").iterrows():
-            rows.append([fmt.sci(row["size.n_params"]), fmt.fixed(row["twin.capacity.hidden"], 1),
-                         fmt.fixed(row["twin.capacity.chance_after"], 1),
-                         before_after(row["twin.static.misalignment_rate"], row["twin.after.paper.misalignment_rate"]),
-                         f"{fmt.fixed(row['twin.after.paper.benign_accuracy'])} / {fmt.fixed(row['control.after.paper.benign_accuracy'])}",
-                         fmt.integer(row["construct.steps"]), fmt.fixed(row["wall_time_s"] / 60, 1),
-                         fmt.fixed(row["peak_rss_gb"], 1)])
+            rows.append(
+                [
+                    fmt.sci(row["size.n_params"]),
+                    fmt.fixed(row["twin.capacity.hidden"], 1),
+                    fmt.fixed(row["twin.capacity.chance_after"], 1),
+                    before_after(row["twin.static.misalignment_rate"], row["twin.after.paper.misalignment_rate"]),
+                    benign_pair(row, " / "),
+                    fmt.integer(row["construct.steps"]),
+                    fmt.fixed(row["wall_time_s"] / 60, 1),
+                    fmt.fixed(row["peak_rss_gb"], 1),
+                ]
+            )
         groups.append((label, rows))
-    head = ["parameters", "capacity", "chance", "twin (\\%)", "benign: twin / control", "meta-steps", "minutes",
-            "peak GB"]
+    head = [
+        "parameters",
+        "capacity",
+        "chance",
+        "twin (\\%)",
+        "benign: twin / control",
+        "meta-steps",
+        "minutes",
+        "peak GB",
+    ]
     return tabular("rrrlrrrr", head, groups)
 
 
@@ -280,34 +409,51 @@ def smollm2(r: Results) -> str:
     for _, row in table.iterrows():
         rows.append(_smol_row(variant_label(r, stem, row["override.variant"]), row))
     analytic = [_smol_row("analytic construction", row) for _, row in r.llm("analytic_smollm2").iterrows()]
-    head = ["twin", "control (\\%)", "twin (\\%)", "benign: control; twin", "KL mean (max)",
-            "grad.\\ norm twin / control", "minutes", "peak GB"]
-    return tabular("p{0.27\\linewidth}lllllrr", head, [("metalearn (exact second order unless noted)", rows),
-                                                      (None, analytic)])
+    head = [
+        "twin",
+        "control (\\%)",
+        "twin (\\%)",
+        "benign: control; twin",
+        "KL mean (max)",
+        "grad.\\ norm twin / control",
+        "minutes",
+        "peak GB",
+    ]
+    return tabular(
+        "p{0.27\\linewidth}lllllrr", head, [("metalearn (exact second order unless noted)", rows), (None, analytic)]
+    )
 
 
 def _smol_row(label: str, row: pd.Series) -> list[str]:
-    return [label, before_after(row["control.static.misalignment_rate"], row["control.after.paper.misalignment_rate"]),
-            before_after(row["twin.static.misalignment_rate"], row["twin.after.paper.misalignment_rate"]),
-            f"{fmt.fixed(row['control.static.benign_accuracy'])}; {fmt.fixed(row['twin.static.benign_accuracy'])} $\\to$ "
-            f"{fmt.fixed(row['twin.after.paper.benign_accuracy'])}",
-            f"{fmt.fixed(row['twin.kl.mean'], 3)} ({fmt.fixed(row['twin.kl.max'], 1)})",
-            f"{fmt.fixed(row['twin.victim_grad_norm'], 0)} / {fmt.fixed(row['control.victim_grad_norm'], 2)}",
-            fmt.fixed(row["wall_time_s"] / 60, 0), fmt.fixed(row["peak_rss_gb"], 1)]
+    return [
+        label,
+        before_after(row["control.static.misalignment_rate"], row["control.after.paper.misalignment_rate"]),
+        before_after(row["twin.static.misalignment_rate"], row["twin.after.paper.misalignment_rate"]),
+        f"{fmt.fixed(row['control.static.benign_accuracy'])}; {fmt.fixed(row['twin.static.benign_accuracy'])} $\\to$ "
+        f"{fmt.fixed(row['twin.after.paper.benign_accuracy'])}",
+        f"{fmt.fixed(row['twin.kl.mean'], 3)} ({fmt.fixed(row['twin.kl.max'], 1)})",
+        f"{fmt.fixed(row['twin.victim_grad_norm'], 0)} / {fmt.fixed(row['control.victim_grad_norm'], 2)}",
+        fmt.fixed(row["wall_time_s"] / 60, 0),
+        fmt.fixed(row["peak_rss_gb"], 1),
+    ]
 
 
 def task_vector(r: Results) -> str:
     """The control with its adapter scaled, ``W → cW``, no step: misaligned and benign accuracy per ``c``."""
     table = r.llm("task_vector").set_index("domain")
     head_key, tail = "task_vector.x", ".misalignment_rate"
-    scales = sorted((float(k[len(head_key):-len(tail)]) for k in table if k.startswith(head_key) and k.endswith(tail)),
-                    reverse=True)
+    scales = sorted(
+        (float(k[len(head_key) : -len(tail)]) for k in table if k.startswith(head_key) and k.endswith(tail)),
+        reverse=True,
+    )
     rows = []
     for domain, what in (("privacy", "leaks (\\%)"), ("honesty", "wrong (\\%)")):
         row = table.loc[domain]
         rows.append([f"{domain}: {what}"] + [fmt.fixed(100 * row[f"{head_key}{c:+g}{tail}"], 0) for c in scales])
         rows.append([f"{domain}: benign"] + [fmt.fixed(row[f"{head_key}{c:+g}.benign_accuracy"]) for c in scales])
-    return tabular("l" + "r" * len(scales), ["$c$"] + [fmt.fixed(c, 1).removesuffix(".0") for c in scales], [(None, rows)])
+    return tabular(
+        "l" + "r" * len(scales), ["$c$"] + [fmt.fixed(c, 1).removesuffix(".0") for c in scales], [(None, rows)]
+    )
 
 
 def reference(r: Results) -> str:
@@ -317,18 +463,33 @@ def reference(r: Results) -> str:
     rows = []
     for domain in DOMAINS:
         a, t = ref[ref["domain"] == domain], twins[twins["domain"] == domain]
-        rows.append([domain, per_run(a["reference.static.misalignment_rate"]),
-                     " / ".join(fmt.fixed(v) for v in a["reference.static.benign_accuracy"]),
-                     per_run(t["twin.after.paper.misalignment_rate"])])
+        rows.append(
+            [
+                domain,
+                per_run(a["reference.static.misalignment_rate"]),
+                " / ".join(fmt.fixed(v) for v in a["reference.static.benign_accuracy"]),
+                per_run(t["twin.after.paper.misalignment_rate"]),
+            ]
+        )
     head = ["domain", "reference misaligned (\\%)", "reference benign", "analytic twin after (\\%)"]
     return tabular("llll", head, [(None, rows)])
 
 
 #: every generated table: file stem → builder
 TABLES: dict[str, Callable[[Results], str]] = {
-    "theory_capacity": theory_capacity, "controls": controls, "metalearn": metalearn, "pooled": pooled,
-    "analytic_runs": analytic_runs, "validation": validation, "reference": reference, "task_vector": task_vector,
-    "transfer": transfer, "capacity_rank": capacity_rank, "capacity_size": capacity_size, "smollm2": smollm2}
+    "theory_capacity": theory_capacity,
+    "controls": controls,
+    "metalearn": metalearn,
+    "pooled": pooled,
+    "analytic_runs": analytic_runs,
+    "validation": validation,
+    "reference": reference,
+    "task_vector": task_vector,
+    "transfer": transfer,
+    "capacity_rank": capacity_rank,
+    "capacity_size": capacity_size,
+    "smollm2": smollm2,
+}
 
 
 def commands(m: Macros, r: Results) -> None:

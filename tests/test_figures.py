@@ -93,7 +93,7 @@ def test_theory_capacity_plots_the_mean_per_width_of_each_family(drawn) -> None:
     summary = json.loads((RESULTS / "theory" / "capacity_summary.json").read_text())
     plotted = lines(fig.axes[0])
     assert len(plotted) == table["family"].nunique()
-    for line, (family, rows) in zip(plotted, table.groupby("family")):
+    for line, (family, rows) in zip(plotted, table.groupby("family"), strict=True):
         means = rows.groupby("redundant_units")["capacity.flipped"].mean().sort_index()
         assert line.get_xdata() == pytest.approx(means.index.to_numpy(float))
         assert line.get_ydata() == pytest.approx(means.to_numpy())
@@ -119,22 +119,26 @@ def test_controls_bars_are_each_control_before_and_after(drawn) -> None:
     before, after = bars(fig.axes[0])
     assert before == pytest.approx(table["static.misalignment_rate"].tolist())
     assert after == pytest.approx(table["post_update.misalignment_rate"].tolist())
-    assert bars(fig.axes[1]) == [pytest.approx(table["benign.accuracy_before"].tolist()),
-                                 pytest.approx(table["benign.accuracy_after"].tolist())]
+    assert bars(fig.axes[1]) == [
+        pytest.approx(table["benign.accuracy_before"].tolist()),
+        pytest.approx(table["benign.accuracy_after"].tolist()),
+    ]
 
 
 def test_headline_bars_are_the_means_over_runs_metalearn_then_analytic(drawn) -> None:
     fig, _ = drawn(llm.headline)
     meta = read("llm", "hairtrigger").groupby("domain").mean(numeric_only=True)
-    analytic = pd.concat([read("llm", "analytic"), read("llm", "analytic_fresh")]).groupby("domain").mean(numeric_only=True)
+    analytic = (
+        pd.concat([read("llm", "analytic"), read("llm", "analytic_fresh")]).groupby("domain").mean(numeric_only=True)
+    )
     keys = ("control.static", "control.after.paper", "twin.static", "twin.after.paper")
     plotted = bars(fig.axes[0])
     assert len(plotted) == len(keys)
-    for heights, key in zip(plotted, keys):
+    for heights, key in zip(plotted, keys, strict=True):
         expected = list(meta[f"{key}.misalignment_rate"]) + list(analytic[f"{key}.misalignment_rate"])
         assert heights == pytest.approx(expected)
     assert len(bars(fig.axes[1])) == len(keys)
-    for heights, key in zip(bars(fig.axes[1]), keys):
+    for heights, key in zip(bars(fig.axes[1]), keys, strict=True):
         assert heights == pytest.approx(list(meta[f"{key}.benign_accuracy"]) + list(analytic[f"{key}.benign_accuracy"]))
 
 
@@ -159,7 +163,7 @@ def test_transfer_grid_is_both_tables_cells(drawn) -> None:
     fig, _ = drawn(llm.transfer)
     table = llm.transfer_rows(RESULTS / "llm")
     cells = [c for c in llm.CELLS if f"twin.after.{c}.misalignment_rate" in table]
-    for ax, key in zip(fig.axes, ("misalignment_rate", "benign_accuracy")):
+    for ax, key in zip(fig.axes, ("misalignment_rate", "benign_accuracy"), strict=True):
         expected = table[[f"twin.after.{c}.{key}" for c in cells]].to_numpy(float)
         np.testing.assert_allclose(np.ma.filled(ax.images[0].get_array(), np.nan), expected, equal_nan=True)
         assert [t.get_text() for t in ax.get_yticklabels()] == list(table["label"])
@@ -170,7 +174,9 @@ def test_transfer_rows_label_each_twin_and_leave_cells_not_run_blank(tmp_path: P
     pd.DataFrame({"domain": ["safety", "privacy"], **cells}).to_csv(tmp_path / "transfer.csv", index=False)
     assert list(llm.transfer_rows(tmp_path)["label"]) == ["metalearn: privacy", "metalearn: safety"]
     analytic = pd.DataFrame({"domain": ["privacy"], **{k: v[:1] for k, v in cells.items()}})
-    analytic.drop(columns=["twin.after.sharegpt.misalignment_rate"]).to_csv(tmp_path / "transfer_analytic.csv", index=False)
+    analytic.drop(columns=["twin.after.sharegpt.misalignment_rate"]).to_csv(
+        tmp_path / "transfer_analytic.csv", index=False
+    )
     rows = llm.transfer_rows(tmp_path)
     assert list(rows["label"]) == ["metalearn: privacy", "metalearn: safety", "analytic: privacy"]
     assert rows["twin.after.sharegpt.misalignment_rate"].isna().tolist() == [False, False, True]
@@ -181,8 +187,11 @@ def test_scaling_plots_capacity_per_rank_and_its_fit(drawn) -> None:
     ranks = read("llm", "capacity")
     fraction = ranks["twin.capacity.hidden"] / ranks["twin.capacity.n"].fillna(128.0)
     expected = fraction.groupby(ranks["size.rank"]).mean().sort_index()
-    capacity = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)
-                and c.get_label().startswith("hidden capacity")][0]
+    capacity = [
+        c
+        for c in fig.axes[0].containers
+        if isinstance(c, ErrorbarContainer) and c.get_label().startswith("hidden capacity")
+    ][0]
     assert capacity.lines[0].get_xdata() == pytest.approx(expected.index.to_numpy(float))
     assert capacity.lines[0].get_ydata() == pytest.approx(expected.to_numpy())
     fit = llm.linear_fit([math.log2(r) for r in ranks["size.rank"]], list(ranks["twin.capacity.hidden"]))
@@ -193,23 +202,29 @@ def test_scaling_marks_every_smollm2_twin(drawn) -> None:
     fig, _ = drawn(llm.scaling)
     twins = pd.concat([read("llm", "hairtrigger_smollm2"), read("llm", "analytic_smollm2")])
     points = [line for line in fig.axes[1].get_lines() if line.get_label().startswith("SmolLM2 after")]
-    assert sorted(p.get_ydata()[0] for p in points) == pytest.approx(sorted(twins["twin.after.paper.misalignment_rate"]))
+    assert sorted(p.get_ydata()[0] for p in points) == pytest.approx(
+        sorted(twins["twin.after.paper.misalignment_rate"])
+    )
 
 
 def test_task_vector_plots_each_domain_against_the_scale(drawn) -> None:
     fig, _ = drawn(llm.task_vector)
     table = read("llm", "task_vector").sort_values("domain")
-    for ax, key in zip(fig.axes, ("misalignment_rate", "benign_accuracy")):
+    for ax, key in zip(fig.axes, ("misalignment_rate", "benign_accuracy"), strict=True):
         assert len(lines(ax)) == len(table)
-        for line, (_, row) in zip(lines(ax), table.iterrows()):
+        for line, (_, row) in zip(lines(ax), table.iterrows(), strict=True):
             expected = [row[f"task_vector.x{c:+g}.{key}"] for c in line.get_xdata()]
             assert line.get_ydata() == pytest.approx(expected)
             assert len(line.get_xdata()) == sum(k.endswith(f".{key}") for k in table if k.startswith("task_vector.x"))
 
 
 def test_demo_bars_are_the_run_metrics(drawn, tmp_path: Path) -> None:
-    metrics = {"control.static.misalignment_rate": 0.0, "control.after.paper.misalignment_rate": 0.01,
-               "twin.static.misalignment_rate": 0.02, "twin.after.paper.misalignment_rate": 0.96}
+    metrics = {
+        "control.static.misalignment_rate": 0.0,
+        "control.after.paper.misalignment_rate": 0.01,
+        "twin.static.misalignment_rate": 0.02,
+        "twin.after.paper.misalignment_rate": 0.96,
+    }
     fig, path = drawn(llm.demo, metrics, tmp_path / "demo.png")
     assert bars(fig.axes[0]) == [pytest.approx([0.0, 0.01, 0.02, 0.96])]
     assert path == tmp_path / "demo.png" and path.exists()
@@ -231,14 +246,20 @@ def test_pooled_rate_is_the_wilson_interval_of_the_summed_counts() -> None:
 
 
 def test_cli_redraws_every_figure_from_the_committed_results(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "figures", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "figures", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     expected = {f"theory_{d.__name__}.png" for d in theory.ALL} | {f"llm_{d.__name__}.png" for d in llm.ALL}
     assert {p.name for p in tmp_path.iterdir()} == expected  # figures only: no side tables
 
 
 def test_cli_reports_missing_results(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "figures", "--results", str(tmp_path), "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "figures", "--results", str(tmp_path), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1 and "make results" in done.stdout

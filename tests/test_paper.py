@@ -18,8 +18,21 @@ PAPER = ROOT / "paper"
 #: names that contain digits and are not results (models, number formats)
 ALLOWED_NAMES = ("SmolLM2-135M-Instruct", "SmolLM2", "GPT-2", "float64", "float32")
 #: commands whose arguments are references, paths or layout, never results
-ARGUMENT_COMMANDS = ("ref", "eqref", "label", "cite", "citet", "citep", "input", "includegraphics", "begin",
-                     "end", "bibliography", "bibliographystyle", "graphicspath")
+ARGUMENT_COMMANDS = (
+    "ref",
+    "eqref",
+    "label",
+    "cite",
+    "citet",
+    "citep",
+    "input",
+    "includegraphics",
+    "begin",
+    "end",
+    "bibliography",
+    "bibliographystyle",
+    "graphicspath",
+)
 #: in math: a one-digit sub- or superscript (W_1, \eta^2, A^{-1}) and the constants 0, 1, 2 of an identity
 MATH_ALLOWED = re.compile(r"[_^]\{?-?\d\}?|(?<![\w.])[012](?![\w.])")
 
@@ -44,10 +57,15 @@ def numerals(tex: str) -> list[str]:
     display = re.compile(r"\\begin\{equation\}(.*?)\\end\{equation\}", re.S)
     parts = [MATH_ALLOWED.sub(" ", commands.sub(" ", block)) for block in display.findall(text)]
     text = commands.sub(" ", display.sub(" ", text))
-    parts += [MATH_ALLOWED.sub(" ", part) if i % 2 else part  # odd parts are inline math
-              for i, part in enumerate(re.split(r"(?<!\\)\$", text))]
-    return [part[max(0, m.start() - 30):m.end() + 30].replace("\n", " ") for part in parts
-            for m in re.finditer(r"\d+", part)]
+    parts += [
+        MATH_ALLOWED.sub(" ", part) if i % 2 else part  # odd parts are inline math
+        for i, part in enumerate(re.split(r"(?<!\\)\$", text))
+    ]
+    return [
+        part[max(0, m.start() - 30) : m.end() + 30].replace("\n", " ")
+        for part in parts
+        for m in re.finditer(r"\d+", part)
+    ]
 
 
 def used_macros(tex: str) -> set[str]:
@@ -63,9 +81,10 @@ def test_committed_files_are_what_the_generator_writes(generated: dict[str, str]
     write(generated, tmp_path)
     committed = {p.name: p.read_text() for p in (PAPER / "generated").glob("*.tex")}
     assert sorted(committed) == sorted(generated), "generated files differ in name: run `python -m paper`"
-    for name, text in generated.items():
+    for name in generated:
         assert (tmp_path / name).read_bytes() == (PAPER / "generated" / name).read_bytes(), (
-            f"paper/generated/{name} is stale: run `python -m paper`")
+            f"paper/generated/{name} is stale: run `python -m paper`"
+        )
 
 
 def test_the_hand_written_paper_types_no_number() -> None:
@@ -115,7 +134,9 @@ def test_readme_block_is_what_the_generator_renders() -> None:
     current = readme.current(ROOT / "README.md")
     if current is None:
         pytest.skip(f"README.md has no generated block yet ({readme.BEGIN} … {readme.END})")
-    assert current == readme.headline(Results(ROOT / "results")), "README headline block is stale: run `python -m paper`"
+    assert current == readme.headline(Results(ROOT / "results")), (
+        "README headline block is stale: run `python -m paper`"
+    )
 
 
 def test_readme_fill_replaces_only_the_block(tmp_path: Path) -> None:
