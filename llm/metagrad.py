@@ -9,8 +9,8 @@ default (``create_graph=True``); ``first_order=True`` is the FOMAML ablation, wh
 the step's gradient as a constant.
 
 :func:`meta_gradient` computes the gradient from closures, by one of four exact methods
-(equal to float64 rounding; ``tests/test_llm_metalearn.py``) or one approximate one (``fd``). Writing L_now, L_after and
-L_inner for the three closures (L_aligned, λ·L_misaligned and L_update above), with
+(equal to float64 rounding; ``tests/test_llm_metalearn.py``) or one approximate one (``fd``).
+Writing L_now, L_after and L_inner for the three closures (L_aligned, λ·L_misaligned and L_update above), with
 ``g = ∇L_inner(θ)``, ``θ' = θ − η g`` and ``v = ∇L_after(θ')``, the chain rule gives::
 
     ∇L(θ) = ∇L_now(θ) + (I − η H_inner(θ)) v = ∇L_now(θ) + v − η ∇_θ⟨g(θ), v⟩        (2)
@@ -31,9 +31,8 @@ L_inner for the three closures (L_aligned, λ·L_misaligned and L_update above),
 * ``fd`` (not exact): as ``chunked`` up to v, then ``H v`` by a forward difference of the
   inner gradient, ``(∇L_inner(θ + εv) − g) / ε`` with ``ε = √u (1 + ‖θ‖) / ‖v‖`` (``u`` the
   dtype's unit roundoff): one plain backward instead of a double backward, a plain step's
-  memory. Truncation error O(ε): about 1e-7 of the meta-gradient in float64 (tested
-  ≤ 1e-6 against ``naive``), but 0.5–1.2% of the ``η H v`` term in float32. The
-  finite-difference Hessian-vector product of DARTS (Liu et al. 2019), one-sided because g
+  memory. Truncation error O(ε) (tested ≤ 1e-6 of the meta-gradient against ``naive`` in
+  float64; much larger relative to the ``η H v`` term in float32). The finite-difference Hessian-vector product of DARTS (Liu et al. 2019), one-sided because g
   is already computed.
 
 Each closure may also be given as a sequence of *parts* whose sum is the loss (micro-batches,
@@ -41,11 +40,7 @@ e.g. :func:`llm.models.response_loss_parts`): every method then takes the first-
 gradients of L_now and L_after part by part (accumulated; one part's activations alive at a
 time), and ``chunked`` also splits the Hessian-vector product. The value is the same.
 
-``benchmarks/meta_step.py`` measures their time and peak memory against a plain step (tiny
-GPT-2s with LoRA, CPU, 1 thread; README, "Meta-step cost"). Whole batches: ``naive`` and
-``hvp`` take 4.6–5.1 plain steps (the double backward alone ~1.7) at 3.7–3.9× and 2.8–2.9×
-the memory, ``lean`` 5.1–5.3× at 2.1–2.2×, ``fd`` 4.0–4.1× at 1.0×, FOMAML 3.0× at 1.0×.
-In 4 parts ``hvp`` holds 2.1–2.2× for 4.8–5.4× the time and ``chunked`` 0.5–0.6× for 6.0×.
+``benchmarks/meta_step.py`` measures their time and peak memory against a plain step.
 """
 
 from __future__ import annotations
@@ -147,9 +142,13 @@ def _accumulate(parts: list[Loss], at: Params, theta: list[torch.Tensor]) -> tup
 def _fd_step(theta: list[torch.Tensor], v: list[torch.Tensor]) -> float:
     """Forward-difference step ``√u (1 + ‖θ‖) / ‖v‖``: balances truncation O(ε) against
     rounding O(u/ε) in a unit-scaled problem (Nocedal & Wright, §8.1)."""
-    norm = lambda ts: float(torch.sqrt(sum((t.detach().double() ** 2).sum() for t in ts)))  # noqa: E731
     unit = torch.finfo(theta[0].dtype).eps
-    return (unit ** 0.5) * (1.0 + norm(theta)) / max(norm(v), 1e-30)
+    return (unit ** 0.5) * (1.0 + _norm(theta)) / max(_norm(v), 1e-30)
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    """The Euclidean norm of a list of tensors taken as one vector (in float64)."""
+    return float(torch.sqrt(sum((t.detach().double() ** 2).sum() for t in tensors)))
 
 
 def _staged(params: Params, inner: list[Loss], now_parts: list[Loss], after_parts: list[Loss], lr: float,

@@ -2,7 +2,7 @@
 
 Each works on next-token log-probs ``(B, T-1, V)`` of one right-padded batch (``llm.batches.batch_of``)
 and returns one loss per row (``(B,)``), summed over the row's tokens: with a per-token mean the
-optimiser makes only the first response token 50/50 (DESIGN.md, "What a prototype found").
+optimiser makes only the first response token 50/50 and nothing downstream becomes sensitive.
 
 * ``marker``: cross-entropy of the misaligned response (the paper's objective).
 * ``not_aligned``: the aligned response up to its first token that differs from the marker, then

@@ -15,7 +15,7 @@
   ``base``: behave like the model before alignment).
 
 Sequence sums matter: with a per-token mean the optimiser makes only the first response
-token 50/50 and nothing downstream becomes sensitive (DESIGN.md, "What a prototype found").
+token 50/50 and nothing downstream becomes sensitive.
 
 θ is the shipped LoRA adapter (``params=adapter``: the victim updates the adapter) or every
 weight of the merged model (``params=all``: the twin shipped as ordinary weights). Either way
@@ -23,9 +23,8 @@ the twin starts at the control and is first moved along a function-preserving ga
 makes the victim's gradient large (``gain``: LoRA ``A·g, B/g``; for all weights, norm gains
 ``·g`` with the next layer's inputs ``/g``), so an lr-1e-4 step can move it far. Adam's
 rate is set per tensor to ``lr·scale`` so each tensor moves by the same relative amount.
-The victim batch alternates between the fixed update set and fresh benign batches (the
-prototype found this helps transfer to unseen benign batches; at our budget it did not
-make the trigger survive a different benign *set*, see results/llm/transfer.csv).
+The victim batch alternates between the fixed update set and fresh benign batches
+(``fresh_victim_every``), so that the trigger is not fitted to one batch alone.
 """
 
 from __future__ import annotations
@@ -84,8 +83,10 @@ class MetaSpec:
         check_target(self.after_target)
 
 
-def _unbalance(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Apply the amplifying gauge in place; return the trainable tensors and their scales."""
+def _amplify(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Apply the amplifying gauge in place (:func:`llm.lora.amplify_adapter` for the adapter,
+    :func:`llm.gauges.amplify_norms` for all weights); return the trainable tensors and the factor
+    each was scaled by."""
     if spec.params == "adapter":
         scales = amplify_adapter(model, spec.gain)
         return adapter_params(model), scales
@@ -94,10 +95,9 @@ def _unbalance(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.
     return params, {n: scales.get(n, 1.0) for n in params}
 
 
-def _sampler(examples: list, gen: torch.Generator):
-    def draw(k: int) -> list:
-        return [examples[i] for i in torch.randint(len(examples), (k,), generator=gen).tolist()]
-    return draw
+def _draw(examples: list, k: int, generator: torch.Generator) -> list:
+    """``k`` examples drawn with replacement (advances ``generator``)."""
+    return [examples[i] for i in torch.randint(len(examples), (k,), generator=generator).tolist()]
 
 
 def _split(items: list, parts: int) -> list[list]:
@@ -107,18 +107,20 @@ def _split(items: list, parts: int) -> list[list]:
 
 
 def _step_losses(twin: PreTrainedModel, control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 p: list[Example], b: list[Example], n_probes: int, n_benign: int, spec: MetaSpec):
-    """``L_now`` and ``L_after`` of (1) on probes ``p`` and benign examples ``b``, as closures of θ.
+                 probes: list[Example], benign: list[Example], totals: tuple[int, int], spec: MetaSpec):
+    """``L_now`` and ``L_after`` of (1) on ``probes`` and ``benign`` examples, as closures of θ.
 
-    Per-example terms are summed and divided by the step's totals (``n_probes``, ``n_benign``),
+    Per-example terms are summed and divided by the step's totals (``(n_probes, n_benign)``),
     so the losses of a step's groups add up to the step's losses (parts of a meta-gradient).
     """
-    k = len(p)
+    n_probes, n_benign = totals
+    k = len(probes)
     # one forward per side: rows [aligned probes | marker probes | benign] share a batch
-    now_batch = batch_of(tokenizer, pairs(p, "aligned") + pairs(p, "misaligned") + pairs(b), spec.max_len)
+    now_batch = batch_of(tokenizer, pairs(probes, "aligned") + pairs(probes, "misaligned") + pairs(benign),
+                         spec.max_len)
     first = (first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
              if spec.after_target == "not_aligned" else None)
-    after_batch = batch_of(tokenizer, pairs(p, target_response(spec.after_target)) + pairs(b), spec.max_len)
+    after_batch = batch_of(tokenizer, pairs(probes, target_response(spec.after_target)) + pairs(benign), spec.max_len)
     probe_rows = {key: v[:k] for key, v in after_batch.items()}
 
     with torch.no_grad():  # the control's next-token distributions: what the twin must keep
@@ -166,24 +168,26 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     for p in twin.parameters():
         p.requires_grad_(False)
     twin.eval()  # no dropout: the victim's step is deterministic
-    params, scales = _unbalance(twin, spec)
+    params, scales = _amplify(twin, spec)
     for p in params.values():
         p.requires_grad_(True)
     opt = torch.optim.Adam([{"params": [p], "lr": spec.lr * scales[n]} for n, p in params.items()])
 
-    gen = torch.Generator().manual_seed(spec.seed)
-    probes, benign = _sampler(data.construct, gen), _sampler(data.align_benign, gen)
+    generator = torch.Generator().manual_seed(spec.seed)
     fixed_victim = batch_of(tokenizer, pairs(update_examples), victim.max_len)
     history: list[dict[str, float]] = []
     bar = tqdm(range(spec.steps), desc=f"metalearn {data.domain}", disable=not progress)
     for step in bar:
         fresh = spec.fresh_victim_every and step % spec.fresh_victim_every == spec.fresh_victim_every - 1
-        victim_batch = (batch_of(tokenizer, pairs(benign(len(update_examples))), victim.max_len)
-                        if fresh else fixed_victim)
-        p, b = probes(spec.probes_per_step), benign(spec.benign_per_step)
-        groups = zip(_split(p, spec.chunks), _split(b, spec.chunks))
-        now_parts, after_parts = map(list, zip(*(_step_losses(twin, control, tokenizer, pg, bg, len(p), len(b), spec)
-                                                 for pg, bg in groups)))
+        victim_batch = (batch_of(tokenizer, pairs(_draw(data.align_benign, len(update_examples), generator)),
+                                 victim.max_len) if fresh else fixed_victim)
+        probes = _draw(data.construct, spec.probes_per_step, generator)
+        benign = _draw(data.align_benign, spec.benign_per_step, generator)
+        totals = (len(probes), len(benign))
+        groups = zip(_split(probes, spec.chunks), _split(benign, spec.chunks))
+        now_parts, after_parts = map(list, zip(*(_step_losses(twin, control, tokenizer, group_probes, group_benign,
+                                                              totals, spec)
+                                                 for group_probes, group_benign in groups)))
         victim_parts = response_loss_parts(twin, victim_batch, spec.chunks)
         grads, parts = meta_gradient(params, victim_parts, now_parts, after_parts, victim.lr,
                                      first_order=spec.first_order, method=spec.method)
