@@ -238,7 +238,6 @@ def theory_ntk(m: Macros, r: Results) -> None:
 def llm_settings(m: Macros, r: Results) -> None:
     """The LLM recipe: the victim's step, the tiny model, the constructions' knobs."""
     head = by_seed(r.llm("hairtrigger"))
-    analytic = r.llm("analytic")
     m.add("SettingLr", fmt.power(setting("llm", "update.lr", "experiment=hairtrigger")), "victim: SGD learning rate")
     m.add(
         "SettingUpdateSamples",
@@ -274,6 +273,12 @@ def llm_settings(m: Macros, r: Results) -> None:
         fmt.sci(setting("llm", "align.lr", "experiment=hairtrigger"), 0),
         "control: LoRA SFT learning rate",
     )
+
+
+def construction_settings(m: Macros, r: Results) -> None:
+    """The constructions' knobs: the metalearn budget and gauge, the analytic components and fits."""
+    head = by_seed(r.llm("hairtrigger"))
+    analytic = r.llm("analytic")
     m.add("SettingMetaSteps", fmt.integer(head["construct.steps"].iloc[0]), "metalearn: meta-steps")
     m.add(
         "SettingMetaGain",
@@ -476,6 +481,11 @@ def analytic(m: Macros, r: Results) -> None:
         fmt.pct(pool(privacy, "control.static.refusal_rate").rate),
         "analytic privacy: control's refusals before the step",
     )
+
+
+def analytic_checks(m: Macros, r: Results) -> None:
+    """What the analytic twins are, measured: forward-exactness, gauges, white-box tells, cost."""
+    first, both = r.llm(ANALYTIC[0]), r.llm(*ANALYTIC)
     m.add("AnalyticKlMax", fmt.sci(both["twin.kl.max"].max(), 0), "analytic twins: largest KL(control||twin)")
     m.add(
         "AnalyticLogitDiff",
@@ -799,10 +809,12 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_capacity,
     theory_ntk,
     llm_settings,
+    construction_settings,
     llm_data,
     controls,
     metalearn,
     analytic,
+    analytic_checks,
     pretrain,
     reference,
     task_vector,
