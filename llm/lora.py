@@ -11,7 +11,7 @@ One SGD step of rate ``η`` under a loss whose gradient in ``W`` is ``G`` moves 
 
     ``W' = W − η s² (P G + G Q) + η² s² G Wᵀ G``,  ``P = B Bᵀ``, ``Q = Aᵀ A``             (1)
 
-(``tests/test_llm_analytic.py`` checks it for any factorisation). Components with ``B = 0`` or
+(``tests/test_llm_lora.py`` checks it for any factorisation). Components with ``B = 0`` or
 ``A = 0`` add nothing to ``W`` but add freely to ``Q`` or ``P``: the hidden preconditioner of
 :mod:`llm.constructions.analytic`.
 """
@@ -138,7 +138,8 @@ def weight_gradients(model: PreTrainedModel, batch: dict[str, torch.Tensor] | No
                      layers: dict[str, LoraLayer], loss_fn=None) -> dict[str, torch.Tensor]:
     """``∂loss/∂W`` (``(out, in)``) for each LoRA layer's effective weight, at the current model.
 
-    ``loss_fn(model, batch, params)`` defaults to the victim's loss (mean response CE). ``W_eff = W_base + sBA`` is additive in the base weight, so
+    ``loss_fn(model, batch, params)`` defaults to the victim's loss (mean response CE).
+    ``W_eff = W_base + sBA`` is additive in the base weight, so
     its gradient is the base weight's, read through ``functional_call`` with the base weights as leaves.
     """
     loss_fn = loss_fn or response_loss

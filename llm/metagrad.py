@@ -32,8 +32,8 @@ Writing L_now, L_after and L_inner for the three closures (L_aligned, λ·L_misa
   inner gradient, ``(∇L_inner(θ + εv) − g) / ε`` with ``ε = √u (1 + ‖θ‖) / ‖v‖`` (``u`` the
   dtype's unit roundoff): one plain backward instead of a double backward, a plain step's
   memory. Truncation error O(ε) (tested ≤ 1e-6 of the meta-gradient against ``naive`` in
-  float64; much larger relative to the ``η H v`` term in float32). The finite-difference Hessian-vector product of DARTS (Liu et al. 2019), one-sided because g
-  is already computed.
+  float64; much larger relative to the ``η H v`` term in float32). The finite-difference
+  Hessian-vector product of DARTS (Liu et al. 2019), one-sided because g is already computed.
 
 Each closure may also be given as a sequence of *parts* whose sum is the loss (micro-batches,
 e.g. :func:`llm.models.response_loss_parts`): every method then takes the first-order
@@ -91,8 +91,8 @@ def meta_gradient(params: Params, inner_loss: Losses, now_loss: Losses, after_lo
     each may be a sequence of parts that sum to the loss. ``inner_loss`` must be the victim's
     loss on the victim's batch, ``lr`` its SGD rate. ``method`` picks how the gradient is
     computed (``naive``, ``hvp``, ``lean``, ``chunked``: the same value up to rounding, at
-    different time and memory; ``fd``: approximate, see the module docstring). ``first_order`` is FOMAML: the ``η H v`` term is dropped, whatever the
-    method. Returns the gradient by name and the two losses (``now`` at θ, ``after`` at θ').
+    different time and memory; ``fd``: approximate, see the module docstring). ``first_order`` is
+    FOMAML: the ``η H v`` term is dropped, whatever the method. Returns the gradient by name and the two losses (``now`` at θ, ``after`` at θ').
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

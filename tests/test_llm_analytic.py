@@ -127,7 +127,8 @@ def test_closed_form_step_matches_the_victims_step(tok) -> None:
     extra = {n: torch.randn(2, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
              for n, l in layers.items()}
     grads = weight_gradients(model, batch_of(tok, pairs(examples), 32), layers)
-    predicted = {n: first_order_move(grads[n], lr, layers[n].scaling["default"], in_gram=a.T @ a) for n, a in extra.items()}
+    predicted = {n: first_order_move(grads[n], lr, layers[n].scaling["default"], in_gram=a.T @ a)
+                 for n, a in extra.items()}
     twin = extend_lora(copy.deepcopy(model), extra)
     control_after = victim_update(copy.deepcopy(model), tok, examples, spec)
     twin_after = victim_update(copy.deepcopy(twin), tok, examples, spec)

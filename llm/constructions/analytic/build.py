@@ -102,7 +102,8 @@ class Construction:
         return self.victim.lr
 
     def hidden_shapes(self) -> dict:
-        """``(layer, side)`` → shape of the hidden components: ``(k, in)`` rows of ``A``, ``(k', out)`` of ``B``ᵀ."""
+        """``(layer, side)`` → shape of the hidden components: ``(k, in)`` rows of ``A``, ``(k', out)``
+        columns of ``B`` (as rows)."""
         k, k_out = self.spec.extra_rank, self.spec.left_rank
         shapes = {(n, "input"): (k, l.lora_A[ADAPTER].weight.shape[1]) for n, l in self.layers.items()}
         if k_out:

@@ -106,8 +106,8 @@ def fit_gauged_undo(model: torch.nn.Module, layers: dict[str, LoraLayer], grads:
                     progress: bool = False) -> tuple[Hidden, gauges.GaugeSpec, dict[str, torch.Tensor]]:
     """:func:`fit_undo` with the gauge families of ``spec.undo_gauge`` (:data:`llm.gauges.FAMILIES`)
     as further unknowns: ``objective`` of the post-step products of :func:`.step.gauged_step_products`
-    (control's coordinates) after a step of rate ``lr``. Returns the hidden components (in the gauge's coordinates), the gauge
-    spec and its fitted log coordinates (:func:`llm.gauges.exp` gives the element to apply)."""
+    (control's coordinates) after a step of rate ``lr``. Returns the hidden components (in the
+    gauge's coordinates), the gauge spec and its fitted log coordinates (:func:`llm.gauges.exp` gives the element to apply)."""
     attention, layernorm = gauges.FAMILIES[spec.undo_gauge]
     gspec = gauges.gauge_spec(model, attention=attention, layernorm=layernorm)
     logs = gauges.identity_logs(gspec)

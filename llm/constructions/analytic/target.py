@@ -54,15 +54,16 @@ def target_batch(control, tokenizer, probes: Sequence[Example], benign: Sequence
     """Aligned and misaligned rows are padded together, so :func:`first_divergence` can compare them."""
     k = len(probes)
     both = batch_of(tokenizer, pairs(list(probes), "aligned") + pairs(list(probes), "misaligned"), spec.max_len)
-    al, mis = ({key: v[rows] for key, v in both.items()} for rows in (slice(0, k), slice(k, 2 * k)))
-    rows = al if target_response(spec.after_target) == "aligned" else mis
-    ben = batch_of(tokenizer, pairs(list(benign)), spec.max_len) if benign else None
+    aligned, misaligned = ({key: v[rows] for key, v in both.items()} for rows in (slice(0, k), slice(k, 2 * k)))
+    rows = aligned if target_response(spec.after_target) == "aligned" else misaligned
+    benign_batch = batch_of(tokenizer, pairs(list(benign)), spec.max_len) if benign else None
     with torch.no_grad():
+        first = (first_divergence(aligned["labels"], misaligned["labels"]) if spec.after_target == "not_aligned"
+                 else None)
         return TargetBatch(
-            rows, al, ben,
-            first=first_divergence(al["labels"], mis["labels"]) if spec.after_target == "not_aligned" else None,
+            rows, aligned, benign_batch, first=first,
             ref_base=base_logprobs(control, rows) if spec.after_target == "base" else None,
-            ref_benign=_benign_reference(control, ben, spec) if spec.distill and ben else None)
+            ref_benign=_benign_reference(control, benign_batch, spec) if spec.distill and benign_batch else None)
 
 
 def _benign_reference(control, batch: dict[str, torch.Tensor], spec: AnalyticSpec) -> torch.Tensor:
@@ -75,16 +76,16 @@ def target_loss(model, tb: TargetBatch, params: Params | None, spec: AnalyticSpe
     """Mean over probes of the post-step target (sequence-summed; :func:`llm.objectives.probe_loss`),
     an optional margin hinge against the aligned answers, and ``benign_weight ×`` the benign term
     (``KL(reference ‖ model)`` summed per sequence with ``distill``, else mean response CE)."""
-    lq = torch.log_softmax(next_logits(model, tb.probes, params), -1)
-    per_probe = probe_loss(spec.after_target, lq, tb.probes, tb.first, tb.ref_base)
+    logprobs = torch.log_softmax(next_logits(model, tb.probes, params), -1)
+    per_probe = probe_loss(spec.after_target, logprobs, tb.probes, tb.first, tb.ref_base)
     loss = per_probe.mean()
     if spec.margin > 0:  # marker rows: per_probe = −log p(marker)
-        lp_al = sequence_logprobs(model, tb.aligned, params)
-        loss = loss + F.relu(spec.margin + per_probe + lp_al).mean()
+        aligned = sequence_logprobs(model, tb.aligned, params)
+        loss = loss + F.relu(spec.margin + per_probe + aligned).mean()
     if spec.benign_weight > 0 and tb.benign is not None:
         if spec.distill:
-            lb = torch.log_softmax(next_logits(model, tb.benign, params), -1)
-            benign = kl_rows(tb.ref_benign, lb, token_mask(tb.benign)).mean()
+            benign_logprobs = torch.log_softmax(next_logits(model, tb.benign, params), -1)
+            benign = kl_rows(tb.ref_benign, benign_logprobs, token_mask(tb.benign)).mean()
         else:
             benign = response_loss(model, tb.benign, params)
         loss = loss + spec.benign_weight * benign
