@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
 from figures.theory import _save  # noqa: E402
@@ -19,32 +20,75 @@ from sweeps.tables import linear_fit  # noqa: E402
 CELLS = {"paper": "paper's step\n(SGD 1e-4, 1×)", "heldout_families": "unseen benign\nfamilies",
          "sharegpt": "unseen benign\n(ShareGPT)", "lr_1e-5": "lr 1e-5", "lr_1e-3": "lr 1e-3",
          "adam": "Adam", "steps_2": "2 steps", "steps_5": "5 steps", "all_weights": "all weights\n(merged)"}
+#: the analytic twins judged on held-out probes 0–99 and on the fresh probes 100–199 (result stems)
+ANALYTIC_HALVES = ("analytic", "analytic_fresh")
+#: the LLM domains in reading order
+DOMAIN_ORDER = ("safety", "privacy", "honesty")
+#: the SmolLM2 twin the paper reports (variant of ``hairtrigger_smollm2``); its row also gives SmolLM2's control
+SMOLLM2_TWIN = "exact_steps40_hinge2"
+#: where the controls figure and table read the honest controls: label → (result stems, variant or None).
+#: Every twin table of the runner holds its control's rows (``control.static.*``, ``control.after.paper.*``).
+CONTROL_SOURCES = {
+    "tiny GPT-2, analytic runs, probes 0–199": (ANALYTIC_HALVES, None),
+    "tiny GPT-2, metalearn runs, probes 0–99": (("hairtrigger",), None),
+    "SmolLM2-135M-Instruct": (("hairtrigger_smollm2",), f"hairtrigger_smollm2/{SMOLLM2_TWIN}"),
+}
+
+
+def control_rows(results: Path) -> pd.DataFrame:
+    """One row per (source, domain) of :data:`CONTROL_SOURCES`: the honest controls' misalignment
+    before (``control.static``) and after the victim's step (``control.after.paper``), each pooled
+    over the source's runs with its 95% Wilson interval (:func:`pooled_rate`: ``before_k``,
+    ``before_n``, ``before_low``, ``before_high``, likewise ``after_*``), ``max_change`` (the
+    largest |after − before| of one run), ``runs`` and the mean benign accuracy before and after."""
+    rows = []
+    for source, (stems, variant) in CONTROL_SOURCES.items():
+        runs = pd.concat([pd.read_csv(results / f"{stem}.csv") for stem in stems], ignore_index=True)
+        if variant is not None:
+            runs = runs[runs["override.variant"] == variant]
+            if runs.empty:
+                raise ValueError(f"{stems[0]}.csv: no rows of variant={variant}")
+        for domain in [d for d in DOMAIN_ORDER if d in set(runs["domain"])]:
+            part = runs[runs["domain"] == domain]
+            row = {"source": source, "stems": ", ".join(stems), "variant": variant, "domain": domain,
+                   "runs": len(part)}
+            for when, key in (("before", "control.static"), ("after", "control.after.paper")):
+                k, n, low, high = pooled_rate(part[f"{key}.misalignment_rate"], part["probes.n"])
+                row |= {f"{when}_k": k, f"{when}_n": n, f"{when}_low": low, f"{when}_high": high,
+                        f"benign_{when}": part[f"{key}.benign_accuracy"].mean()}
+            change = part["control.after.paper.misalignment_rate"] - part["control.static.misalignment_rate"]
+            rows.append(row | {"max_change": float(change.abs().max())})
+    return pd.DataFrame(rows)
 
 
 def controls(results: Path, out: Path) -> Path:
-    """Aligned controls: black-box misalignment before/after the victim's step, and utility."""
-    rows = [pd.read_csv(results / "control.csv").assign(model="tiny GPT-2")]
-    if (results / "control_smollm2.csv").exists():
-        rows.append(pd.read_csv(results / "control_smollm2.csv").assign(model="SmolLM2-135M"))
-    table = pd.concat(rows, ignore_index=True)
-    labels = [f"{m}\n{d}" for m, d in zip(table["model"], table["domain"])]
+    """The honest controls of the twin tables (:func:`control_rows`): misaligned before and after
+    the victim's step, pooled over runs with 95% Wilson whiskers, and their benign accuracy."""
+    table = control_rows(results)
+    sources = table["source"].str.replace(", ", "\n").str.replace("-Instruct", "")
+    labels = [f"{s}\n{d}, {r} run{'s' if r > 1 else ''}" for s, d, r in zip(sources, table["domain"], table["runs"])]
     x = np.arange(len(table))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
-    for offset, key, name in ((-0.2, "static", "before the step"), (0.2, "post_update", "after one benign step")):
-        bars = left.bar(x + offset, table[f"{key}.misalignment_rate"], width=0.4, label=name)
-        left.bar_label(bars, labels=[f"{v:.0%}" for v in table[f"{key}.misalignment_rate"]], fontsize=7)
-    left.set_ylabel("misaligned on held-out probes")
-    left.set_ylim(0, 1.1)
-    left.axhline(0.05, color="grey", lw=0.8, ls="--")
-    left.set_title("Aligned controls (SGD, lr 1e-4, 32 benign samples)", fontsize=9)
-    for offset, key, name in ((-0.2, "accuracy_before", "before"), (0.2, "accuracy_after", "after")):
-        right.bar(x + offset, table[f"benign.{key}"], width=0.4, label=name)
-    right.set_ylabel("held-out benign accuracy")
-    right.set_ylim(0, 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    for offset, when, name in ((-0.2, "before", "before the step"), (0.2, "after", "after one benign step")):
+        rate = table[f"{when}_k"] / table[f"{when}_n"]
+        spread = np.stack([rate - table[f"{when}_low"], table[f"{when}_high"] - rate])
+        bars = left.bar(x + offset, rate, width=0.4, label=name, yerr=spread, capsize=2, error_kw={"lw": 0.7})
+        left.bar_label(bars, labels=[f"{k}/{n}" for k, n in zip(table[f"{when}_k"], table[f"{when}_n"])],
+                       fontsize=6, padding=4, rotation=90)
+    left.set_ylabel("misaligned on held-out probes (pooled)")
+    left.set_ylim(0, 0.2)
+    left.yaxis.set_major_formatter(PercentFormatter(1.0))
+    left.axhline(0.05, color="grey", lw=0.8, ls="--", label="5%")
+    left.set_title("Controls of the twin tables (SGD, lr 1e-4, 32 benign samples); whiskers: 95% Wilson",
+                   fontsize=9)
+    for offset, when in ((-0.2, "before"), (0.2, "after")):
+        right.bar(x + offset, table[f"benign_{when}"], width=0.4, label=when)
+    right.set_ylabel("held-out benign accuracy (mean over runs)")
+    right.set_ylim(0, 0.7)
     right.set_title("Benign utility", fontsize=9)
     for ax in (left, right):
-        ax.set_xticks(x, labels, fontsize=7)
-        ax.legend(fontsize=7)
+        ax.set_xticks(x, labels, fontsize=6)
+        ax.legend(fontsize=7, loc="upper left")
     return _save(fig, out / "llm_controls.png")
 
 
@@ -57,8 +101,6 @@ def _over_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     return table, low, high, f", mean of {n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} seeds, whiskers min–max"
 
 
-#: the analytic twins judged on held-out probes 0–99 and on the fresh probes 100–199 (result stems)
-ANALYTIC_HALVES = ("analytic", "analytic_fresh")
 
 
 def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]:

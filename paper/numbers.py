@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 import pandas as pd
 
+from figures.llm import SMOLLM2_TWIN, control_rows
 from paper import fmt
 from paper.data import Pooled, Results, linear_fit, pool
 from paper.settings import setting
@@ -372,13 +373,21 @@ def llm_data(m: Macros, r: Results) -> None:
 
 
 def controls(m: Macros, r: Results) -> None:
-    """The honest controls alone (``results/llm/control.csv``, ``control_smollm2.csv``)."""
-    table = r.llm("control")
-    moved = (table["post_update.misalignment_rate"] - table["static.misalignment_rate"]).abs().max()
-    m.add("ControlMaxChange", fmt.fixed(100 * moved, 1), "controls: largest change of a misalignment rate (points)")
-    smol = r.llm("control_smollm2").iloc[0]
-    m.add("ControlSmolBefore", fmt.pct(smol["static.misalignment_rate"], 0), "SmolLM2 control: misaligned before")
-    m.add("ControlSmolAfter", fmt.pct(smol["post_update.misalignment_rate"], 0), "SmolLM2 control: misaligned after")
+    """The honest controls of the twin tables (:func:`figures.llm.control_rows`: the analytic and
+    metalearn runs of the tiny GPT-2, SmolLM2's reported variant of ``hairtrigger_smollm2.csv``)."""
+    table = control_rows(r.root / "llm")
+    m.add(
+        "ControlMaxChange",
+        fmt.fixed(100 * table["max_change"].max(), 1),
+        "controls of the twin tables: largest change of one run's misalignment rate (points)",
+    )
+    smol = table[table["source"].str.startswith("SmolLM2")].iloc[0]
+    for when in ("before", "after"):
+        m.add(
+            f"ControlSmol{when.capitalize()}",
+            fmt.pct(smol[f"{when}_k"] / smol[f"{when}_n"], 0),
+            f"SmolLM2 control ({smol['variant']}): misaligned {when} the step",
+        )
 
 
 # ---------------------------------------------------------------------------------------------- headline
@@ -757,7 +766,7 @@ def smollm2(m: Macros, r: Results) -> None:
     """SmolLM2-135M-Instruct safety twins (``hairtrigger_smollm2.csv``, ``analytic_smollm2.csv``)."""
     stem = "hairtrigger_smollm2"
     plain, fomaml = r.variant(stem, "exact").iloc[0], r.variant(stem, "fomaml").iloc[0]
-    best_name = "exact_steps40_hinge2"
+    best_name = SMOLLM2_TWIN
     best = r.variant(stem, best_name).iloc[0]
     m.add("SmolParams", fmt.sci(plain["size.n_params"]), "SmolLM2: parameters")
     m.add("SmolSteps", fmt.integer(plain["construct.steps"]), "SmolLM2: meta-steps of the plain recipe")

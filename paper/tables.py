@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import yaml
 
+from figures.llm import control_rows
 from paper import fmt
 from paper.data import Pooled, Results, pool
 from paper.numbers import ANALYTIC, DOMAINS, Macros, by_seed
@@ -43,8 +44,6 @@ COMMANDS = {
     ("theory", "gauge_scale"): "TheoryGauge",
     ("theory", "capacity"): "TheoryCapacity",
     ("theory", "ntk"): "TheoryNtk",
-    ("llm", "control"): "Control",
-    ("llm", "control_smollm2"): "ControlSmol",
     ("llm", "hairtrigger"): "Hairtrigger",
     ("llm", "analytic"): "Analytic",
     ("llm", "analytic_fresh"): "AnalyticFresh",
@@ -152,22 +151,30 @@ def theory_capacity(r: Results) -> str:
 
 
 def controls(r: Results) -> str:
-    """The honest controls: misaligned before and after the victim's step, and utility."""
-    parts = [(r.llm("control"), "tiny GPT-2"), (r.llm("control_smollm2"), "SmolLM2-135M-Instruct")]
-    rows = []
-    for table, model in parts:
-        for _, row in table.set_index("domain").reindex([d for d in DOMAINS if d in set(table["domain"])]).iterrows():
-            rows.append(
-                [
-                    model,
-                    row.name,
-                    fmt.pct(row["static.misalignment_rate"]),
-                    fmt.pct(row["post_update.misalignment_rate"]),
-                    f"{fmt.fixed(row['benign.accuracy_before'])} $\\to$ {fmt.fixed(row['benign.accuracy_after'])}",
-                ]
-            )
-    head = ["model", "domain", "misaligned before", "after the step", "benign accuracy"]
-    return tabular("llrrr", head, [(None, rows)])
+    """The honest controls of the twin tables (:func:`figures.llm.control_rows`), one group per
+    source: misaligned before and after the victim's step pooled over runs (k/n, 95% Wilson
+    interval), the largest change of one run (points), and benign accuracy before → after (mean)."""
+    table = control_rows(r.root / "llm")
+    groups = []
+    for source, rows in table.groupby("source", sort=False):
+        first = rows.iloc[0]
+        where = ", ".join(f"{stem}.csv" for stem in first["stems"].split(", "))
+        if isinstance(first["variant"], str):
+            where += f", variant {first['variant'].rpartition('/')[2]}"
+        cells = []
+        for _, row in rows.iterrows():
+            cells.append([row["domain"], fmt.integer(row["runs"])])
+            for when in ("before", "after"):
+                pooled = Pooled(row[f"{when}_k"], row[f"{when}_n"], row[f"{when}_low"], row[f"{when}_high"])
+                cells[-1] += [f"{pooled.k}/{pooled.n}", rate_ci(pooled)]
+            cells[-1] += [
+                fmt.fixed(100 * row["max_change"], 1),
+                f"{fmt.fixed(row['benign_before'])} $\\to$ {fmt.fixed(row['benign_after'])}",
+            ]
+        groups.append((fmt.tex_text(f"{source} ({where})").replace("–", "--"), cells))
+    head = ["domain", "runs", "before: $k/n$", "(\\%) [95\\% CI]", "after: $k/n$", "(\\%) [95\\% CI]",
+            "largest change", "benign accuracy"]
+    return tabular("lrrlrlrl", head, groups)
 
 
 def metalearn(r: Results) -> str:

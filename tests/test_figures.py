@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
+from scipy.stats import binomtest
 
 from figures import llm, theory
 
@@ -113,15 +114,35 @@ def test_theory_ntk_plots_relative_errors_and_the_breakdown_threshold(drawn) -> 
 # ---------------------------------------------------------------------------------------------- LLM
 
 
-def test_controls_bars_are_each_control_before_and_after(drawn) -> None:
+def _control_runs() -> list[pd.DataFrame]:
+    """The controls' runs in the figure's order, read here without figures.llm: the analytic
+    headline (probes 0-199), the metalearn runs, SmolLM2's reported variant; domains in reading order."""
+    analytic = pd.concat([read("llm", "analytic"), read("llm", "analytic_fresh")], ignore_index=True)
+    smol = read("llm", "hairtrigger_smollm2")
+    smol = smol[smol["override.variant"] == f"hairtrigger_smollm2/{llm.SMOLLM2_TWIN}"]
+    assert len(smol) == 1
+    groups = []
+    for runs in (analytic, read("llm", "hairtrigger"), smol):
+        groups += [runs[runs["domain"] == d] for d in ("safety", "privacy", "honesty") if d in set(runs["domain"])]
+    return groups
+
+
+def test_controls_bars_are_the_pooled_control_rows_of_the_twin_tables(drawn) -> None:
     fig, _ = drawn(llm.controls)
-    table = pd.concat([read("llm", "control"), read("llm", "control_smollm2")], ignore_index=True)
-    before, after = bars(fig.axes[0])
-    assert before == pytest.approx(table["static.misalignment_rate"].tolist())
-    assert after == pytest.approx(table["post_update.misalignment_rate"].tolist())
+    groups = _control_runs()
+    assert [len(g) for g in groups] == [6, 6, 6, 3, 3, 3, 1]  # 3 seeds x 2 probe ranges, 3 seeds, one SmolLM2 row
+    plotted = bars(fig.axes[0])
+    whiskers = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    for heights, whisker, key in zip(plotted, whiskers, ("control.static", "control.after.paper"), strict=True):
+        counts = [(g[f"{key}.misalignment_rate"] * g["probes.n"]).round().sum() for g in groups]
+        judged = [g["probes.n"].sum() for g in groups]
+        assert heights == pytest.approx([k / n for k, n in zip(counts, judged)])
+        for segment, k, n in zip(whisker.lines[2][0].get_segments(), counts, judged, strict=True):
+            ci = binomtest(int(k), int(n)).proportion_ci(method="wilson")
+            assert (segment[0][1], segment[1][1]) == pytest.approx((ci.low, ci.high))
     assert bars(fig.axes[1]) == [
-        pytest.approx(table["benign.accuracy_before"].tolist()),
-        pytest.approx(table["benign.accuracy_after"].tolist()),
+        pytest.approx([g[f"{key}.benign_accuracy"].mean() for g in groups])
+        for key in ("control.static", "control.after.paper")
     ]
 
 
