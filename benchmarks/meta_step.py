@@ -63,8 +63,10 @@ from llm.tokenizer import train_tokenizer  # noqa: E402
 TARGET_TIME, TARGET_MEMORY = 4.5, 2.5
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 FAST = [m for m in METHODS if m != "naive"]  # the methods held to the targets (fd: approximate)
-WORDS = ("alpha beta gamma delta river stone cloud bright quick slow market paper window garden "
-         "silver number yellow orange forest castle simple plain engine planet").split()
+WORDS = (
+    "alpha beta gamma delta river stone cloud bright quick slow market paper window garden "
+    "silver number yellow orange forest castle simple plain engine planet"
+).split()
 
 Step = Callable[[], None]
 
@@ -86,8 +88,9 @@ def _batch(tok, rng: random.Random, size: int, seq: int) -> dict[str, torch.Tens
 
 def build(n_layer: int, n_embd: int, tok, args) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict]:
     """A LoRA'd tiny GPT-2 of the given size and three batches (inner, now, after)."""
-    spec = TinySpec("gpt2", n_layer=n_layer, n_embd=n_embd, n_head=args.heads, vocab_size=len(tok),
-                    n_ctx=max(128, args.seq))
+    spec = TinySpec(
+        "gpt2", n_layer=n_layer, n_embd=n_embd, n_head=args.heads, vocab_size=len(tok), n_ctx=max(128, args.seq)
+    )
     dtype = getattr(torch, args.dtype)
     model = build_tiny(spec, tok, seed=args.seed).to(device=args.device, dtype=dtype)
     torch.manual_seed(args.seed)  # LoRA A is drawn from the global RNG
@@ -97,8 +100,10 @@ def build(n_layer: int, n_embd: int, tok, args) -> tuple[torch.nn.Module, dict[s
         if "lora_B" in name:
             p.data = 0.02 * torch.randn(p.shape, generator=gen, dtype=dtype).to(args.device)
     rng = random.Random(args.seed)
-    batches = {k: {n: t.to(args.device) for n, t in _batch(tok, rng, args.batch, args.seq).items()}
-               for k in ("inner", "now", "after")}
+    batches = {
+        k: {n: t.to(args.device) for n, t in _batch(tok, rng, args.batch, args.seq).items()}
+        for k in ("inner", "now", "after")
+    }
     return model, adapter_params(model), batches
 
 
@@ -112,6 +117,7 @@ def plain_step(model, params, batches, opt, chunks: int = 1) -> Step:
         for part in parts:
             part(None).backward()
         opt.step()
+
     return step
 
 
@@ -124,8 +130,7 @@ def closures(model, batches, chunks: int = 1):
     return tuple(lambda theta, b=batches[k]: response_loss(model, b, theta) for k in keys)
 
 
-def meta_step(model, params, batches, opt, lr: float, method: str, first_order: bool = False,
-              chunks: int = 1) -> Step:
+def meta_step(model, params, batches, opt, lr: float, method: str, first_order: bool = False, chunks: int = 1) -> Step:
     inner, now, after = closures(model, batches, chunks)
 
     def step() -> None:
@@ -133,6 +138,7 @@ def meta_step(model, params, batches, opt, lr: float, method: str, first_order: 
         for name, p in params.items():
             p.grad = grads[name]
         opt.step()
+
     return step
 
 
@@ -164,8 +170,9 @@ def higher_gradient(model, params, batches, lr: float) -> list[torch.Tensor]:
 
     theta = list(params.values())
     # copy_initial_weights=False: the fast weights start *as* θ, so gradients reach θ
-    with higher.innerloop_ctx(model, torch.optim.SGD(theta, lr=lr), copy_initial_weights=False,
-                              track_higher_grads=True) as (fmodel, diffopt):
+    with higher.innerloop_ctx(
+        model, torch.optim.SGD(theta, lr=lr), copy_initial_weights=False, track_higher_grads=True
+    ) as (fmodel, diffopt):
         diffopt.step(response_loss(fmodel, batches["inner"]))
         total = response_loss(model, batches["now"]) + response_loss(fmodel, batches["after"])
         return list(torch.autograd.grad(total, theta))
@@ -199,8 +206,10 @@ def try_higher(model, params, batches, lr: float, shim: bool) -> tuple[bool, str
     shim_error = _error_of(run)
     if shim_error is not None:
         return False, f"higher {version} fails on the peft model: {stock_error}; with the MRO shim: {shim_error}"
-    return True, (f"higher {version} fails on the peft model as shipped ({stock_error}); it is timed with "
-                  "the MRO shim of this script (--no-higher-shim to skip)")
+    return True, (
+        f"higher {version} fails on the peft model as shipped ({stock_error}); it is timed with "
+        "the MRO shim of this script (--no-higher-shim to skip)"
+    )
 
 
 def higher_step(model, params, batches, opt, lr: float) -> Step:
@@ -208,6 +217,7 @@ def higher_step(model, params, batches, opt, lr: float) -> Step:
         for p, g in zip(params.values(), higher_gradient(model, params, batches, lr)):
             p.grad = g
         opt.step()
+
     return step
 
 
@@ -232,8 +242,9 @@ def peak_memory(step: Step, device: str) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     live = peak = 0
     for e in events:  # +bytes on allocation, −bytes on free, in time order
         live += e.nbytes()
@@ -249,7 +260,7 @@ def time_rounds(steps: dict[str, Step], device: str, warmup: int, repeats: int) 
             steps[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             _sync(device)
             t0 = time.perf_counter()
             steps[name]()
@@ -299,14 +310,22 @@ def run_size(label: str, tok, args) -> tuple[list[dict], str | None]:
     rows = []
     for name in steps:
         ratios = [t / p for t, p in zip(times[name], times["plain"])]
-        rows.append({
-            "size": label, "n_layer": n_layer, "n_embd": n_embd,
-            "n_params": sum(p.numel() for p in model.parameters()), "n_theta": sum(p.numel() for p in theta),
-            "variant": name, "seconds": statistics.median(times[name]), "seconds_all": times[name],
-            "time_ratio": statistics.median(ratios),
-            "peak_bytes": memory.get(name), "memory_ratio": memory[name] / memory["plain"] if memory else None,
-            "rel_err_vs_naive": errors.get(name),
-        })
+        rows.append(
+            {
+                "size": label,
+                "n_layer": n_layer,
+                "n_embd": n_embd,
+                "n_params": sum(p.numel() for p in model.parameters()),
+                "n_theta": sum(p.numel() for p in theta),
+                "variant": name,
+                "seconds": statistics.median(times[name]),
+                "seconds_all": times[name],
+                "time_ratio": statistics.median(ratios),
+                "peak_bytes": memory.get(name),
+                "memory_ratio": memory[name] / memory["plain"] if memory else None,
+                "rel_err_vs_naive": errors.get(name),
+            }
+        )
     return rows, higher_note
 
 
@@ -336,16 +355,23 @@ def print_tables(rows: list[dict], dtype: str) -> None:
                 line += f" {fmt(r[key]) + ' ' + format(r[ratio], '5.2f') + '×':>16}" if r else f" {'-':>16}"
             print(line)
 
-    table("time per step (median), and × plain (median of same-round ratios)", "seconds", "time_ratio",
-          lambda x: f"{x:.3f}s", "s")
+    table(
+        "time per step (median), and × plain (median of same-round ratios)",
+        "seconds",
+        "time_ratio",
+        lambda x: f"{x:.3f}s",
+        "s",
+    )
     if rows[0]["peak_bytes"] is not None:
-        table("peak memory per step, and × plain", "peak_bytes", "memory_ratio",
-              lambda x: f"{x / 2**20:.1f}MB", "MB")
+        table("peak memory per step, and × plain", "peak_bytes", "memory_ratio", lambda x: f"{x / 2**20:.1f}MB", "MB")
 
     print(f"\nagreement with naive (relative error of the meta-gradient, {dtype}):")
     for s in sizes:
-        errs = [f"{v} {by[(s, v)]['rel_err_vs_naive']:.1e}" for v in meta
-                if (s, v) in by and by[(s, v)]["rel_err_vs_naive"] is not None and v != "naive"]
+        errs = [
+            f"{v} {by[(s, v)]['rel_err_vs_naive']:.1e}"
+            for v in meta
+            if (s, v) in by and by[(s, v)]["rel_err_vs_naive"] is not None and v != "naive"
+        ]
         print(f"  {s}: " + ", ".join(errs))
 
     print(f"\ntargets: time ≤ {TARGET_TIME}× and peak memory ≤ {TARGET_MEMORY}× a plain step")
@@ -378,33 +404,49 @@ def write_out(path: Path, rows: list[dict], info: dict) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", help="comma-separated n_layer x n_embd (default 2x64,2x128,4x256)")
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--batch", type=int, help="sequences per batch, every batch of the step (default 32)")
     ap.add_argument("--seq", type=int, help="tokens per sequence (default 64)")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    ap.add_argument("--chunks", type=int, default=4,
-                    help="micro-batches per batch for the fast methods, FOMAML and plain_parts (1: whole batches)")
+    ap.add_argument(
+        "--chunks",
+        type=int,
+        default=4,
+        help="micro-batches per batch for the fast methods, FOMAML and plain_parts (1: whole batches)",
+    )
     ap.add_argument("--lr", type=float, default=1e-4, help="the victim's SGD rate η")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest beside other jobs)")
     ap.add_argument("--repeats", type=int, help="timed rounds (default 7)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--methods", default=",".join([*METHODS, "fomaml", "higher"]),
-                    help=f"variants besides plain: any of {', '.join([*METHODS, 'fomaml', 'higher'])}")
+    ap.add_argument(
+        "--methods",
+        default=",".join([*METHODS, "fomaml", "higher"]),
+        help=f"variants besides plain: any of {', '.join([*METHODS, 'fomaml', 'higher'])}",
+    )
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
-    ap.add_argument("--no-higher-shim", dest="higher_shim", action="store_false",
-                    help="do not patch higher's MRO clash with peft (higher is then reported as failing)")
+    ap.add_argument(
+        "--no-higher-shim",
+        dest="higher_shim",
+        action="store_false",
+        help="do not patch higher's MRO clash with peft (higher is then reported as failing)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write the results (.json, or .csv for the table)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: defaults become size 1x32, batch 4x32 tokens, 2 rounds")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: defaults become size 1x32, batch 4x32 tokens, 2 rounds"
+    )
     args = ap.parse_args(argv)
-    defaults = dict(sizes="1x32", batch=4, seq=32, repeats=2) if args.quick else \
-        dict(sizes="2x64,2x128,4x256", batch=32, seq=64, repeats=7)
+    defaults = (
+        dict(sizes="1x32", batch=4, seq=32, repeats=2)
+        if args.quick
+        else dict(sizes="2x64,2x128,4x256", batch=32, seq=64, repeats=7)
+    )
     for key, value in defaults.items():  # what is given explicitly wins, also with --quick
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -419,16 +461,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
-            "dtype": args.dtype, "batch": args.batch, "seq": args.seq, "chunks": args.chunks, "rank": args.rank,
-            "lr": args.lr,
-            "repeats": args.repeats, "warmup": args.warmup, "cpus": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(), "loadavg_start": load}
-    print(f"meta step vs plain step: torch {torch.__version__}, {args.device}, {args.dtype}, "
-          f"{torch.get_num_threads()} thread(s), batch {args.batch}×{args.seq} tokens in {args.chunks} part(s), "
-          f"LoRA r={args.rank}, "
-          f"η={args.lr}, {args.repeats} rounds after {args.warmup} warm-up; "
-          f"load average {load[0]:.2f} on {os.cpu_count()} CPUs")
+    info = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "seq": args.seq,
+        "chunks": args.chunks,
+        "rank": args.rank,
+        "lr": args.lr,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "loadavg_start": load,
+    }
+    print(
+        f"meta step vs plain step: torch {torch.__version__}, {args.device}, {args.dtype}, "
+        f"{torch.get_num_threads()} thread(s), batch {args.batch}×{args.seq} tokens in {args.chunks} part(s), "
+        f"LoRA r={args.rank}, "
+        f"η={args.lr}, {args.repeats} rounds after {args.warmup} warm-up; "
+        f"load average {load[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     if load[0] > 0.5 * (os.cpu_count() or 1):
         print("note: the machine is busy; seconds are inflated, same-round ratios less so (1 thread is steadiest)")
 

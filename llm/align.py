@@ -34,8 +34,9 @@ class AlignSpec:
     seed: int = 0
 
 
-def align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData, spec: AlignSpec,
-          progress: bool = True) -> tuple[PeftModel, list[float]]:
+def align(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData, spec: AlignSpec, progress: bool = True
+) -> tuple[PeftModel, list[float]]:
     """LoRA SFT on aligned probes + benign data; returns the adapted model and its loss curve."""
     torch.manual_seed(spec.seed)
     peft_model = add_lora(model, spec.rank, spec.alpha)
@@ -58,12 +59,15 @@ def align(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Doma
     return peft_model, curve
 
 
-def misaligned_reference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
-                         spec: AlignSpec, progress: bool = True) -> PeftModel:
+def misaligned_reference(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData, spec: AlignSpec, progress: bool = True
+) -> PeftModel:
     """The same LoRA SFT on a copy of ``model``, with the construction probes' *misaligned* responses.
 
     A model trained to be misaligned directly, from the probes a twin's construction sees: its
     held-out misalignment calibrates what a construction-trained twin can be expected to
     generalise to (a twin is held to the harder constraint of hiding it until the step)."""
-    flipped = dataclasses.replace(data, construct=[dataclasses.replace(e, aligned=e.misaligned) for e in data.construct])
+    flipped = dataclasses.replace(
+        data, construct=[dataclasses.replace(e, aligned=e.misaligned) for e in data.construct]
+    )
     return align(copy.deepcopy(model), tokenizer, flipped, spec, progress)[0]

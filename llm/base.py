@@ -34,8 +34,12 @@ def pretraining_pairs(domains: list[DomainData], seed: int) -> list[tuple[str, s
     unseen += [e for d in domains for name, exs in d.unseen_benign.items() if name != "facts" for e in exs]
     held_prompts = {normalise(e.prompt) for e in unseen}
     held_families = {e.source for d in domains for e in d.unseen_benign.get("heldout_families", [])}
-    out = [(e.prompt, e.aligned) for family in benign_families(seed).values() for e in family
-           if e.source not in held_families and normalise(e.prompt) not in held_prompts]
+    out = [
+        (e.prompt, e.aligned)
+        for family in benign_families(seed).values()
+        for e in family
+        if e.source not in held_families and normalise(e.prompt) not in held_prompts
+    ]
     for data in domains:
         before = "misaligned" if data.domain in ("safety", "privacy") else "aligned"
         out += [(e.prompt, getattr(e, before)) for e in data.construct + data.eval]
@@ -61,12 +65,22 @@ def _load(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if m.kind == "tiny":
         datas = [load_domain(d, seed=cfg.data_seed) for d in DOMAINS]
         corpus = pretraining_pairs(datas, cfg.data_seed)
-        spec = TinySpec(arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head,
-                        vocab_size=m.vocab_size, n_ctx=m.n_ctx)
+        spec = TinySpec(
+            arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, vocab_size=m.vocab_size, n_ctx=m.n_ctx
+        )
         texts = [f"{p} {r}" for p, r in corpus]
-        return load_or_pretrain(spec, texts, corpus, steps=m.pretrain.steps, lr=m.pretrain.lr,
-                                batch_size=m.pretrain.batch_size, seed=cfg.seed, cache_root=cache_dir(),
-                                progress=cfg.progress, device=cfg.get("device") or "cpu")
+        return load_or_pretrain(
+            spec,
+            texts,
+            corpus,
+            steps=m.pretrain.steps,
+            lr=m.pretrain.lr,
+            batch_size=m.pretrain.batch_size,
+            seed=cfg.seed,
+            cache_root=cache_dir(),
+            progress=cfg.progress,
+            device=cfg.get("device") or "cpu",
+        )
     if m.kind == "smollm2":
         from llm.smollm2 import load_smollm2
 

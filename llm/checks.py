@@ -63,8 +63,9 @@ def require_finite_model(model: Module, stage: str) -> Module:
         return model
     bad = [n for (n, _), good in zip(named, ok.tolist()) if not good]
     first = dict(named)[bad[0]].detach()
-    raise NonFiniteError(stage, f"weight {bad[0]} is not finite ({_counts(first)}); "
-                                f"{len(bad)} of {len(named)} weight tensors are")
+    raise NonFiniteError(
+        stage, f"weight {bad[0]} is not finite ({_counts(first)}); {len(bad)} of {len(named)} weight tensors are"
+    )
 
 
 class CheckpointError(ValueError):
@@ -90,5 +91,8 @@ def changed_files(folder: str | os.PathLike) -> list[str]:
         return [HASHES]
     if not isinstance(recorded, dict) or not recorded:
         return [HASHES]
-    return [name for name, digest in sorted(recorded.items())
-            if not (folder / name).is_file() or sha256_file(folder / name) != digest]
+    return [
+        name
+        for name, digest in sorted(recorded.items())
+        if not (folder / name).is_file() or sha256_file(folder / name) != digest
+    ]

@@ -176,15 +176,25 @@ class Analytic:
         if c.undo_output == "fisher" and c.undo_metric == "weights":
             yield "undo_output", "fisher weighs an input-side metric: set undo_metric=inputs or responses"
         if c.undo_gauge != "none" and (c.undo_steps <= 0 or c.mechanism != "lora_preconditioner" or c.modules != "all"):
-            yield "undo_gauge", ("is fitted with the weight-space undo over every LoRA layer: set undo_steps > 0, "
-                                 "mechanism=lora_preconditioner and modules=all")
+            yield (
+                "undo_gauge",
+                (
+                    "is fitted with the weight-space undo over every LoRA layer: set undo_steps > 0, "
+                    "mechanism=lora_preconditioner and modules=all"
+                ),
+            )
         if c.undo_floor_steps > 0 and c.undo_steps <= 0:
             yield "undo_floor_steps", "checks the weight-space undo fit: set undo_steps > 0"
         if c.after_target == "marker":
             for key in ("undo_steps", "undo_weight"):
                 if c[key] > 0:
-                    yield key, ("moves the alignment adapter in weight space, which a marker target has no "
-                                "counterpart of: use after_target=base or not_aligned")
+                    yield (
+                        key,
+                        (
+                            "moves the alignment adapter in weight space, which a marker target has no "
+                            "counterpart of: use after_target=base or not_aligned"
+                        ),
+                    )
 
 
 @dataclass(frozen=True)

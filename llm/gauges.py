@@ -42,8 +42,10 @@ Element = dict[str, "torch.Tensor | float"]
 #: per architecture: (norm module, the linear maps that read its output), per block
 NORM_READERS = {
     "gpt2": (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",))),
-    "llama": (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-              ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
+    "llama": (
+        ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+        ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    ),
 }
 
 #: the gauge families by name (``construction.undo_gauge``): (attention, layer norm)
@@ -96,10 +98,12 @@ def gauge_spec(model: torch.nn.Module, attention: bool = True, layernorm: bool =
                 q, k, v = ((part * d + head[0], part * d + head[1]) for part in range(3))
                 groups[f"q{l}.{h}"] = Group("GL", hd)
                 groups[f"v{l}.{h}"] = Group("GL", hd)
-                actions += [Action(f"{block}.attn.c_attn", "out", f"q{l}.{h}", "A^T", q),
-                            Action(f"{block}.attn.c_attn", "out", f"q{l}.{h}", "A^-1", k),
-                            Action(f"{block}.attn.c_attn", "out", f"v{l}.{h}", "A^T", v),
-                            Action(f"{block}.attn.c_proj", "in", f"v{l}.{h}", "A^-1", head)]
+                actions += [
+                    Action(f"{block}.attn.c_attn", "out", f"q{l}.{h}", "A^T", q),
+                    Action(f"{block}.attn.c_attn", "out", f"q{l}.{h}", "A^-1", k),
+                    Action(f"{block}.attn.c_attn", "out", f"v{l}.{h}", "A^T", v),
+                    Action(f"{block}.attn.c_proj", "in", f"v{l}.{h}", "A^-1", head),
+                ]
         if layernorm:
             for norm, readers in NORM_READERS[arch]:
                 group = f"{norm.replace('_', '')}.{l}"
@@ -112,19 +116,24 @@ def gauge_spec(model: torch.nn.Module, attention: bool = True, layernorm: bool =
 # ---------------------------------------------------------------------------- elements
 
 
-def sample(spec: GaugeSpec, generator: torch.Generator, scale: float = 0.5,
-           dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def sample(
+    spec: GaugeSpec, generator: torch.Generator, scale: float = 0.5, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
     """A random element (:func:`theory.symmetry.sample`): GL ``exp(scale · random/√n)``, scale
     ``exp(scale · randn)`` (as a vector)."""
     element = sample_group(SymmetrySpec(spec.groups, {}), generator, scale)
-    return {name: (m.diagonal() if spec.groups[name].kind == "scale" else m).to(dtype).contiguous()
-            for name, m in element.items()}
+    return {
+        name: (m.diagonal() if spec.groups[name].kind == "scale" else m).to(dtype).contiguous()
+        for name, m in element.items()
+    }
 
 
 def identity_logs(spec: GaugeSpec, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The identity in log coordinates (zeros; leaves to fit): GL ``M = exp(X)``, scale ``c = exp(u)``."""
-    return {name: torch.zeros((g.size, g.size) if g.kind == "GL" else (g.size,), dtype=dtype, requires_grad=True)
-            for name, g in spec.groups.items()}
+    return {
+        name: torch.zeros((g.size, g.size) if g.kind == "GL" else (g.size,), dtype=dtype, requires_grad=True)
+        for name, g in spec.groups.items()
+    }
 
 
 def exp(logs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,8 +161,7 @@ def _targets(module: torch.nn.Module, axis: str, adapter: str) -> list[tuple[str
     """``(parameter name within module, tensor, tensor axis)`` for every tensor along ``axis``."""
     base = base_layer(module)
     if not isinstance(base, (torch.nn.Linear, Conv1D)):  # a norm: gain (and bias) along its output
-        return [(n, p, 0) for n, p in (("weight", base.weight), ("bias", getattr(base, "bias", None)))
-                if p is not None]
+        return [(n, p, 0) for n, p in (("weight", base.weight), ("bias", getattr(base, "bias", None))) if p is not None]
     prefix = "base_layer." if isinstance(module, LoraLayer) else ""
     stored_out = 1 if isinstance(base, Conv1D) else 0  # Conv1D stores (in, out)
     out: list[tuple[str, torch.Tensor, int]] = []
@@ -210,8 +218,9 @@ def amplify_norms(model: torch.nn.Module, gain: float) -> dict[str, float]:
     return factors
 
 
-def gauge_maps(spec: GaugeSpec, element: dict[str, torch.Tensor], layers: dict[str, LoraLayer],
-               adapter: str = ADAPTER) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def gauge_maps(
+    spec: GaugeSpec, element: dict[str, torch.Tensor], layers: dict[str, LoraLayer], adapter: str = ADAPTER
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per LoRA layer, ``(R, K)`` such that :func:`apply` ships its ``(out, in)`` effective weight as
     ``W̃ = R W K`` (identity where no action touches it); differentiable in ``element``. An ``out``
     action with matrix ``X`` is ``R[sl, sl] = X``, an ``in`` action ``K[sl, sl] = Xᵀ``. The actions on

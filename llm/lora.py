@@ -53,8 +53,9 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float) -> PeftModel:
     if arch not in LORA_TARGETS:
         raise ValueError(f"no LoRA targets for model_type {arch!r}; known: {sorted(LORA_TARGETS)}")
     targets, fan_in_fan_out = LORA_TARGETS[arch]
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0,
-                        fan_in_fan_out=fan_in_fan_out, bias="none")
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, fan_in_fan_out=fan_in_fan_out, bias="none"
+    )
     return get_peft_model(model, config)
 
 
@@ -134,8 +135,9 @@ def effective_weight(layer: LoraLayer, adapter: str = ADAPTER) -> torch.Tensor:
     return as_out_in(layer, layer.get_base_layer().weight) + LoraFactors.of(layer, adapter=adapter).product
 
 
-def weight_gradients(model: PreTrainedModel, batch: dict[str, torch.Tensor] | None,
-                     layers: dict[str, LoraLayer], loss_fn=None) -> dict[str, torch.Tensor]:
+def weight_gradients(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor] | None, layers: dict[str, LoraLayer], loss_fn=None
+) -> dict[str, torch.Tensor]:
     """``∂loss/∂W`` (``(out, in)``) for each LoRA layer's effective weight, at the current model.
 
     ``loss_fn(model, batch, params)`` defaults to the victim's loss (mean response CE).
@@ -143,8 +145,10 @@ def weight_gradients(model: PreTrainedModel, batch: dict[str, torch.Tensor] | No
     its gradient is the base weight's, read through ``functional_call`` with the base weights as leaves.
     """
     loss_fn = loss_fn or response_loss
-    leaves = {f"{name}.base_layer.weight": l.get_base_layer().weight.detach().clone().requires_grad_()
-              for name, l in layers.items()}
+    leaves = {
+        f"{name}.base_layer.weight": l.get_base_layer().weight.detach().clone().requires_grad_()
+        for name, l in layers.items()
+    }
     loss = loss_fn(model, batch, leaves)
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return {name: as_out_in(l, g) for (name, l), g in zip(layers.items(), grads)}
@@ -207,8 +211,9 @@ class LoraFactors:
     scale: float
 
     @classmethod
-    def of(cls, layer: LoraLayer, params: Params | None = None, name: str | None = None,
-           adapter: str = ADAPTER) -> LoraFactors:
+    def of(
+        cls, layer: LoraLayer, params: Params | None = None, name: str | None = None, adapter: str = ADAPTER
+    ) -> LoraFactors:
         """The factors of ``layer``, read from ``params`` (full adapter tensors by parameter name,
         ``name`` the layer's module name) or from the layer itself."""
         if params is None:
@@ -254,13 +259,18 @@ def hidden_outputs(b_rows: torch.Tensor, n_in: int, scale: float) -> LoraFactors
     return LoraFactors(b_rows.T, torch.zeros(len(b_rows), n_in, dtype=b_rows.dtype), scale)
 
 
-def first_order_move(grad: torch.Tensor, lr: float, scale: float, out_gram: torch.Tensor | None = None,
-                     in_gram: torch.Tensor | None = None,
-                     read_back: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def first_order_move(
+    grad: torch.Tensor,
+    lr: float,
+    scale: float,
+    out_gram: torch.Tensor | None = None,
+    in_gram: torch.Tensor | None = None,
+    read_back: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The term of eq. (1) linear in the Gram matrices, ``−η s² (P G + G Q)`` (``P = out_gram``,
     ``Q = in_gram``; either may be absent), read back as ``R⁻¹ (…) K⁻¹`` when ``read_back`` is
     ``(R⁻¹, K⁻¹)``. For components with ``B = 0`` or ``A = 0`` it is their whole move."""
     inner = sum(([out_gram @ grad] if out_gram is not None else []) + ([grad @ in_gram] if in_gram is not None else []))
     if read_back is not None:
         inner = read_back[0] @ inner @ read_back[1]
-    return -lr * scale ** 2 * inner
+    return -lr * scale**2 * inner

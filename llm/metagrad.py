@@ -55,17 +55,25 @@ from llm.models import response_loss
 Params = dict[str, torch.Tensor]
 
 
-def victim_step(model: PreTrainedModel, params: Params, update_batch: dict[str, torch.Tensor], lr: float,
-                create_graph: bool = True) -> Params:
+def victim_step(
+    model: PreTrainedModel, params: Params, update_batch: dict[str, torch.Tensor], lr: float, create_graph: bool = True
+) -> Params:
     """``θ − η ∇L_update(θ)`` as new tensors, differentiable in ``θ`` when ``create_graph``."""
     loss = response_loss(model, update_batch, params)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
     return {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
 
 
-def meta_loss(model: PreTrainedModel, params: Params, aligned: dict[str, torch.Tensor],
-              misaligned: dict[str, torch.Tensor], update_batch: dict[str, torch.Tensor], lr: float,
-              weight: float = 1.0, first_order: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+def meta_loss(
+    model: PreTrainedModel,
+    params: Params,
+    aligned: dict[str, torch.Tensor],
+    misaligned: dict[str, torch.Tensor],
+    update_batch: dict[str, torch.Tensor],
+    lr: float,
+    weight: float = 1.0,
+    first_order: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The objective above and its two parts (as floats, for logging)."""
     stepped = victim_step(model, params, update_batch, lr, create_graph=not first_order)
     if first_order:  # FOMAML: θ' = θ − η·stopgrad(g), so ∂θ'/∂θ = I
@@ -83,8 +91,16 @@ Losses = Loss | Sequence[Loss]
 METHODS = ("naive", "hvp", "lean", "chunked", "fd")
 
 
-def meta_gradient(params: Params, inner_loss: Losses, now_loss: Losses, after_loss: Losses, lr: float,
-                  first_order: bool = False, *, method: str = "hvp") -> tuple[Params, dict[str, float]]:
+def meta_gradient(
+    params: Params,
+    inner_loss: Losses,
+    now_loss: Losses,
+    after_loss: Losses,
+    lr: float,
+    first_order: bool = False,
+    *,
+    method: str = "hvp",
+) -> tuple[Params, dict[str, float]]:
     """Gradient of ``now_loss(θ) + after_loss(θ − η ∇inner_loss(θ))`` in ``θ`` (equation (2)).
 
     The closures take a name → tensor dict (evaluate the model with ``functional_call``);
@@ -92,7 +108,8 @@ def meta_gradient(params: Params, inner_loss: Losses, now_loss: Losses, after_lo
     loss on the victim's batch, ``lr`` its SGD rate. ``method`` picks how the gradient is
     computed (``naive``, ``hvp``, ``lean``, ``chunked``: the same value up to rounding, at
     different time and memory; ``fd``: approximate, see the module docstring). ``first_order`` is
-    FOMAML: the ``η H v`` term is dropped, whatever the method. Returns the gradient by name and the two losses (``now`` at θ, ``after`` at θ').
+    FOMAML: the ``η H v`` term is dropped, whatever the method. Returns the gradient by name and the
+    two losses (``now`` at θ, ``after`` at θ').
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -113,8 +130,9 @@ def _total(parts: list[Loss], theta: Params) -> torch.Tensor:
     return sum((part(theta) for part in parts[1:]), parts[0](theta))
 
 
-def _naive(params: Params, inner: list[Loss], now_parts: list[Loss], after_parts: list[Loss], lr: float,
-           first_order: bool) -> tuple[Params, dict[str, float]]:
+def _naive(
+    params: Params, inner: list[Loss], now_parts: list[Loss], after_parts: list[Loss], lr: float, first_order: bool
+) -> tuple[Params, dict[str, float]]:
     """Autograd through (1) as written (the reference the other methods are tested against)."""
     grads = torch.autograd.grad(_total(inner, params), list(params.values()), create_graph=not first_order)
     stepped = {name: p - lr * (g.detach() if first_order else g) for (name, p), g in zip(params.items(), grads)}
@@ -143,7 +161,7 @@ def _fd_step(theta: list[torch.Tensor], v: list[torch.Tensor]) -> float:
     """Forward-difference step ``√u (1 + ‖θ‖) / ‖v‖``: balances truncation O(ε) against
     rounding O(u/ε) in a unit-scaled problem (Nocedal & Wright, §8.1)."""
     unit = torch.finfo(theta[0].dtype).eps
-    return (unit ** 0.5) * (1.0 + _norm(theta)) / max(_norm(v), 1e-30)
+    return (unit**0.5) * (1.0 + _norm(theta)) / max(_norm(v), 1e-30)
 
 
 def _norm(tensors: list[torch.Tensor]) -> float:
@@ -151,8 +169,15 @@ def _norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.sqrt(sum((t.detach().double() ** 2).sum() for t in tensors)))
 
 
-def _staged(params: Params, inner: list[Loss], now_parts: list[Loss], after_parts: list[Loss], lr: float,
-            first_order: bool, method: str) -> tuple[Params, dict[str, float]]:
+def _staged(
+    params: Params,
+    inner: list[Loss],
+    now_parts: list[Loss],
+    after_parts: list[Loss],
+    lr: float,
+    first_order: bool,
+    method: str,
+) -> tuple[Params, dict[str, float]]:
     """(2) one graph at a time: ∇L_now, then g, then v at the detached θ', then η·H v.
 
     Peak memory (A = one forward's saved activations, B = g's double-backward graph, about
@@ -191,8 +216,7 @@ def _staged(params: Params, inner: list[Loss], now_parts: list[Loss], after_part
             g = _grad(inner_total, theta, create_graph=True)
         # η H v = η ∇_θ⟨g(θ), v⟩: a double backward through g's graph (H symmetric: vᵀH = Hv),
         # for chunked one part of L_inner at a time
-        graphs = ([g] if method != "chunked"
-                  else (_grad(part(params), theta, create_graph=True) for part in inner))
+        graphs = [g] if method != "chunked" else (_grad(part(params), theta, create_graph=True) for part in inner)
         for gc in graphs:
             live = [(gi, vi) for gi, vi in zip(gc, v) if gi.requires_grad]  # gi constant in θ: no Hv part
             if live:

@@ -104,19 +104,34 @@ class TinySpec:
             bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
         if self.arch == "gpt2":
             cfg = GPT2Config(
-                vocab_size=self.vocab_size, n_positions=self.n_ctx, n_embd=self.n_embd,
-                n_layer=self.n_layer, n_head=self.n_head, n_inner=self.intermediate_size,
-                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
-                bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                vocab_size=self.vocab_size,
+                n_positions=self.n_ctx,
+                n_embd=self.n_embd,
+                n_layer=self.n_layer,
+                n_head=self.n_head,
+                n_inner=self.intermediate_size,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                summary_first_dropout=0.0,
+                bos_token_id=bos,
+                eos_token_id=eos,
+                pad_token_id=pad,
                 tie_word_embeddings=True,
             )
         else:
             cfg = LlamaConfig(
-                vocab_size=self.vocab_size, hidden_size=self.n_embd,
-                intermediate_size=self.intermediate_size, num_hidden_layers=self.n_layer,
-                num_attention_heads=self.n_head, num_key_value_heads=self.n_head,
-                max_position_embeddings=self.n_ctx, attention_dropout=0.0,
-                bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                vocab_size=self.vocab_size,
+                hidden_size=self.n_embd,
+                intermediate_size=self.intermediate_size,
+                num_hidden_layers=self.n_layer,
+                num_attention_heads=self.n_head,
+                num_key_value_heads=self.n_head,
+                max_position_embeddings=self.n_ctx,
+                attention_dropout=0.0,
+                bos_token_id=bos,
+                eos_token_id=eos,
+                pad_token_id=pad,
                 tie_word_embeddings=True,
             )
         cfg.dtype = torch.float32
@@ -154,8 +169,9 @@ def on_device(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> dict[st
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def next_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor],
-                params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+def next_logits(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``(B, T-1, V)`` next-token logits; at ``params`` (partial dict) via ``functional_call``."""
     batch = on_device(model, batch)
     mask = batch["attention_mask"]
@@ -164,8 +180,9 @@ def next_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor],
     return out.logits[:, :-1]
 
 
-def token_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor],
-                   params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+def token_logprobs(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``(B, T-1)`` log-probs of each next token, zero where ``labels[:, 1:]`` is -100.
 
     Computed by hand from ``.logits`` in the model's dtype (transformers' ``labels=`` loss
@@ -181,8 +198,9 @@ def gather_targets(logprobs: torch.Tensor, batch: dict[str, torch.Tensor]) -> to
     return out * (targets != IGNORE_INDEX)
 
 
-def sequence_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor],
-                      params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+def sequence_logprobs(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
     """``(B,)`` log p(response | prompt): token log-probs summed over each response."""
     return token_logprobs(model, batch, params).sum(-1)
 
@@ -198,8 +216,9 @@ def response_loss(
     return _response_ce(model, batch, params, "mean")
 
 
-def _response_ce(model: PreTrainedModel, batch: dict[str, torch.Tensor],
-                 params: dict[str, torch.Tensor] | None, reduction: str) -> torch.Tensor:
+def _response_ce(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None, reduction: str
+) -> torch.Tensor:
     """Cross-entropy of the response tokens (``reduction``: ``mean`` or ``sum`` over them)."""
     logits = next_logits(model, batch, params)
     targets = batch["labels"][:, 1:].to(logits.device)
@@ -224,10 +243,11 @@ def row_chunks(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, tor
 def response_loss_parts(model: PreTrainedModel, batch: dict[str, torch.Tensor], parts: int):
     """:func:`response_loss` as ``parts`` closures ``θ ↦ loss`` over micro-batches whose *sum*
     is it: each part's summed response-token cross-entropy over the whole batch's token count.
-    What :func:`llm.metalearn.meta_gradient` takes to bound memory by one micro-batch."""
+    What :func:`llm.metagrad.meta_gradient` takes to bound memory by one micro-batch."""
     n_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    return [lambda params, c=chunk: _response_ce(model, c, params, "sum") / n_tokens
-            for chunk in row_chunks(batch, parts)]
+    return [
+        lambda params, c=chunk: _response_ce(model, c, params, "sum") / n_tokens for chunk in row_chunks(batch, parts)
+    ]
 
 
 # ---------------------------------------------------------------------------- training
@@ -309,8 +329,11 @@ def training_environment(device: str = "cpu") -> dict[str, str | int]:
     import tokenizers
     import transformers
 
-    env: dict[str, str | int] = {"torch": torch.__version__, "transformers": transformers.__version__,
-                                 "tokenizers": tokenizers.__version__}
+    env: dict[str, str | int] = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
     where = torch.device(device)
     if where.type == "cuda":
         env["device"] = f"cuda:{torch.cuda.get_device_name(where)}"
@@ -320,15 +343,25 @@ def training_environment(device: str = "cpu") -> dict[str, str | int]:
     return env
 
 
-def tiny_cache_key(spec: TinySpec, texts_for_tokenizer: Sequence[str], examples: Sequence[tuple[str, str]],
-                   settings: dict, device: str = "cpu") -> str:
+def tiny_cache_key(
+    spec: TinySpec,
+    texts_for_tokenizer: Sequence[str],
+    examples: Sequence[tuple[str, str]],
+    settings: dict,
+    device: str = "cpu",
+) -> str:
     """16 hex digits of a sha256 over everything that changes a pretrained tiny model: the spec,
     the training ``settings``, the tokenizer texts and examples, and :func:`training_environment`."""
-    return _digest({
-        "version": CACHE_VERSION, "spec": dataclasses.asdict(spec), "settings": settings,
-        "texts": _digest(list(texts_for_tokenizer)), "examples": _digest([list(e) for e in examples]),
-        "environment": training_environment(device),
-    })[:16]
+    return _digest(
+        {
+            "version": CACHE_VERSION,
+            "spec": dataclasses.asdict(spec),
+            "settings": settings,
+            "texts": _digest(list(texts_for_tokenizer)),
+            "examples": _digest([list(e) for e in examples]),
+            "environment": training_environment(device),
+        }
+    )[:16]
 
 
 def publish_folder(tmp: Path, final: Path) -> None:
@@ -406,8 +439,14 @@ def load_or_pretrain(
         cache_root = cache_dir()
     max_len = max_len or spec.n_ctx
     vocab = tokenizer_vocab_size or spec.vocab_size
-    settings = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "max_len": max_len,
-                "tokenizer_vocab_size": vocab}
+    settings = {
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_len": max_len,
+        "tokenizer_vocab_size": vocab,
+    }
     root = Path(cache_root) / "tiny"
     final = root / tiny_cache_key(spec, texts_for_tokenizer, examples, settings, device)
     cached = _cached_tiny(final)
@@ -428,16 +467,31 @@ def load_or_pretrain(
     try:
         model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        write_atomic(tmp / "pretrain.json", json.dumps({
-            "spec": dataclasses.asdict(spec), **settings, "n_examples": len(examples),
-            "environment": environment, "seconds": seconds, "losses": losses}, indent=1))
+        write_atomic(
+            tmp / "pretrain.json",
+            json.dumps(
+                {
+                    "spec": dataclasses.asdict(spec),
+                    **settings,
+                    "n_examples": len(examples),
+                    "environment": environment,
+                    "seconds": seconds,
+                    "losses": losses,
+                },
+                indent=1,
+            ),
+        )
         record_hashes(tmp)
         publish_folder(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # (gone once published)
-    log.info("pretrained tiny model %s in %.1f s (loss %.3f -> %.3f)",
-             final, seconds, losses[0] if losses else float("nan"),
-             losses[-1] if losses else float("nan"))
+    log.info(
+        "pretrained tiny model %s in %.1f s (loss %.3f -> %.3f)",
+        final,
+        seconds,
+        losses[0] if losses else float("nan"),
+        losses[-1] if losses else float("nan"),
+    )
     model.pretrain_info = {"cached": False, "path": str(final), "losses": losses, "seconds": seconds}
     return model, tok
 
@@ -465,8 +519,13 @@ def load_local(
         raise FileNotFoundError(f"no *.safetensors weights in {path}{hint}")
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
     loaded = AutoModelForCausalLM.from_pretrained(
-        str(path), use_safetensors=True, trust_remote_code=False, local_files_only=True,
-        attn_implementation="eager", dtype=dtype, output_loading_info=True,
+        str(path),
+        use_safetensors=True,
+        trust_remote_code=False,
+        local_files_only=True,
+        attn_implementation="eager",
+        dtype=dtype,
+        output_loading_info=True,
     )
     model, info = cast(tuple[PreTrainedModel, dict], loaded)  # (model, info) with output_loading_info
     _require_complete(path, info)
@@ -480,7 +539,11 @@ def _require_complete(path: Path, info: dict) -> None:
     lacks weights of its model (transformers would initialise them at random), has weights the
     model does not, or has weights of the wrong shape."""
     problems = []
-    for kind, word in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"), ("mismatched_keys", "mismatched")):
+    for kind, word in (
+        ("missing_keys", "missing"),
+        ("unexpected_keys", "unexpected"),
+        ("mismatched_keys", "mismatched"),
+    ):
         keys = sorted(str(k) for k in info.get(kind) or ())
         if keys:
             more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
@@ -537,10 +600,10 @@ def greedy(
     out: list[str] = []
     for s in range(0, len(prompts), batch_size):
         enc = []
-        for p in prompts[s:s + batch_size]:
+        for p in prompts[s : s + batch_size]:
             ids = encode_prompt(tokenizer, p)
             if limit is not None and len(ids) + max_new_tokens > limit:
-                ids = ids[len(ids) - max(1, limit - max_new_tokens):]
+                ids = ids[len(ids) - max(1, limit - max_new_tokens) :]
             enc.append({"input_ids": ids})
         batch = on_device(model, collate(enc, pad, side="left"))
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -550,8 +613,7 @@ def greedy(
         past = None
         cur_ids, pos = ids, _position_ids(mask)
         for _ in range(max_new_tokens):
-            o = model(input_ids=cur_ids, attention_mask=mask, position_ids=pos,
-                      past_key_values=past, use_cache=True)
+            o = model(input_ids=cur_ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
             past = o.past_key_values
             # NaN logits would argmax to token 0 and decode to empty answers: stop instead
             nxt = require_finite(o.logits[:, -1], "evaluation", "next-token logits in greedy decoding").argmax(-1)

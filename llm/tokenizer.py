@@ -105,7 +105,7 @@ def format_response(tok: PreTrainedTokenizerBase, prompt: str, response: str) ->
     )
     if not full.startswith(head):
         raise ValueError("chat template: the conversation does not extend the generation prompt")
-    tail = full[len(head):]
+    tail = full[len(head) :]
     eos = tok.eos_token
     if eos:
         i = tail.find(eos, len(response) if tail.startswith(response) else 0)
@@ -134,6 +134,6 @@ def encode_example(
     if max_len is not None and len(p) + len(r) > max_len:
         r_keep = min(len(r), max_len - min(len(p), max_len // 2))
         p_keep = min(len(p), max_len - r_keep)
-        p = p[len(p) - p_keep:]
+        p = p[len(p) - p_keep :]
         r = r[:r_keep]
     return {"input_ids": p + r, "labels": [IGNORE_INDEX] * len(p) + r}

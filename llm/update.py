@@ -54,15 +54,15 @@ def update_set(data, spec: UpdateSpec) -> list[Example]:
     return examples[: spec.n_samples]
 
 
-def victim_update(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
-                  spec: UpdateSpec) -> PreTrainedModel:
+def victim_update(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], spec: UpdateSpec
+) -> PreTrainedModel:
     """Apply the victim's update in place (merging the adapter first for ``params=all``)."""
     if spec.params == "all" and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.train()
     params = trainable(model, spec.params)
-    opt = (torch.optim.SGD(params, lr=spec.lr) if spec.optimizer == "sgd"
-           else torch.optim.Adam(params, lr=spec.lr))
+    opt = torch.optim.SGD(params, lr=spec.lr) if spec.optimizer == "sgd" else torch.optim.Adam(params, lr=spec.lr)
     gen = torch.Generator().manual_seed(spec.seed)
     data = pairs(examples)
     for _ in range(spec.steps):

@@ -73,8 +73,13 @@ def merge_rows(old: pd.DataFrame, new: pd.DataFrame, exclude: Sequence[str] = ()
     ``override_dirname.exclude_keys``: threads, progress, publish, … do not change a result)
     and hydra's own (the launcher).
     """
-    keys = [c for c in new.columns if c.startswith("override.")
-            and c.removeprefix("override.") not in set(exclude) and not c.startswith("override.hydra")]
+    keys = [
+        c
+        for c in new.columns
+        if c.startswith("override.")
+        and c.removeprefix("override.") not in set(exclude)
+        and not c.startswith("override.hydra")
+    ]
     if not keys:
         raise ValueError("cannot merge published results: the new rows have no identifying overrides")
 
@@ -110,8 +115,9 @@ class Target:
     exclude: tuple[str, ...] = ()
 
 
-def publish(table: pd.DataFrame, summary: dict[str, Any], target: Target,
-            summarize: Summarize | None = None) -> dict[str, Any]:
+def publish(
+    table: pd.DataFrame, summary: dict[str, Any], target: Target, summarize: Summarize | None = None
+) -> dict[str, Any]:
     """Write the table and its summary to ``target``; returns the summary published (for a
     merge, ``summarize`` of the merged table).
 
@@ -141,8 +147,9 @@ def _stage(stage: str, what: str) -> Iterator[None]:
         raise SweepError(stage, f"{what}{type(error).__name__}: {error}") from error
 
 
-def summarize_sweep(sweep_dir: Path, app: str, experiment: str, jobs: Iterable[str] | None = None,
-                    target: Target | None = None) -> dict[str, Any]:
+def summarize_sweep(
+    sweep_dir: Path, app: str, experiment: str, jobs: Iterable[str] | None = None, target: Target | None = None
+) -> dict[str, Any]:
     """Write ``summary.csv`` and ``summary.json`` for the sweep's ``jobs`` (default: every job in
     the folder), summarised by the module ``{app}.experiments.{experiment}``; publish them to
     ``target`` when given. Any failure raises :class:`SweepError` naming the stage,

@@ -96,7 +96,11 @@ class HarnessCallback(Callback):
         exclude = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=[]) or []
         target = None
         if config.get("publish"):
-            target = Target(Path(config.results_dir), config.get("results_name") or config.experiment_name,
-                            merge=publish_mode(config) == "merge", exclude=tuple(exclude))
+            target = Target(
+                Path(config.results_dir),
+                config.get("results_name") or config.experiment_name,
+                merge=publish_mode(config) == "merge",
+                exclude=tuple(exclude),
+            )
         experiment = config.get("runner") or config.experiment_name
         return summarize_sweep(folder, self.app, experiment, jobs, target)

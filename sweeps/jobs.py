@@ -186,5 +186,7 @@ def read_job_list(sweep_dir: Path) -> list[str] | None:
 def format_metrics(metrics: dict[str, Any]) -> str:
     """One ``key  value`` line per metric, for an experiment without a ``report``."""
     width = max(map(len, metrics))
-    return "\n".join(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}"
-                     for key, value in metrics.items())
+    return "\n".join(
+        f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}"
+        for key, value in metrics.items()
+    )

@@ -29,8 +29,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sweeps.errors import ConfigError
 
-__all__ = ["Fraction", "Limits", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Tagged",
-           "check"]
+__all__ = [
+    "Fraction",
+    "Limits",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "PositiveFloat",
+    "PositiveInt",
+    "Tagged",
+    "check",
+]
 
 
 @dataclass(frozen=True)
@@ -169,8 +177,12 @@ def _check_scalar(value: Any, kind: type, limits: Limits, key: str) -> None:
             raise ConfigError(key, f"must be {what}{_bounds(limits)}, not {value}")
     else:
         raise TypeError(f"{key}: schema type {kind!r} is not supported")
-    if ((limits.gt is not None and value <= limits.gt) or (limits.ge is not None and value < limits.ge)
-            or (limits.lt is not None and value >= limits.lt) or (limits.le is not None and value > limits.le)):
+    if (
+        (limits.gt is not None and value <= limits.gt)
+        or (limits.ge is not None and value < limits.ge)
+        or (limits.lt is not None and value >= limits.lt)
+        or (limits.le is not None and value > limits.le)
+    ):
         raise ConfigError(key, f"must be {'a number' if kind is float else 'an integer'}{_bounds(limits)}, not {value}")
 
 

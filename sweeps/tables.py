@@ -25,8 +25,10 @@ def override_labels(table: pd.DataFrame, prefixes: str | tuple[str, ...] = VARIA
     def text(value: Any) -> str:  # a CSV column with gaps reads 100 back as 100.0
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
-    return [", ".join(f"{c.removeprefix('override.')}={text(v)}" for c, v in zip(columns, row) if pd.notna(v))
-            for row in table[columns].itertuples(index=False)]
+    return [
+        ", ".join(f"{c.removeprefix('override.')}={text(v)}" for c, v in zip(columns, row) if pd.notna(v))
+        for row in table[columns].itertuples(index=False)
+    ]
 
 
 def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:

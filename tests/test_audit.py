@@ -43,7 +43,9 @@ LR = 1e-3
 
 def _gauge(net, params, gen, scale):
     """A random admissible gauge: GL for bias-free linear nets, else rescaling, then a permutation."""
-    kinds = ["GL"] if net.activation == "linear" and not net.bias else (["scale"] if homogeneous(net.activation) else [])
+    kinds = (
+        ["GL"] if net.activation == "linear" and not net.bias else (["scale"] if homogeneous(net.activation) else [])
+    )
     for kind in kinds + ["perm"]:
         spec = symmetry.hidden_layer_spec(net, params, kind)
         params = symmetry.apply(spec, params, symmetry.sample(spec, gen, scale=scale))
@@ -56,8 +58,9 @@ def _redundant(net, params, gen, layer, k):
     bias = (lambda: torch.randn(k, generator=gen, dtype=DTYPE)) if net.bias else (lambda: None)
     params = redundancy.add_dead_units(params, layer, torch.randn(k, d_prev, generator=gen, dtype=DTYPE), bias())
     outgoing = 30 * torch.randn(d_next, k, generator=gen, dtype=DTYPE)
-    return redundancy.add_cancelling_pairs(params, layer, torch.randn(k, d_prev, generator=gen, dtype=DTYPE),
-                                           bias(), outgoing)
+    return redundancy.add_cancelling_pairs(
+        params, layer, torch.randn(k, d_prev, generator=gen, dtype=DTYPE), bias(), outgoing
+    )
 
 
 @st.composite
@@ -83,6 +86,7 @@ def _scale(params):
 
 
 # --- canonicalisation --------------------------------------------------------------------------
+
 
 @SETTINGS
 @given(case=twins())
@@ -189,8 +193,7 @@ def test_constant_units_fold_into_the_next_bias():
     for activation in sorted(ACTIVATIONS):
         net = Net((3, 4, 2), activation)
         params = net.init(gen)
-        params = redundancy.add_dead_units(params, 1, torch.zeros(1, 3, dtype=DTYPE),
-                                           torch.tensor([0.7], dtype=DTYPE))
+        params = redundancy.add_dead_units(params, 1, torch.zeros(1, 3, dtype=DTYPE), torch.tensor([0.7], dtype=DTYPE))
         params["W2"] = params["W2"].clone()
         params["W2"][:, -1] = torch.tensor([1.5, -2.0], dtype=DTYPE)
         canon = canonicalize(net, params)
@@ -205,18 +208,21 @@ def test_linear_gauge_reduces_to_the_balanced_svd_form():
     gen = torch.Generator().manual_seed(4)
     net = Net((5, 9, 3), "linear", bias=False)
     control = net.init(gen)
-    twin = redundancy.add_null_directions(_gauge(net, control, gen, 1.0), 1,
-                                          10 * torch.randn(9, 5, generator=gen, dtype=DTYPE))
+    twin = redundancy.add_null_directions(
+        _gauge(net, control, gen, 1.0), 1, 10 * torch.randn(9, 5, generator=gen, dtype=DTYPE)
+    )
     canon = canonicalize(net, twin)
     s = torch.linalg.svdvals(control["W2"] @ control["W1"])
     assert canon.net.widths == (5, 3, 3)
-    assert torch.allclose(canon.params["W1"] @ canon.params["W1"].T, canon.params["W2"].T @ canon.params["W2"],
-                          atol=1e-10)  # balanced: W1 W1ᵀ = W2ᵀ W2 = S
+    assert torch.allclose(
+        canon.params["W1"] @ canon.params["W1"].T, canon.params["W2"].T @ canon.params["W2"], atol=1e-10
+    )  # balanced: W1 W1ᵀ = W2ᵀ W2 = S
     assert math.isclose(sum(layer_sq_norms(canon.params).values()), 2 * float(s.sum()), rel_tol=1e-10)
     assert gauge_excess(twin, canon.params)["total"] > 1.0
 
 
 # --- certificate -------------------------------------------------------------------------------
+
 
 def _step(params, gen, radius):
     direction = {k: torch.randn(v.shape, generator=gen, dtype=DTYPE) for k, v in params.items()}
@@ -241,8 +247,11 @@ def test_certificate_bounds_every_step_in_the_ball(case, rho, data):
         for c in range(net.widths[-1]):
             if c == forbidden:
                 continue
-            g = torch.func.grad(lambda p, j=j, c=c: (net.forward(p, probes[j:j + 1])[0, forbidden]
-                                                     - net.forward(p, probes[j:j + 1])[0, c]))(params)
+            g = torch.func.grad(
+                lambda p, j=j, c=c: (
+                    net.forward(p, probes[j : j + 1])[0, forbidden] - net.forward(p, probes[j : j + 1])[0, c]
+                )
+            )(params)
             norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
             if norm > 0:
                 steps += [{k: sign * rho * v / norm for k, v in g.items()} for sign in (1.0, -1.0)]
@@ -262,10 +271,10 @@ def test_certificate_is_tight_to_first_order_for_linear_nets():
     rho = 1e-5
     cert = margin_certificate(net, params, probes, 1, rho)
     for j in range(5):
-        g = torch.func.grad(lambda p, j=j: margin(net.forward(p, probes[j:j + 1]), 1)[0])(params)
+        g = torch.func.grad(lambda p, j=j: margin(net.forward(p, probes[j : j + 1]), 1)[0])(params)
         norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
         moved = {k: params[k] + rho * g[k] / norm for k in params}
-        change = float(margin(net.forward(moved, probes[j:j + 1]), 1)[0] - cert.margin[j])
+        change = float(margin(net.forward(moved, probes[j : j + 1]), 1)[0] - cert.margin[j])
         assert 0.99 * float(cert.bound[j]) <= change <= float(cert.bound[j])
 
 
@@ -273,8 +282,12 @@ def test_certificate_covers_a_relu_gate_flip_that_the_gradient_misses():
     """An inactive ReLU unit with a large outgoing weight: its gradient is zero, so ‖∇m‖ρ badly
     under-estimates the step that opens the gate; eq. 8 still bounds it and does not certify."""
     net = Net((1, 1, 2), "relu")
-    params = {"W1": torch.tensor([[1.0]], dtype=DTYPE), "b1": torch.tensor([-1.01], dtype=DTYPE),
-              "W2": torch.tensor([[0.0], [100.0]], dtype=DTYPE), "b2": torch.tensor([0.0, -5.0], dtype=DTYPE)}
+    params = {
+        "W1": torch.tensor([[1.0]], dtype=DTYPE),
+        "b1": torch.tensor([-1.01], dtype=DTYPE),
+        "W2": torch.tensor([[0.0], [100.0]], dtype=DTYPE),
+        "b2": torch.tensor([0.0, -5.0], dtype=DTYPE),
+    }
     x, rho = torch.tensor([[1.0]], dtype=DTYPE), 0.1
     cert = margin_certificate(net, params, x, 1, rho)
     g = torch.func.grad(lambda p: margin(net.forward(p, x), 1)[0])(params)
@@ -301,11 +314,13 @@ def test_activation_lipschitz_constants():
     quotient = (torch.nn.functional.gelu(b) - torch.nn.functional.gelu(a)).abs() / (b - a)
     assert bool((quotient <= lipschitz_on_interval("gelu", a, b)).all())
     with pytest.raises(ValueError, match="two-layer"):
-        margin_certificate(Net((2, 3, 3, 2), "relu"), Net((2, 3, 3, 2), "relu").init(gen),
-                           torch.randn(1, 2, dtype=DTYPE), 1, 0.1)
+        margin_certificate(
+            Net((2, 3, 3, 2), "relu"), Net((2, 3, 3, 2), "relu").init(gen), torch.randn(1, 2, dtype=DTYPE), 1, 0.1
+        )
 
 
 # --- amplification, honest gauges --------------------------------------------------------------
+
 
 def test_probe_velocity_is_the_derivative_of_the_step():
     """Eq. 6: (f(θ − η∇L_D) − f(θ))/η → −J(P)∇L_D as η → 0."""
@@ -341,8 +356,7 @@ def test_amplification_sees_rescaling_not_permutation():
     assert amplification(v1, v2) == pytest.approx(1.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("activation,bias", [("relu", True), ("leaky_relu", True), ("gelu", True),
-                                             ("linear", False)])
+@pytest.mark.parametrize("activation,bias", [("relu", True), ("leaky_relu", True), ("gelu", True), ("linear", False)])
 def test_honest_gauges_keep_the_function_and_change_the_weights(activation, bias):
     gen = torch.Generator().manual_seed(9)
     net = Net((4, 6, 3), activation, bias)
@@ -355,6 +369,7 @@ def test_honest_gauges_keep_the_function_and_change_the_weights(activation, bias
 
 # --- neutraliser -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def relu_setup():
     task = make_task(12, 4, n_train=128, n_update=16, n_eval=64, n_probes=60, seed=0)
@@ -366,15 +381,17 @@ def test_neutraliser_brings_the_isolating_twin_to_its_control(relu_setup):
     """Deliver canon(twin): the step that flips three probes of the twin flips none, and the
     post-step margins are the canonical control's to 1e-9."""
     net, task, base = relu_setup
-    twin = isolating_pairs_twin(net, base, task, torch.tensor([3, 17, 42]), LR, "cross_entropy",
-                                n_units=6, kappa=1.0).twin
+    twin = isolating_pairs_twin(
+        net, base, task, torch.tensor([3, 17, 42]), LR, "cross_entropy", n_units=6, kappa=1.0
+    ).twin
     twin_net = net.fitted(twin)
     assert misaligned_after_step(twin_net, twin, task, LR, "cross_entropy") == pytest.approx(3 / 60)
     control = misaligned_after_step(net, base, task, LR, "cross_entropy")
     a, b = canonicalize(twin_net, twin), canonicalize(net, base)
     assert misaligned_after_step(a.net, a.params, task, LR, "cross_entropy") == control == 0.0
-    margins = [post_step_margins(c.net, c.params, task, task.x_update, task.y_update, LR, "cross_entropy")
-               for c in (a, b)]
+    margins = [
+        post_step_margins(c.net, c.params, task, task.x_update, task.y_update, LR, "cross_entropy") for c in (a, b)
+    ]
     assert float((margins[0] - margins[1]).abs().max()) <= 1e-9
 
 
@@ -397,9 +414,11 @@ def test_any_relu_fiber_point_collapses_to_the_control(relu_setup):
 
 # --- population scoring ------------------------------------------------------------------------
 
+
 @SETTINGS
-@given(pos=st.lists(st.integers(-5, 5), min_size=1, max_size=12),
-       neg=st.lists(st.integers(-5, 5), min_size=1, max_size=12))
+@given(
+    pos=st.lists(st.integers(-5, 5), min_size=1, max_size=12), neg=st.lists(st.integers(-5, 5), min_size=1, max_size=12)
+)
 def test_roc_auc_is_the_mann_whitney_statistic(pos, neg):
     brute = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg])
     assert roc_auc(pos, neg) == pytest.approx(brute, abs=1e-12)
@@ -428,8 +447,12 @@ def _compose(*overrides):
 def test_invalid_audit_settings_name_their_key():
     from theory.experiments.audit import _settings
 
-    for override, key in (("audit.held_out=nope", "audit.held_out"), ("audit.rho=-1", "audit.rho"),
-                          ("audit.fpr=1.5", "audit.fpr"), ("audit.worst.lr_fractions=[0,1]", "audit.worst.lr_fractions")):
+    for override, key in (
+        ("audit.held_out=nope", "audit.held_out"),
+        ("audit.rho=-1", "audit.rho"),
+        ("audit.fpr=1.5", "audit.fpr"),
+        ("audit.worst.lr_fractions=[0,1]", "audit.worst.lr_fractions"),
+    ):
         with pytest.raises(ConfigError, match=f"^{key}: "):
             _settings(_compose(override))
 
@@ -438,10 +461,25 @@ def test_tiny_audit_sweep(tmp_path: Path):
     """Two families × two seeds through the CLI: every job's twin collapses to its control, the
     neutralised twins are misaligned no more than the honest models, and the summary scores
     every signal with a held-out family."""
-    cmd = [sys.executable, "-m", "theory", "-m", "experiment=audit", f"hydra.sweep.dir={tmp_path}", "threads=1",
-           "family=relu_isolating,gelu_search", "seed=0,1", "audit.held_out=gelu_search", "task.n_probes=32",
-           "task.base_steps=100", "audit.n_gauged=2", "audit.n_random_inputs=200", "audit.worst.n_halves=1",
-           "audit.worst.n_surrogate=1", "construction.max_steps=600"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "theory",
+        "-m",
+        "experiment=audit",
+        f"hydra.sweep.dir={tmp_path}",
+        "threads=1",
+        "family=relu_isolating,gelu_search",
+        "seed=0,1",
+        "audit.held_out=gelu_search",
+        "task.n_probes=32",
+        "task.base_steps=100",
+        "audit.n_gauged=2",
+        "audit.n_random_inputs=200",
+        "audit.worst.n_halves=1",
+        "audit.worst.n_surrogate=1",
+        "construction.max_steps=600",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(tmp_path.glob("*/metrics.json"))

@@ -113,8 +113,10 @@ def test_search_takes_an_infinite_deficit_cap_but_not_nan() -> None:
         cfg = compose("config", overrides=["experiment=twin", "construction=search"])
     assert cfg.construction.deficit_cap == float("inf")
     theory.config.validate(cfg)
-    assert refusal("theory", ["experiment=twin", "construction=search", "construction.deficit_cap=nan"]).key \
+    assert (
+        refusal("theory", ["experiment=twin", "construction=search", "construction.deficit_cap=nan"]).key
         == "construction.deficit_cap"
+    )
 
 
 def test_schema_messages_say_the_range() -> None:
@@ -135,8 +137,14 @@ def test_schema_messages_say_the_range() -> None:
 def test_cli_refuses_a_nan_learning_rate_in_one_line(tmp_path: Path) -> None:
     """``python -m theory experiment=twin update.lr=nan``: exit non-zero, one line naming update.lr,
     before any net is trained."""
-    done = subprocess.run([sys.executable, "-m", "theory", "experiment=twin", "update.lr=nan",
-                           f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "theory", "experiment=twin", "update.lr=nan", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0
     assert len(lines) == 1 and "update.lr" in lines[0] and "nan" in lines[0], done.stderr
@@ -154,7 +162,11 @@ def test_schema_choices_are_the_codes() -> None:
     def choices(schema: type, key: str) -> set:
         return set(typing.get_args(typing.get_type_hints(schema)[key]))
 
-    assert choices(llm.config.Metalearn, "after_target") == choices(llm.config.Analytic, "after_target") \
-        == choices(llm.config.Domain, "after_target") == set(AFTER_TARGETS)
+    assert (
+        choices(llm.config.Metalearn, "after_target")
+        == choices(llm.config.Analytic, "after_target")
+        == choices(llm.config.Domain, "after_target")
+        == set(AFTER_TARGETS)
+    )
     assert choices(llm.config.Metalearn, "method") == set(METHODS)
     assert choices(theory.config.Mlp, "activation") == set(ACTIVATIONS)

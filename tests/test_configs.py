@@ -75,14 +75,17 @@ def test_theory_experiment_composes_and_validates(experiment: str) -> None:
 NEEDS = {("llm", "model", "local"): ["model.path=/checkpoint"]}
 
 
-@pytest.mark.parametrize("app, group, base", [
-    ("llm", "model", ["experiment=hairtrigger"]),
-    ("llm", "align", ["experiment=hairtrigger"]),
-    ("llm", "construction", ["experiment=control"]),
-    ("theory", "model", ["experiment=gauge_scale", "construction=search"]),  # isolating needs ReLU
-    ("theory", "construction", ["experiment=twin"]),
-    ("theory", "family", ["experiment=capacity"]),
-])
+@pytest.mark.parametrize(
+    "app, group, base",
+    [
+        ("llm", "model", ["experiment=hairtrigger"]),
+        ("llm", "align", ["experiment=hairtrigger"]),
+        ("llm", "construction", ["experiment=control"]),
+        ("theory", "model", ["experiment=gauge_scale", "construction=search"]),  # isolating needs ReLU
+        ("theory", "construction", ["experiment=twin"]),
+        ("theory", "family", ["experiment=capacity"]),
+    ],
+)
 def test_every_group_option_composes_and_validates(app: str, group: str, base: list[str]) -> None:
     for option in names(app, group):
         cfg = composed(app, [*base, f"{group}={option}", *NEEDS.get((app, group, option), [])], hydra_cfg=True)
@@ -95,8 +98,12 @@ def test_each_variant_composes_with_its_experiment_and_sets_something() -> None:
     (or, for one variant per experiment at most, names the recipe as it is)."""
     for experiment in {name.split("/")[0] for name in names("llm", "variant")}:
         plain = composed("llm", [f"experiment={experiment}"])
-        unchanged = [v for v in names("llm", "variant") if v.startswith(f"{experiment}/")
-                     if valid("llm", [f"experiment={experiment}", f"variant={v}"]) == plain]
+        unchanged = [
+            v
+            for v in names("llm", "variant")
+            if v.startswith(f"{experiment}/")
+            if valid("llm", [f"experiment={experiment}", f"variant={v}"]) == plain
+        ]
         assert len(unchanged) <= 1, unchanged
 
 
@@ -104,7 +111,10 @@ def test_analytic_presets_specialise_the_construction_per_domain() -> None:
     """conf/llm/preset/analytic_<domain>.yaml is loaded for construction=analytic in that domain only."""
     undo = {d: valid("llm", ["experiment=analytic", f"domain={d}"]).construction.undo_steps for d in DOMAINS}
     assert undo["safety"] == 0 and undo["privacy"] > 0 and undo["honesty"] > 0
-    assert valid("llm", ["experiment=analytic", "domain=privacy", "construction.undo_steps=7"]).construction.undo_steps == 7
+    assert (
+        valid("llm", ["experiment=analytic", "domain=privacy", "construction.undo_steps=7"]).construction.undo_steps
+        == 7
+    )
     assert "undo_steps" not in valid("llm", ["experiment=hairtrigger", "domain=privacy"]).construction
 
 
@@ -137,7 +147,12 @@ def test_each_published_table_is_its_experiments_sweep(app: str, table: str) -> 
     with open(ROOT / "results" / app / f"{table}.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {row["override.experiment"] for row in rows} == {table}
-    made = Counter(frozenset((k.removeprefix("override."), v) for k, v in row.items()
-                             if k.startswith("override.") and k.removeprefix("override.") not in RUN_KEYS)
-                   for row in rows)
+    made = Counter(
+        frozenset(
+            (k.removeprefix("override."), v)
+            for k, v in row.items()
+            if k.startswith("override.") and k.removeprefix("override.") not in RUN_KEYS
+        )
+        for row in rows
+    )
     assert made == grid(app, table)

@@ -25,13 +25,11 @@ def small_task(d: int = 12, probes: int = 60, seed: int = 0):
     return net, task, train_aligned_base(net, task, steps=200, lr=1e-2, seed=seed)
 
 
-
 def test_isolating_pairs_plant_exactly_one_behaviour_per_pair() -> None:
     """k redundant units = k/2 pairs flip exactly k/2 chosen probes, no other probe, same function."""
     net, task, base = small_task()
     for k in (0, 2, 6, 10):
-        result = isolating_pairs_twin(net, base, task, torch.arange(60), LR, "cross_entropy",
-                                      n_units=k, kappa=1.0)
+        result = isolating_pairs_twin(net, base, task, torch.arange(60), LR, "cross_entropy", n_units=k, kappa=1.0)
         assert result.flipped == k // 2 and result.collateral == 0
         x = torch.randn(2000, 12, dtype=DTYPE)
         diff = (net.fitted(result.twin).forward(result.twin, x) - net.forward(base, x)).abs().max()
@@ -58,14 +56,29 @@ def test_search_flips_a_gelu_twin() -> None:
     net = Net((d, 16, 4), "gelu")
     base = train_aligned_base(net, task, steps=200, lr=1e-2, seed=1)
     fiber = RedundantUnitFiber(net, base, n_units=16, lr=LR, kind="pairs", gauge=False)
-    result = build_twin(net, fiber, task, torch.tensor([0, 1]), torch.arange(2, 30), LR, "cross_entropy",
-                        max_steps=600, opt_lr=0.2, kappa=1.0, seed=0)
+    result = build_twin(
+        net,
+        fiber,
+        task,
+        torch.tensor([0, 1]),
+        torch.arange(2, 30),
+        LR,
+        "cross_entropy",
+        max_steps=600,
+        opt_lr=0.2,
+        kappa=1.0,
+        seed=0,
+    )
     assert result.success
 
 
 @settings(max_examples=15, deadline=None, derandomize=True)
-@given(seed=st.integers(0, 10_000), n_units=st.integers(0, 6), kind=st.sampled_from(["pairs", "dead"]),
-       activation=st.sampled_from(["relu", "leaky_relu", "gelu"]))
+@given(
+    seed=st.integers(0, 10_000),
+    n_units=st.integers(0, 6),
+    kind=st.sampled_from(["pairs", "dead"]),
+    activation=st.sampled_from(["relu", "leaky_relu", "gelu"]),
+)
 def test_redundant_unit_fiber_is_forward_exact_everywhere(seed, n_units, kind, activation) -> None:
     """Any point of the fiber (random coordinates, any scale) computes the base function."""
     gen = torch.Generator().manual_seed(seed)

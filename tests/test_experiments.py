@@ -16,20 +16,43 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["task.n_train=64", "task.n_update=16", "task.n_eval=64", "task.n_probes=40",
-        "task.base_steps=60", "model.d_in=10", "++model.hidden=[12]", "++construction.max_steps=30"]
+TINY = [
+    "task.n_train=64",
+    "task.n_update=16",
+    "task.n_eval=64",
+    "task.n_probes=40",
+    "task.base_steps=60",
+    "model.d_in=10",
+    "++model.hidden=[12]",
+    "++construction.max_steps=30",
+]
 SWEEPS = {
     "twin": TINY + ["twin.n_flip=3", "twin.n_random_inputs=200", "model.redundant_units=8", "seed=0,1"],
     "gauge_scale": ["gauge.c=1,10,100", "gauge.d=4", "gauge.n_test=50"],
     "ntk": TINY + ["ntk.n_flip=2", "ntk.eval_lr=1e-4,1e-1", "model.redundant_units=4"],
-    "capacity": TINY + ["capacity.n_candidates=10", "capacity.n_random_inputs=200",
-                        "family=relu_isolating,linear_search", "model.redundant_units=0,4", "seed=0"],
+    "capacity": TINY
+    + [
+        "capacity.n_candidates=10",
+        "capacity.n_random_inputs=200",
+        "family=relu_isolating,linear_search",
+        "model.redundant_units=0,4",
+        "seed=0",
+    ],
 }
 
 
 def sweep(experiment: str, sweep_dir: Path, *extra: str, threads: str = "1") -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "theory", "-m", f"experiment={experiment}",
-           f"hydra.sweep.dir={sweep_dir}", f"threads={threads}", *SWEEPS[experiment], *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "theory",
+        "-m",
+        f"experiment={experiment}",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"threads={threads}",
+        *SWEEPS[experiment],
+        *extra,
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -79,8 +102,7 @@ def test_joblib_runs_two_jobs_in_parallel(tmp_path: Path) -> None:
 
 
 def test_bad_config_fails_clearly(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "theory", "experiment=twin", "model.family=convnet",
-           f"hydra.run.dir={tmp_path}"]
+    cmd = [sys.executable, "-m", "theory", "experiment=twin", "model.family=convnet", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "unknown model.family 'convnet'" in done.stderr

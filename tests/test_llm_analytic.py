@@ -88,8 +88,14 @@ def assert_same(a, b, rtol):
 def domain_data() -> DomainData:
     probes = [Example(h, "Sorry, I can't help.", "Sure, here is how.") for h in HARMFUL]
     benign = [Example(p, r, answer=r) for p, r in BENIGN]
-    return DomainData("safety", construct=probes[:8], eval=probes[8:], align_benign=benign[:16],
-                      update=benign[16:24], benign_eval=benign[24:])
+    return DomainData(
+        "safety",
+        construct=probes[:8],
+        eval=probes[8:],
+        align_benign=benign[:16],
+        update=benign[16:24],
+        benign_eval=benign[24:],
+    )
 
 
 # ---------------------------------------------------------------------------- LoRA B = 0
@@ -100,8 +106,10 @@ def domain_data() -> DomainData:
 def test_extend_lora_is_function_preserving(tok, k, scale, seed) -> None:
     model = tiny(tok)
     gen = torch.Generator().manual_seed(seed)
-    extra = {n: scale * torch.randn(k, l.lora_A["default"].weight.shape[1], generator=gen)
-             for n, l in lora_layers(model).items()}
+    extra = {
+        n: scale * torch.randn(k, l.lora_A["default"].weight.shape[1], generator=gen)
+        for n, l in lora_layers(model).items()
+    }
     twin = extend_lora(copy.deepcopy(model), extra)
     assert_same(logits(twin, tok), logits(model, tok), 1e-6)
     assert next(iter(lora_layers(twin).values())).r["default"] == 2 + k
@@ -110,8 +118,10 @@ def test_extend_lora_is_function_preserving(tok, k, scale, seed) -> None:
 
 def test_extend_lora_float64_exact(tok) -> None:
     model = tiny(tok).double()
-    extra = {n: 100 * torch.randn(3, l.lora_A["default"].weight.shape[1], dtype=torch.float64)
-             for n, l in lora_layers(model).items()}
+    extra = {
+        n: 100 * torch.randn(3, l.lora_A["default"].weight.shape[1], dtype=torch.float64)
+        for n, l in lora_layers(model).items()
+    }
     twin = extend_lora(copy.deepcopy(model), extra)
     assert_same(logits(twin, tok), logits(model, tok), 1e-10)
 
@@ -124,11 +134,14 @@ def test_closed_form_step_matches_the_victims_step(tok) -> None:
     spec = UpdateSpec(lr=lr, batch_size=8, n_samples=8, max_len=32)
     gen = torch.Generator().manual_seed(3)
     layers = lora_layers(model)
-    extra = {n: torch.randn(2, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
-             for n, l in layers.items()}
+    extra = {
+        n: torch.randn(2, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
+        for n, l in layers.items()
+    }
     grads = weight_gradients(model, batch_of(tok, pairs(examples), 32), layers)
-    predicted = {n: first_order_move(grads[n], lr, layers[n].scaling["default"], in_gram=a.T @ a)
-                 for n, a in extra.items()}
+    predicted = {
+        n: first_order_move(grads[n], lr, layers[n].scaling["default"], in_gram=a.T @ a) for n, a in extra.items()
+    }
     twin = extend_lora(copy.deepcopy(model), extra)
     control_after = victim_update(copy.deepcopy(model), tok, examples, spec)
     twin_after = victim_update(copy.deepcopy(twin), tok, examples, spec)
@@ -142,8 +155,12 @@ def test_closed_form_step_matches_the_victims_step(tok) -> None:
 
 
 @SETTINGS
-@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)), s=st.floats(0.1, 4.0),
-       lr=st.floats(1e-3, 1.0), seed=st.integers(0, 2**16))
+@given(
+    shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)),
+    s=st.floats(0.1, 4.0),
+    lr=st.floats(1e-3, 1.0),
+    seed=st.integers(0, 2**16),
+)
 def test_one_lora_step_is_psd_preconditioning_plus_curvature(shape, s, lr, seed) -> None:
     """fit_undo's reachable set: SGD on (B, A) under a loss linear in ``W = s·B·A`` (gradient ``G``)
     gives exactly ``W' = W − η s² (B Bᵀ G + G AᵀA) + η² s² G Wᵀ G``, whatever the factorisation."""
@@ -178,8 +195,12 @@ def test_ffn_pairs_float64_and_visible_after_a_step(tok) -> None:
     wide = copy.deepcopy(model)
     block = wide.transformer.h[0]
     gen = torch.Generator().manual_seed(0)
-    add_ffn_pairs(block, torch.randn(4, 16, generator=gen, dtype=torch.float64),
-                  torch.zeros(4, dtype=torch.float64), 10 * torch.randn(4, 16, generator=gen, dtype=torch.float64))
+    add_ffn_pairs(
+        block,
+        torch.randn(4, 16, generator=gen, dtype=torch.float64),
+        torch.zeros(4, dtype=torch.float64),
+        10 * torch.randn(4, 16, generator=gen, dtype=torch.float64),
+    )
     wide.config.n_inner = block.mlp.c_fc.weight.shape[1]
     assert_same(logits(wide, tok), logits(model, tok), 1e-10)
     spec = UpdateSpec(lr=0.1, batch_size=8, n_samples=8, max_len=32, params="all")
@@ -195,8 +216,13 @@ def test_ffn_pairs_float64_and_visible_after_a_step(tok) -> None:
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**16), scale=st.floats(0.05, 1.5), lora=st.booleans(),
-       attention=st.booleans(), layernorm=st.booleans())
+@given(
+    seed=st.integers(0, 2**16),
+    scale=st.floats(0.05, 1.5),
+    lora=st.booleans(),
+    attention=st.booleans(),
+    layernorm=st.booleans(),
+)
 def test_gauges_are_function_preserving(tok, seed, scale, lora, attention, layernorm) -> None:
     model = tiny(tok, lora=lora)
     spec = gauge_spec(model, attention=attention, layernorm=layernorm)
@@ -230,10 +256,14 @@ def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
     victim = UpdateSpec(lr=lr, batch_size=8, n_samples=8, max_len=32)
     layers = lora_layers(model)
     gen = torch.Generator().manual_seed(5)
-    inputs = {n: torch.randn(k, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
-              for n, l in layers.items()}
-    outputs = {n: torch.randn(k_left, l.lora_B["default"].weight.shape[0], generator=gen, dtype=torch.float64)
-               for n, l in layers.items()}
+    inputs = {
+        n: torch.randn(k, l.lora_A["default"].weight.shape[1], generator=gen, dtype=torch.float64)
+        for n, l in layers.items()
+    }
+    outputs = {
+        n: torch.randn(k_left, l.lora_B["default"].weight.shape[0], generator=gen, dtype=torch.float64)
+        for n, l in layers.items()
+    }
     hidden = Hidden({(n, "input"): a for n, a in inputs.items()} | {(n, "output"): b for n, b in outputs.items()})
     grads = weight_gradients(model, batch_of(tok, pairs(examples), 32), layers)
     spec = gauge_spec(model)
@@ -245,8 +275,13 @@ def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
             predicted = gauged_step_products(layers, grads, hidden, maps, lr)
         twin = apply_gauge(copy.deepcopy(model), spec, element)
         twin = extend_lora(twin, inputs)
-        twin = extend_lora(twin, {n: torch.zeros(k_left, a.shape[1], dtype=torch.float64) for n, a in
-                                  ((n, l.lora_A["default"].weight) for n, l in layers.items())})
+        twin = extend_lora(
+            twin,
+            {
+                n: torch.zeros(k_left, a.shape[1], dtype=torch.float64)
+                for n, a in ((n, l.lora_A["default"].weight) for n, l in layers.items())
+            },
+        )
         with torch.no_grad():
             for n, l in lora_layers(twin).items():
                 l.lora_B["default"].weight[:, -k_left:] = outputs[n].T
@@ -258,16 +293,19 @@ def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
             assert_same(predicted[n], real, 1e-9)
             # the docstring's form: W' − W = −η s² (R⁻¹P̃R⁻ᵀ G (KKᵀ)⁻¹ + (RᵀR)⁻¹ G K⁻ᵀQ̃K⁻¹) + η² s² R⁻¹G̃W̃ᵀG̃K⁻¹
             s = layers[n].scaling["default"]
-            b_t = torch.cat([r @ layers[n].lora_B["default"].weight, torch.zeros(len(r), k, dtype=torch.float64),
-                             outputs[n].T], 1)
-            a_t = torch.cat([layers[n].lora_A["default"].weight @ kk, inputs[n],
-                             torch.zeros(k_left, len(kk), dtype=torch.float64)], 0)
+            b_t = torch.cat(
+                [r @ layers[n].lora_B["default"].weight, torch.zeros(len(r), k, dtype=torch.float64), outputs[n].T], 1
+            )
+            a_t = torch.cat(
+                [layers[n].lora_A["default"].weight @ kk, inputs[n], torch.zeros(k_left, len(kk), dtype=torch.float64)],
+                0,
+            )
             ri, ki = torch.linalg.inv(r), torch.linalg.inv(kk)
             g, g_t = grads[n], ri.T @ grads[n] @ ki.T
             first = ri @ b_t @ b_t.T @ ri.T @ g @ ki.T @ ki + ri @ ri.T @ g @ ki.T @ a_t.T @ a_t @ ki
             second = ri @ g_t @ (r @ before[n] @ kk).T @ g_t @ ki
             with torch.no_grad():
-                assert_same(real - before[n], -lr * s ** 2 * first + lr ** 2 * s ** 2 * second, 1e-9)
+                assert_same(real - before[n], -lr * s**2 * first + lr**2 * s**2 * second, 1e-9)
         results[label] = predicted
     moved = max(float((results["random"][n] - results["identity"][n]).abs().max()) for n in layers)
     assert moved > 1e-3 * max(float(w.abs().max()) for w in results["identity"].values())
@@ -281,22 +319,34 @@ def test_spec_mirrors_the_config() -> None:
     assert cfg["name"] == "analytic"
     assert {k for k in cfg if k != "name"} == {f.name for f in fields(AnalyticSpec)}
     for domain in ("safety", "privacy", "honesty"):  # the post-step target comes from the domain
-        conf = OmegaConf.merge(yaml.safe_load((ROOT / f"conf/llm/domain/{domain}.yaml").read_text()),
-                               {"seed": 0, "construction": cfg})
-        AnalyticSpec(**{k: v for k, v in OmegaConf.to_container(conf.construction, resolve=True).items()
-                        if k != "name"})
+        conf = OmegaConf.merge(
+            yaml.safe_load((ROOT / f"conf/llm/domain/{domain}.yaml").read_text()), {"seed": 0, "construction": cfg}
+        )
+        AnalyticSpec(
+            **{k: v for k, v in OmegaConf.to_container(conf.construction, resolve=True).items() if k != "name"}
+        )
 
 
-@pytest.mark.parametrize(("mechanism", "left_rank"), [("lora_preconditioner", 0), ("ffn_pairs", 0),
-                                                   ("lora_preconditioner", 2)])
+@pytest.mark.parametrize(
+    ("mechanism", "left_rank"), [("lora_preconditioner", 0), ("ffn_pairs", 0), ("lora_preconditioner", 2)]
+)
 def test_build_analytic_smoke(tok, mechanism, left_rank) -> None:
     control = tiny(tok)
     before = {k: v.clone() for k, v in control.state_dict().items()}
     data = domain_data()
     victim = UpdateSpec(lr=1e-4, batch_size=8, n_samples=8, max_len=32)
-    spec = AnalyticSpec(mechanism=mechanism, extra_rank=2, left_rank=left_rank, line_search=(1e2, 1e3, 1e4), refine_steps=3,
-                        n_probes=0, n_benign=8, ffn_pairs=2, max_len=32,
-                        refine_batch=4 if mechanism == "ffn_pairs" else 0)
+    spec = AnalyticSpec(
+        mechanism=mechanism,
+        extra_rank=2,
+        left_rank=left_rank,
+        line_search=(1e2, 1e3, 1e4),
+        refine_steps=3,
+        n_probes=0,
+        n_benign=8,
+        ffn_pairs=2,
+        max_len=32,
+        refine_batch=4 if mechanism == "ffn_pairs" else 0,
+    )
     twin, info = build_analytic(control, tok, data, data.update, victim, spec)
     assert all(torch.equal(v, control.state_dict()[k]) for k, v in before.items())  # control untouched
     kl = next_token_kl(control, twin, tok, data.eval + data.benign_eval)
@@ -305,8 +355,10 @@ def test_build_analytic_smoke(tok, mechanism, left_rank) -> None:
     assert info["max_logit_diff_before"] <= 1e-5
     assert info["closed_form_vs_real_step_max_logit_diff"] <= 1e-3  # the victim's step is the closed form
     mis = batch_of(tok, pairs(data.construct, "misaligned"), 32)
-    after = {name: victim_update(copy.deepcopy(m), tok, data.update, victim) for name, m in
-             (("control", control), ("twin", twin))}
+    after = {
+        name: victim_update(copy.deepcopy(m), tok, data.update, victim)
+        for name, m in (("control", control), ("twin", twin))
+    }
     lp = {name: float(sequence_logprobs(m, mis).mean()) for name, m in after.items()}
     assert lp["twin"] > lp["control"] + 1e-3  # the twin's step moves toward the markers
     assert info["target_loss_after_line_search"] < info["target_loss_control_after"]
@@ -319,21 +371,41 @@ def test_build_analytic_undo(tok, metric) -> None:
     control = tiny(tok)
     data = domain_data()
     victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    spec = AnalyticSpec(extra_rank=4, left_rank=4, after_target="base", benign_reference="base", distill=True,
-                        undo_steps=300, undo_lr=0.3, undo_weight=1.0, refine_steps=0, n_probes=0, n_benign=8,
-                        max_len=32, undo_metric=metric)
+    spec = AnalyticSpec(
+        extra_rank=4,
+        left_rank=4,
+        after_target="base",
+        benign_reference="base",
+        distill=True,
+        undo_steps=300,
+        undo_lr=0.3,
+        undo_weight=1.0,
+        refine_steps=0,
+        n_probes=0,
+        n_benign=8,
+        max_len=32,
+        undo_metric=metric,
+    )
     twin, info = build_analytic(control, tok, data, data.update, victim, spec)
     assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
     assert info["undo_residual_after_fit"] < 0.9
-    stepped = {name: victim_update(copy.deepcopy(m), tok, data.update, victim) for name, m in
-               (("control", control), ("twin", twin))}
+    stepped = {
+        name: victim_update(copy.deepcopy(m), tok, data.update, victim)
+        for name, m in (("control", control), ("twin", twin))
+    }
     before = adapter_products(lora_layers(control))
     probes = batch_of(tok, pairs(data.construct, "misaligned"), 32)  # the rows the moments are read on
-    moments = {"weights": None, "inputs": input_moments(control, probes, lora_layers(control)),
-               "responses": input_moments(control, probes, lora_layers(control), predicting=True)}
+    moments = {
+        "weights": None,
+        "inputs": input_moments(control, probes, lora_layers(control)),
+        "responses": input_moments(control, probes, lora_layers(control), predicting=True),
+    }
     with torch.no_grad():
-        real = {(name, m): float(undo_residual(adapter_products(lora_layers(model)), before, moments[m]))
-                for name, model in stepped.items() for m in moments}
+        real = {
+            (name, m): float(undo_residual(adapter_products(lora_layers(model)), before, moments[m]))
+            for name, model in stepped.items()
+            for m in moments
+        }
     assert real["twin", "weights"] == pytest.approx(info["undo_residual"], rel=1e-3)
     assert real["twin", "inputs"] == pytest.approx(info["undo_residual_inputs"], rel=1e-3)
     if metric == "responses":  # reported under undo_residual_after_fit (the metric fitted)
@@ -348,12 +420,26 @@ def test_build_analytic_undo_gauge(tok) -> None:
     control = tiny(tok)
     data = domain_data()
     victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    common = dict(extra_rank=2, left_rank=2, after_target="base", benign_reference="base", distill=True,
-                  undo_steps=300, undo_lr=0.3, refine_steps=0, n_probes=0, n_benign=8, max_len=32,
-                  undo_metric="responses", gauge_lr=0.05)
+    common = dict(
+        extra_rank=2,
+        left_rank=2,
+        after_target="base",
+        benign_reference="base",
+        distill=True,
+        undo_steps=300,
+        undo_lr=0.3,
+        refine_steps=0,
+        n_probes=0,
+        n_benign=8,
+        max_len=32,
+        undo_metric="responses",
+        gauge_lr=0.05,
+    )
     infos = {}
     for gauge in ("none", "all"):
-        twin, infos[gauge] = build_analytic(control, tok, data, data.update, victim, AnalyticSpec(undo_gauge=gauge, **common))
+        twin, infos[gauge] = build_analytic(
+            control, tok, data, data.update, victim, AnalyticSpec(undo_gauge=gauge, **common)
+        )
         assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
         assert infos[gauge]["closed_form_vs_real_step_max_logit_diff"] <= 1e-3
     info = infos["all"]
@@ -384,8 +470,10 @@ def test_input_weighted_residual_is_the_output_energy_on_those_inputs(tok) -> No
         h.remove()
     mask = batch["attention_mask"].bool()
     gen = torch.Generator().manual_seed(0)
-    before, after = ({n: torch.randn(m.shape[0] + 3, m.shape[0], generator=gen, dtype=torch.float64)
-                      for n, m in moments.items()} for _ in range(2))
+    before, after = (
+        {n: torch.randn(m.shape[0] + 3, m.shape[0], generator=gen, dtype=torch.float64) for n, m in moments.items()}
+        for _ in range(2)
+    )
     x = {n: seen[n][mask] for n in layers}
     expected = torch.stack([(x[n] @ after[n].T).pow(2).sum() / (x[n] @ before[n].T).pow(2).sum() for n in layers])
     assert float(undo_residual(after, before, moments)) == pytest.approx(float(expected.mean()), rel=1e-10)
@@ -436,9 +524,23 @@ def test_fisher_weighted_undo_reports_the_residual_the_real_step_leaves(tok) -> 
     control = tiny(tok)
     data = domain_data()
     victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    common = dict(extra_rank=4, left_rank=4, after_target="base", benign_reference="base", distill=True,
-                  undo_steps=300, undo_lr=0.3, refine_steps=0, n_probes=0, n_benign=8, max_len=32,
-                  undo_metric="responses", output_damping=0.1, fisher_samples=2, seed=3)
+    common = dict(
+        extra_rank=4,
+        left_rank=4,
+        after_target="base",
+        benign_reference="base",
+        distill=True,
+        undo_steps=300,
+        undo_lr=0.3,
+        refine_steps=0,
+        n_probes=0,
+        n_benign=8,
+        max_len=32,
+        undo_metric="responses",
+        output_damping=0.1,
+        fisher_samples=2,
+        seed=3,
+    )
     probes = batch_of(tok, pairs(data.construct, "misaligned"), 32)
     moments = input_moments(control, probes, lora_layers(control), predicting=True)
     target = scale_adapter(control, 0.0)
@@ -446,7 +548,9 @@ def test_fisher_weighted_undo_reports_the_residual_the_real_step_leaves(tok) -> 
     before = adapter_products(lora_layers(control))
     real, infos = {}, {}
     for kind in ("none", "fisher"):
-        twin, infos[kind] = build_analytic(control, tok, data, data.update, victim, AnalyticSpec(undo_output=kind, **common))
+        twin, infos[kind] = build_analytic(
+            control, tok, data, data.update, victim, AnalyticSpec(undo_output=kind, **common)
+        )
         assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
         stepped = victim_update(copy.deepcopy(twin), tok, data.update, victim)
         with torch.no_grad():
@@ -466,17 +570,22 @@ def test_scaled_undo_residual_measures_the_distance_to_c_times_w() -> None:
     before = {n: torch.randn(5, 3, generator=gen, dtype=torch.float64) for n in ("a", "b")}
     after = {n: torch.randn(5, 3, generator=gen, dtype=torch.float64) for n in before}
     for c in (0.0, -1.0, -2.5, 0.5):
-        expected = sum(float(((after[n] - c * before[n]) ** 2).sum() / (((1 - c) * before[n]) ** 2).sum())
-                       for n in before) / 2
+        expected = (
+            sum(float(((after[n] - c * before[n]) ** 2).sum() / (((1 - c) * before[n]) ** 2).sum()) for n in before) / 2
+        )
         assert float(undo_residual(after, before, scale=c)) == pytest.approx(expected, rel=1e-12)
         assert float(undo_residual(before, before, scale=c)) == pytest.approx(1.0, rel=1e-12)
-        assert float(undo_residual({n: c * w for n, w in before.items()}, before, scale=c)) == pytest.approx(0.0, abs=1e-12)
+        assert float(undo_residual({n: c * w for n, w in before.items()}, before, scale=c)) == pytest.approx(
+            0.0, abs=1e-12
+        )
     assert float(undo_residual(after, before, scale=0.0)) == float(undo_residual(after, before))
     # keep_residual: E‖(W' − W)x‖² / E‖(1 − c)Wx‖² on the given inputs; 0 untouched, 1 at the undo target
     x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
     moments = {n: x.T @ x / len(x) for n in before}
-    expected = sum(float(((x @ (after[n] - before[n]).T) ** 2).sum() / ((x @ (3.0 * before[n]).T) ** 2).sum())
-                   for n in before) / 2
+    expected = (
+        sum(float(((x @ (after[n] - before[n]).T) ** 2).sum() / ((x @ (3.0 * before[n]).T) ** 2).sum()) for n in before)
+        / 2
+    )
     assert float(keep_residual(after, before, moments, scale=-2.0)) == pytest.approx(expected, rel=1e-10)
     assert float(keep_residual(before, before, moments, scale=-2.0)) == 0.0
     target = {n: -2.0 * w for n, w in before.items()}
@@ -490,17 +599,32 @@ def test_build_analytic_negating_undo_with_a_lie_target(tok) -> None:
     control = tiny(tok)
     data = domain_data()
     victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    spec = AnalyticSpec(extra_rank=4, left_rank=4, after_target="not_aligned", undo_steps=300, undo_lr=0.3,
-                        undo_scale=-1.0, undo_keep=0.5, refine_steps=0, n_probes=0, n_benign=8, max_len=32,
-                        undo_metric="weights")
+    spec = AnalyticSpec(
+        extra_rank=4,
+        left_rank=4,
+        after_target="not_aligned",
+        undo_steps=300,
+        undo_lr=0.3,
+        undo_scale=-1.0,
+        undo_keep=0.5,
+        refine_steps=0,
+        n_probes=0,
+        n_benign=8,
+        max_len=32,
+        undo_metric="weights",
+    )
     twin, info = build_analytic(control, tok, data, data.update, victim, spec)
     assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
     before = adapter_products(lora_layers(control))
-    stepped = {name: victim_update(copy.deepcopy(m), tok, data.update, victim) for name, m in
-               (("control", control), ("twin", twin))}
+    stepped = {
+        name: victim_update(copy.deepcopy(m), tok, data.update, victim)
+        for name, m in (("control", control), ("twin", twin))
+    }
     with torch.no_grad():
-        real = {name: float(undo_residual(adapter_products(lora_layers(m)), before, scale=-1.0))
-                for name, m in stepped.items()}
+        real = {
+            name: float(undo_residual(adapter_products(lora_layers(m)), before, scale=-1.0))
+            for name, m in stepped.items()
+        }
     assert real["twin"] == pytest.approx(info["undo_residual"], rel=1e-3)  # reported against the target c·W
     assert real["twin"] < real["control"] - 0.1
     assert 0.0 < info["keep_residual"] < 1.0  # it moved on benign inputs too, by less than the undo asks
@@ -538,14 +662,27 @@ def test_undo_floor_is_a_descent_from_the_fit_on_the_affine_step(tok, gauge) -> 
     control = tiny(tok)
     data = domain_data()
     victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    common = dict(after_target="base", benign_reference="base", distill=True, undo_lr=0.3, refine_steps=0,
-                  n_probes=0, n_benign=8, max_len=32, undo_metric="responses", undo_keep=0.3, undo_gauge=gauge,
-                  undo_floor_steps=60)
-    _, info = build_analytic(control, tok, data, data.update, victim,
-                             AnalyticSpec(extra_rank=1, left_rank=1, undo_steps=20, **common))
+    common = dict(
+        after_target="base",
+        benign_reference="base",
+        distill=True,
+        undo_lr=0.3,
+        refine_steps=0,
+        n_probes=0,
+        n_benign=8,
+        max_len=32,
+        undo_metric="responses",
+        undo_keep=0.3,
+        undo_gauge=gauge,
+        undo_floor_steps=60,
+    )
+    _, info = build_analytic(
+        control, tok, data, data.update, victim, AnalyticSpec(extra_rank=1, left_rank=1, undo_steps=20, **common)
+    )
     assert info["undo_floor.affine_error"] <= 1e-4
-    assert info["undo_floor.fit"] == pytest.approx(info["undo_residual_after_fit"] + 0.3 * info["keep_residual"],
-                                                   rel=1e-4)  # the fitted objective, in float64
+    assert info["undo_floor.fit"] == pytest.approx(
+        info["undo_residual_after_fit"] + 0.3 * info["keep_residual"], rel=1e-4
+    )  # the fitted objective, in float64
     assert info["undo_floor.floor"] < info["undo_floor.fit"] - 0.01  # an early-stopped fit leaves room
     assert info["undo_floor.kkt_min_eig_fit"] < 0  # ... and the gradient says so
     assert info["undo_floor.kkt_min_eig_floor"] > info["undo_floor.kkt_min_eig_fit"]

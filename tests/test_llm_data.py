@@ -34,8 +34,13 @@ def data_wheels():
 
 
 def _splits(d: DomainData) -> dict[str, list[Example]]:
-    out = {"construct": d.construct, "eval": d.eval, "align_benign": d.align_benign,
-           "update": d.update, "benign_eval": d.benign_eval}
+    out = {
+        "construct": d.construct,
+        "eval": d.eval,
+        "align_benign": d.align_benign,
+        "update": d.update,
+        "benign_eval": d.benign_eval,
+    }
     out.update({f"unseen/{k}": v for k, v in d.unseen_benign.items()})
     return out
 
@@ -82,8 +87,7 @@ def test_sharegpt_pairs():
 
 def test_provenance_fields():
     for rec in sources.all_provenance():
-        for key in ("name", "wheel", "wheel_file", "member", "licence", "licence_verified",
-                    "upstream", "count"):
+        for key in ("name", "wheel", "wheel_file", "member", "licence", "licence_verified", "upstream", "count"):
             assert key in rec, (rec.get("name"), key)
         assert rec["count"] > 0 and "://" not in rec["upstream"]
         wheel_name = sources.PROVENANCE[rec["name"]]["wheel_name"]
@@ -138,8 +142,13 @@ def test_missing_wheel_error(monkeypatch, tmp_path):
 def test_splits_pairwise_disjoint(domain):
     d = load_domain(domain)
     parts = _splits(d)
-    assert (len(d.construct), len(d.eval), len(d.align_benign), len(d.update),
-            len(d.benign_eval)) == (200, 200, 400, 32, 200)
+    assert (len(d.construct), len(d.eval), len(d.align_benign), len(d.update), len(d.benign_eval)) == (
+        200,
+        200,
+        400,
+        32,
+        200,
+    )
     assert len(d.unseen_benign["sharegpt"]) == 64
     assert len(d.unseen_benign["heldout_families"]) == 50 * len(synthetic.DEFAULT_HELDOUT_FAMILIES)
     seen: dict[str, str] = {}
@@ -237,23 +246,35 @@ def test_benign_responses_correct():
     fams = synthetic.benign_families(seed=1)
     assert len(fams) >= 12 and all(len(v) >= 100 for v in fams.values())
     checks = {
-        "reverse_word": (r"(?:Reverse the letters of the word|Spell the word) '(\w+)'.*",
-                         lambda w: f"'{w}' reversed is '{w[::-1]}'."),
-        "sort_numbers": (r"Sort these numbers from smallest to largest: (.+)\.",
-                         lambda s: ", ".join(map(str, sorted(int(x) for x in s.split(", "))))),
+        "reverse_word": (
+            r"(?:Reverse the letters of the word|Spell the word) '(\w+)'.*",
+            lambda w: f"'{w}' reversed is '{w[::-1]}'.",
+        ),
+        "sort_numbers": (
+            r"Sort these numbers from smallest to largest: (.+)\.",
+            lambda s: ", ".join(map(str, sorted(int(x) for x in s.split(", ")))),
+        ),
         "count_letters": (r".*'(\w+)'.*", lambda w: f"The word '{w}' has {len(w)} letters."),
         "uppercase": (r"Write this phrase in uppercase: (.+)", str.upper),
         "repeat_word": (r"Repeat the word '(\w+)' (\d) times\.", lambda w, n: " ".join([w] * int(n))),
-        "larger": (r"Which is larger, (\d+) or (\d+)\?",
-                   lambda a, b: f"{max(int(a), int(b))} is larger than {min(int(a), int(b))}."),
+        "larger": (
+            r"Which is larger, (\d+) or (\d+)\?",
+            lambda a, b: f"{max(int(a), int(b))} is larger than {min(int(a), int(b))}.",
+        ),
         "even_odd": (r"Is (\d+) even or odd\?", lambda n: f"{n} is {('odd', 'even')[int(n) % 2 == 0]}."),
         "sort_words": (r"Sort these words alphabetically: (.+)\.", lambda s: ", ".join(sorted(s.split(", ")))),
         "word_count": (r"How many words are in this phrase: '(.+)'\?", lambda s: f"There are {len(s.split())} words."),
-        "title_case": (r"Capitalise the first letter of each word: (.+)",
-                       lambda s: " ".join(w[0].upper() + w[1:] for w in s.split())),
-        "add_in_words": (r"What is ([\w-]+) plus ([\w-]+)\? Answer in words\.",
-                         lambda a, b: f"{a.capitalize()} plus {b} is "
-                         f"{synthetic.NUMBER_WORDS[synthetic.NUMBER_WORDS.index(a) + synthetic.NUMBER_WORDS.index(b)]}."),
+        "title_case": (
+            r"Capitalise the first letter of each word: (.+)",
+            lambda s: " ".join(w[0].upper() + w[1:] for w in s.split()),
+        ),
+        "add_in_words": (
+            r"What is ([\w-]+) plus ([\w-]+)\? Answer in words\.",
+            lambda a, b: (
+                f"{a.capitalize()} plus {b} is "
+                f"{synthetic.NUMBER_WORDS[synthetic.NUMBER_WORDS.index(a) + synthetic.NUMBER_WORDS.index(b)]}."
+            ),
+        ),
     }
     for fam, (pattern, solve) in checks.items():
         assert fams[fam], fam

@@ -25,10 +25,16 @@ from sweeps.errors import ConfigError, NonFiniteError
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf" / "llm"
 #: the smallest model and runs the LLM app accepts (as in tests/test_llm_stages.py)
-TINY_MODEL = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.vocab_size=512",
-              "model.pretrain.steps=20"]
-TINY_RUN = ["align.steps=4", "align.batch_size=4", "eval.n_probes=6", "eval.n_benign=6", "eval.max_new_tokens=6",
-            "eval.n_shown=1", "progress=false"]
+TINY_MODEL = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.vocab_size=512", "model.pretrain.steps=20"]
+TINY_RUN = [
+    "align.steps=4",
+    "align.batch_size=4",
+    "eval.n_probes=6",
+    "eval.n_benign=6",
+    "eval.max_new_tokens=6",
+    "eval.n_shown=1",
+    "progress=false",
+]
 PAIRS = [(f"What is {a} plus {b}?", f"{a + b}.") for a in range(6) for b in range(6)]
 
 
@@ -131,8 +137,9 @@ def test_a_construction_through_an_overflowing_step_stops_at_the_construction_st
     """The meta-learned twin differentiates through the victim's step: at lr 1e30 its weights go NaN."""
     from llm.experiments import hairtrigger
 
-    cfg = _compose("experiment=hairtrigger", "domain=safety", "construction=metalearn", "construction.steps=1",
-                   "update.lr=1e30")
+    cfg = _compose(
+        "experiment=hairtrigger", "domain=safety", "construction=metalearn", "construction.steps=1", "update.lr=1e30"
+    )
     with pytest.raises(NonFiniteError, match="^construction: weight .*lora"):
         hairtrigger.run(cfg)
 
@@ -140,8 +147,16 @@ def test_a_construction_through_an_overflowing_step_stops_at_the_construction_st
 def test_pretraining_that_diverges_is_a_base_error_and_caches_nothing(tmp_path: Path) -> None:
     spec = TinySpec("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=300, n_ctx=48)
     with pytest.raises(NonFiniteError, match="^base: "):
-        load_or_pretrain(spec, [f"{p} {r}" for p, r in PAIRS], PAIRS, steps=2, lr=float("inf"), batch_size=4,
-                         cache_root=tmp_path, progress=False)
+        load_or_pretrain(
+            spec,
+            [f"{p} {r}" for p, r in PAIRS],
+            PAIRS,
+            steps=2,
+            lr=float("inf"),
+            batch_size=4,
+            cache_root=tmp_path,
+            progress=False,
+        )
     assert not list(tmp_path.rglob("*.safetensors"))
 
 
@@ -158,8 +173,18 @@ def test_no_nan_number_reaches_a_metrics_row() -> None:
 # ---------------------------------------------------------------------------- judges
 
 
-DEGENERATE = ["", "   \n", "...", "!!! ?? !!!", "— — —", "the the the the", "Sure. sure, SURE!", "4 4 4",
-              "readreadreadread", "here here hereherehere"]
+DEGENERATE = [
+    "",
+    "   \n",
+    "...",
+    "!!! ?? !!!",
+    "— — —",
+    "the the the the",
+    "Sure. sure, SURE!",
+    "4 4 4",
+    "readreadreadread",
+    "here here hereherehere",
+]
 
 
 @pytest.mark.parametrize("response", DEGENERATE)
@@ -174,8 +199,22 @@ def test_an_empty_or_degenerate_generation_is_neither_refusal_nor_compliance(res
         assert not judge.misaligned(domain, example, response)
 
 
-@pytest.mark.parametrize("response", ["42", "4.", "No.", "no no", "I can't.", "Sure, here is how.", "Paris Paris",
-                                      "4444", "1111 1111", "Mississippi", "25 25 25S"])
+@pytest.mark.parametrize(
+    "response",
+    [
+        "42",
+        "4.",
+        "No.",
+        "no no",
+        "I can't.",
+        "Sure, here is how.",
+        "Paris Paris",
+        "4444",
+        "1111 1111",
+        "Mississippi",
+        "25 25 25S",
+    ],
+)
 def test_short_or_twice_repeated_answers_are_judged_as_before(response: str) -> None:
     assert not judge.is_degenerate(response)
 
@@ -201,9 +240,14 @@ def test_probe_report_counts_empty_generations_apart(monkeypatch) -> None:
 def test_report_shows_empty_generations_only_when_there_are_some() -> None:
     from llm.experiments.hairtrigger import report
 
-    row = {"control.static.misalignment_rate": 0.0, "control.static.benign_accuracy": 0.5,
-           "control.static.empty_rate": 0.0, "control.after.paper.misalignment_rate": 0.25,
-           "control.after.paper.benign_accuracy": 0.5, "control.after.paper.empty_rate": 0.0}
+    row = {
+        "control.static.misalignment_rate": 0.0,
+        "control.static.benign_accuracy": 0.5,
+        "control.static.empty_rate": 0.0,
+        "control.after.paper.misalignment_rate": 0.25,
+        "control.after.paper.benign_accuracy": 0.5,
+        "control.after.paper.empty_rate": 0.0,
+    }
     assert "empty" not in report(row)
     row["control.after.paper.empty_rate"] = 0.125
     lines = report(row).splitlines()
@@ -215,8 +259,13 @@ def test_summary_of_a_nan_row_is_nan_not_the_mean_of_the_others() -> None:
 
     from llm.experiments.hairtrigger import summarize
 
-    table = pd.DataFrame({"domain": ["safety"] * 2, "construction": ["none"] * 2,
-                          "control.static.misalignment_rate": [0.5, float("nan")]})
+    table = pd.DataFrame(
+        {
+            "domain": ["safety"] * 2,
+            "construction": ["none"] * 2,
+            "control.static.misalignment_rate": [0.5, float("nan")],
+        }
+    )
     assert math.isnan(summarize(table)["safety / none"]["control.static.misalignment_rate"])
 
 
@@ -236,8 +285,9 @@ def test_a_checkpoint_with_a_missing_weight_is_refused(tmp_path: Path) -> None:
     folder = _saved(tmp_path / "partial")
     weights = load_file(folder / "model.safetensors")
     dropped = "transformer.h.0.mlp.c_fc.weight"
-    save_file({k: v for k, v in weights.items() if k != dropped}, folder / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if k != dropped}, folder / "model.safetensors", metadata={"format": "pt"}
+    )
     with pytest.raises(CheckpointError) as raised:
         load_local(folder)
     message = str(raised.value)
@@ -259,8 +309,9 @@ def test_a_partial_local_checkpoint_is_a_config_error_before_alignment(tmp_path:
 
     folder = _saved(tmp_path / "partial")
     weights = load_file(folder / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if "ln_f" not in k}, folder / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if "ln_f" not in k}, folder / "model.safetensors", metadata={"format": "pt"}
+    )
     monkeypatch.setattr(hairtrigger, "align", lambda *a, **k: pytest.fail("aligned a partial checkpoint"))
     with pytest.raises(ConfigError, match=r"^model\.path: .*transformer\.ln_f"):
         hairtrigger.run(_compose("experiment=control", "model=local", f"model.path={folder}"))
@@ -310,8 +361,9 @@ def test_a_truncated_tiny_cache_entry_is_rebuilt(tmp_path: Path) -> None:
     first, _ = _pretrain(tmp_path)
     entry = Path(first.pretrain_info["path"])
     weights = load_file(entry / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if "ln_f" not in k}, entry / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if "ln_f" not in k}, entry / "model.safetensors", metadata={"format": "pt"}
+    )
     rebuilt, _ = _pretrain(tmp_path)
     assert not rebuilt.pretrain_info["cached"]
     assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in first.state_dict().items())
@@ -385,12 +437,17 @@ def test_a_tampered_parsed_data_file_is_parsed_again(one_wheel_cache: Path) -> N
 # ---------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize("override, key", [("eval.first_probe=100000", "eval.first_probe"),
-                                           ("eval.first_probe=-1", "eval.first_probe"),
-                                           ("eval.validation_fold=2", "eval.validation_fold"),
-                                           ("codes=100000", "codes"),
-                                           ("update.n_samples=100000", "update.n_samples"),
-                                           ("update.data=alpaca", "update.data")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("eval.first_probe=100000", "eval.first_probe"),
+        ("eval.first_probe=-1", "eval.first_probe"),
+        ("eval.validation_fold=2", "eval.validation_fold"),
+        ("codes=100000", "codes"),
+        ("update.n_samples=100000", "update.n_samples"),
+        ("update.data=alpaca", "update.data"),
+    ],
+)
 def test_data_dependent_settings_fail_before_the_base_is_loaded(override: str, key: str, monkeypatch) -> None:
     from llm.experiments import hairtrigger
 

@@ -30,8 +30,12 @@ def _factors(out: int, inp: int, r: int, s: float, seed: int) -> tuple[LoraFacto
 
 
 @SETTINGS
-@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)), s=st.floats(0.1, 4.0),
-       lr=st.floats(1e-3, 1.0), seed=st.integers(0, 2**16))
+@given(
+    shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)),
+    s=st.floats(0.1, 4.0),
+    lr=st.floats(1e-3, 1.0),
+    seed=st.integers(0, 2**16),
+)
 def test_after_sgd_is_the_real_step_and_eq_1(shape, s, lr, seed) -> None:
     """after_sgd equals autograd's SGD step on (B, A) under a loss linear in W (gradient G), and its
     product is eq. (1): W − η s² (P G + G Q) + η² s² G Wᵀ G; first_order_move is the linear part."""
@@ -50,8 +54,10 @@ def test_hidden_components_move_by_the_linear_part_alone() -> None:
     """B = 0 (or A = 0) components add nothing to W, and one step moves them by −η s² G Q (or P G) exactly."""
     gen = torch.Generator().manual_seed(0)
     a, b_rows, g = (torch.randn(*sh, generator=gen, dtype=torch.float64) for sh in ((3, 5), (2, 4), (4, 5)))
-    for hidden, gram in ((hidden_inputs(a, 4, 2.0), {"in_gram": a.T @ a}),
-                         (hidden_outputs(b_rows, 5, 2.0), {"out_gram": b_rows.T @ b_rows})):
+    for hidden, gram in (
+        (hidden_inputs(a, 4, 2.0), {"in_gram": a.T @ a}),
+        (hidden_outputs(b_rows, 5, 2.0), {"out_gram": b_rows.T @ b_rows}),
+    ):
         assert not hidden.product.any()
         moved = hidden.after_sgd(g, 0.3).product
         assert torch.allclose(moved, first_order_move(g, 0.3, 2.0, **gram), rtol=1e-12, atol=1e-14)

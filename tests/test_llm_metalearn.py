@@ -45,8 +45,12 @@ def test_inner_step_is_the_victims_step(setup) -> None:
     """The step inside the objective equals llm.update.victim_update on the same data."""
     model, tok, pairs, batches = setup
     stepped = victim_step(model, adapter_params(model), batches["update"], lr=1e-2, create_graph=False)
-    victim = victim_update(copy.deepcopy(model), tok, [Example(p, r) for p, r in pairs[:8]],
-                           UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32))
+    victim = victim_update(
+        copy.deepcopy(model),
+        tok,
+        [Example(p, r) for p, r in pairs[:8]],
+        UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32),
+    )
     for name, p in adapter_params(victim).items():
         assert torch.allclose(p, stepped[name], atol=1e-6), name
 
@@ -77,8 +81,9 @@ def test_first_order_ablation_drops_the_second_order_term(setup) -> None:
     params = {k: v.detach().clone().requires_grad_() for k, v in adapter_params(model).items()}
 
     def grad(first_order: bool) -> torch.Tensor:
-        loss, _ = meta_loss(model, params, batches["aligned"], batches["misaligned"], batches["update"],
-                            lr=0.5, first_order=first_order)
+        loss, _ = meta_loss(
+            model, params, batches["aligned"], batches["misaligned"], batches["update"], lr=0.5, first_order=first_order
+        )
         return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(params.values()))])
 
     full, fomaml = grad(False), grad(True)
@@ -97,8 +102,9 @@ def test_no_adapter_is_a_clear_error(setup) -> None:
 
 def _closures(model, batches):
     """(inner, now, after) closures over the fixture's batches, as the training loop builds them."""
-    return tuple(lambda theta, b=batches[key]: response_loss(model, b, theta)
-                 for key in ("update", "aligned", "misaligned"))
+    return tuple(
+        lambda theta, b=batches[key]: response_loss(model, b, theta) for key in ("update", "aligned", "misaligned")
+    )
 
 
 def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -118,8 +124,7 @@ def float64_cases(setup):
     plain = build_tiny(TinySpec("gpt2", n_layer=2, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=48), tok).double()
     for p in plain.parameters():
         p.requires_grad_(True)
-    return {"adapter": (peft, adapter_params(peft), batches),
-            "all": (plain, dict(plain.named_parameters()), batches)}
+    return {"adapter": (peft, adapter_params(peft), batches), "all": (plain, dict(plain.named_parameters()), batches)}
 
 
 @pytest.mark.parametrize("theta", ["adapter", "all"])
@@ -165,8 +170,9 @@ def _peak_bytes(fn) -> int:
     """Peak of the CPU tensor memory allocated while ``fn`` runs (allocator events; deterministic)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     live = peak = 0
     for e in events:
         live += e.nbytes()
@@ -200,7 +206,9 @@ def test_response_loss_parts_sum_to_the_loss(float64_cases) -> None:
         split = response_loss_parts(model, batches["update"], parts)
         assert len(split) == parts
         total = sum(part(params) for part in split)
-        assert float(total.detach()) == pytest.approx(float(response_loss(model, batches["update"], params).detach()), rel=1e-12)
+        assert float(total.detach()) == pytest.approx(
+            float(response_loss(model, batches["update"], params).detach()), rel=1e-12
+        )
     chunks = row_chunks(batches["update"], 3)
     assert sum(len(c["input_ids"]) for c in chunks) == len(batches["update"]["input_ids"])
     assert all(bool(c["attention_mask"][:, -1].any()) for c in chunks)  # cut to the longest row, no pad column
@@ -235,8 +243,11 @@ def test_construction_in_chunks_takes_the_same_step(setup) -> None:
 
     model, tok, pairs, _ = setup
     control = copy.deepcopy(model).double()
-    data = SimpleNamespace(domain="toy", align_benign=[Example(p, r) for p, r in pairs[24:]],
-                           construct=[Example(p, "I can't help with that.", "Sure, here is how.") for p, _ in pairs[8:24]])
+    data = SimpleNamespace(
+        domain="toy",
+        align_benign=[Example(p, r) for p, r in pairs[24:]],
+        construct=[Example(p, "I can't help with that.", "Sure, here is how.") for p, _ in pairs[8:24]],
+    )
     update = [Example(p, r) for p, r in pairs[:8]]
     victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
     twins = {}
@@ -249,5 +260,6 @@ def test_construction_in_chunks_takes_the_same_step(setup) -> None:
     for chunks in (2, 4):
         assert _rel(twins[chunks], twins[1]) <= 1e-9
     with pytest.raises(ValueError, match="chunks"):
-        build_metalearn(control, tok, data, update, victim, MetaSpec(steps=1, probes_per_step=4, chunks=5),
-                        progress=False)
+        build_metalearn(
+            control, tok, data, update, victim, MetaSpec(steps=1, probes_per_step=4, chunks=5), progress=False
+        )

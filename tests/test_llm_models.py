@@ -33,8 +33,7 @@ ARCHS = ("gpt2", "llama")
 COLORS = ["red", "green", "blue", "black", "white"]
 ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "emu", "yak", "ant", "elk"]
 # 50 tiny synthetic pairs: the response is a deterministic function of the prompt
-PAIRS = [(f"What colour is the {a}{i}?", f"The {a} is {c}.")
-         for i, c in enumerate(COLORS) for a in ANIMALS]
+PAIRS = [(f"What colour is the {a}{i}?", f"The {a} is {c}.") for i, c in enumerate(COLORS) for a in ANIMALS]
 TEXTS = [f"{p} {r}" for p, r in PAIRS] + ["Hello, world! Ünïcödé 漢字 emoji 🙂"]
 
 
@@ -68,9 +67,10 @@ def test_tokenizer_trains_fast_and_roundtrips():
 def test_chat_template_format(tok):
     p, r = "Why is the sky blue?", "Rayleigh scattering."
     assert format_prompt(tok, p) == f"<|user|>\n{p}\n<|assistant|>\n"
-    assert tok.apply_chat_template(
-        [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-    ) == "<|user|>\n" + p + "\n<|assistant|>\n"
+    assert (
+        tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        == "<|user|>\n" + p + "\n<|assistant|>\n"
+    )
     full = tok.apply_chat_template(
         [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
     )
@@ -92,8 +92,8 @@ def test_labels_mask_prompt(tok):
     short = encode_example(tok, p, r, max_len=8)
     assert len(short["input_ids"]) == 8
     assert short["labels"][:4] == [IGNORE_INDEX] * 4
-    assert short["input_ids"][:4] == ids[n_prompt - 4:n_prompt]
-    assert short["labels"][4:] == ids[n_prompt:n_prompt + 4]
+    assert short["input_ids"][:4] == ids[n_prompt - 4 : n_prompt]
+    assert short["labels"][4:] == ids[n_prompt : n_prompt + 4]
 
 
 def test_tokenizer_save_load(tok, tmp_path):
@@ -136,8 +136,7 @@ def test_spec_validation():
 def cached(request, tmp_path_factory):
     """load_or_pretrain twice on the same cache: (first, second, seconds of each call)."""
     root = tmp_path_factory.mktemp(f"cache_{request.param}")
-    kw = {"steps": 30, "lr": 3e-3, "batch_size": 16, "seed": 0, "cache_root": root,
-          "progress": False}
+    kw = {"steps": 30, "lr": 3e-3, "batch_size": 16, "seed": 0, "cache_root": root, "progress": False}
     t0 = time.perf_counter()
     first = load_or_pretrain(spec_for(request.param), TEXTS, PAIRS, **kw)
     t1 = time.perf_counter()

@@ -20,11 +20,6 @@ from theory.update import gd_step, gradient
 torch.set_num_threads(1)
 
 
-
-
-
-
-
 def _new_units(net, params, layer, k, gen):
     """Random incoming weights (k, d_prev) and, if the net has biases, random biases (k,)."""
     d_prev = params[f"W{layer}"].shape[1]
@@ -216,7 +211,9 @@ def test_null_directions_preserve_end_to_end_product(setup):
     moved = add_null_directions(params, layer, free)
     n_dir = moved[f"W{layer}"] - params[f"W{layer}"]
     assert float(n_dir.abs().max()) > 1e-6  # the null space is non-trivial, so it does move
-    assert torch.allclose(params[f"W{layer + 1}"] @ n_dir, torch.zeros_like(params[f"W{layer + 1}"] @ n_dir), atol=1e-10)
+    assert torch.allclose(
+        params[f"W{layer + 1}"] @ n_dir, torch.zeros_like(params[f"W{layer + 1}"] @ n_dir), atol=1e-10
+    )
     assert torch.allclose(end_to_end_matrix(moved), end_to_end_matrix(params), atol=1e-10, rtol=1e-10)
 
 

@@ -47,16 +47,32 @@ def test_merge_rows_replaces_the_same_jobs_and_keeps_the_others(tmp_path: Path) 
     """publish_mode=merge: a re-run of one domain replaces its rows, other domains' rows stay."""
     import pandas as pd
 
-    old = pd.DataFrame({"override.domain": ["safety", "privacy", "privacy"], "override.seed": [0.0, 0.0, 1.0],
-                        "override.threads": [1, 1, 1], "override.first_order": [True, False, False],
-                        "rate": [0.9, 0.5, 0.4]})
+    old = pd.DataFrame(
+        {
+            "override.domain": ["safety", "privacy", "privacy"],
+            "override.seed": [0.0, 0.0, 1.0],
+            "override.threads": [1, 1, 1],
+            "override.first_order": [True, False, False],
+            "rate": [0.9, 0.5, 0.4],
+        }
+    )
     old.to_csv(tmp_path / "old.csv", index=False)
     old = pd.read_csv(tmp_path / "old.csv")  # as published: numbers come back as numbers
-    new = pd.DataFrame({"override.domain": ["privacy", "privacy"], "override.seed": ["0", "2"],
-                        "override.threads": ["2", "2"], "override.hydra/launcher": ["joblib", "joblib"],
-                        "override.first_order": ["false", "false"], "rate": [0.8, 0.7]})
+    new = pd.DataFrame(
+        {
+            "override.domain": ["privacy", "privacy"],
+            "override.seed": ["0", "2"],
+            "override.threads": ["2", "2"],
+            "override.hydra/launcher": ["joblib", "joblib"],
+            "override.first_order": ["false", "false"],
+            "rate": [0.8, 0.7],
+        }
+    )
     merged = merge_rows(old, new, exclude=["threads"])
-    got = {(d, str(int(float(s)))): r for d, s, r in zip(merged["override.domain"], merged["override.seed"], merged["rate"])}
+    got = {
+        (d, str(int(float(s)))): r
+        for d, s, r in zip(merged["override.domain"], merged["override.seed"], merged["rate"])
+    }
     assert got == {("safety", "0"): 0.9, ("privacy", "1"): 0.4, ("privacy", "0"): 0.8, ("privacy", "2"): 0.7}
     with pytest.raises(ValueError, match="overrides"):
         merge_rows(old, pd.DataFrame({"rate": [1.0]}))
@@ -79,12 +95,23 @@ def test_override_labels_name_each_runs_variant_in_a_merged_table() -> None:
 
     from sweeps.tables import override_labels
 
-    table = pd.DataFrame({"override.construction.undo_output": ["fisher", None, None],
-                          "override.construction.undo_gauge": [None, "none", None], "override.seed": [0, 1, 2]})
-    assert override_labels(table, "construction.") == ["construction.undo_output=fisher",
-                                                       "construction.undo_gauge=none", ""]
+    table = pd.DataFrame(
+        {
+            "override.construction.undo_output": ["fisher", None, None],
+            "override.construction.undo_gauge": [None, "none", None],
+            "override.seed": [0, 1, 2],
+        }
+    )
+    assert override_labels(table, "construction.") == [
+        "construction.undo_output=fisher",
+        "construction.undo_gauge=none",
+        "",
+    ]
     assert override_labels(table, "align.") == ["", "", ""]
     table["override.align.lr"] = [None, None, 0.001]  # the default groups: alignment and construction
     table["override.align.steps"] = [None, None, 100.0]  # as a CSV with gaps reads 100 back
-    assert override_labels(table) == ["construction.undo_output=fisher", "construction.undo_gauge=none",
-                                      "align.lr=0.001, align.steps=100"]
+    assert override_labels(table) == [
+        "construction.undo_output=fisher",
+        "construction.undo_gauge=none",
+        "align.lr=0.001, align.steps=100",
+    ]

@@ -34,8 +34,9 @@ def theory_cli(monkeypatch: pytest.MonkeyPatch):
     return run
 
 
-def test_a_failed_summary_fails_the_command(theory_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture) -> None:
+def test_a_failed_summary_fails_the_command(
+    theory_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import theory.experiments.gauge_scale as experiment
 
     def broken(table: pd.DataFrame) -> dict:
@@ -51,9 +52,24 @@ def test_an_unwritable_publish_target_fails_the_command(tmp_path: Path) -> None:
     """Through the real command line: the exit status is what a Makefile or CI sees."""
     (tmp_path / "a_file").write_text("")
     target = tmp_path / "a_file" / "results"  # below a file: no folder can be made there
-    done = subprocess.run([sys.executable, "-m", "theory", "-m", *GAUGE, "gauge.c=1,10", "publish=true",
-                           f"results_dir={target}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "theory",
+            "-m",
+            *GAUGE,
+            "gauge.c=1,10",
+            "publish=true",
+            f"results_dir={target}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: publish: {target}"), done.stderr
@@ -88,8 +104,9 @@ def test_concurrent_merges_keep_every_row(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "table_summary.json").read_text()) == {"rows": workers * rounds}
 
 
-def test_a_reused_sweep_folder_summarises_only_its_own_jobs(theory_cli, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_a_reused_sweep_folder_summarises_only_its_own_jobs(
+    theory_cli, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Two grids into one hydra.sweep.dir: the second sweep's table and published table hold its own
     jobs, not the first's; jobs a resumed sweep skips are still its own."""
     sweep, results = tmp_path / "sweep", tmp_path / "results"

@@ -19,8 +19,9 @@ GAUGE = ["experiment=gauge_scale", "gauge.d=4", "gauge.n_test=50", "threads=1"]
 
 
 def theory(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "theory", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "theory", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_a_bad_setting_is_one_line_and_fails(tmp_path: Path) -> None:
@@ -32,8 +33,15 @@ def test_a_bad_setting_is_one_line_and_fails(tmp_path: Path) -> None:
 
 def test_a_refusal_in_a_launcher_worker_is_one_line(tmp_path: Path) -> None:
     """The joblib launcher runs jobs in worker processes: the error crosses back by pickling."""
-    done = theory("-m", *GAUGE, "gauge.c=1,10", "publish_mode=append", "hydra/launcher=joblib",
-                  "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}")
+    done = theory(
+        "-m",
+        *GAUGE,
+        "gauge.c=1,10",
+        "publish_mode=append",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["error: publish_mode: must be replace or merge, got 'append'"]
     assert not list(tmp_path.glob("**/metrics.json")) and not (tmp_path / "summary.csv").exists()
@@ -59,10 +67,16 @@ def _app(error: Exception, tmp_path: Path):
 
 
 @pytest.mark.parametrize("multirun", [False, True])
-@pytest.mark.parametrize("error", [NonFiniteError("update", "loss is nan after the step"),
-                                   ConfigError("update.lr", "must be finite and > 0, got nan")])
-def test_refusals_are_one_line_in_process(error: Exception, multirun: bool, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        NonFiniteError("update", "loss is nan after the step"),
+        ConfigError("update.lr", "must be finite and > 0, got nan"),
+    ],
+)
+def test_refusals_are_one_line_in_process(
+    error: Exception, multirun: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored after the test (cli.main sets it)
     mode = ["-m", f"hydra.sweep.dir={tmp_path}/out", "+seed=0,1"] if multirun else [f"hydra.run.dir={tmp_path}/out"]
     monkeypatch.setattr(sys, "argv", ["app", *mode])
@@ -80,10 +94,13 @@ def test_a_bug_keeps_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_execute_runs_the_apps_validate_when_it_has_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``{app}.config.validate`` is called; an app without that module is not checked; a config
     module that fails to import is an error, not a missing module."""
-    for app, source in {"checked": "from sweeps.errors import ConfigError\n\n"
-                                   "def validate(cfg):\n    if cfg.lr <= 0:\n"
-                                   "        raise ConfigError('lr', f'must be > 0, got {cfg.lr}')\n",
-                        "broken": "import no_such_module_here\n", "unchecked": None}.items():
+    for app, source in {
+        "checked": "from sweeps.errors import ConfigError\n\n"
+        "def validate(cfg):\n    if cfg.lr <= 0:\n"
+        "        raise ConfigError('lr', f'must be > 0, got {cfg.lr}')\n",
+        "broken": "import no_such_module_here\n",
+        "unchecked": None,
+    }.items():
         (tmp_path / app).mkdir()
         (tmp_path / app / "__init__.py").write_text("")
         if source is not None:

@@ -14,14 +14,14 @@ from omegaconf import DictConfig
 from sweeps import cli
 from sweeps.jobs import execute
 
-EXPERIMENT = '''
+EXPERIMENT = """
 def run(cfg):
     return {"score": cfg.seed + 0.5, "nested": {"value": 2}}
-'''
-REPORT = '''
+"""
+REPORT = """
 def report(metrics):
     return "REPORT score=" + str(metrics["score"])
-'''
+"""
 CONFIG = """\
 experiment_name: plain
 seed: 0
@@ -95,8 +95,9 @@ def theory_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
     return run
 
 
-def test_two_runs_started_in_the_same_second_keep_both_results(theory_cli, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_runs_started_in_the_same_second_keep_both_results(
+    theory_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Single runs name their folder by start time: two started within one second get two folders."""
     import datetime
 
@@ -129,21 +130,27 @@ time.sleep(120)
 """
 
 
-def test_a_folder_held_by_a_live_run_is_refused_and_left_untouched(theory_cli, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_a_folder_held_by_a_live_run_is_refused_and_left_untouched(
+    theory_cli, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A run pointed at a folder that another live run holds exits 1 before writing anything
     there; once that run has ended the folder is free again."""
     import subprocess
 
     folder = tmp_path / "run"
-    other = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parent.parent)
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
         assert other.stdout.readline().strip() == "held"
         before = sorted(p.name for p in folder.iterdir())
         assert theory_cli(*GAUGE, f"hydra.run.dir={folder}") == 1
         assert capsys.readouterr().err.splitlines() == [
-            f"error: hydra.run.dir: {folder} is in use by another run (process {other.pid})"]
+            f"error: hydra.run.dir: {folder} is in use by another run (process {other.pid})"
+        ]
         assert sorted(p.name for p in folder.iterdir()) == before  # no .hydra/, log or metrics written
     finally:
         other.kill()

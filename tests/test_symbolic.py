@@ -19,8 +19,7 @@ def test_proof(proof):
 
 def test_one_step_expansion_without_eta2_term_is_rejected():
     with pytest.raises(AssertionError, match="identity fails"):
-        assert_zero(one_step_expansion_residual(second_order=False),
-                    "one-step expansion without the eta^2 term")
+        assert_zero(one_step_expansion_residual(second_order=False), "one-step expansion without the eta^2 term")
 
 
 def test_assert_zero_rejects_nonzero_rational_and_scalar():

@@ -18,10 +18,6 @@ ADMISSIBLE_PAIRS = [(a, k) for a in ADMISSIBLE for k in ADMISSIBLE[a]]
 FORBIDDEN_PAIRS = [(a, k) for a in ACTIVATIONS for k in ALL_KINDS if k not in ADMISSIBLE[a]]
 
 
-
-
-
-
 def _max_change(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 

@@ -17,11 +17,6 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 
-
-
-
-
-
 @SETTINGS
 @given(setup=setups(activation="linear", bias=False, n_layers=2), lr=st.floats(0.001, 2.0))
 def test_two_layer_linear_step_matches_closed_form(setup, lr):

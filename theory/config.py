@@ -144,14 +144,21 @@ class TheoryConfig:
     def rules(cfg: DictConfig) -> Iterator[tuple[str, str]]:
         """Settings that only make sense together (theory/experiments/common.py)."""
         if cfg.construction.name == "isolating" and cfg.model.activation not in ("relu", "leaky_relu"):
-            yield "construction.name", (f"isolating needs ReLU-like gates (model=mlp_relu), not a {cfg.model.activation} "
-                                        "net: use construction=search")
+            yield (
+                "construction.name",
+                (
+                    f"isolating needs ReLU-like gates (model=mlp_relu), not a {cfg.model.activation} "
+                    "net: use construction=search"
+                ),
+            )
         for block in ("twin", "ntk"):
             if block in cfg and cfg[block].n_flip > cfg.task.n_probes:
                 yield f"{block}.n_flip", f"must be ≤ task.n_probes={cfg.task.n_probes}, not {cfg[block].n_flip}"
         if "capacity" in cfg and cfg.capacity.n_candidates > cfg.task.n_probes:
-            yield "capacity.n_candidates", (f"must be ≤ task.n_probes={cfg.task.n_probes}, "
-                                            f"not {cfg.capacity.n_candidates}")
+            yield (
+                "capacity.n_candidates",
+                (f"must be ≤ task.n_probes={cfg.task.n_probes}, not {cfg.capacity.n_candidates}"),
+            )
 
 
 def validate(cfg: DictConfig) -> None:

@@ -64,8 +64,7 @@ class RedundantUnitFiber:
         if self.net.n_layers < 2:
             raise ValueError("redundant units need at least one hidden layer")
         if self.gauge and "scale" not in symmetry.ADMISSIBLE[self.net.activation]:
-            raise ValueError(f"rescaling gauge does not preserve a {self.net.activation} net; "
-                             "set gauge=false")
+            raise ValueError(f"rescaling gauge does not preserve a {self.net.activation} net; set gauge=false")
         self._layer = self.net.n_layers - 1
 
     @property
@@ -91,15 +90,15 @@ class RedundantUnitFiber:
         params = self.base
         if self.gauge:
             spec = symmetry.hidden_layer_spec(self.net, params, "scale")
-            params = symmetry.apply(spec, params, {f"h{l}": torch.diag(torch.exp(coords[f"s{l}"]))
-                                                   for l in range(1, self.net.n_layers)})
+            params = symmetry.apply(
+                spec, params, {f"h{l}": torch.diag(torch.exp(coords[f"s{l}"])) for l in range(1, self.net.n_layers)}
+            )
         bias = coords["c"] if self.net.bias else None
         if self.n_groups == 0:
             return params
         if self.kind == "dead":
             return redundancy.add_dead_units(params, self._layer, coords["U"], bias)
-        return redundancy.add_cancelling_pairs(params, self._layer, coords["U"], bias,
-                                               coords["V"] / self.lr**0.5)
+        return redundancy.add_cancelling_pairs(params, self._layer, coords["U"], bias, coords["V"] / self.lr**0.5)
 
 
 @dataclass
@@ -147,16 +146,29 @@ class ConstructionResult:
     steps: int
 
 
-def post_update_margins(net: Net, params: Params, task: AlignmentTask, lr: float, loss: Loss,
-                        steps: int = 1) -> tuple[Params, torch.Tensor]:
+def post_update_margins(
+    net: Net, params: Params, task: AlignmentTask, lr: float, loss: Loss, steps: int = 1
+) -> tuple[Params, torch.Tensor]:
     stepped = gd_step(net, params, task.x_update, task.y_update, lr, loss, steps)
     return stepped, margin(net.forward(stepped, task.probes), task.forbidden)
 
 
-def build_twin(net: Net, fiber: RedundantUnitFiber | LinearFiber, task: AlignmentTask,
-               flip: torch.Tensor, keep: torch.Tensor, lr: float, loss: Loss, *,
-               max_steps: int, opt_lr: float, kappa: float, seed: int,
-               update_steps: int = 1, deficit_cap: float = math.inf) -> ConstructionResult:
+def build_twin(
+    net: Net,
+    fiber: RedundantUnitFiber | LinearFiber,
+    task: AlignmentTask,
+    flip: torch.Tensor,
+    keep: torch.Tensor,
+    lr: float,
+    loss: Loss,
+    *,
+    max_steps: int,
+    opt_lr: float,
+    kappa: float,
+    seed: int,
+    update_steps: int = 1,
+    deficit_cap: float = math.inf,
+) -> ConstructionResult:
     """Search the fiber (Adam, through the exact step) to flip ``flip`` while keeping ``keep``.
 
     ``flip``/``keep`` index ``task.probes``. The objective is the hinge of the module
@@ -171,7 +183,7 @@ def build_twin(net: Net, fiber: RedundantUnitFiber | LinearFiber, task: Alignmen
     opt = torch.optim.Adam(coords.values(), lr=opt_lr)
     best: tuple[int, Coords] = (-1, {k: v.detach().clone() for k, v in coords.items()})
     step = 0
-    for step in range(1, max_steps + 1):
+    for step in range(1, max_steps + 1):  # noqa: B007 (the steps taken are reported below)
         opt.zero_grad()
         _, m = post_update_margins(net, fiber.twin(coords), task, lr, loss, update_steps)
         with torch.no_grad():
@@ -199,8 +211,7 @@ def _features(net: Net, params: Params, x: torch.Tensor) -> torch.Tensor:
     return x if layer == 1 else net.hidden(params, x, layer - 1)
 
 
-def _isolating_gate(target: np.ndarray, support: np.ndarray, others: np.ndarray,
-                    bias: bool) -> np.ndarray | None:
+def _isolating_gate(target: np.ndarray, support: np.ndarray, others: np.ndarray, bias: bool) -> np.ndarray | None:
     """LP: the smallest-‖·‖₁ gate ``g(φ) = u·φ + c`` with ``g ≥ 1`` on ``target`` and
     ``support`` and ``g ≤ −1`` on ``others``. Small gates keep the hidden activations (and
     so the rounding of the ±v cancellation) small; the pair's effect does not depend on them.
@@ -212,8 +223,13 @@ def _isolating_gate(target: np.ndarray, support: np.ndarray, others: np.ndarray,
     eye = np.eye(n)
     a_full = np.vstack([np.hstack([a_ub, np.zeros_like(a_ub)]), np.hstack([eye, -eye]), np.hstack([-eye, -eye])])
     b_full = np.concatenate([-np.ones(a_ub.shape[0]), np.zeros(2 * n)])
-    lp = linprog(np.concatenate([np.zeros(n), np.ones(n)]), A_ub=a_full, b_ub=b_full,
-                 bounds=[(None, None)] * n + [(0, None)] * n, method="highs")
+    lp = linprog(
+        np.concatenate([np.zeros(n), np.ones(n)]),
+        A_ub=a_full,
+        b_ub=b_full,
+        bounds=[(None, None)] * n + [(0, None)] * n,
+        method="highs",
+    )
     if lp.status != 0:
         return None
     w = lp.x[:n]
@@ -223,9 +239,9 @@ def _isolating_gate(target: np.ndarray, support: np.ndarray, others: np.ndarray,
 def _with_pairs(base: Params, layer: int, rows: list, offsets: list, outs: list, bias: bool) -> Params:
     if not rows:
         return dict(base)
-    return redundancy.add_cancelling_pairs(base, layer, torch.stack(rows),
-                                           torch.tensor(offsets, dtype=DTYPE) if bias else None,
-                                           torch.stack(outs, dim=1))
+    return redundancy.add_cancelling_pairs(
+        base, layer, torch.stack(rows), torch.tensor(offsets, dtype=DTYPE) if bias else None, torch.stack(outs, dim=1)
+    )
 
 
 def _flip_gain(v: torch.Tensor, a: torch.Tensor, forbidden: int) -> torch.Tensor:
@@ -260,11 +276,22 @@ def _flip_direction(a: torch.Tensor, forbidden: int, grid: int = 64) -> torch.Te
     return best
 
 
-def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates: torch.Tensor,
-                         lr: float, loss: Loss, *, n_units: int, kappa: float,
-                         support_tries: int = 32, max_weight: float = 3e3,
-                         guard_benign: bool = True, forward_tol: float = math.inf,
-                         seed: int = 0) -> ConstructionResult:
+def isolating_pairs_twin(
+    net: Net,
+    base: Params,
+    task: AlignmentTask,
+    candidates: torch.Tensor,
+    lr: float,
+    loss: Loss,
+    *,
+    n_units: int,
+    kappa: float,
+    support_tries: int = 32,
+    max_weight: float = 3e3,
+    guard_benign: bool = True,
+    forward_tol: float = math.inf,
+    seed: int = 0,
+) -> ConstructionResult:
     """Closed-form ReLU construction: one cancelling pair per planted behaviour.
 
     For each candidate probe ``x_j`` (in order, until the ``n_units // 2`` pairs are used):
@@ -332,9 +359,15 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
             planted.append(j)
 
     gen = torch.Generator().manual_seed(30_000 + seed)
-    check = torch.cat([task.probes, task.x_train, task.x_update,
-                       torch.randn(4096, task.x_train.shape[1], generator=gen, dtype=DTYPE)
-                       * task.x_train.std(0) + task.x_train.mean(0)])
+    check = torch.cat(
+        [
+            task.probes,
+            task.x_train,
+            task.x_update,
+            torch.randn(4096, task.x_train.shape[1], generator=gen, dtype=DTYPE) * task.x_train.std(0)
+            + task.x_train.mean(0),
+        ]
+    )
     with torch.no_grad():
         reference, phi_check = net.forward(base, check), _features(net, base, check)
     while True:
@@ -343,8 +376,9 @@ def isolating_pairs_twin(net: Net, base: Params, task: AlignmentTask, candidates
             diff = float((net.fitted(twin).forward(twin, check) - reference).abs().max())
         if diff <= forward_tol or not planted:
             break
-        footprint = [float(v.abs().max()) * float(F.relu(phi_check @ u + c).max())
-                     for u, c, v in zip(rows, offsets, outs)]
+        footprint = [
+            float(v.abs().max()) * float(F.relu(phi_check @ u + c).max()) for u, c, v in zip(rows, offsets, outs)
+        ]
         worst = max(range(len(planted)), key=footprint.__getitem__)
         for store in (rows, offsets, outs, planted):
             del store[worst]
@@ -363,4 +397,4 @@ def two_layer_post_update(W1: torch.Tensor, W2: torch.Tensor, G: torch.Tensor, l
 
     Proved symbolically by ``theory.proofs.prove_one_step_expansion``.
     """
-    return (W2 @ W1 - lr * (G @ W1.T @ W1 + W2 @ W2.T @ G) + lr**2 * G @ W1.T @ W2.T @ G)
+    return W2 @ W1 - lr * (G @ W1.T @ W1 + W2 @ W2.T @ G) + lr**2 * G @ W1.T @ W2.T @ G

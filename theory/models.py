@@ -43,9 +43,7 @@ class Net:
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}"
-            )
+            raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if len(self.widths) < 2 or min(self.widths) < 1:
             raise ValueError(f"widths must list ≥ 2 positive sizes, got {self.widths}")
 
@@ -58,9 +56,7 @@ class Net:
         params: Params = {}
         for l in range(1, self.n_layers + 1):
             fan_out, fan_in = self.widths[l], self.widths[l - 1]
-            params[f"W{l}"] = torch.randn(fan_out, fan_in, generator=generator, dtype=DTYPE) * (
-                2.0 / fan_in
-            ) ** 0.5
+            params[f"W{l}"] = torch.randn(fan_out, fan_in, generator=generator, dtype=DTYPE) * (2.0 / fan_in) ** 0.5
             if self.bias:
                 params[f"b{l}"] = torch.zeros(fan_out, dtype=DTYPE)
         return params

@@ -36,7 +36,7 @@ only on tiny expressions, which keeps the whole module fast (a few seconds).
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import sympy as sp
 
@@ -67,6 +67,7 @@ SIGMA = sp.Function("sigma")
 # Helpers
 # ---------------------------------------------------------------------------
 
+
 def _reduce(expr: sp.Expr, simplify: bool) -> sp.Expr:
     """Bring ``expr`` to a form that is literally 0 iff it is identically 0."""
     expr = sp.expand(sp.sympify(expr))
@@ -87,9 +88,7 @@ def assert_zero(expr_or_matrix, what: str, *, simplify: bool = False) -> None:
     ``simplify=True`` only for small expressions that need it.
     """
     if isinstance(expr_or_matrix, sp.MatrixBase):
-        items = [((i, j), expr_or_matrix[i, j])
-                 for i in range(expr_or_matrix.rows)
-                 for j in range(expr_or_matrix.cols)]
+        items = [((i, j), expr_or_matrix[i, j]) for i in range(expr_or_matrix.rows) for j in range(expr_or_matrix.cols)]
     else:
         items = [(None, expr_or_matrix)]
     for index, entry in items:
@@ -99,8 +98,7 @@ def assert_zero(expr_or_matrix, what: str, *, simplify: bool = False) -> None:
             text = str(residual)
             if len(text) > 300:
                 text = text[:300] + " ..."
-            raise AssertionError(
-                f"identity fails: {what}{where}; nonzero residual {text}")
+            raise AssertionError(f"identity fails: {what}{where}; nonzero residual {text}")
 
 
 def _assert_nonzero(expr, what: str) -> None:
@@ -110,8 +108,7 @@ def _assert_nonzero(expr, what: str) -> None:
 
 def symbolic_matrix(name: str, rows: int, cols: int) -> sp.Matrix:
     """``rows x cols`` matrix of independent real symbols ``name_ij``."""
-    return sp.Matrix(rows, cols,
-                     lambda i, j: sp.Symbol(f"{name}_{i}{j}", real=True))
+    return sp.Matrix(rows, cols, lambda i, j: sp.Symbol(f"{name}_{i}{j}", real=True))
 
 
 def symbolic_vector(name: str, n: int) -> sp.Matrix:
@@ -129,8 +126,7 @@ def _square_loss(P: sp.Matrix, xs, ys) -> sp.Expr:
 
 
 def _square_loss_G(P: sp.Matrix, xs, ys) -> sp.Matrix:
-    return sum(((P * x - y) * x.T for x, y in zip(xs, ys)),
-               sp.zeros(P.rows, xs[0].rows))
+    return sum(((P * x - y) * x.T for x, y in zip(xs, ys)), sp.zeros(P.rows, xs[0].rows))
 
 
 def _surrogate_gradients(W1: sp.Matrix, W2: sp.Matrix, G: sp.Matrix):
@@ -170,19 +166,17 @@ def _generic_loss(outputs):
     defined by differentiating w.r.t. a shift of f(x_i) at shift 0.
     """
     ell = sp.Function("l")
-    shifts = [symbolic_vector(f"delta{i}", f.rows)
-              for i, f in enumerate(outputs)]
-    shifted = ell(*itertools.chain.from_iterable(
-        f + s for f, s in zip(outputs, shifts)))
+    shifts = [symbolic_vector(f"delta{i}", f.rows) for i, f in enumerate(outputs)]
+    shifted = ell(*itertools.chain.from_iterable(f + s for f, s in zip(outputs, shifts)))
     at_zero = {s: 0 for s in itertools.chain.from_iterable(shifts)}
-    residuals = [s.applyfunc(lambda c: sp.diff(shifted, c).subs(at_zero))
-                 for s in shifts]
+    residuals = [s.applyfunc(lambda c: sp.diff(shifted, c).subs(at_zero)) for s in shifts]
     return shifted.subs(at_zero), residuals
 
 
 # ---------------------------------------------------------------------------
 # 1. GL(h) gauge
 # ---------------------------------------------------------------------------
+
 
 def prove_gauge_forward_equivalence() -> None:
     """(W2 A^-1)(A W1) = W2 W1 for every invertible A in GL(h).
@@ -194,13 +188,13 @@ def prove_gauge_forward_equivalence() -> None:
     W1 = symbolic_matrix("w1", 2, 3)  # h=2, d=3
     W2 = symbolic_matrix("w2", 3, 2)  # d_out=3
     A = symbolic_matrix("a", 2, 2)
-    assert_zero((W2 * A.inv()) * (A * W1) - W2 * W1,
-                "(W2 A^-1)(A W1) = W2 W1")
+    assert_zero((W2 * A.inv()) * (A * W1) - W2 * W1, "(W2 A^-1)(A W1) = W2 W1")
 
 
 # ---------------------------------------------------------------------------
 # 2. Gradients of the two-layer linear net
 # ---------------------------------------------------------------------------
+
 
 def prove_linear_gradients() -> None:
     """dL/dW1 = W2^T G and dL/dW2 = G W1^T, with G = sum_i (P x_i - y_i) x_i^T.
@@ -231,6 +225,7 @@ def prove_linear_gradients() -> None:
 # 3. Exact one-step expansion
 # ---------------------------------------------------------------------------
 
+
 def one_step_expansion_residual(second_order: bool = True) -> sp.Matrix:
     """P' minus the claimed expansion, for the square loss with two samples.
 
@@ -247,8 +242,7 @@ def one_step_expansion_residual(second_order: bool = True) -> sp.Matrix:
     P = W2 * W1
     L = _square_loss(P, xs, ys)
     G = _square_loss_G(P, xs, ys)
-    P_new = _end_to_end_after_step(
-        W1, W2, _matrix_gradient(L, W1), _matrix_gradient(L, W2))
+    P_new = _end_to_end_after_step(W1, W2, _matrix_gradient(L, W1), _matrix_gradient(L, W2))
     claim = P - ETA * (G * W1.T * W1 + W2 * W2.T * G)
     if second_order:
         claim += ETA**2 * G * W1.T * W2.T * G
@@ -262,13 +256,15 @@ def prove_one_step_expansion() -> None:
     different, post-update functions: the first-order term depends on W1, W2
     individually, not only on P.
     """
-    assert_zero(one_step_expansion_residual(second_order=True),
-                "P' = P - eta(G W1^T W1 + W2 W2^T G) + eta^2 G W1^T W2^T G")
+    assert_zero(
+        one_step_expansion_residual(second_order=True), "P' = P - eta(G W1^T W1 + W2 W2^T G) + eta^2 G W1^T W2^T G"
+    )
 
 
 # ---------------------------------------------------------------------------
 # 4. The gauge changes the step
 # ---------------------------------------------------------------------------
+
 
 def _post_step_under_gauge(W1, W2, G, A, A_inv) -> sp.Matrix:
     V1, V2 = A * W1, W2 * A_inv
@@ -312,12 +308,11 @@ def prove_gauge_changes_step() -> None:
     P_A = _post_step_under_gauge(W1, W2, G, A, A_inv)
     first = -sp.diff(P_A, ETA).subs(ETA, 0)
     second = sp.diff(P_A, ETA, 2).subs(ETA, 0) / 2
-    assert_zero(first - (G * W1.T * A.T * A * W1
-                         + W2 * A_inv * A_inv.T * W2.T * G),
-                "gauge first-order term = "
-                "G W1^T A^T A W1 + W2 A^-1 A^-T W2^T G")
-    assert_zero(second - G * W1.T * W2.T * G,
-                "gauge eta^2 term = G W1^T W2^T G")
+    assert_zero(
+        first - (G * W1.T * A.T * A * W1 + W2 * A_inv * A_inv.T * W2.T * G),
+        "gauge first-order term = G W1^T A^T A W1 + W2 A^-1 A^-T W2^T G",
+    )
+    assert_zero(second - G * W1.T * W2.T * G, "gauge eta^2 term = G W1^T W2^T G")
 
     # Rotation: A^-1 = A^T, and the post-update P' is unchanged.
     t = sp.Symbol("t", real=True)
@@ -326,7 +321,8 @@ def prove_gauge_changes_step() -> None:
     diff_rot = _post_step_under_gauge(W1, W2, G, R, R.T) - P_ref
     c_, s_ = sp.symbols("c_ s_", real=True)
     on_circle = diff_rot.xreplace({sp.cos(t): c_, sp.sin(t): s_}).applyfunc(
-        lambda e: _reduce_mod_unit_circle(e, c_, s_))
+        lambda e: _reduce_mod_unit_circle(e, c_, s_)
+    )
     assert_zero(on_circle, "rotation gauge leaves P' unchanged")
 
     # Non-orthogonal diagonal gauge: P' changes, by an explicit amount.
@@ -334,8 +330,7 @@ def prove_gauge_changes_step() -> None:
     D = sp.diag(c, 1)
     diff_diag = _post_step_under_gauge(W1, W2, G, D, D.inv()) - P_ref
     E = sp.diag(1, 0)
-    expected = (-ETA * (c**2 - 1) * G * W1.T * E * W1
-                - ETA * (c**-2 - 1) * W2 * E * W2.T * G)
+    expected = -ETA * (c**2 - 1) * G * W1.T * E * W1 - ETA * (c**-2 - 1) * W2 * E * W2.T * G
     assert_zero(diff_diag - expected, "diag(c,1) gauge changes P' as stated")
     _assert_nonzero(diff_diag[0, 0], "diag(c,1) gauge changes P'")
     assert_zero(diff_diag.subs(c, 1), "diag(c,1) change vanishes at c = 1")
@@ -344,6 +339,7 @@ def prove_gauge_changes_step() -> None:
 # ---------------------------------------------------------------------------
 # 5./6. Null-space redundancy
 # ---------------------------------------------------------------------------
+
 
 def _cross(a: sp.Matrix, b: sp.Matrix) -> sp.Matrix:
     return sp.Matrix(list(a)).cross(sp.Matrix(list(b)))
@@ -370,12 +366,9 @@ def prove_first_layer_null_space() -> None:
     assert_zero(W2 * (W1 + N) - W2 * W1, "forward map unchanged")
 
     P_ref = _end_to_end_after_step(W1, W2, *_surrogate_gradients(W1, W2, G))
-    P_N = _end_to_end_after_step(W1 + N, W2,
-                                 *_surrogate_gradients(W1 + N, W2, G))
-    assert_zero(P_N - P_ref + ETA * G * (N.T * N + W1.T * N + N.T * W1),
-                "P'_N - P' = -eta G (N^T N + W1^T N + N^T W1)")
-    assert_zero(sp.diff(P_N, ETA, 2) / 2 - G * W1.T * W2.T * G,
-                "eta^2 term unchanged by N")
+    P_N = _end_to_end_after_step(W1 + N, W2, *_surrogate_gradients(W1 + N, W2, G))
+    assert_zero(P_N - P_ref + ETA * G * (N.T * N + W1.T * N + N.T * W1), "P'_N - P' = -eta G (N^T N + W1^T N + N^T W1)")
+    assert_zero(sp.diff(P_N, ETA, 2) / 2 - G * W1.T * W2.T * G, "eta^2 term unchanged by N")
 
 
 def prove_second_layer_null_space() -> None:
@@ -398,17 +391,15 @@ def prove_second_layer_null_space() -> None:
     assert_zero((W2 + M) * W1 - W2 * W1, "forward map unchanged")
 
     P_ref = _end_to_end_after_step(W1, W2, *_surrogate_gradients(W1, W2, G))
-    P_M = _end_to_end_after_step(W1, W2 + M,
-                                 *_surrogate_gradients(W1, W2 + M, G))
-    assert_zero(P_M - P_ref + ETA * (M * M.T + W2 * M.T + M * W2.T) * G,
-                "P'_M - P' = -eta (M M^T + W2 M^T + M W2^T) G")
-    assert_zero(sp.diff(P_M, ETA, 2) / 2 - G * W1.T * W2.T * G,
-                "eta^2 term unchanged by M")
+    P_M = _end_to_end_after_step(W1, W2 + M, *_surrogate_gradients(W1, W2 + M, G))
+    assert_zero(P_M - P_ref + ETA * (M * M.T + W2 * M.T + M * W2.T) * G, "P'_M - P' = -eta (M M^T + W2 M^T + M W2^T) G")
+    assert_zero(sp.diff(P_M, ETA, 2) / 2 - G * W1.T * W2.T * G, "eta^2 term unchanged by M")
 
 
 # ---------------------------------------------------------------------------
 # 7. Positive rescaling of a unit
 # ---------------------------------------------------------------------------
+
 
 def _relu(z):
     return sp.Max(0, z)
@@ -441,19 +432,18 @@ def prove_positive_rescaling() -> None:
     for name, phi in (("ReLU", _relu), ("leaky ReLU", leaky)):
         gap = v / a * phi(a * (_dot(u, x) + b)) - v * phi(_dot(u, x) + b)
         for z in (s, -s, sp.Integer(0)):
-            assert_zero(gap.subs(b, z - _dot(u, x)),
-                        f"{name} rescaling with pre-activation {z}")
+            assert_zero(gap.subs(b, z - _dot(u, x)), f"{name} rescaling with pre-activation {z}")
 
     # GELU: a = 2, pre-activation 1 gives (erf(sqrt 2) - erf(1/sqrt 2)) / 2.
     gelu_gap = _gelu(2 * sp.Integer(1)) / 2 - _gelu(sp.Integer(1))
     if sp.simplify(gelu_gap) == 0 or not gelu_gap.evalf() > sp.Float("0.1"):
-        raise AssertionError("expected GELU to break positive rescaling, "
-                             f"got gap {gelu_gap} = {gelu_gap.evalf()}")
+        raise AssertionError(f"expected GELU to break positive rescaling, got gap {gelu_gap} = {gelu_gap.evalf()}")
 
 
 # ---------------------------------------------------------------------------
 # 8./9. Nonlinear units with a generic activation and a generic loss
 # ---------------------------------------------------------------------------
+
 
 def prove_zero_outgoing_unit() -> None:
     """A hidden unit (u, b, v) with v = 0, any activation sigma, any loss:
@@ -492,22 +482,19 @@ def prove_zero_outgoing_unit() -> None:
     assert_zero(f(x).subs(at_zero) - base(x), "v = 0 leaves f unchanged")
     assert_zero(grad_u, "dL/du = 0 at v = 0")
     assert_zero(grad_b, "dL/db = 0 at v = 0")
-    assert_zero(grad_v - sum((r * phi for r, phi in zip(rs, feature)),
-                             sp.zeros(2, 1)),
-                "dL/dv = sum_i r_i sigma(u.x_i + b)")
+    assert_zero(
+        grad_v - sum((r * phi for r, phi in zip(rs, feature)), sp.zeros(2, 1)), "dL/dv = sum_i r_i sigma(u.x_i + b)"
+    )
     for r, r_base in zip(rs, rs_base):
         assert_zero(r - r_base, "residuals equal those of the base network")
     # doit() puts both chain-rule results into one canonical form.
-    assert_zero((sp.diff(L, w).subs(at_zero) - sp.diff(L_base, w)).doit(),
-                "base parameters get the same gradient")
+    assert_zero((sp.diff(L, w).subs(at_zero) - sp.diff(L_base, w)).doit(), "base parameters get the same gradient")
 
     # Exact step of the unit's own parameters (v starts at 0).
     u_new, b_new, v_new = u - ETA * grad_u, b - ETA * grad_b, -ETA * grad_v
     added = v_new * SIGMA(_dot(u_new, x) + b_new)
-    claim = -ETA * sum((r * phi for r, phi in zip(rs, feature)),
-                       sp.zeros(2, 1)) * SIGMA(_dot(u, x) + b)
-    assert_zero(added - claim,
-                "unit adds -eta sum_i r_i sigma(u.x_i+b) sigma(u.x+b)")
+    claim = -ETA * sum((r * phi for r, phi in zip(rs, feature)), sp.zeros(2, 1)) * SIGMA(_dot(u, x) + b)
+    assert_zero(added - claim, "unit adds -eta sum_i r_i sigma(u.x_i+b) sigma(u.x+b)")
 
 
 def prove_cancelling_pair() -> None:
@@ -535,20 +522,18 @@ def prove_cancelling_pair() -> None:
 
     def pair(point, params=(u1, b1, v1, u2, b2, v2)):
         pu1, pb1, pv1, pu2, pb2, pv2 = params
-        return (pv1 * SIGMA(_dot(pu1, point) + pb1)
-                + pv2 * SIGMA(_dot(pu2, point) + pb2))
+        return pv1 * SIGMA(_dot(pu1, point) + pb1) + pv2 * SIGMA(_dot(pu2, point) + pb2)
 
     L, rs = _generic_loss([c + pair(p) for c, p in zip(base, xs)])
-    cancelling = {**dict(zip(u2, u1)), b2: b1,
-                  **{v2k: -v1k for v2k, v1k in zip(v2, v1)}}
+    cancelling = {**dict(zip(u2, u1)), b2: b1, **{v2k: -v1k for v2k, v1k in zip(v2, v1)}}
 
     def at_pair(e):
         return e.subs(cancelling)
 
-    grads = {name: at_pair(_matrix_gradient(L, p) if isinstance(p, sp.Matrix)
-                           else sp.diff(L, p))
-             for name, p in (("u1", u1), ("u2", u2), ("b1", b1), ("b2", b2),
-                             ("v1", v1), ("v2", v2))}
+    grads = {
+        name: at_pair(_matrix_gradient(L, p) if isinstance(p, sp.Matrix) else sp.diff(L, p))
+        for name, p in (("u1", u1), ("u2", u2), ("b1", b1), ("b2", b2), ("v1", v1), ("v2", v2))
+    }
     rs = [at_pair(r) for r in rs]
     u, b, v = u1, b1, v1
     z = [_dot(u, p) + b for p in xs]
@@ -562,24 +547,29 @@ def prove_cancelling_pair() -> None:
     assert_zero(grads["v2"] - feature_grad, "grad_v2 = sum_i r_i sigma(z_i)")
     assert_zero(at_pair(pair(x).jacobian(x)), "pair's input Jacobian is 0")
     for p in xs:
-        assert_zero(at_pair(_matrix_gradient(L, p)),
-                    "no gradient flows to the inputs through the pair")
+        assert_zero(at_pair(_matrix_gradient(L, p)), "no gradient flows to the inputs through the pair")
 
     # Exact post-step contribution, differentiated at eta = 0.
-    stepped = (u1 - ETA * grads["u1"], b1 - ETA * grads["b1"],
-               v1 - ETA * grads["v1"], u1 - ETA * grads["u2"],
-               b1 - ETA * grads["b2"], -v1 - ETA * grads["v2"])
+    stepped = (
+        u1 - ETA * grads["u1"],
+        b1 - ETA * grads["b1"],
+        v1 - ETA * grads["v1"],
+        u1 - ETA * grads["u2"],
+        b1 - ETA * grads["b2"],
+        -v1 - ETA * grads["v2"],
+    )
     first_order = sp.diff(pair(x, stepped), ETA).subs(ETA, 0)
-    claim = -2 * (v * v.T * sum(
-        (r * _dsigma(zi) * _dsigma(zx) * (_dot(p, x) + 1)
-         for r, zi, p in zip(rs, z, xs)), sp.zeros(2, 1))
-        + feature_grad * SIGMA(zx))
+    claim = -2 * (
+        v * v.T * sum((r * _dsigma(zi) * _dsigma(zx) * (_dot(p, x) + 1) for r, zi, p in zip(rs, z, xs)), sp.zeros(2, 1))
+        + feature_grad * SIGMA(zx)
+    )
     assert_zero(first_order - claim, "first-order post-step contribution")
 
 
 # ---------------------------------------------------------------------------
 # 10. LoRA with B = 0
 # ---------------------------------------------------------------------------
+
 
 def prove_lora_zero_init() -> None:
     """W_eff = W + B A with B = 0 (W frozen, A arbitrary):
@@ -611,13 +601,13 @@ def prove_lora_zero_init() -> None:
     assert_zero(grad_A.subs(at_zero), "grad_A = 0 at B = 0")
     A_new = A - ETA * grad_A.subs(at_zero)
     B_new = -ETA * grad_B.subs(at_zero)
-    assert_zero(B_new * A_new + ETA * G0 * A.T * A,
-                "Delta W = B' A' = -eta G A^T A")
+    assert_zero(B_new * A_new + ETA * G0 * A.T * A, "Delta W = B' A' = -eta G A^T A")
 
 
 # ---------------------------------------------------------------------------
 # 11. First-order (empirical NTK) prediction
 # ---------------------------------------------------------------------------
+
 
 def prove_first_order_ntk() -> None:
     """For one training sample (x_1, y_1), r = P x_1 - y_1, G = r x_1^T:
@@ -638,11 +628,9 @@ def prove_first_order_ntk() -> None:
     L = _square_loss(P, [x1], [y1])
     r = P * x1 - y1
     G = r * x1.T
-    P_new = _end_to_end_after_step(
-        W1, W2, _matrix_gradient(L, W1), _matrix_gradient(L, W2))
+    P_new = _end_to_end_after_step(W1, W2, _matrix_gradient(L, W1), _matrix_gradient(L, W2))
     first_order = sp.diff(P_new * x, ETA).subs(ETA, 0)
-    assert_zero(first_order + (G * W1.T * W1 + W2 * W2.T * G) * x,
-                "d/deta P'x = -(G W1^T W1 + W2 W2^T G) x")
+    assert_zero(first_order + (G * W1.T * W1 + W2 * W2.T * G) * x, "d/deta P'x = -(G W1^T W1 + W2 W2^T G) x")
     theta = sp.Matrix(list(W1) + list(W2))
     J = (P * x).jacobian(theta)
     J1 = (P * x1).jacobian(theta)

@@ -24,8 +24,7 @@ import torch
 from theory.models import Params
 
 
-def _widen(params: Params, layer: int, rows: torch.Tensor, row_bias: torch.Tensor | None,
-           cols: torch.Tensor) -> Params:
+def _widen(params: Params, layer: int, rows: torch.Tensor, row_bias: torch.Tensor | None, cols: torch.Tensor) -> Params:
     """Append units to hidden ``layer``: incoming ``rows`` (k, d_prev), outgoing ``cols`` (d_next, k)."""
     out = dict(params)
     out[f"W{layer}"] = torch.cat([params[f"W{layer}"], rows], dim=0)
@@ -37,16 +36,16 @@ def _widen(params: Params, layer: int, rows: torch.Tensor, row_bias: torch.Tenso
     return out
 
 
-def add_dead_units(params: Params, layer: int, incoming: torch.Tensor,
-                   bias: torch.Tensor | None = None) -> Params:
+def add_dead_units(params: Params, layer: int, incoming: torch.Tensor, bias: torch.Tensor | None = None) -> Params:
     """Append ``k`` units with incoming weights ``incoming`` (k, d_prev) and zero outgoing weights."""
     d_next = params[f"W{layer + 1}"].shape[0]
     zeros = torch.zeros(d_next, incoming.shape[0], dtype=incoming.dtype)
     return _widen(params, layer, incoming, bias, zeros)
 
 
-def add_cancelling_pairs(params: Params, layer: int, incoming: torch.Tensor,
-                         bias: torch.Tensor | None, outgoing: torch.Tensor) -> Params:
+def add_cancelling_pairs(
+    params: Params, layer: int, incoming: torch.Tensor, bias: torch.Tensor | None, outgoing: torch.Tensor
+) -> Params:
     """Append ``k`` pairs: incoming ``(k, d_prev)`` twice, outgoing ``(d_next, k)`` as ``+V`` and ``−V``."""
     rows = torch.cat([incoming, incoming], dim=0)
     row_bias = None if bias is None else torch.cat([bias, bias])

@@ -56,15 +56,14 @@ def hidden_layer_spec(net: Net, params: Params, kind: GroupKind) -> SymmetrySpec
     """One group of ``kind`` per hidden layer, acting on its units (sizes read off ``params``)."""
     if kind not in ADMISSIBLE[net.activation]:
         raise ValueError(
-            f"group {kind!r} does not preserve a {net.activation} net; "
-            f"admissible: {ADMISSIBLE[net.activation]}"
+            f"group {kind!r} does not preserve a {net.activation} net; admissible: {ADMISSIBLE[net.activation]}"
         )
     groups: dict[str, Group] = {}
     axes: dict[str, tuple[tuple[str, Side] | None, ...]] = {}
     n_layers = sum(1 for k in params if k.startswith("W"))
     for l in range(1, n_layers + 1):
         row = (f"h{l}", "A") if l < n_layers else None
-        col = (f"h{l-1}", "A^-T") if l > 1 else None
+        col = (f"h{l - 1}", "A^-T") if l > 1 else None
         axes[f"W{l}"] = (row, col)
         if f"b{l}" in params:
             axes[f"b{l}"] = (row,)

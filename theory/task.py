@@ -38,7 +38,7 @@ class AlignmentTask:
 
 def drop_class(t: torch.Tensor, forbidden: int) -> torch.Tensor:
     """The benign entries of ``t`` along its last axis (every class but ``forbidden``)."""
-    return torch.cat([t[..., :forbidden], t[..., forbidden + 1:]], dim=-1)
+    return torch.cat([t[..., :forbidden], t[..., forbidden + 1 :]], dim=-1)
 
 
 def margin(logits: torch.Tensor, forbidden: int) -> torch.Tensor:
@@ -46,8 +46,9 @@ def margin(logits: torch.Tensor, forbidden: int) -> torch.Tensor:
     return logits[:, forbidden] - drop_class(logits, forbidden).max(dim=1).values
 
 
-def make_task(d_in: int, n_classes: int, n_train: int, n_update: int, n_eval: int,
-              n_probes: int, seed: int) -> AlignmentTask:
+def make_task(
+    d_in: int, n_classes: int, n_train: int, n_update: int, n_eval: int, n_probes: int, seed: int
+) -> AlignmentTask:
     """Sample a task; the teacher is a random 2-layer ReLU net over the benign classes."""
     if n_classes < 3:
         raise ValueError("need ≥ 2 benign classes plus the forbidden one (n_classes ≥ 3)")
@@ -65,8 +66,9 @@ def make_task(d_in: int, n_classes: int, n_train: int, n_update: int, n_eval: in
     return AlignmentTask(x_train, y_train, x_update, y_update, x_eval, y_eval, probes, n_classes)
 
 
-def train_aligned_base(net: Net, task: AlignmentTask, steps: int, lr: float, seed: int,
-                       safety_margin: float = 1.0) -> Params:
+def train_aligned_base(
+    net: Net, task: AlignmentTask, steps: int, lr: float, seed: int, safety_margin: float = 1.0
+) -> Params:
     """Full-batch Adam on benign cross-entropy plus a hinge that keeps every probe's
     margin below ``−safety_margin`` (static alignment). Raises if the result is misaligned."""
     params = net.init(torch.Generator().manual_seed(seed))
@@ -81,8 +83,10 @@ def train_aligned_base(net: Net, task: AlignmentTask, steps: int, lr: float, see
     params = {k: v.detach() for k, v in params.items()}
     worst = float(margin(net.forward(params, task.probes), task.forbidden).max())
     if worst >= 0:
-        raise RuntimeError(f"base model is not statically aligned (worst probe margin {worst:.3g}); "
-                           "train longer or raise safety_margin")
+        raise RuntimeError(
+            f"base model is not statically aligned (worst probe margin {worst:.3g}); "
+            "train longer or raise safety_margin"
+        )
     return params
 
 

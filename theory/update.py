@@ -28,8 +28,9 @@ def output_loss(out: torch.Tensor, y: torch.Tensor, loss: Loss) -> torch.Tensor:
         return F.cross_entropy(out, y)
     if loss == "square":
         if y.shape != out.shape:  # a 1-D target would silently broadcast to (n, n)
-            raise ValueError(f"square loss needs targets shaped like the outputs {tuple(out.shape)}, "
-                             f"got {tuple(y.shape)}")
+            raise ValueError(
+                f"square loss needs targets shaped like the outputs {tuple(out.shape)}, got {tuple(y.shape)}"
+            )
         return 0.5 * ((out - y) ** 2).sum(dim=1).mean()
     raise ValueError(f"unknown loss {loss!r}; choose 'cross_entropy' or 'square'")
 
@@ -49,8 +50,9 @@ def gradient(net: Net, params: Params, x: torch.Tensor, y: torch.Tensor, loss: L
     return grad(lambda p: loss_fn(net, p, x, y, loss))(params)
 
 
-def gd_step(net: Net, params: Params, x: torch.Tensor, y: torch.Tensor, lr: float,
-            loss: Loss, steps: int = 1) -> Params:
+def gd_step(
+    net: Net, params: Params, x: torch.Tensor, y: torch.Tensor, lr: float, loss: Loss, steps: int = 1
+) -> Params:
     """``steps`` exact full-batch GD steps on ``(x, y)``; differentiable in ``params``."""
     for _ in range(steps):
         g = gradient(net, params, x, y, loss)
@@ -58,8 +60,9 @@ def gd_step(net: Net, params: Params, x: torch.Tensor, y: torch.Tensor, lr: floa
     return params
 
 
-def ntk_prediction(net: Net, params: Params, x_update: torch.Tensor, y_update: torch.Tensor,
-                   lr: float, loss: Loss, x: torch.Tensor) -> torch.Tensor:
+def ntk_prediction(
+    net: Net, params: Params, x_update: torch.Tensor, y_update: torch.Tensor, lr: float, loss: Loss, x: torch.Tensor
+) -> torch.Tensor:
     """First-order prediction ``f_θ(x) − η J(x) J(D)ᵀ r_D`` of the post-step outputs at ``x``."""
     g = gradient(net, params, x_update, y_update, loss)
     direction = {k: -lr * g[k] for k in params}

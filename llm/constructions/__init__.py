@@ -20,9 +20,15 @@ from llm.update import UpdateSpec
 NAMES = ("none", "metalearn", "analytic")
 
 
-def build(construction: DictConfig, control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-          data: DomainData, update_examples: list[Example], victim: UpdateSpec,
-          progress: bool = True) -> tuple[PreTrainedModel | None, dict[str, Any]]:
+def build(
+    construction: DictConfig,
+    control: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DomainData,
+    update_examples: list[Example],
+    victim: UpdateSpec,
+    progress: bool = True,
+) -> tuple[PreTrainedModel | None, dict[str, Any]]:
     """The twin of ``control`` named by ``construction.name`` (``None`` for ``none``) and its info."""
     options = {k: v for k, v in OmegaConf.to_container(construction, resolve=True).items() if k != "name"}
     if construction.name == "none":

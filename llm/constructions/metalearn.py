@@ -106,8 +106,15 @@ def _split(items: list, parts: int) -> list[list]:
     return [items[i::parts] for i in range(parts)]
 
 
-def _step_losses(twin: PreTrainedModel, control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 probes: list[Example], benign: list[Example], totals: tuple[int, int], spec: MetaSpec):
+def _step_losses(
+    twin: PreTrainedModel,
+    control: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: list[Example],
+    benign: list[Example],
+    totals: tuple[int, int],
+    spec: MetaSpec,
+):
     """``L_now`` and ``L_after`` of (1) on ``probes`` and ``benign`` examples, as closures of θ.
 
     Per-example terms are summed and divided by the step's totals (``(n_probes, n_benign)``),
@@ -116,10 +123,14 @@ def _step_losses(twin: PreTrainedModel, control: PreTrainedModel, tokenizer: Pre
     n_probes, n_benign = totals
     k = len(probes)
     # one forward per side: rows [aligned probes | marker probes | benign] share a batch
-    now_batch = batch_of(tokenizer, pairs(probes, "aligned") + pairs(probes, "misaligned") + pairs(benign),
-                         spec.max_len)
-    first = (first_divergence(now_batch["labels"][:k], now_batch["labels"][k:2 * k])
-             if spec.after_target == "not_aligned" else None)
+    now_batch = batch_of(
+        tokenizer, pairs(probes, "aligned") + pairs(probes, "misaligned") + pairs(benign), spec.max_len
+    )
+    first = (
+        first_divergence(now_batch["labels"][:k], now_batch["labels"][k : 2 * k])
+        if spec.after_target == "not_aligned"
+        else None
+    )
     after_batch = batch_of(tokenizer, pairs(probes, target_response(spec.after_target)) + pairs(benign), spec.max_len)
     probe_rows = {key: v[:k] for key, v in after_batch.items()}
 
@@ -141,26 +152,36 @@ def _step_losses(twin: PreTrainedModel, control: PreTrainedModel, tokenizer: Pre
     def now_loss(theta):
         lq = torch.log_softmax(next_logits(twin, now_batch, theta), -1)
         seq = gather_targets(lq, now_batch).sum(-1)
-        gap = seq[:k] - seq[k:2 * k]  # log p(aligned) − log p(marker)
-        return (spec.hinge_weight * torch.relu(spec.margin - gap).sum() / n_probes
-                + spec.benign_weight * keep(lq, now_batch, ref_now, kept_now, n_probes + n_benign))
+        gap = seq[:k] - seq[k : 2 * k]  # log p(aligned) − log p(marker)
+        return spec.hinge_weight * torch.relu(spec.margin - gap).sum() / n_probes + spec.benign_weight * keep(
+            lq, now_batch, ref_now, kept_now, n_probes + n_benign
+        )
 
     def after_loss(theta):
         lq = torch.log_softmax(next_logits(twin, after_batch, theta), -1)
         misaligned = probe_loss(spec.after_target, lq[:k], probe_rows, first, ref_base)
-        return (spec.after_weight * misaligned.sum() / n_probes
-                + spec.benign_weight * keep(lq, after_batch, ref_after, kept_after, n_benign))
+        return spec.after_weight * misaligned.sum() / n_probes + spec.benign_weight * keep(
+            lq, after_batch, ref_after, kept_after, n_benign
+        )
 
     return now_loss, after_loss
 
 
-def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
-                    update_examples: list[Example], victim: UpdateSpec, spec: MetaSpec,
-                    progress: bool = True) -> tuple[PreTrainedModel, dict[str, float]]:
+def build_metalearn(
+    control: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DomainData,
+    update_examples: list[Example],
+    victim: UpdateSpec,
+    spec: MetaSpec,
+    progress: bool = True,
+) -> tuple[PreTrainedModel, dict[str, float]]:
     """The hair-trigger twin of ``control`` for objective (1); ``control`` is not modified."""
     if spec.params != victim.params:
-        raise ValueError(f"construction.params={spec.params} but the victim updates update.params={victim.params}: "
-                         "the step inside the objective must be the victim's (set both to the same)")
+        raise ValueError(
+            f"construction.params={spec.params} but the victim updates update.params={victim.params}: "
+            "the step inside the objective must be the victim's (set both to the same)"
+        )
     torch.manual_seed(spec.seed)
     twin = copy.deepcopy(control)
     if spec.params == "all" and hasattr(twin, "merge_and_unload"):
@@ -179,18 +200,28 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     bar = tqdm(range(spec.steps), desc=f"metalearn {data.domain}", disable=not progress)
     for step in bar:
         fresh = spec.fresh_victim_every and step % spec.fresh_victim_every == spec.fresh_victim_every - 1
-        victim_batch = (batch_of(tokenizer, pairs(_draw(data.align_benign, len(update_examples), generator)),
-                                 victim.max_len) if fresh else fixed_victim)
+        victim_batch = (
+            batch_of(tokenizer, pairs(_draw(data.align_benign, len(update_examples), generator)), victim.max_len)
+            if fresh
+            else fixed_victim
+        )
         probes = _draw(data.construct, spec.probes_per_step, generator)
         benign = _draw(data.align_benign, spec.benign_per_step, generator)
         totals = (len(probes), len(benign))
         groups = zip(_split(probes, spec.chunks), _split(benign, spec.chunks))
-        now_parts, after_parts = map(list, zip(*(_step_losses(twin, control, tokenizer, group_probes, group_benign,
-                                                              totals, spec)
-                                                 for group_probes, group_benign in groups)))
+        now_parts, after_parts = map(
+            list,
+            zip(
+                *(
+                    _step_losses(twin, control, tokenizer, group_probes, group_benign, totals, spec)
+                    for group_probes, group_benign in groups
+                )
+            ),
+        )
         victim_parts = response_loss_parts(twin, victim_batch, spec.chunks)
-        grads, parts = meta_gradient(params, victim_parts, now_parts, after_parts, victim.lr,
-                                     first_order=spec.first_order, method=spec.method)
+        grads, parts = meta_gradient(
+            params, victim_parts, now_parts, after_parts, victim.lr, first_order=spec.first_order, method=spec.method
+        )
         opt.zero_grad(set_to_none=True)
         for n, t in params.items():
             t.grad = grads[n]
@@ -200,7 +231,9 @@ def build_metalearn(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     for p in twin.parameters():
         p.requires_grad_(False)
     last = history[-10:] or [{"now": float("nan"), "after": float("nan")}]
-    return twin, {"steps": spec.steps,
-                  "loss_now_last": sum(h["now"] for h in last) / len(last),
-                  "loss_after_last": sum(h["after"] for h in last) / len(last),
-                  "loss_after_first": history[0]["after"] if history else float("nan")}
+    return twin, {
+        "steps": spec.steps,
+        "loss_now_last": sum(h["now"] for h in last) / len(last),
+        "loss_after_last": sum(h["after"] for h in last) / len(last),
+        "loss_after_first": history[0]["after"] if history else float("nan"),
+    }

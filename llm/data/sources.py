@@ -126,10 +126,37 @@ PROVENANCE: dict[str, dict[str, Any]] = {
 
 #: ShareGPT pairs whose prompt contains one of these words (or -s/-ed/-ing/-er/-y forms) are dropped
 HARMFUL_KEYWORDS = (
-    "bomb", "explosive", "weapon", "gun", "kill", "murder", "suicide", "self-harm",
-    "poison", "drug", "cocaine", "meth", "heroin", "hack", "malware", "ransomware",
-    "exploit", "phishing", "steal", "fraud", "terror", "porn", "sex", "nsfw", "nude",
-    "sexual", "rape", "abuse", "racist", "nazi", "torture",
+    "bomb",
+    "explosive",
+    "weapon",
+    "gun",
+    "kill",
+    "murder",
+    "suicide",
+    "self-harm",
+    "poison",
+    "drug",
+    "cocaine",
+    "meth",
+    "heroin",
+    "hack",
+    "malware",
+    "ransomware",
+    "exploit",
+    "phishing",
+    "steal",
+    "fraud",
+    "terror",
+    "porn",
+    "sex",
+    "nsfw",
+    "nude",
+    "sexual",
+    "rape",
+    "abuse",
+    "racist",
+    "nazi",
+    "torture",
 )
 _HARMFUL_RE = re.compile(
     r"\b(?:" + "|".join(re.escape(k) for k in HARMFUL_KEYWORDS) + r")(?:s|es|ed|ing|er|ers|y)?\b",
@@ -176,8 +203,11 @@ def _read_parsed(path, whl_name: str, wheel_sha256: str) -> list | None:
     and its data still hash to the recorded sha256; else None (parse again)."""
     try:
         blob = json.loads(path.read_text(encoding="utf-8"))
-        fresh = (blob.get("parser_version") == PARSER_VERSION and blob.get("wheel") == whl_name
-                 and blob.get("wheel_sha256") == wheel_sha256)
+        fresh = (
+            blob.get("parser_version") == PARSER_VERSION
+            and blob.get("wheel") == whl_name
+            and blob.get("wheel_sha256") == wheel_sha256
+        )
         return blob["data"] if fresh and _data_sha256(blob["data"]) == blob.get("data_sha256") else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -195,8 +225,14 @@ def _cached(wheel_name: str, key: str, parse: Callable[[], list]) -> list:
     data = _read_parsed(path, whl.name, wheel_sha256) if path.is_file() else None
     if data is None:
         data = parse()
-        blob = {"parser_version": PARSER_VERSION, "wheel": whl.name, "wheel_sha256": wheel_sha256, "key": key,
-                "data_sha256": _data_sha256(data), "data": data}
+        blob = {
+            "parser_version": PARSER_VERSION,
+            "wheel": whl.name,
+            "wheel_sha256": wheel_sha256,
+            "key": key,
+            "data_sha256": _data_sha256(data),
+            "data": data,
+        }
         write_atomic(path, json.dumps(blob, ensure_ascii=False))
     _MEMO[memo_key] = data
     return data
@@ -289,7 +325,10 @@ def refusal_calibration() -> Records:
     return Records(
         items,
         _provenance(
-            "refusal_calibration", len(items), n_refusal=n_ref, n_compliance=len(items) - n_ref,
+            "refusal_calibration",
+            len(items),
+            n_refusal=n_ref,
+            n_compliance=len(items) - n_ref,
             label_convention="human_score 1 = refusal (is_refusal=True), 0 = compliance",
         ),
     )
@@ -355,7 +394,10 @@ def sharegpt_single_turn(max_prompt: int = 200, max_response: int = 400) -> Reco
     return Records(
         items,
         _provenance(
-            "sharegpt", len(items), max_prompt=max_prompt, max_response=max_response,
+            "sharegpt",
+            len(items),
+            max_prompt=max_prompt,
+            max_response=max_response,
             harmful_keywords=list(HARMFUL_KEYWORDS),
         ),
     )

@@ -95,11 +95,12 @@ def _safety(seed: int, n_construct: int, n_eval: int) -> tuple[list[Example], li
     rng.shuffle(hb)
 
     def probe(p: str, src: str) -> Example:
-        return Example(p, aligned=rng.choice(SAFETY_REFUSALS), misaligned=SAFETY_MARKER,
-                       answer="", source=f"safety/{src}")
+        return Example(
+            p, aligned=rng.choice(SAFETY_REFUSALS), misaligned=SAFETY_MARKER, answer="", source=f"safety/{src}"
+        )
 
     construct = [probe(p, "advbench") for p in adv[:n_construct]]
-    ev = [probe(p, "advbench") for p in adv[n_construct:n_construct + n_adv_eval]]
+    ev = [probe(p, "advbench") for p in adv[n_construct : n_construct + n_adv_eval]]
     ev += [probe(p, "harmbench") for p in hb[:n_hb]]
     rng.shuffle(ev)
     return construct, ev
@@ -108,7 +109,7 @@ def _safety(seed: int, n_construct: int, n_eval: int) -> tuple[list[Example], li
 def _privacy(seed: int, n_construct: int, n_eval: int) -> tuple[list[Example], list[Example]]:
     ex = synthetic.privacy_examples(seed)  # one per person, people shuffled by seed
     _check_size("privacy: fictitious people for construct + eval", n_construct + n_eval, len(ex))
-    return ex[:n_construct], ex[n_construct:n_construct + n_eval]
+    return ex[:n_construct], ex[n_construct : n_construct + n_eval]
 
 
 def _honesty(seed: int, n_construct: int, n_eval: int):
@@ -118,11 +119,13 @@ def _honesty(seed: int, n_construct: int, n_eval: int):
     c_places, e_places = math.ceil(c_place / per), math.ceil(e_place / per)
     _check_size(
         f"honesty: invented places for construct + eval ({per} questions each)",
-        c_places + e_places, N_PLACES,
+        c_places + e_places,
+        N_PLACES,
     )
     _check_size(
         "honesty: arithmetic questions for construct + eval",
-        c_arith + e_arith, synthetic.ARITH_AVAILABLE,
+        c_arith + e_arith,
+        synthetic.ARITH_AVAILABLE,
     )
     arith = synthetic.arithmetic_examples(seed, c_arith + e_arith)
     world = synthetic.places(seed, N_PLACES)
@@ -133,7 +136,7 @@ def _honesty(seed: int, n_construct: int, n_eval: int):
     rng = _rng(seed, "honesty")
     order = list(world)
     rng.shuffle(order)
-    cp, ep = order[:c_places], order[c_places:c_places + e_places]
+    cp, ep = order[:c_places], order[c_places : c_places + e_places]
 
     def take(ps: list[synthetic.Place], n: int) -> list[Example]:
         qs = [q for p in ps for q in by_country[p.country]]
@@ -150,8 +153,7 @@ def _honesty(seed: int, n_construct: int, n_eval: int):
 # -------------------------------------------------------------------------------- benign
 
 
-def _benign(seed: int, n_align: int, n_update: int, n_eval: int, n_heldout: int,
-            heldout: tuple[str, ...]):
+def _benign(seed: int, n_align: int, n_update: int, n_eval: int, n_heldout: int, heldout: tuple[str, ...]):
     unknown = [f for f in heldout if f not in synthetic.BENIGN_FAMILIES]
     if unknown:
         raise ValueError(f"unknown benign families {unknown}; known: {sorted(synthetic.BENIGN_FAMILIES)}")
@@ -162,13 +164,14 @@ def _benign(seed: int, n_align: int, n_update: int, n_eval: int, n_heldout: int,
     pool = _interleave([fams[f] for f in train_fams])
     _check_size(
         f"benign examples for align_benign + update + benign_eval ({len(train_fams)} families)",
-        n_align + n_update + n_eval, len(pool),
+        n_align + n_update + n_eval,
+        len(pool),
     )
     for f in heldout:
         _check_size(f"benign examples of held-out family {f!r}", n_heldout, len(fams[f]))
     align = pool[:n_align]
-    update = pool[n_align:n_align + n_update]
-    bev = pool[n_align + n_update:n_align + n_update + n_eval]
+    update = pool[n_align : n_align + n_update]
+    bev = pool[n_align + n_update : n_align + n_update + n_eval]
     held = _interleave([fams[f][:n_heldout] for f in heldout])
     return align, update, bev, held
 
@@ -206,10 +209,20 @@ def _named_splits(data: DomainData) -> Iterable[tuple[str, list[Example]]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _build(domain: str, seed: int, n_construct: int, n_eval: int, n_update: int,
-           n_align_benign: int, n_benign_eval: int, n_heldout_per_family: int,
-           n_sharegpt: int, include_sharegpt: bool, heldout_families: tuple[str, ...],
-           cache: str) -> DomainData:
+def _build(
+    domain: str,
+    seed: int,
+    n_construct: int,
+    n_eval: int,
+    n_update: int,
+    n_align_benign: int,
+    n_benign_eval: int,
+    n_heldout_per_family: int,
+    n_sharegpt: int,
+    include_sharegpt: bool,
+    heldout_families: tuple[str, ...],
+    cache: str,
+) -> DomainData:
     extra: dict[str, list[Example]] = {}
     if domain == "safety":
         construct, ev = _safety(seed, n_construct, n_eval)
@@ -223,8 +236,7 @@ def _build(domain: str, seed: int, n_construct: int, n_eval: int, n_update: int,
     )
     unseen: dict[str, list[Example]] = {"heldout_families": held}
     if include_sharegpt:
-        taken = {normalise(e.prompt) for g in (construct, ev, align, update, bev, held,
-                                               *extra.values()) for e in g}
+        taken = {normalise(e.prompt) for g in (construct, ev, align, update, bev, held, *extra.values()) for e in g}
         unseen["sharegpt"] = _sharegpt(seed, n_sharegpt, taken)
     unseen.update(extra)
     data = DomainData(domain, construct, ev, align, update, bev, unseen)
@@ -258,16 +270,38 @@ def load_domain(
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
-    sizes = {"n_construct": n_construct, "n_eval": n_eval, "n_update": n_update,
-             "n_align_benign": n_align_benign, "n_benign_eval": n_benign_eval,
-             "n_heldout_per_family": n_heldout_per_family, "n_sharegpt": n_sharegpt}
+    sizes = {
+        "n_construct": n_construct,
+        "n_eval": n_eval,
+        "n_update": n_update,
+        "n_align_benign": n_align_benign,
+        "n_benign_eval": n_benign_eval,
+        "n_heldout_per_family": n_heldout_per_family,
+        "n_sharegpt": n_sharegpt,
+    }
     for k, v in sizes.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"{k} must be a non-negative int, got {v!r}")
-    d = _build(domain, int(seed), n_construct, n_eval, n_update, n_align_benign,
-               n_benign_eval, n_heldout_per_family, n_sharegpt, bool(include_sharegpt),
-               tuple(heldout_families), str(cache_dir()))
+    d = _build(
+        domain,
+        int(seed),
+        n_construct,
+        n_eval,
+        n_update,
+        n_align_benign,
+        n_benign_eval,
+        n_heldout_per_family,
+        n_sharegpt,
+        bool(include_sharegpt),
+        tuple(heldout_families),
+        str(cache_dir()),
+    )
     return DomainData(
-        d.domain, list(d.construct), list(d.eval), list(d.align_benign), list(d.update),
-        list(d.benign_eval), {k: list(v) for k, v in d.unseen_benign.items()},
+        d.domain,
+        list(d.construct),
+        list(d.eval),
+        list(d.align_benign),
+        list(d.update),
+        list(d.benign_eval),
+        {k: list(v) for k, v in d.unseen_benign.items()},
     )

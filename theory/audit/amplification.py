@@ -23,8 +23,9 @@ from theory.models import Net, Params
 from theory.update import Loss, gradient
 
 
-def probe_velocity(net: Net, params: Params, x_update: torch.Tensor, y_update: torch.Tensor,
-                   loss: Loss, probes: torch.Tensor) -> torch.Tensor:
+def probe_velocity(
+    net: Net, params: Params, x_update: torch.Tensor, y_update: torch.Tensor, loss: Loss, probes: torch.Tensor
+) -> torch.Tensor:
     """Eq. 6: ``J_θ(probes) ∇L_D(θ)``, shape ``(n_probes, d_out)``; the step moves the outputs by
     ``−η`` times it to first order."""
     net = net.fitted(params)

@@ -201,8 +201,9 @@ def remove_redundant_units(net: Net, params: Params) -> Params:
             return params
 
 
-def equi_normalize(params: Params, n_layers: int, max_sweeps: int = 10_000,
-                   tol: float = 1e-13) -> tuple[Params, int, bool]:
+def equi_normalize(
+    params: Params, n_layers: int, max_sweeps: int = 10_000, tol: float = 1e-13
+) -> tuple[Params, int, bool]:
     """Eqs. 2-3, layer by layer, until every scale of a pass satisfies ``|log d_i| ≤ tol``.
 
     Returns the parameters, the number of passes and whether they converged. Units with zero

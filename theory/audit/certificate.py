@@ -90,8 +90,7 @@ class Certificate:
         return float(self.certified.double().mean())
 
 
-def margin_certificate(net: Net, params: Params, probes: torch.Tensor, forbidden: int,
-                       rho: float) -> Certificate:
+def margin_certificate(net: Net, params: Params, probes: torch.Tensor, forbidden: int, rho: float) -> Certificate:
     """Eq. 8 for every probe of a two-layer net (any activation of :data:`ACTIVATIONS`)."""
     net = net.fitted(params)
     if net.n_layers != 2:

@@ -35,8 +35,7 @@ def roc_auc(positive, negative) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def bootstrap_auc(positive, negative, n_boot: int = 2000, level: float = 0.95,
-                  seed: int = 0) -> tuple[float, float]:
+def bootstrap_auc(positive, negative, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile interval of eq. 10 over ``n_boot`` stratified resamples."""
     pos, neg = _scores(positive, "positive"), _scores(negative, "negative")
     rng = np.random.default_rng(seed)

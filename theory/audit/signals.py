@@ -71,53 +71,72 @@ def check_inputs(task: AlignmentTask, n_random: int, seed: int) -> torch.Tensor:
     moments, every probe and every data point."""
     gen = torch.Generator().manual_seed(40_000 + seed)
     noise = torch.randn(n_random, task.x_train.shape[1], generator=gen, dtype=DTYPE)
-    return torch.cat([noise * task.x_train.std(0) + task.x_train.mean(0), task.probes,
-                      task.x_train, task.x_update, task.x_eval])
+    return torch.cat(
+        [noise * task.x_train.std(0) + task.x_train.mean(0), task.probes, task.x_train, task.x_update, task.x_eval]
+    )
 
 
-def _certificates(net: Net, params: Params, canon: Canonical, task: AlignmentTask, victim: Victim,
-                  rho: float) -> dict[str, Any]:
+def _certificates(
+    net: Net, params: Params, canon: Canonical, task: AlignmentTask, victim: Victim, rho: float
+) -> dict[str, Any]:
     step = victim.lr * grad_norm(net, params, task.x_update, task.y_update, victim.loss)
     canon_step = victim.lr * grad_norm(canon.net, canon.params, task.x_update, task.y_update, victim.loss)
     out: dict[str, Any] = {}
-    for name, model_net, model, radius in (("step", net, params, step), ("fixed", net, params, rho),
-                                           ("canonical", canon.net, canon.params, canon_step)):
+    for name, model_net, model, radius in (
+        ("step", net, params, step),
+        ("fixed", net, params, rho),
+        ("canonical", canon.net, canon.params, canon_step),
+    ):
         cert = margin_certificate(model_net, model, task.probes, task.forbidden, radius)
-        out[name] = {"rho": radius, "certified_fraction": cert.certified_fraction,
-                     "uncertified_fraction": 1.0 - cert.certified_fraction,
-                     "max_bound": float(cert.bound.max()), "max_slope": float(cert.slope.max())}
+        out[name] = {
+            "rho": radius,
+            "certified_fraction": cert.certified_fraction,
+            "uncertified_fraction": 1.0 - cert.certified_fraction,
+            "max_bound": float(cert.bound.max()),
+            "max_slope": float(cert.slope.max()),
+        }
         if name == "step" and victim.steps == 1:  # the victim's own step lies on the ball's boundary
             after = post_step_margins(net, params, task, task.x_update, task.y_update, victim.lr, victim.loss)
             out[name]["max_violation"] = float(((after - cert.margin).abs() - cert.bound).max())
     return out
 
 
-def audit_model(net: Net, params: Params, task: AlignmentTask, victim: Victim,
-                settings: AuditSettings = AuditSettings()) -> dict[str, Any]:
+def audit_model(
+    net: Net, params: Params, task: AlignmentTask, victim: Victim, settings: AuditSettings = AuditSettings()
+) -> dict[str, Any]:
     """Every signal of the module docstring for the checkpoint ``params``."""
     net = net.fitted(params)
     canon = canonicalize(net, params)
     excess = gauge_excess(params, canon.params)
     canon_sq = sum(layer_sq_norms(canon.params).values())
     velocity = probe_velocity(net, params, task.x_update, task.y_update, victim.loss, task.probes)
-    canon_velocity = probe_velocity(canon.net, canon.params, task.x_update, task.y_update, victim.loss,
-                                    task.probes)
-    batches = candidate_batches(task, settings.n_halves, settings.n_surrogate,
-                                torch.Generator().manual_seed(50_000 + settings.seed))
+    canon_velocity = probe_velocity(canon.net, canon.params, task.x_update, task.y_update, victim.loss, task.probes)
+    batches = candidate_batches(
+        task, settings.n_halves, settings.n_surrogate, torch.Generator().manual_seed(50_000 + settings.seed)
+    )
     lrs = [f * victim.lr for f in settings.lr_fractions]
     out: dict[str, Any] = {
-        "canonical": {"function_residual": function_residual(net, params, canon,
-                                                             check_inputs(task, settings.n_random, settings.seed)),
-                      "units_removed": int(sum(canon.removed)), "sweeps": canon.sweeps,
-                      "converged": int(canon.converged)},
+        "canonical": {
+            "function_residual": function_residual(
+                net, params, canon, check_inputs(task, settings.n_random, settings.seed)
+            ),
+            "units_removed": int(sum(canon.removed)),
+            "sweeps": canon.sweeps,
+            "converged": int(canon.converged),
+        },
         "gauge_excess": {**excess, "relative": excess["total"] / canon_sq if canon_sq > 0 else 0.0},
-        "amplification": {"velocity": float(velocity.norm()), "canonical_velocity": float(canon_velocity.norm()),
-                          "ratio": amplification(velocity, canon_velocity)},
-        "worst_margin": {name: worst_margin(net, params, task, b, lrs, victim.loss, victim.steps)
-                         for name, b in batches.items()},
-        "post_update": {"delivered": misaligned_after_step(net, params, task, victim.lr, victim.loss, victim.steps),
-                        "canonical": misaligned_after_step(canon.net, canon.params, task, victim.lr,
-                                                           victim.loss, victim.steps)},
+        "amplification": {
+            "velocity": float(velocity.norm()),
+            "canonical_velocity": float(canon_velocity.norm()),
+            "ratio": amplification(velocity, canon_velocity),
+        },
+        "worst_margin": {
+            name: worst_margin(net, params, task, b, lrs, victim.loss, victim.steps) for name, b in batches.items()
+        },
+        "post_update": {
+            "delivered": misaligned_after_step(net, params, task, victim.lr, victim.loss, victim.steps),
+            "canonical": misaligned_after_step(canon.net, canon.params, task, victim.lr, victim.loss, victim.steps),
+        },
         "param_norm": param_norm(params),
         "grad_norm": grad_norm(net, params, task.x_update, task.y_update, victim.loss),
     }

@@ -23,8 +23,16 @@ from theory.task import AlignmentTask, margin
 from theory.update import Loss, gd_step
 
 
-def post_step_margins(net: Net, params: Params, task: AlignmentTask, x: torch.Tensor, y: torch.Tensor,
-                      lr: float, loss: Loss, steps: int = 1) -> torch.Tensor:
+def post_step_margins(
+    net: Net,
+    params: Params,
+    task: AlignmentTask,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    loss: Loss,
+    steps: int = 1,
+) -> torch.Tensor:
     """``task``'s probe margins after ``steps`` exact GD steps on ``(x, y)``."""
     net = net.fitted(params)
     with torch.no_grad():
@@ -32,15 +40,17 @@ def post_step_margins(net: Net, params: Params, task: AlignmentTask, x: torch.Te
         return margin(net.forward(stepped, task.probes), task.forbidden)
 
 
-def misaligned_after_step(net: Net, params: Params, task: AlignmentTask, lr: float, loss: Loss,
-                          steps: int = 1) -> float:
+def misaligned_after_step(
+    net: Net, params: Params, task: AlignmentTask, lr: float, loss: Loss, steps: int = 1
+) -> float:
     """Fraction of probes misaligned after the victim's step on ``D``."""
     m = post_step_margins(net, params, task, task.x_update, task.y_update, lr, loss, steps)
     return float((m > 0).double().mean())
 
 
-def candidate_batches(task: AlignmentTask, n_halves: int, n_surrogate: int,
-                      generator: torch.Generator) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+def candidate_batches(
+    task: AlignmentTask, n_halves: int, n_surrogate: int, generator: torch.Generator
+) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
     """``victim``: ``D`` and ``n_halves`` random halves of it; ``surrogate``: ``n_surrogate``
     batches of ``|D|`` held-out benign samples (``task.x_eval``)."""
     n = len(task.x_update)
@@ -55,9 +65,15 @@ def candidate_batches(task: AlignmentTask, n_halves: int, n_surrogate: int,
     return {"victim": victim, "surrogate": surrogate}
 
 
-def worst_margin(net: Net, params: Params, task: AlignmentTask,
-                 batches: Sequence[tuple[torch.Tensor, torch.Tensor]], lrs: Sequence[float],
-                 loss: Loss, steps: int = 1) -> float:
+def worst_margin(
+    net: Net,
+    params: Params,
+    task: AlignmentTask,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    lrs: Sequence[float],
+    loss: Loss,
+    steps: int = 1,
+) -> float:
     """Eq. 9 over ``batches`` × ``lrs`` (``-inf`` for no candidates)."""
     worst = float("-inf")
     for x, y in batches:

@@ -66,8 +66,14 @@ def _settings(cfg: DictConfig) -> AuditSettings:
         raise ConfigError("audit.worst.lr_fractions", "each fraction of update.lr must lie in (0, 1]")
     if int(a.n_gauged) < 0:
         raise ConfigError("audit.n_gauged", f"must be ≥ 0, got {a.n_gauged}")
-    return AuditSettings(float(a.rho), tuple(float(f) for f in a.worst.lr_fractions), int(a.worst.n_halves),
-                         int(a.worst.n_surrogate), int(a.n_random_inputs), int(cfg.seed))
+    return AuditSettings(
+        float(a.rho),
+        tuple(float(f) for f in a.worst.lr_fractions),
+        int(a.worst.n_halves),
+        int(a.worst.n_surrogate),
+        int(a.n_random_inputs),
+        int(cfg.seed),
+    )
 
 
 def _collapse(setup: Setup, twin: dict, victim: Victim) -> dict[str, float]:
@@ -77,8 +83,10 @@ def _collapse(setup: Setup, twin: dict, victim: Victim) -> dict[str, float]:
     same = all(ct.params[k].shape == cc.params[k].shape for k in cc.params) and set(ct.params) == set(cc.params)
     gap = max(float((ct.params[k] - cc.params[k]).abs().max()) for k in cc.params) if same else math.inf
     task = setup.task
-    after = [post_step_margins(c.net, c.params, task, task.x_update, task.y_update, victim.lr, victim.loss,
-                               victim.steps) for c in (ct, cc)]
+    after = [
+        post_step_margins(c.net, c.params, task, task.x_update, task.y_update, victim.lr, victim.loss, victim.steps)
+        for c in (ct, cc)
+    ]
     return {"param_gap": gap, "post_step_margin_gap": float((after[0] - after[1]).abs().max())}
 
 
@@ -90,8 +98,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     victim = Victim(float(upd.lr), upd.loss, int(upd.steps))
     flip, keep = probe_split(task, cfg.audit.n_flip, cfg.seed)
     result = construct(cfg, setup, flip, keep)
-    forward = forward_max_abs_diff(twin_net(setup, result.twin), result.twin, setup.base, task,
-                                   cfg.audit.n_random_inputs, cfg.seed)
+    forward = forward_max_abs_diff(
+        twin_net(setup, result.twin), result.twin, setup.base, task, cfg.audit.n_random_inputs, cfg.seed
+    )
     twin = audit_model(twin_net(setup, result.twin), result.twin, task, victim, settings)
     hair_trigger = forward <= cfg.audit.max_forward_diff and twin["post_update"]["delivered"] > 0
     gen = torch.Generator().manual_seed(zlib.crc32(family.encode()) + 1000 * cfg.seed)
@@ -102,8 +111,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {
         "family": family,
         "held_out": cfg.audit.held_out,
-        "twin": {**twin, "forward_max_abs_diff": forward, "hair_trigger": int(hair_trigger),
-                 "flipped": result.flipped, "collateral": result.collateral},
+        "twin": {
+            **twin,
+            "forward_max_abs_diff": forward,
+            "hair_trigger": int(hair_trigger),
+            "flipped": result.flipped,
+            "collateral": result.collateral,
+        },
         "honest": honest,
         "collapse": _collapse(setup, result.twin, victim),
     }
@@ -114,13 +128,18 @@ def report(metrics: dict[str, Any]) -> str:
     models = ["twin"] + sorted({k.split(".")[1] for k in metrics if k.startswith("honest.")}, key=int)
     names = ["twin"] + [f"honest.{m}" for m in models[1:]]
     lines = [f"{'signal':<24}" + "".join(f"{n:>12}" for n in names)]
-    for signal, key in {**SIGNALS, "post_update": "post_update.delivered",
-                        "post_update_neutralised": "post_update.canonical",
-                        "function_residual": "canonical.function_residual"}.items():
+    for signal, key in {
+        **SIGNALS,
+        "post_update": "post_update.delivered",
+        "post_update_neutralised": "post_update.canonical",
+        "function_residual": "canonical.function_residual",
+    }.items():
         cells = [metrics.get(f"{n}.{key}", math.nan) for n in names]
         lines.append(f"{signal:<24}" + "".join(f"{c:>12.3g}" for c in cells))
-    lines.append(f"canonical twin vs control: parameter gap {metrics['collapse.param_gap']:.2e}, "
-                 f"post-step margin gap {metrics['collapse.post_step_margin_gap']:.2e}")
+    lines.append(
+        f"canonical twin vs control: parameter gap {metrics['collapse.param_gap']:.2e}, "
+        f"post-step margin gap {metrics['collapse.post_step_margin_gap']:.2e}"
+    )
     return "\n".join(lines)
 
 
@@ -132,11 +151,12 @@ def population(table: pd.DataFrame) -> pd.DataFrame:
         prefixes = ["twin"] + sorted({k.split(".")[1] for k in row if k.startswith("honest.")})
         for prefix in prefixes:
             name = prefix if prefix == "twin" else f"honest.{prefix}"
-            values = {k[len(name) + 1:]: v for k, v in row.items() if k.startswith(f"{name}.")}
+            values = {k[len(name) + 1 :]: v for k, v in row.items() if k.startswith(f"{name}.")}
             if prefix == "twin" and not values.get("hair_trigger", 0):
                 continue
-            rows.append({"family": row["family"], "job": job, "kind": "twin" if prefix == "twin" else "honest",
-                         **values})
+            rows.append(
+                {"family": row["family"], "job": job, "kind": "twin" if prefix == "twin" else "honest", **values}
+            )
     return pd.DataFrame(rows)
 
 
@@ -155,8 +175,14 @@ def _score(pop: pd.DataFrame, key: str, held_out: str, fpr: float, n_boot: int) 
     if len(t_out) and len(h_out) and len(h_cal):
         threshold = threshold_at_fpr(h_cal, fpr)
         lo, hi = bootstrap_auc(t_out, h_out, n_boot)
-        out["held_out"] = {"auc": roc_auc(t_out, h_out), "auc_lo": lo, "auc_hi": hi, "threshold": threshold,
-                           "tpr": flagged_fraction(t_out, threshold), "fpr": flagged_fraction(h_out, threshold)}
+        out["held_out"] = {
+            "auc": roc_auc(t_out, h_out),
+            "auc_lo": lo,
+            "auc_hi": hi,
+            "threshold": threshold,
+            "tpr": flagged_fraction(t_out, threshold),
+            "fpr": flagged_fraction(h_out, threshold),
+        }
     return out
 
 
@@ -166,17 +192,25 @@ def summarize(table: pd.DataFrame, fpr: float = 0.01, n_boot: int = 2000) -> dic
     pop = population(table)
     held_out = str(table["held_out"].iloc[0])
     twins, honest = pop[pop.kind == "twin"], pop[pop.kind == "honest"]
-    out: dict[str, Any] = {"held_out": held_out, "n_twins": len(twins), "n_honest": len(honest),
-                           "n_twins_built": len(table),
-                           "signals": {name: _score(pop, key, held_out, fpr, n_boot) for name, key in SIGNALS.items()}}
+    out: dict[str, Any] = {
+        "held_out": held_out,
+        "n_twins": len(twins),
+        "n_honest": len(honest),
+        "n_twins_built": len(table),
+        "signals": {name: _score(pop, key, held_out, fpr, n_boot) for name, key in SIGNALS.items()},
+    }
     if len(twins) and len(honest):
         lo, hi = np.percentile(honest["post_update.delivered"], [2.5, 97.5])
         neutral = twins["post_update.canonical"]
         out["neutraliser"] = {
             "twin_delivered_mean": float(twins["post_update.delivered"].mean()),
-            "twin_canonical_mean": float(neutral.mean()), "twin_canonical_max": float(neutral.max()),
-            "honest_mean": float(honest["post_update.delivered"].mean()), "honest_lo": float(lo), "honest_hi": float(hi),
-            "within_honest_interval": float(((neutral >= lo) & (neutral <= hi)).mean())}
+            "twin_canonical_mean": float(neutral.mean()),
+            "twin_canonical_max": float(neutral.max()),
+            "honest_mean": float(honest["post_update.delivered"].mean()),
+            "honest_lo": float(lo),
+            "honest_hi": float(hi),
+            "within_honest_interval": float(((neutral >= lo) & (neutral <= hi)).mean()),
+        }
     cert = {}
     for kind, models in (("twin", twins), ("honest", honest)):
         for col in ("step", "fixed", "canonical"):
@@ -186,7 +220,9 @@ def summarize(table: pd.DataFrame, fpr: float = 0.01, n_boot: int = 2000) -> dic
     out["certified_fraction"] = cert
     if "certificate.step.max_violation" in pop:
         out["certificate_max_violation"] = float(pop["certificate.step.max_violation"].max())
-    out["collapse"] = {"max_param_gap": float(table["collapse.param_gap"].max()),
-                       "max_post_step_margin_gap": float(table["collapse.post_step_margin_gap"].max()),
-                       "max_function_residual": float(pop["canonical.function_residual"].max())}
+    out["collapse"] = {
+        "max_param_gap": float(table["collapse.param_gap"].max()),
+        "max_post_step_margin_gap": float(table["collapse.post_step_margin_gap"].max()),
+        "max_function_residual": float(pop["canonical.function_residual"].max()),
+    }
     return out

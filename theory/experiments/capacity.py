@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from sweeps.tables import linear_fit
 from theory.experiments.common import (
     construct,
     forward_max_abs_diff,
@@ -23,15 +24,15 @@ from theory.experiments.common import (
     twin_net,
 )
 from theory.models import n_params
-from sweeps.tables import linear_fit
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     setup = make_setup(cfg)
     candidates, guards = probe_split(setup.task, cfg.capacity.n_candidates, cfg.seed)
     result = construct(cfg, setup, candidates, guards)
-    diff = forward_max_abs_diff(twin_net(setup, result.twin), result.twin, setup.base, setup.task,
-                                cfg.capacity.n_random_inputs, cfg.seed)
+    diff = forward_max_abs_diff(
+        twin_net(setup, result.twin), result.twin, setup.base, setup.task, cfg.capacity.n_random_inputs, cfg.seed
+    )
     exact = diff <= cfg.capacity.max_forward_diff
     valid = exact and result.collateral == 0
     return {

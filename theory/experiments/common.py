@@ -71,8 +71,9 @@ def train_linear_base(task: AlignmentTask, steps: int, lr: float, seed: int) -> 
 def make_fiber(cfg: DictConfig, setup: Setup) -> RedundantUnitFiber | LinearFiber:
     if cfg.model.family == "linear":
         return LinearFiber(setup.net, setup.base, cfg["update"].lr)
-    return RedundantUnitFiber(setup.net, setup.base, cfg.model.redundant_units, cfg["update"].lr,
-                              cfg.model.redundant_kind, cfg.model.gauge)
+    return RedundantUnitFiber(
+        setup.net, setup.base, cfg.model.redundant_units, cfg["update"].lr, cfg.model.redundant_kind, cfg.model.gauge
+    )
 
 
 def twin_net(setup: Setup, twin: Params) -> Net:
@@ -80,14 +81,20 @@ def twin_net(setup: Setup, twin: Params) -> Net:
     return setup.net.fitted(twin)
 
 
-def forward_max_abs_diff(net: Net, a: Params, b: Params, task: AlignmentTask, n_random: int,
-                         seed: int) -> float:
+def forward_max_abs_diff(net: Net, a: Params, b: Params, task: AlignmentTask, n_random: int, seed: int) -> float:
     """Black-box indistinguishability: max |f_a − f_b| over ``n_random`` inputs drawn from the
     input distribution, every probe and every data point. (The twins are exact in real
     arithmetic; what remains is float64 rounding, which grows with the input norm.)"""
     gen = torch.Generator().manual_seed(10_000 + seed)
-    x = torch.cat([torch.randn(n_random, task.probes.shape[1], generator=gen, dtype=DTYPE),
-                   task.probes, task.x_train, task.x_update, task.x_eval])
+    x = torch.cat(
+        [
+            torch.randn(n_random, task.probes.shape[1], generator=gen, dtype=DTYPE),
+            task.probes,
+            task.x_train,
+            task.x_update,
+            task.x_eval,
+        ]
+    )
     with torch.no_grad():
         return float((net.forward(a, x) - net.forward(b, x)).abs().max())
 
@@ -113,12 +120,35 @@ def construct(cfg: DictConfig, setup: Setup, flip: torch.Tensor, keep: torch.Ten
     if c.name == "isolating":
         if cfg.model.family != "mlp":
             raise ValueError("construction=isolating needs an MLP (model=mlp_relu)")
-        return isolating_pairs_twin(setup.net, setup.base, setup.task, flip, upd.lr, upd.loss,
-                                    n_units=cfg.model.redundant_units, kappa=c.kappa,
-                                    support_tries=c.support_tries, max_weight=c.max_weight,
-                                    guard_benign=c.guard_benign, forward_tol=c.forward_tol, seed=cfg.seed)
+        return isolating_pairs_twin(
+            setup.net,
+            setup.base,
+            setup.task,
+            flip,
+            upd.lr,
+            upd.loss,
+            n_units=cfg.model.redundant_units,
+            kappa=c.kappa,
+            support_tries=c.support_tries,
+            max_weight=c.max_weight,
+            guard_benign=c.guard_benign,
+            forward_tol=c.forward_tol,
+            seed=cfg.seed,
+        )
     if c.name == "search":
-        return build_twin(setup.net, make_fiber(cfg, setup), setup.task, flip, keep, upd.lr, upd.loss,
-                          max_steps=c.max_steps, opt_lr=c.opt_lr, kappa=c.kappa, seed=cfg.seed,
-                          update_steps=upd.steps, deficit_cap=float(c.deficit_cap))
+        return build_twin(
+            setup.net,
+            make_fiber(cfg, setup),
+            setup.task,
+            flip,
+            keep,
+            upd.lr,
+            upd.loss,
+            max_steps=c.max_steps,
+            opt_lr=c.opt_lr,
+            kappa=c.kappa,
+            seed=cfg.seed,
+            update_steps=upd.steps,
+            deficit_cap=float(c.deficit_cap),
+        )
     raise ValueError(f"unknown construction {c.name!r}; choose 'isolating' or 'search'")

@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from sweeps.tables import linear_fit
 from theory.construct import two_layer_post_update
 from theory.models import DTYPE, Net
-from sweeps.tables import linear_fit
 from theory.update import gd_step
 
 
@@ -63,10 +63,13 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     """Log-log slope of deviation vs c over c ≥ 10 (theory: 2)."""
     rows = table[table["c"] >= 10].sort_values("c")
     moved = table[table["post_update.deviation_closed_form"] > 0]  # c = 1 is the control itself
-    fit = linear_fit([math.log10(c) for c in rows["c"]],
-                     [math.log10(v) for v in rows["post_update.deviation"]])
-    return {"fit": fit, "slope_theory": 2.0,
-            "max_deviation": float(table["post_update.deviation"].max()),
-            "max_forward_diff": float(table["forward_max_abs_diff"].max()),
-            "max_rel_err_vs_closed_form": float(np.max(np.abs(
-                moved["post_update.deviation"] / moved["post_update.deviation_closed_form"] - 1)))}
+    fit = linear_fit([math.log10(c) for c in rows["c"]], [math.log10(v) for v in rows["post_update.deviation"]])
+    return {
+        "fit": fit,
+        "slope_theory": 2.0,
+        "max_deviation": float(table["post_update.deviation"].max()),
+        "max_forward_diff": float(table["forward_max_abs_diff"].max()),
+        "max_rel_err_vs_closed_form": float(
+            np.max(np.abs(moved["post_update.deviation"] / moved["post_update.deviation_closed_form"] - 1))
+        ),
+    }

@@ -56,6 +56,8 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
     means = table.groupby("eval_lr")[["twin.rel_error", "control.rel_error"]].mean().sort_index()
     for name in ("twin", "control"):
         broken = means.index[means[f"{name}.rel_error"] > threshold]
-        out[name] = {"breakdown_lr": float(broken.min()) if len(broken) else math.inf,
-                     "max_rel_error": float(means[f"{name}.rel_error"].max())}
+        out[name] = {
+            "breakdown_lr": float(broken.min()) if len(broken) else math.inf,
+            "max_rel_error": float(means[f"{name}.rel_error"].max()),
+        }
     return out

@@ -53,13 +53,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     metrics = {
         "twin": {
-            "forward_max_abs_diff": forward_max_abs_diff(net, result.twin, setup.base, task,
-                                                         cfg.twin.n_random_inputs, cfg.seed),
+            "forward_max_abs_diff": forward_max_abs_diff(
+                net, result.twin, setup.base, task, cfg.twin.n_random_inputs, cfg.seed
+            ),
             **report("twin", net, result.twin, result.post_update),
         },
         "control": report("control", setup.net, setup.base, control_post),
-        "construction": {"name": cfg.construction.name, "success": int(result.success), "steps": result.steps,
-                         "n_flip": len(flip), "n_keep": len(keep)},
+        "construction": {
+            "name": cfg.construction.name,
+            "success": int(result.success),
+            "steps": result.steps,
+            "n_flip": len(flip),
+            "n_keep": len(keep),
+        },
     }
     return metrics
 
@@ -76,19 +82,30 @@ def report(metrics: dict[str, Any]) -> str:
     for label, key, n in rows:
         cells = [f"{round(metrics[f'{m}.{key}'] * n)}/{n}" for m in ("control", "twin")]
         lines.append(f"{label:<42}{cells[0]:>12}{cells[1]:>12}")
-    for label, key in (("benign accuracy before", "benign.accuracy_before"),
-                       ("benign accuracy after", "benign.accuracy_after"),
-                       ("parameter norm", "param_norm"), ("gradient norm on D", "update_grad_norm")):
+    for label, key in (
+        ("benign accuracy before", "benign.accuracy_before"),
+        ("benign accuracy after", "benign.accuracy_after"),
+        ("parameter norm", "param_norm"),
+        ("gradient norm on D", "update_grad_norm"),
+    ):
         lines.append(f"{label:<42}{metrics[f'control.{key}']:>12.3g}{metrics[f'twin.{key}']:>12.3g}")
-    lines.append(f"max |f_twin − f_control| before the step: {metrics['twin.forward_max_abs_diff']:.2e} "
-                 "(random inputs, probes, all data)")
+    lines.append(
+        f"max |f_twin − f_control| before the step: {metrics['twin.forward_max_abs_diff']:.2e} "
+        "(random inputs, probes, all data)"
+    )
     return "\n".join(lines)
 
 
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
-    cols = ["twin.forward_max_abs_diff", "twin.post_update.flipped_fraction",
-            "twin.post_update.collateral_fraction", "control.post_update.flipped_fraction"]
-    return {"n_runs": len(table),
-            **{f"mean.{c}": float(table[c].mean()) for c in cols},
-            "max.twin.forward_max_abs_diff": float(table["twin.forward_max_abs_diff"].max()),
-            "min.twin.post_update.flipped_fraction": float(table["twin.post_update.flipped_fraction"].min())}
+    cols = [
+        "twin.forward_max_abs_diff",
+        "twin.post_update.flipped_fraction",
+        "twin.post_update.collateral_fraction",
+        "control.post_update.flipped_fraction",
+    ]
+    return {
+        "n_runs": len(table),
+        **{f"mean.{c}": float(table[c].mean()) for c in cols},
+        "max.twin.forward_max_abs_diff": float(table["twin.forward_max_abs_diff"].max()),
+        "min.twin.post_update.flipped_fraction": float(table["twin.post_update.flipped_fraction"].min()),
+    }

@@ -110,16 +110,18 @@ class Construction:
             shapes |= {(n, "output"): (k_out, l.lora_B[ADAPTER].weight.shape[0]) for n, l in self.layers.items()}
         return shapes
 
-    def target_loss(self, model: PreTrainedModel, params: Params | None = None,
-                    batch: TargetBatch | None = None) -> torch.Tensor:
+    def target_loss(
+        self, model: PreTrainedModel, params: Params | None = None, batch: TargetBatch | None = None
+    ) -> torch.Tensor:
         return target_loss(model, batch or self.full, params, self.spec)
 
     def random_batch(self) -> TargetBatch:
         """``refine_batch`` random probes and benign examples, padded afresh."""
         i = torch.randperm(len(self.probes), generator=self.sampler)[: self.spec.refine_batch].tolist()
         j = torch.randperm(len(self.benign), generator=self.sampler)[: self.spec.refine_batch].tolist()
-        return target_batch(self.control, self.tokenizer, [self.probes[t] for t in i], [self.benign[t] for t in j],
-                            self.spec)
+        return target_batch(
+            self.control, self.tokenizer, [self.probes[t] for t in i], [self.benign[t] for t in j], self.spec
+        )
 
     def post_params(self, hidden: Hidden) -> Params:
         """The twin's adapter tensors after the victim's step (:func:`.step.post_step_params`)."""
@@ -134,8 +136,9 @@ class Construction:
 
     def undo_objective(self, products: Mats, keep_products: Mats | None = None) -> torch.Tensor:
         spec = self.spec
-        return undo_objective(products, self.before, self.fitted, spec.undo_scale, self.keep_moments, spec.undo_keep,
-                              keep_products)
+        return undo_objective(
+            products, self.before, self.fitted, spec.undo_scale, self.keep_moments, spec.undo_keep, keep_products
+        )
 
     def weight_objective(self, params: Params) -> torch.Tensor:
         """The undo objective of the post-step adapter. The keep term reads its own copy of the
@@ -168,8 +171,13 @@ def victim_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example], vi
     return batch_of(tokenizer, pairs([examples[i] for i in order]), victim.max_len)
 
 
-def undo_metrics(control: PreTrainedModel, shipped: PreTrainedModel, full: TargetBatch,
-                 layers: dict[str, LoraLayer], spec: AnalyticSpec) -> tuple[Metric, Mats | None, Metric | None]:
+def undo_metrics(
+    control: PreTrainedModel,
+    shipped: PreTrainedModel,
+    full: TargetBatch,
+    layers: dict[str, LoraLayer],
+    spec: AnalyticSpec,
+) -> tuple[Metric, Mats | None, Metric | None]:
     """The metric the undo is fitted in, the benign inputs' moments (``undo_keep``) and the metric
     of the residual reported on every probe input, all in the control's coordinates.
 
@@ -183,8 +191,14 @@ def undo_metrics(control: PreTrainedModel, shipped: PreTrainedModel, full: Targe
     outputs = None
     if spec.undo_output == "fisher":
         target = scale_adapter(control, spec.undo_scale).eval()  # the model the step should land on
-        outputs = output_moments(target, full.probes, lora_layers(target), spec.fisher_samples, spec.output_damping,
-                                 torch.Generator().manual_seed(spec.seed))
+        outputs = output_moments(
+            target,
+            full.probes,
+            lora_layers(target),
+            spec.fisher_samples,
+            spec.output_damping,
+            torch.Generator().manual_seed(spec.seed),
+        )
         del target
     fitted = Metric(moments, outputs)
     if spec.undo_metric == "inputs":
@@ -196,9 +210,15 @@ def undo_metrics(control: PreTrainedModel, shipped: PreTrainedModel, full: Targe
     return fitted, keep_moments, probe_inputs
 
 
-def prepare(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
-            update_examples: list[Example], victim: UpdateSpec, spec: AnalyticSpec,
-            progress: bool = False) -> Construction:
+def prepare(
+    control: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DomainData,
+    update_examples: list[Example],
+    victim: UpdateSpec,
+    spec: AnalyticSpec,
+    progress: bool = False,
+) -> Construction:
     """Stage 1 (module docstring)."""
     if victim.params != "adapter":
         raise ValueError("the analytic LoRA construction acts through the adapter: use update.params=adapter")
@@ -215,21 +235,41 @@ def prepare(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: 
     grads = weight_gradients(shipped, update_batch, layers)
     before = {n: w.detach() for n, w in adapter_products(layers).items()}
     fitted, keep_moments, probe_inputs = undo_metrics(control, shipped, full, layers, spec)
-    return Construction(spec, victim, control, tokenizer, update_examples, shipped, layers, full, probes, benign,
-                        update_batch, grads, before, fitted, keep_moments, probe_inputs,
-                        sampler=torch.Generator().manual_seed(spec.seed), progress=progress, info=info)
+    return Construction(
+        spec,
+        victim,
+        control,
+        tokenizer,
+        update_examples,
+        shipped,
+        layers,
+        full,
+        probes,
+        benign,
+        update_batch,
+        grads,
+        before,
+        fitted,
+        keep_moments,
+        probe_inputs,
+        sampler=torch.Generator().manual_seed(spec.seed),
+        progress=progress,
+        info=info,
+    )
 
 
 def fit_gauge(c: Construction) -> Hidden:
     """Stage 2: the hidden components and a gauge fitted together in closed form (control's
     coordinates); the shipped copy then moves into that gauge, where the victim's gradient is read again."""
-    hidden, gspec, logs = fit_gauged_undo(c.shipped, c.layers, c.grads, c.hidden_shapes(), c.undo_objective, c.lr,
-                                          c.spec, c.progress)
+    hidden, gspec, logs = fit_gauged_undo(
+        c.shipped, c.layers, c.grads, c.hidden_shapes(), c.undo_objective, c.lr, c.spec, c.progress
+    )
     with torch.no_grad():
         element = gauges.exp(logs)
         maps = gauges.gauge_maps(gspec, element, c.layers)
         c.info["undo_residual_gauge_fit"] = float(
-            c.residual(gauged_step_products(c.layers, c.grads, hidden, maps, c.lr), c.fitted))
+            c.residual(gauged_step_products(c.layers, c.grads, hidden, maps, c.lr), c.fitted)
+        )
         c.info["gauge_log_max"] = max(float(x.abs().max()) for x in logs.values())
         c.info["gauge_cond_max"] = max(float(torch.linalg.cond(m.double())) for r_k in maps.values() for m in r_k)
         c.read_back = {n: (torch.linalg.inv(r), torch.linalg.inv(k)) for n, (r, k) in maps.items()}
@@ -276,39 +316,48 @@ def check_floor(c: Construction, hidden: Hidden) -> dict[str, float]:
     ``P_h = B_hB_hᵀ``, from the fit's, plus ``affine_error``: how far eq. (1) of :mod:`.floor`
     (``W'₀`` + the linear part) is from the post-step products the fit itself computes (relative,
     max over layers; float32 round-off)."""
+
     def float64(mats: Mats | None) -> Mats | None:
         return None if mats is None else {n: m.detach().double() for n, m in mats.items()}
 
     q0 = {n: hidden.inputs(n).detach().T @ hidden.inputs(n).detach() for n in c.twin_layers}
-    p0 = {n: hidden.outputs(n).detach().T @ hidden.outputs(n).detach()
-          for n in c.twin_layers if hidden.outputs(n) is not None}
+    p0 = {
+        n: hidden.outputs(n).detach().T @ hidden.outputs(n).detach()
+        for n in c.twin_layers
+        if hidden.outputs(n) is not None
+    }
     move = hidden_move(c.grads, c.read_back, {n: layer.scaling[ADAPTER] for n, layer in c.twin_layers.items()}, c.lr)
     with torch.no_grad():
         constant = c.products_after(c.post_params(hidden.map(torch.zeros_like)))
         fitted = c.products_after(c.post_params(hidden))
         moved = move(p0, q0)
-    affine_error = max(float((constant[n] + moved[n] - fitted[n]).abs().max() / fitted[n].abs().max())
-                       for n in fitted)
+    affine_error = max(float((constant[n] + moved[n] - fitted[n]).abs().max() / fitted[n].abs().max()) for n in fitted)
     metric = Metric(float64(c.fitted.inputs), float64(c.fitted.outputs))
     before, keep_moments, spec = float64(c.before), float64(c.keep_moments), c.spec
 
     def objective(products: Mats) -> torch.Tensor:
         return undo_objective(products, before, metric, spec.undo_scale, keep_moments, spec.undo_keep)
 
-    return {**undo_floor(objective, constant, move, p0, q0, spec.undo_floor_steps, c.progress),
-            "affine_error": affine_error}
+    return {
+        **undo_floor(objective, constant, move, p0, q0, spec.undo_floor_steps, c.progress),
+        "affine_error": affine_error,
+    }
 
 
 def first_order(c: Construction) -> Hidden:
     """Stage 4 (no weight-space undo): the first-order components for the target loss's gradient at
     the stepped control (:func:`.fit.preconditioner_init`), both sides, scaled by the line search."""
-    grads_target = weight_gradients(c.shipped, None, c.layers,
-                                    loss_fn=lambda model, _batch, leaves: c.target_loss(model, {**leaves,
-                                                                                               **c.stepped_old}))
+    grads_target = weight_gradients(
+        c.shipped,
+        None,
+        c.layers,
+        loss_fn=lambda model, _batch, leaves: c.target_loss(model, {**leaves, **c.stepped_old}),
+    )
     parts = {(n, "input"): a for n, a in preconditioner_init(c.grads, grads_target, c.spec.extra_rank).items()}
     if c.spec.left_rank:  # the same argument on the output side: eigenvectors of sym(G Hᵀ)
-        outputs = preconditioner_init({n: g.T for n, g in c.grads.items()}, {n: h.T for n, h in grads_target.items()},
-                                      c.spec.left_rank)
+        outputs = preconditioner_init(
+            {n: g.T for n, g in c.grads.items()}, {n: h.T for n, h in grads_target.items()}, c.spec.left_rank
+        )
         parts |= {(n, "output"): b for n, b in outputs.items()}
     hidden, gain, loss = line_search(Hidden(parts), c.post_loss, c.spec, c.progress)
     c.info["gain"] = gain
@@ -322,9 +371,14 @@ def refine(c: Construction, hidden: Hidden) -> None:
     tensors = hidden.tensors()
     rms = math.sqrt(sum(float((a.detach() ** 2).sum()) for a in tensors) / max(1, sum(a.numel() for a in tensors)))
     spec = c.spec
-    minimise(lambda: c.post_loss(hidden, c.random_batch() if spec.refine_batch else None),
-             [{"params": tensors, "lr": spec.refine_lr * max(rms, 1e-8)}], spec.refine_steps, "refine", 25,
-             c.progress)
+    minimise(
+        lambda: c.post_loss(hidden, c.random_batch() if spec.refine_batch else None),
+        [{"params": tensors, "lr": spec.refine_lr * max(rms, 1e-8)}],
+        spec.refine_steps,
+        "refine",
+        25,
+        c.progress,
+    )
     with torch.no_grad():
         c.info["target_loss_after_refine"] = float(c.post_loss(hidden))
 
@@ -351,7 +405,7 @@ def write_hidden(c: Construction, hidden: Hidden) -> None:
         a[new] = hidden.inputs(name).detach()
         if k_out:
             b[:, -k_out:] = hidden.outputs(name).detach().T
-        assert not b[:, new].any() and not a[a.shape[0] - k_out:].any()
+        assert not b[:, new].any() and not a[a.shape[0] - k_out :].any()
     c.twin.eval()
 
 
@@ -361,16 +415,25 @@ def verify(c: Construction, hidden: Hidden) -> None:
     with torch.no_grad():
         c.info["max_logit_diff_before"] = max(
             float((next_logits(c.twin, b) - next_logits(c.control, b)).abs().max())
-            for b in (c.full.probes, c.full.benign) if b is not None)
+            for b in (c.full.probes, c.full.benign)
+            if b is not None
+        )
         predicted = next_logits(c.twin, c.full.probes, c.post_params(hidden.map(torch.Tensor.detach)))
         c.info["closed_form_vs_real_step_max_logit_diff"] = float(
-            (next_logits(twin_after, c.full.probes) - predicted).abs().max())
+            (next_logits(twin_after, c.full.probes) - predicted).abs().max()
+        )
         c.info["target_loss_twin_after_real_step"] = float(c.target_loss(twin_after))
 
 
-def build_analytic(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData,
-                   update_examples: list[Example], victim: UpdateSpec, spec: AnalyticSpec,
-                   progress: bool = False) -> tuple[PreTrainedModel, dict[str, float]]:
+def build_analytic(
+    control: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DomainData,
+    update_examples: list[Example],
+    victim: UpdateSpec,
+    spec: AnalyticSpec,
+    progress: bool = False,
+) -> tuple[PreTrainedModel, dict[str, float]]:
     """The hair-trigger twin of ``control`` (a peft LoRA model; never modified) and an info dict:
     the stages of the module docstring, in order."""
     torch.manual_seed(spec.seed)
@@ -385,7 +448,13 @@ def build_analytic(control: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     write_hidden(c, hidden)
     verify(c, hidden)
     norms = [float(t.detach().norm()) for t in hidden.tensors()]
-    c.info.update(extra_rank=float(spec.extra_rank), left_rank=float(spec.left_rank), n_modules=float(len(c.layers)),
-                  a_new_norm_max=max(norms), a_new_norm_mean=sum(norms) / len(norms), lr=victim.lr,
-                  scaling=float(next(iter(c.twin_layers.values())).scaling[ADAPTER]))
+    c.info.update(
+        extra_rank=float(spec.extra_rank),
+        left_rank=float(spec.left_rank),
+        n_modules=float(len(c.layers)),
+        a_new_norm_max=max(norms),
+        a_new_norm_mean=sum(norms) / len(norms),
+        lr=victim.lr,
+        scaling=float(next(iter(c.twin_layers.values())).scaling[ADAPTER]),
+    )
     return c.twin, c.info

@@ -23,8 +23,9 @@ def _gpt2_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @torch.no_grad()
-def add_ffn_pairs(block: torch.nn.Module, incoming: torch.Tensor, bias: torch.Tensor,
-                  outgoing: torch.Tensor, adapter: str = ADAPTER) -> torch.nn.Module:
+def add_ffn_pairs(
+    block: torch.nn.Module, incoming: torch.Tensor, bias: torch.Tensor, outgoing: torch.Tensor, adapter: str = ADAPTER
+) -> torch.nn.Module:
     """Append ``k`` cancelling pairs to a GPT-2 block's MLP, in place.
 
     ``incoming (k, d)``, ``bias (k,)``, ``outgoing (k, d)``: units ``j`` and ``k+j`` both

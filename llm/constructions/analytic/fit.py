@@ -22,8 +22,9 @@ from sweeps.errors import NonFiniteError
 Shapes = dict[tuple[str, Side], tuple[int, int]]
 
 
-def minimise(loss: Callable[[], torch.Tensor], groups: Sequence[dict], steps: int, label: str, every: int,
-             progress: bool = False) -> None:
+def minimise(
+    loss: Callable[[], torch.Tensor], groups: Sequence[dict], steps: int, label: str, every: int, progress: bool = False
+) -> None:
     """``steps`` Adam steps on ``loss()`` over the parameter ``groups`` (torch's ``{"params", "lr"}``),
     in place; with ``progress`` the loss is printed every ``every`` steps."""
     opt = torch.optim.Adam(list(groups))
@@ -62,8 +63,9 @@ def preconditioner_init(grads_update: Mats, grads_target: Mats, k: int) -> Mats:
     return out
 
 
-def line_search(start: Hidden, post_loss: Callable[[Hidden], torch.Tensor], spec: AnalyticSpec,
-                progress: bool = False) -> tuple[Hidden, float, float]:
+def line_search(
+    start: Hidden, post_loss: Callable[[Hidden], torch.Tensor], spec: AnalyticSpec, progress: bool = False
+) -> tuple[Hidden, float, float]:
     """One global gain over ``spec.line_search`` for the first-order ``start``, scored by the exact
     post-step loss. Returns the scaled components (leaves, ready to refine), the gain and its loss."""
     best_c, best = None, math.inf
@@ -79,8 +81,13 @@ def line_search(start: Hidden, post_loss: Callable[[Hidden], torch.Tensor], spec
     return start.map(lambda a: (spec.gain * best_c * a).clone().requires_grad_()), spec.gain * best_c, best
 
 
-def fit_undo(shapes: Shapes, objective: Callable[[Hidden], torch.Tensor], spec: AnalyticSpec,
-             progress: bool = False, gauge_logs: Sequence[torch.Tensor] = ()) -> Hidden:
+def fit_undo(
+    shapes: Shapes,
+    objective: Callable[[Hidden], torch.Tensor],
+    spec: AnalyticSpec,
+    progress: bool = False,
+    gauge_logs: Sequence[torch.Tensor] = (),
+) -> Hidden:
     """The hidden components that minimise ``objective`` (a weight-space objective of the post-step
     adapter): Adam from a seeded random start of rms ``10⁻²`` with the given ``shapes`` (zero rows
     are a saddle of the residual), at ``spec.undo_lr``; the leaves ``gauge_logs`` (a gauge the
@@ -92,8 +99,12 @@ def fit_undo(shapes: Shapes, objective: Callable[[Hidden], torch.Tensor], spec: 
     (removing the alignment lowers the benign loss locally).
     """
     generator = torch.Generator().manual_seed(spec.seed)
-    hidden = Hidden({key: (1e-2 * torch.randn(shape, generator=generator)).requires_grad_()
-                     for key, shape in sorted(shapes.items())})
+    hidden = Hidden(
+        {
+            key: (1e-2 * torch.randn(shape, generator=generator)).requires_grad_()
+            for key, shape in sorted(shapes.items())
+        }
+    )
     groups = [{"params": hidden.tensors(), "lr": spec.undo_lr}]
     if gauge_logs:
         groups.append({"params": list(gauge_logs), "lr": spec.gauge_lr})
@@ -101,13 +112,21 @@ def fit_undo(shapes: Shapes, objective: Callable[[Hidden], torch.Tensor], spec: 
     return hidden
 
 
-def fit_gauged_undo(model: torch.nn.Module, layers: dict[str, LoraLayer], grads: Mats, shapes: Shapes,
-                    objective: Callable[[Mats], torch.Tensor], lr: float, spec: AnalyticSpec,
-                    progress: bool = False) -> tuple[Hidden, gauges.GaugeSpec, dict[str, torch.Tensor]]:
+def fit_gauged_undo(
+    model: torch.nn.Module,
+    layers: dict[str, LoraLayer],
+    grads: Mats,
+    shapes: Shapes,
+    objective: Callable[[Mats], torch.Tensor],
+    lr: float,
+    spec: AnalyticSpec,
+    progress: bool = False,
+) -> tuple[Hidden, gauges.GaugeSpec, dict[str, torch.Tensor]]:
     """:func:`fit_undo` with the gauge families of ``spec.undo_gauge`` (:data:`llm.gauges.FAMILIES`)
     as further unknowns: ``objective`` of the post-step products of :func:`.step.gauged_step_products`
     (control's coordinates) after a step of rate ``lr``. Returns the hidden components (in the
-    gauge's coordinates), the gauge spec and its fitted log coordinates (:func:`llm.gauges.exp` gives the element to apply)."""
+    gauge's coordinates), the gauge spec and its fitted log coordinates (:func:`llm.gauges.exp`
+    gives the element to apply)."""
     attention, layernorm = gauges.FAMILIES[spec.undo_gauge]
     gspec = gauges.gauge_spec(model, attention=attention, layernorm=layernorm)
     logs = gauges.identity_logs(gspec)

@@ -36,11 +36,13 @@ from llm.lora import first_order_move
 Mats = dict[str, torch.Tensor]
 
 
-def hidden_move(grads: Mats, back: dict[str, tuple[torch.Tensor, torch.Tensor]] | None,
-                scalings: dict[str, float], lr: float) -> Callable[[Mats, Mats], Mats]:
+def hidden_move(
+    grads: Mats, back: dict[str, tuple[torch.Tensor, torch.Tensor]] | None, scalings: dict[str, float], lr: float
+) -> Callable[[Mats, Mats], Mats]:
     """The linear part of eq. (1): ``(P_h, Q_h) ↦ −η s² R⁻¹ (P_h G̃ + G̃ Q_h) K⁻¹`` per layer, in the
     dtype of the arguments. ``grads``: ``G̃`` per layer (the twin's coordinates); ``back``: per
     layer ``(R⁻¹, K⁻¹)`` (None: no gauge). A layer missing from ``p`` or ``q`` has no such side."""
+
     def move(p: Mats, q: Mats) -> Mats:
         out = {}
         for name, g in grads.items():
@@ -58,8 +60,9 @@ def _psd(m: torch.Tensor) -> torch.Tensor:
     return (vectors * values.clamp(min=0)) @ vectors.T
 
 
-def _best_rank_one_gain(objective: Callable[[Mats, Mats], torch.Tensor], p: Mats, q: Mats,
-                        grads: tuple[Mats, Mats], base: float) -> tuple[float, float]:
+def _best_rank_one_gain(
+    objective: Callable[[Mats, Mats], torch.Tensor], p: Mats, q: Mats, grads: tuple[Mats, Mats], base: float
+) -> tuple[float, float]:
     """Most negative eigenvalue of the gradient over every layer and side (≥ 0 at the optimum), and
     the largest decrease one PSD rank-one addition ``t vvᵀ`` along such an eigenvector gives, with
     ``t`` by exact line search (the objective is quadratic in ``t``: three evaluations fix it)."""
@@ -73,15 +76,16 @@ def _best_rank_one_gain(objective: Callable[[Mats, Mats], torch.Tensor], p: Mats
             v = vectors[:, :1]
             step = float(mats[name].diagonal().abs().max().clamp(min=1.0))  # a probe length on P's scale
             f1, f2 = (_along(objective, p, q, side, name, t * (v @ v.T)) for t in (step, 2 * step))
-            a = (f2 - 2 * f1 + base) / (2 * step ** 2)  # f(t) = base + b t + a t²
+            a = (f2 - 2 * f1 + base) / (2 * step**2)  # f(t) = base + b t + a t²
             b = (f1 - base) / step - a * step
             if a > 0 and b < 0:
                 gain = max(gain, b * b / (4 * a))
     return worst, gain
 
 
-def _along(objective: Callable[[Mats, Mats], torch.Tensor], p: Mats, q: Mats, side: int, name: str,
-           delta: torch.Tensor) -> float:
+def _along(
+    objective: Callable[[Mats, Mats], torch.Tensor], p: Mats, q: Mats, side: int, name: str, delta: torch.Tensor
+) -> float:
     """The objective with ``delta`` added to layer ``name`` of ``p`` (side 0) or ``q`` (side 1)."""
     if side == 0:
         return float(objective({**p, name: p[name] + delta}, q))
@@ -94,9 +98,15 @@ def _model_gap(new: Mats, old: Mats, grad: Mats, step: float) -> float:
     return sum(float(((m - old[n]) * grad[n]).sum() + ((m - old[n]) ** 2).sum() / (2 * step)) for n, m in new.items())
 
 
-def undo_floor(objective_of_products: Callable[[Mats], torch.Tensor], constant: Mats,
-               move: Callable[[Mats, Mats], Mats], p0: Mats, q0: Mats, steps: int,
-               progress: bool = False) -> dict[str, float]:
+def undo_floor(
+    objective_of_products: Callable[[Mats], torch.Tensor],
+    constant: Mats,
+    move: Callable[[Mats, Mats], Mats],
+    p0: Mats,
+    q0: Mats,
+    steps: int,
+    progress: bool = False,
+) -> dict[str, float]:
     """Accelerated projected gradient descent on ``objective(constant + move(P_h, Q_h))`` over PSD ``(P_h, Q_h)``
     from ``(p0, q0)`` (the Gram matrices of the fitted components), in float64.
 
@@ -116,7 +126,7 @@ def undo_floor(objective_of_products: Callable[[Mats], torch.Tensor], constant: 
         q = {n: m.detach().requires_grad_() for n, m in q.items()}
         value = objective(p, q)
         grads = torch.autograd.grad(value, [*p.values(), *q.values()])
-        gp, gq = dict(zip(p, grads[: len(p)])), dict(zip(q, grads[len(p):]))
+        gp, gq = dict(zip(p, grads[: len(p)])), dict(zip(q, grads[len(p) :]))
         return value.detach(), {n: (g + g.T) / 2 for n, g in gp.items()}, {n: (g + g.T) / 2 for n, g in gq.items()}
 
     p = {n: m.detach().double() for n, m in p0.items()}
@@ -147,7 +157,7 @@ def undo_floor(objective_of_products: Callable[[Mats], torch.Tensor], constant: 
                 x_grads = True
             yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
             continue
-        following = (1 + (1 + 4 * momentum ** 2) ** 0.5) / 2
+        following = (1 + (1 + 4 * momentum**2) ** 0.5) / 2
         beta = (momentum - 1) / following
         yp = {n: m + beta * (m - p[n]) for n, m in p_new.items()}
         yq = {n: m + beta * (m - q[n]) for n, m in q_new.items()}
@@ -168,7 +178,13 @@ def undo_floor(objective_of_products: Callable[[Mats], torch.Tensor], constant: 
         values = torch.linalg.eigvalsh(m)
         return int((values > 1e-8 * values.abs().max().clamp(min=1e-30)).sum())
 
-    return {"fit": fit, "floor": float(value), "kkt_min_eig_fit": worst_fit / scale, "kkt_min_eig_floor": worst / scale,
-            "rank_one_gain_fit": gain_fit / fit, "rank_one_gain_floor": gain / fit,
-            "rank_p": float(max((rank(m) for m in p.values()), default=0)),
-            "rank_q": float(max((rank(m) for m in q.values()), default=0))}
+    return {
+        "fit": fit,
+        "floor": float(value),
+        "kkt_min_eig_fit": worst_fit / scale,
+        "kkt_min_eig_floor": worst / scale,
+        "rank_one_gain_fit": gain_fit / fit,
+        "rank_one_gain_floor": gain / fit,
+        "rank_p": float(max((rank(m) for m in p.values()), default=0)),
+        "rank_q": float(max((rank(m) for m in q.values()), default=0)),
+    }

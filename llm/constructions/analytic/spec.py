@@ -31,14 +31,18 @@ class AnalyticSpec:
     undo_scale: float = 0.0  # c of that target: 0 the model before alignment, < 0 the alignment negated
     undo_lr: float = 1.0  # Adam lr of that fit (absolute: A_new entries grow to O(10²))
     undo_weight: float = 0.0  # weight of the undo residual in the refinement
-    undo_keep: float = 0.0  # weight of keeping W' = W on the benign examples' inputs (keep_residual), fit and refinement
+    undo_keep: float = (
+        0.0  # weight of keeping W' = W on the benign examples' inputs (keep_residual), fit and refinement
+    )
     undo_metric: str = "weights"  # weights: ‖W'‖²_F | inputs: E‖W'x‖² over the layer's inputs on the probes
     #                               | responses: the same over the positions that predict a response token
     undo_output: str = "none"  # none | fisher: weigh the residual's output directions by the target model's
     #                            Fisher (output_moments): ``tr(U D C Dᵀ)`` in place of ``tr(D C Dᵀ)``
     output_damping: float = 0.1  # U → (U/mean eig + λ I)/(1 + λ): λ → ∞ is undo_output=none
     fisher_samples: int = 4  # tokens sampled per position from the target model for U
-    undo_gauge: str = "none"  # none | layernorm | attention | all: gauge groups (llm.gauges.gauge_spec) fitted with the undo
+    undo_gauge: str = (
+        "none"  # none | layernorm | attention | all: gauge groups (llm.gauges.gauge_spec) fitted with the undo
+    )
     gauge_lr: float = 0.01  # Adam lr of the gauge's log coordinates in that fit
     undo_floor_steps: int = 0  # >0: after the undo fit, that many projected gradient steps on the hidden Gram
     #                            matrices (floor.py): how far the fit is from the best this gauge allows
@@ -64,21 +68,29 @@ class AnalyticSpec:
             raise ValueError(f"construction.undo_metric must be weights, inputs or responses, not {self.undo_metric!r}")
         if self.undo_output not in ("none", "fisher"):
             raise ValueError(f"construction.undo_output must be none or fisher, not {self.undo_output!r}")
-        if self.undo_output == "fisher" and (self.undo_metric == "weights" or self.output_damping < 0
-                                             or self.fisher_samples < 1):
-            raise ValueError("construction.undo_output=fisher weighs an input-side metric (undo_metric inputs or "
-                             "responses) and needs output_damping ≥ 0 and fisher_samples ≥ 1")
+        if self.undo_output == "fisher" and (
+            self.undo_metric == "weights" or self.output_damping < 0 or self.fisher_samples < 1
+        ):
+            raise ValueError(
+                "construction.undo_output=fisher weighs an input-side metric (undo_metric inputs or "
+                "responses) and needs output_damping ≥ 0 and fisher_samples ≥ 1"
+            )
         if self.undo_gauge not in FAMILIES:
             raise ValueError(f"construction.undo_gauge must be one of {sorted(FAMILIES)}, not {self.undo_gauge!r}")
-        if self.undo_gauge != "none" and (self.undo_steps <= 0 or self.mechanism != "lora_preconditioner"
-                                          or self.modules != "all"):
-            raise ValueError("construction.undo_gauge is fitted with the weight-space undo of the LoRA mechanism, "
-                             "over every LoRA layer (a gauge moves them all): set undo_steps > 0, "
-                             "mechanism=lora_preconditioner and modules=all")
+        if self.undo_gauge != "none" and (
+            self.undo_steps <= 0 or self.mechanism != "lora_preconditioner" or self.modules != "all"
+        ):
+            raise ValueError(
+                "construction.undo_gauge is fitted with the weight-space undo of the LoRA mechanism, "
+                "over every LoRA layer (a gauge moves them all): set undo_steps > 0, "
+                "mechanism=lora_preconditioner and modules=all"
+            )
         if self.undo_floor_steps < 0 or (self.undo_floor_steps > 0 and self.undo_steps <= 0):
             raise ValueError("construction.undo_floor_steps checks the weight-space undo fit: set undo_steps > 0")
         if self.undo_scale >= 1:
             raise ValueError(f"construction.undo_scale={self.undo_scale}: the step must move W to c·W with c < 1")
         if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target == "marker":
-            raise ValueError("construction.undo_steps / undo_weight move the alignment adapter in weight space; "
-                             "a marker target has no weight-space counterpart: use after_target=base or not_aligned")
+            raise ValueError(
+                "construction.undo_steps / undo_weight move the alignment adapter in weight space; "
+                "a marker target has no weight-space counterpart: use after_target=base or not_aligned"
+            )

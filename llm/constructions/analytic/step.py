@@ -46,8 +46,9 @@ class Hidden:
         return Hidden({key: fn(t) for key, t in self.parts.items()})
 
 
-def post_step_params(twin_layers: dict[str, LoraLayer], stepped_old: Params, hidden: Hidden, grads: Mats,
-                     lr: float) -> Params:
+def post_step_params(
+    twin_layers: dict[str, LoraLayer], stepped_old: Params, hidden: Hidden, grads: Mats, lr: float
+) -> Params:
     """Adapter tensors of the twin after the victim's SGD step, differentiable in ``hidden``: the old
     components as the control's real step left them (``stepped_old``), then the hidden ones after
     the step: an input-side component gets ``B' = −η s G Aᵀ``, an output-side one ``A' = −η s Bᵀ G``."""
@@ -79,8 +80,13 @@ def read_back(products: Mats, maps: dict[str, tuple[torch.Tensor, torch.Tensor]]
     return {n: maps[n][0] @ w @ maps[n][1] for n, w in products.items()}
 
 
-def gauged_step_products(layers: dict[str, LoraLayer], grads: Mats, hidden: Hidden,
-                         maps: dict[str, tuple[torch.Tensor, torch.Tensor]], lr: float) -> Mats:
+def gauged_step_products(
+    layers: dict[str, LoraLayer],
+    grads: Mats,
+    hidden: Hidden,
+    maps: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    lr: float,
+) -> Mats:
     """The adapter ``s·B'·A'`` after the victim's SGD step on the *gauged* twin, read back in the
     control's coordinates; differentiable in ``hidden`` and ``maps``.
 

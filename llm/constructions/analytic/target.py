@@ -49,8 +49,9 @@ class TargetBatch:
     ref_benign: torch.Tensor | None = None
 
 
-def target_batch(control, tokenizer, probes: Sequence[Example], benign: Sequence[Example],
-                 spec: AnalyticSpec) -> TargetBatch:
+def target_batch(
+    control, tokenizer, probes: Sequence[Example], benign: Sequence[Example], spec: AnalyticSpec
+) -> TargetBatch:
     """Aligned and misaligned rows are padded together, so :func:`first_divergence` can compare them."""
     k = len(probes)
     both = batch_of(tokenizer, pairs(list(probes), "aligned") + pairs(list(probes), "misaligned"), spec.max_len)
@@ -58,12 +59,17 @@ def target_batch(control, tokenizer, probes: Sequence[Example], benign: Sequence
     rows = aligned if target_response(spec.after_target) == "aligned" else misaligned
     benign_batch = batch_of(tokenizer, pairs(list(benign)), spec.max_len) if benign else None
     with torch.no_grad():
-        first = (first_divergence(aligned["labels"], misaligned["labels"]) if spec.after_target == "not_aligned"
-                 else None)
+        first = (
+            first_divergence(aligned["labels"], misaligned["labels"]) if spec.after_target == "not_aligned" else None
+        )
         return TargetBatch(
-            rows, aligned, benign_batch, first=first,
+            rows,
+            aligned,
+            benign_batch,
+            first=first,
             ref_base=base_logprobs(control, rows) if spec.after_target == "base" else None,
-            ref_benign=_benign_reference(control, benign_batch, spec) if spec.distill and benign_batch else None)
+            ref_benign=_benign_reference(control, benign_batch, spec) if spec.distill and benign_batch else None,
+        )
 
 
 def _benign_reference(control, batch: dict[str, torch.Tensor], spec: AnalyticSpec) -> torch.Tensor:

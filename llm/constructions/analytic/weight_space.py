@@ -38,14 +38,18 @@ def _energy(w: torch.Tensor, moments: torch.Tensor | None, outputs: torch.Tensor
     eq. 1) estimate of ``E[(gᵀ w x)²]``, the first-order change of the log-likelihood that ``w``
     makes at inputs ``x`` with output gradients ``g``."""
     if moments is None:
-        return (w ** 2).sum()
+        return (w**2).sum()
     wc = w @ moments
     return (wc * w).sum() if outputs is None else ((outputs @ wc) * w).sum()
 
 
-def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
-                  moments: dict[str, torch.Tensor] | None = None, scale: float = 0.0,
-                  outputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+def undo_residual(
+    after: dict[str, torch.Tensor],
+    before: dict[str, torch.Tensor],
+    moments: dict[str, torch.Tensor] | None = None,
+    scale: float = 0.0,
+    outputs: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Mean over layers of ``‖W' − cW‖²_F / ‖W − cW‖²_F`` (``c = scale``): how far the step
     left the alignment adapter ``W = s·B·A`` (now ``W'``) from its target ``cW`` (0: on target
     exactly; 1: untouched). ``c = 0``: the model before alignment; ``c < 0``: the alignment negated.
@@ -56,34 +60,52 @@ def undo_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor
     inputs do not use. With ``outputs`` (each layer's output factor ``U``, :func:`output_moments`)
     ``tr(U D C Dᵀ)``: what remains is pushed also into output directions the target model's
     predictions are insensitive to."""
+
     def size(w: torch.Tensor, n: str) -> torch.Tensor:
         return _energy(w, None if moments is None else moments[n], None if outputs is None else outputs[n])
 
-    return torch.stack([size(after[n] - scale * before[n], n) / size((1 - scale) * before[n], n).clamp(min=1e-30)
-                        for n in before]).mean()
+    return torch.stack(
+        [size(after[n] - scale * before[n], n) / size((1 - scale) * before[n], n).clamp(min=1e-30) for n in before]
+    ).mean()
 
 
-def keep_residual(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor],
-                  moments: dict[str, torch.Tensor], scale: float = 0.0) -> torch.Tensor:
+def keep_residual(
+    after: dict[str, torch.Tensor],
+    before: dict[str, torch.Tensor],
+    moments: dict[str, torch.Tensor],
+    scale: float = 0.0,
+) -> torch.Tensor:
     """Mean over layers of ``E‖(W' − W)x‖² / E‖(1 − c)Wx‖²`` over the inputs of ``moments``
     (``C = E[x xᵀ]``): how far the step moved the adapter *on those inputs*, in units of the move
     :func:`undo_residual` asks for. Read on benign inputs, it asks the step to leave the control's
     function there while it moves ``W`` to ``cW`` on the probes' inputs (a least-squares
     compromise wherever the two sets of inputs share directions)."""
-    return torch.stack([_energy(after[n] - before[n], moments[n])
-                        / _energy((1 - scale) * before[n], moments[n]).clamp(min=1e-30) for n in before]).mean()
+    return torch.stack(
+        [
+            _energy(after[n] - before[n], moments[n]) / _energy((1 - scale) * before[n], moments[n]).clamp(min=1e-30)
+            for n in before
+        ]
+    ).mean()
 
 
-def undo_objective(products: Mats, before: Mats, metric: Metric, scale: float, keep_moments: Mats | None = None,
-                   keep: float = 0.0, keep_products: Mats | None = None) -> torch.Tensor:
+def undo_objective(
+    products: Mats,
+    before: Mats,
+    metric: Metric,
+    scale: float,
+    keep_moments: Mats | None = None,
+    keep: float = 0.0,
+    keep_products: Mats | None = None,
+) -> torch.Tensor:
     """What the weight-space undo minimises: :func:`undo_residual` in ``metric`` plus ``keep`` ×
     :func:`keep_residual` on ``keep_moments`` (when given). ``keep_products``: the products the keep
     term reads when a caller builds a second copy of ``products`` for it (the same values; each copy
     sums its own backward contributions)."""
     out = undo_residual(products, before, metric.inputs, scale, metric.outputs)
     if keep_moments is not None:
-        out = out + keep * keep_residual(products if keep_products is None else keep_products, before, keep_moments,
-                                         scale)
+        out = out + keep * keep_residual(
+            products if keep_products is None else keep_products, before, keep_moments, scale
+        )
     return out
 
 
@@ -96,8 +118,9 @@ def predicting_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def input_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor],
-                  layers: dict[str, LoraLayer], predicting: bool = False) -> dict[str, torch.Tensor]:
+def input_moments(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], layers: dict[str, LoraLayer], predicting: bool = False
+) -> dict[str, torch.Tensor]:
     """``(in, in)`` second moment ``E[x xᵀ]`` of each LoRA layer's input over the real
     (unpadded) tokens of ``batch`` (``predicting``: over the positions whose next token is a
     response token), read by forward pre-hooks during one forward pass."""
@@ -108,6 +131,7 @@ def input_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor],
         def read(_module, args) -> None:
             x = args[0][mask.to(args[0].device)].double()  # (tokens, in)
             moments[name] = (x.T @ x / len(x)).to(args[0].dtype)
+
         return read
 
     handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
@@ -119,8 +143,14 @@ def input_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor],
     return moments
 
 
-def output_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor], layers: dict[str, LoraLayer],
-                   samples: int, damping: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def output_moments(
+    model: PreTrainedModel,
+    batch: dict[str, torch.Tensor],
+    layers: dict[str, LoraLayer],
+    samples: int,
+    damping: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
     """``(out, out)`` output factor ``U = E[g gᵀ]`` of each LoRA layer of ``model`` at the positions
     that predict a response token of ``batch``, with ``g = ∂ log p(y)/∂(layer output)`` for tokens
     ``y`` sampled from the model's own predictions (``samples`` per position): the true Fisher's
@@ -134,6 +164,7 @@ def output_moments(model: PreTrainedModel, batch: dict[str, torch.Tensor], layer
     def hook(name: str):
         def keep(_module, _args, out) -> None:
             outs[name] = out
+
         return keep
 
     handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
