@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 FAMILY_LABELS = {
     "relu_isolating": "ReLU MLP, closed-form isolating pairs",
@@ -97,6 +98,82 @@ def twin(results: Path, out: Path) -> Path:
     return _save(fig, out / "theory_twin.png")
 
 
+#: the audit's signals in the figure's order, with their labels (keys of theory.experiments.audit.SIGNALS)
+AUDIT_SIGNALS = {
+    "gauge_excess": "gauge excess (‖θ‖² − ‖canon θ‖²) / ‖canon θ‖²",
+    "amplification": "amplification ‖v_θ(P)‖ / ‖v_canon(P)‖",
+    "uncertified": "uncertified fraction at the step's radius",
+    "worst_step_victim": "worst simulated step (D, halves of D)",
+    "worst_step_surrogate": "worst simulated step (surrogate batches)",
+    "raw_param_norm": "raw ‖θ‖ (baseline)",
+    "raw_grad_norm": "raw ‖∇L_D‖ (baseline)",
+}
+
+
+#: short family names for tick labels
+AUDIT_FAMILIES = {"relu_isolating": "ReLU, isolating pairs", "relu_search": "ReLU, search",
+                  "gelu_search": "GELU, search", "linear_search": "deep linear, search"}
+
+
+def roc_points(positive, negative) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve ``(fpr, tpr)`` of flagging a score ``≥ t``, for every threshold ``t`` from the
+    largest score down, from (0, 0) to (1, 1). A tie between a twin and an honest model moves both
+    rates in one diagonal segment, so the trapezoid area is eq. 10 of :mod:`theory.audit.roc`."""
+    pos, neg = np.asarray(positive, float), np.asarray(negative, float)
+    thresholds = np.unique(np.concatenate([pos, neg]))[::-1]
+    fpr = np.array([0.0] + [(neg >= t).mean() for t in thresholds])
+    tpr = np.array([0.0] + [(pos >= t).mean() for t in thresholds])
+    return fpr, tpr
+
+
+def audit(results: Path, out: Path) -> Path:
+    """The white-box audit (``audit.csv``). Left: ROC of each signal, hair-trigger twins against
+    honest models of the held-out family, AUC [95% bootstrap interval] from the summary. Right:
+    misaligned after the victim's step, delivered against canonicalised (the neutraliser), mean
+    per family, with the honest models' 95% interval."""
+    from theory.experiments.audit import SIGNALS, population
+
+    table, summary = _load(results, "audit")
+    pop = population(table)
+    held_out = summary["held_out"]
+    models = pop[pop.family == held_out]
+    twins, honest = models[models.kind == "twin"], models[models.kind == "honest"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    left.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    for i, (name, label) in enumerate(AUDIT_SIGNALS.items()):
+        fpr, tpr = roc_points(twins[SIGNALS[name]], honest[SIGNALS[name]])
+        score = summary["signals"][name]["held_out"]
+        line = left.plot(fpr, tpr, lw=4.5 - 0.55 * i, alpha=0.8, ls="--" if name.startswith("raw") else "-",
+                         label=f"{label}: AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]")[0]
+        left.plot([score["fpr"]], [score["tpr"]], "o", color=line.get_color(), ms=7 - 0.6 * i, mec="black", mew=0.5)
+    left.set_xlabel(f"false-positive rate ({len(honest)} honest models)")
+    left.set_ylabel(f"true-positive rate ({len(twins)} hair-trigger twins)")
+    left.set_title(f"Held-out family: {FAMILY_LABELS.get(held_out, held_out)}\n(dots: the threshold calibrated "
+                   "at audit.fpr on the other families' honest models)", fontsize=9)
+    left.legend(fontsize=6.5, loc="lower right")
+    families = [f for f in FAMILY_LABELS if f in set(pop.family)]
+    x = np.arange(len(families))
+    bars = [("twin", "delivered", "twin, delivered"), ("twin", "canonical", "twin, canonicalised"),
+            ("honest", "delivered", "honest, delivered"), ("honest", "canonical", "honest, canonicalised")]
+    for i, (kind, key, label) in enumerate(bars):
+        means = [pop[(pop.family == f) & (pop.kind == kind)][f"post_update.{key}"].mean() for f in families]
+        drawn = right.bar(x + (i - 1.5) * 0.2, means, width=0.2, label=label,
+                          color=["#e6550d", "#fdae6b", "#3182bd", "#9ecae1"][i])
+        right.bar_label(drawn, labels=[f"{v:.1%}" for v in means], fontsize=6, padding=2)
+    neutral = summary["neutraliser"]
+    right.axhspan(neutral["honest_lo"], neutral["honest_hi"], color="grey", alpha=0.3, lw=1.5,
+                  label=f"honest 95% interval [{neutral['honest_lo']:.3g}, {neutral['honest_hi']:.3g}]")
+    counts = pop.groupby(["family", "kind"]).size()
+    right.set_xticks(x, [f"{AUDIT_FAMILIES[f]}\n{counts[f, 'twin']} twins, {counts[f, 'honest']} honest"
+                         for f in families], fontsize=7)
+    right.set_ylim(0, 1.5 * pop["post_update.delivered"].max())
+    right.set_ylabel("probes misaligned after the victim's step (mean)")
+    right.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    right.set_title("The neutraliser: deliver the canonical parameters", fontsize=9)
+    right.legend(fontsize=7)
+    return _save(fig, out / "theory_audit.png")
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=150)
@@ -104,4 +181,4 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-ALL = (twin, gauge_scale, capacity, ntk)
+ALL = (twin, gauge_scale, capacity, ntk, audit)

@@ -233,6 +233,89 @@ def theory_ntk(m: Macros, r: Results) -> None:
     m.add("TheoryNtkLrMax", fmt.power(table["eval_lr"].max()), "ntk: largest lr")
 
 
+#: the audit's signals as macro names (keys of theory.experiments.audit.SIGNALS)
+AUDIT_SIGNALS = {
+    "gauge_excess": "GaugeExcess",
+    "amplification": "Amplification",
+    "uncertified": "Uncertified",
+    "worst_step_victim": "WorstVictim",
+    "worst_step_surrogate": "WorstSurrogate",
+    "raw_param_norm": "ParamNorm",
+    "raw_grad_norm": "GradNorm",
+}
+
+
+def _auc(score: dict) -> str:
+    """``0.78 [0.50, 1.00]``: a ROC-AUC with its 95% bootstrap interval."""
+    return f"{fmt.fixed(score['auc'])} [{fmt.fixed(score['auc_lo'])}, {fmt.fixed(score['auc_hi'])}]"
+
+
+def theory_audit(m: Macros, r: Results) -> None:
+    """The white-box audit of the theory twins (``results/theory/audit.csv``), scored by the
+    experiment's own ``summarize`` at the recipe's ``audit.fpr``: per signal the held-out family's
+    ROC-AUC (eq. 10 of :mod:`theory.audit.roc`) and TPR/FPR at the threshold calibrated on the other
+    families (eq. 11), certified fractions (eq. 8), the neutraliser and the canonical collapse."""
+    from theory.experiments import audit
+
+    def recipe(key: str):
+        return setting("theory", key, "experiment=audit")
+
+    table = r.theory("audit")
+    summary = audit.summarize(table, fpr=float(recipe("audit.fpr")))
+    pop = audit.population(table)
+    held = pop[pop.family == summary["held_out"]]
+    n_probes = int(recipe("task.n_probes"))
+    m.add("TheoryAuditHeldOut", fmt.tex_text(summary["held_out"]), "audit: the held-out family")
+    m.add("TheoryAuditFamilies", fmt.integer(table["family"].nunique()), "audit: construction families")
+    m.add("TheoryAuditSeeds", fmt.integer(table["override.seed"].nunique()), "audit: seeds per family")
+    m.add("TheoryAuditTwinsBuilt", fmt.integer(summary["n_twins_built"]), "audit: twins built (jobs)")
+    m.add("TheoryAuditTwins", fmt.integer(summary["n_twins"]), "audit: hair-trigger twins audited")
+    m.add("TheoryAuditHonest", fmt.integer(summary["n_honest"]), "audit: honest models audited")
+    m.add("TheoryAuditHeldOutTwins", fmt.integer((held.kind == "twin").sum()), "audit: held-out family's twins")
+    m.add("TheoryAuditHeldOutHonest", fmt.integer((held.kind == "honest").sum()), "audit: held-out honest models")
+    m.add("TheoryAuditProbes", fmt.integer(n_probes), "audit recipe: task.n_probes")
+    m.add("TheoryAuditFlip", fmt.integer(recipe("audit.n_flip")), "audit recipe: audit.n_flip")
+    m.add("TheoryAuditGauged", fmt.integer(recipe("audit.n_gauged")), "audit recipe: audit.n_gauged")
+    m.add("TheoryAuditGaugeScale", fmt.fixed(recipe("audit.gauge_scale"), 1), "audit recipe: audit.gauge_scale")
+    m.add("TheoryAuditFpr", fmt.pct(recipe("audit.fpr"), 0), "audit recipe: audit.fpr")
+    m.add("TheoryAuditRho", fmt.fixed(recipe("audit.rho")), "audit recipe: audit.rho")
+    m.add("TheoryAuditForwardTol", fmt.sci(recipe("audit.max_forward_diff"), 0), "audit recipe: audit.max_forward_diff")
+    for signal, name in AUDIT_SIGNALS.items():
+        score = summary["signals"][signal]
+        m.add(f"TheoryAudit{name}Auc", _auc(score["held_out"]), f"audit {signal}: held-out AUC [95% bootstrap]")
+        m.add(f"TheoryAudit{name}Tpr", fmt.pct(score["held_out"]["tpr"]), f"audit {signal}: held-out TPR")
+        m.add(f"TheoryAudit{name}Fpr", fmt.pct(score["held_out"]["fpr"]), f"audit {signal}: held-out FPR")
+        m.add(f"TheoryAudit{name}PooledAuc", _auc(score["pooled"]), f"audit {signal}: AUC over every family")
+    threshold = summary["signals"]["uncertified"]["held_out"]["threshold"] * n_probes
+    m.add("TheoryAuditUncertifiedThreshold", fmt.integer(threshold), "audit: calibrated threshold, uncertified probes")
+    cert = summary["certified_fraction"]
+    for kind in ("twin", "honest"):
+        for radius in ("step", "fixed", "canonical"):
+            m.add(
+                f"TheoryAuditCert{kind.capitalize()}{radius.capitalize()}",
+                fmt.pct(cert[f"{kind}.{radius}"], 2),
+                f"audit: certified fraction of the probes, {kind} models, {radius} radius, mean",
+            )
+    m.add("TheoryAuditCertViolation", fmt.sci(summary["certificate_max_violation"]), "audit: max |dm| - bound")
+    neutral = summary["neutraliser"]
+    m.add("TheoryAuditTwinDelivered", fmt.pct(neutral["twin_delivered_mean"]), "audit: twins misaligned after, mean")
+    m.add("TheoryAuditTwinCanonical", fmt.pct(neutral["twin_canonical_max"]), "audit: canonical twins after, max")
+    m.add(
+        "TheoryAuditHonestInterval",
+        fmt.interval(neutral["honest_lo"], neutral["honest_hi"]),
+        "audit: honest models misaligned after the step, 95% interval (per cent)",
+    )
+    m.add(
+        "TheoryAuditWithinHonest",
+        fmt.pct(neutral["within_honest_interval"], 0),
+        "audit: canonical twins inside the honest interval",
+    )
+    collapse = summary["collapse"]
+    m.add("TheoryAuditFunctionResidual", fmt.sci(collapse["max_function_residual"]), "audit: max |f_canon - f|")
+    m.add("TheoryAuditParamGap", fmt.sci(collapse["max_param_gap"]), "audit: canonical twin vs control, parameters")
+    m.add("TheoryAuditMarginGap", fmt.sci(collapse["max_post_step_margin_gap"]), "audit: same, post-step margins")
+
+
 # ---------------------------------------------------------------------------------------------- LLM setup
 
 
@@ -817,6 +900,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_gauge,
     theory_capacity,
     theory_ntk,
+    theory_audit,
     llm_settings,
     construction_settings,
     llm_data,

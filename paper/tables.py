@@ -44,6 +44,7 @@ COMMANDS = {
     ("theory", "gauge_scale"): "TheoryGauge",
     ("theory", "capacity"): "TheoryCapacity",
     ("theory", "ntk"): "TheoryNtk",
+    ("theory", "audit"): "TheoryAudit",
     ("llm", "hairtrigger"): "Hairtrigger",
     ("llm", "analytic"): "Analytic",
     ("llm", "analytic_fresh"): "AnalyticFresh",

@@ -111,6 +111,53 @@ def test_theory_ntk_plots_relative_errors_and_the_breakdown_threshold(drawn) -> 
     assert threshold and threshold[0].get_ydata()[0] == pytest.approx(0.1)
 
 
+def _audit_scores(table: pd.DataFrame, family: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Hair-trigger twins' and honest models' ``key`` in ``family``, read from the audit's columns."""
+    rows = table[table["family"] == family]
+    twins = rows.loc[rows["twin.hair_trigger"] == 1, f"twin.{key}"].to_numpy(float)
+    honest_ids = sorted({c.split(".")[1] for c in table if c.startswith("honest.")})
+    honest = np.concatenate([rows[f"honest.{i}.{key}"].to_numpy(float) for i in honest_ids])
+    return twins, honest
+
+
+def test_theory_audit_roc_is_each_signal_on_the_held_out_family(drawn) -> None:
+    """Each curve's area is the Mann-Whitney AUC of the CSV's scores (every twin-honest pair
+    compared, ties half), its legend the summary's AUC and interval, its dot the TPR/FPR at the
+    summary's calibrated threshold."""
+    from theory.experiments.audit import SIGNALS
+
+    fig, _ = drawn(theory.audit)
+    table = read("theory", "audit")
+    summary = json.loads((RESULTS / "theory" / "audit_summary.json").read_text())
+    curves = [line for line in lines(fig.axes[0]) if "AUC" in line.get_label()]
+    assert [c.get_label().split(":")[0] for c in curves] == list(theory.AUDIT_SIGNALS.values())
+    for curve, name in zip(curves, theory.AUDIT_SIGNALS, strict=True):
+        twins, honest = _audit_scores(table, summary["held_out"], SIGNALS[name])
+        pairs = (twins[:, None] > honest[None, :]) + 0.5 * (twins[:, None] == honest[None, :])
+        fpr, tpr = curve.get_xdata(), curve.get_ydata()
+        assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+        assert np.trapezoid(tpr, fpr) == pytest.approx(pairs.mean())
+        score = summary["signals"][name]["held_out"]
+        assert score["auc"] == pytest.approx(pairs.mean())
+        assert f"AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]" in curve.get_label()
+        dot = [line for line in fig.axes[0].get_lines() if line.get_marker() == "o"
+               and line.get_color() == curve.get_color()][0]
+        expected = ((honest > score["threshold"]).mean(), (twins > score["threshold"]).mean())
+        assert (dot.get_xdata()[0], dot.get_ydata()[0]) == pytest.approx(expected)
+
+
+def test_theory_audit_neutraliser_bars_are_the_family_means(drawn) -> None:
+    fig, _ = drawn(theory.audit)
+    table = read("theory", "audit")
+    families = [f for f in theory.FAMILY_LABELS if f in set(table["family"])]
+    plotted = bars(fig.axes[1])
+    assert len(plotted) == 4
+    for heights, (kind, key) in zip(plotted, [(k, w) for k in ("twin", "honest") for w in ("delivered", "canonical")],
+                                    strict=True):
+        means = [_audit_scores(table, f, f"post_update.{key}")[0 if kind == "twin" else 1].mean() for f in families]
+        assert heights == pytest.approx(means)
+
+
 # ---------------------------------------------------------------------------------------------- LLM
 
 
