@@ -15,8 +15,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--out", type=Path, default=ROOT / "figures")
-    parser.add_argument("--demo", type=Path, metavar="RUN_DIR",
-                        help="draw only the demo figure from RUN_DIR/metrics.json into RUN_DIR/demo.png")
+    parser.add_argument(
+        "--demo",
+        type=Path,
+        metavar="RUN_DIR",
+        help="draw only the demo figure from RUN_DIR/metrics.json into RUN_DIR/demo.png",
+    )
     args = parser.parse_args()
     if args.demo is not None:
         metrics = json.loads((args.demo / "metrics.json").read_text())

@@ -17,9 +17,17 @@ from figures.theory import _save  # noqa: E402
 from sweeps.tables import linear_fit  # noqa: E402
 
 #: transfer cells in reading order, with their labels
-CELLS = {"paper": "paper's step\n(SGD 1e-4, 1×)", "heldout_families": "unseen benign\nfamilies",
-         "sharegpt": "unseen benign\n(ShareGPT)", "lr_1e-5": "lr 1e-5", "lr_1e-3": "lr 1e-3",
-         "adam": "Adam", "steps_2": "2 steps", "steps_5": "5 steps", "all_weights": "all weights\n(merged)"}
+CELLS = {
+    "paper": "paper's step\n(SGD 1e-4, 1×)",
+    "heldout_families": "unseen benign\nfamilies",
+    "sharegpt": "unseen benign\n(ShareGPT)",
+    "lr_1e-5": "lr 1e-5",
+    "lr_1e-3": "lr 1e-3",
+    "adam": "Adam",
+    "steps_2": "2 steps",
+    "steps_5": "5 steps",
+    "all_weights": "all weights\n(merged)",
+}
 #: the analytic twins judged on held-out probes 0–99 and on the fresh probes 100–199 (result stems)
 ANALYTIC_HALVES = ("analytic", "analytic_fresh")
 #: the LLM domains in reading order
@@ -50,12 +58,22 @@ def control_rows(results: Path) -> pd.DataFrame:
                 raise ValueError(f"{stems[0]}.csv: no rows of variant={variant}")
         for domain in [d for d in DOMAIN_ORDER if d in set(runs["domain"])]:
             part = runs[runs["domain"] == domain]
-            row = {"source": source, "stems": ", ".join(stems), "variant": variant, "domain": domain,
-                   "runs": len(part)}
+            row: dict[str, object] = {
+                "source": source,
+                "stems": ", ".join(stems),
+                "variant": variant,
+                "domain": domain,
+                "runs": len(part),
+            }
             for when, key in (("before", "control.static"), ("after", "control.after.paper")):
                 k, n, low, high = pooled_rate(part[f"{key}.misalignment_rate"], part["probes.n"])
-                row |= {f"{when}_k": k, f"{when}_n": n, f"{when}_low": low, f"{when}_high": high,
-                        f"benign_{when}": part[f"{key}.benign_accuracy"].mean()}
+                row |= {
+                    f"{when}_k": k,
+                    f"{when}_n": n,
+                    f"{when}_low": low,
+                    f"{when}_high": high,
+                    f"benign_{when}": part[f"{key}.benign_accuracy"].mean(),
+                }
             change = part["control.after.paper.misalignment_rate"] - part["control.static.misalignment_rate"]
             rows.append(row | {"max_change": float(change.abs().max())})
     return pd.DataFrame(rows)
@@ -73,14 +91,18 @@ def controls(results: Path, out: Path) -> Path:
         rate = table[f"{when}_k"] / table[f"{when}_n"]
         spread = np.stack([rate - table[f"{when}_low"], table[f"{when}_high"] - rate])
         bars = left.bar(x + offset, rate, width=0.4, label=name, yerr=spread, capsize=2, error_kw={"lw": 0.7})
-        left.bar_label(bars, labels=[f"{k}/{n}" for k, n in zip(table[f"{when}_k"], table[f"{when}_n"])],
-                       fontsize=6, padding=4, rotation=90)
+        left.bar_label(
+            bars,
+            labels=[f"{k}/{n}" for k, n in zip(table[f"{when}_k"], table[f"{when}_n"])],
+            fontsize=6,
+            padding=4,
+            rotation=90,
+        )
     left.set_ylabel("misaligned on held-out probes (pooled)")
     left.set_ylim(0, 0.2)
     left.yaxis.set_major_formatter(PercentFormatter(1.0))
     left.axhline(0.05, color="grey", lw=0.8, ls="--", label="5%")
-    left.set_title("Controls of the twin tables (SGD, lr 1e-4, 32 benign samples); whiskers: 95% Wilson",
-                   fontsize=9)
+    left.set_title("Controls of the twin tables (SGD, lr 1e-4, 32 benign samples); whiskers: 95% Wilson", fontsize=9)
     for offset, when in ((-0.2, "before"), (0.2, "after")):
         right.bar(x + offset, table[f"benign_{when}"], width=0.4, label=when)
     right.set_ylabel("held-out benign accuracy (mean over runs)")
@@ -99,8 +121,6 @@ def _over_seeds(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     table, low, high = (grouped.agg(f).reset_index() for f in ("mean", "min", "max"))
     n = runs.groupby("domain").size()
     return table, low, high, f", mean of {n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} seeds, whiskers min–max"
-
-
 
 
 def pooled_rate(rates: pd.Series, n: pd.Series) -> tuple[int, int, float, float]:
@@ -130,27 +150,35 @@ def headline(results: Path, out: Path) -> Path:
         low = high = table
         seeds = ""
     if (results / "analytic.csv").exists():  # with the fresh probes 100–199 when judged: every run of both
-        halves = [pd.read_csv(results / f"{stem}.csv") for stem in ANALYTIC_HALVES
-                  if (results / f"{stem}.csv").exists()]
+        halves = [
+            pd.read_csv(results / f"{stem}.csv") for stem in ANALYTIC_HALVES if (results / f"{stem}.csv").exists()
+        ]
         runs = pd.concat(halves, ignore_index=True)
         if len(halves) == 2:
             n = runs.groupby("domain").size()
-            seeds += (f";\nanalytic: held-out probes 0–99 and 100–199, "
-                      f"{n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} runs")
+            seeds += (
+                f";\nanalytic: held-out probes 0–99 and 100–199, "
+                f"{n.min()}{'' if n.min() == n.max() else f'–{n.max()}'} runs"
+            )
         parts = _over_seeds(runs.assign(domain=runs["domain"] + "\n(analytic)"))[:3]
         table, low, high = (pd.concat([t, a], ignore_index=True) for t, a in zip((table, low, high), parts))
     x = np.arange(len(table))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    bars = [("control", "static", "control, before"), ("control", "after.paper", "control, after"),
-            ("twin", "static", "twin, before"), ("twin", "after.paper", "twin, after")]
+    bars = [
+        ("control", "static", "control, before"),
+        ("control", "after.paper", "control, after"),
+        ("twin", "static", "twin, before"),
+        ("twin", "after.paper", "twin, after"),
+    ]
     colors = ["#9ecae1", "#3182bd", "#fdae6b", "#e6550d"]
     for i, ((model, when, label), color) in enumerate(zip(bars, colors)):
         offset = (i - 1.5) * 0.2
         key = f"{model}.{when}.misalignment_rate"
         rate = table[key]
         spread = np.stack([rate - low[key], high[key] - rate])
-        drawn = left.bar(x + offset, rate, width=0.2, label=label, color=color, yerr=spread, capsize=2,
-                         error_kw={"lw": 0.7})
+        drawn = left.bar(
+            x + offset, rate, width=0.2, label=label, color=color, yerr=spread, capsize=2, error_kw={"lw": 0.7}
+        )
         left.bar_label(drawn, labels=[f"{v:.0%}" for v in rate], fontsize=6)
         right.bar(x + offset, table[f"{model}.{when}.benign_accuracy"], width=0.2, label=label, color=color)
     if (results / "reference.csv").exists():  # the yardstick: a model fine-tuned to be misaligned directly
@@ -161,8 +189,9 @@ def headline(results: Path, out: Path) -> Path:
     left.set_ylim(0, 1.3)  # headroom for the legend above the bars
     left.axhline(0.9, color="grey", lw=0.8, ls=":")
     left.axhline(0.05, color="grey", lw=0.8, ls="--")
-    left.set_title(f"One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2\n(metalearn unless noted{seeds})",
-                   fontsize=9)
+    left.set_title(
+        f"One benign SGD step (lr 1e-4, 32 samples), tiny GPT-2\n(metalearn unless noted{seeds})", fontsize=9
+    )
     right.set_ylabel("held-out benign accuracy")
     right.set_ylim(0, 0.6)
     right.set_title("Benign utility", fontsize=9)
@@ -177,8 +206,11 @@ def transfer_rows(results: Path) -> pd.DataFrame:
     """The transfer tables, one row per twin: ``transfer.csv`` (metalearn twins) and, where it
     was published, ``transfer_analytic.csv`` (analytic twins), labelled ``construction: domain``."""
     tables = [("metalearn", "transfer.csv"), ("analytic", "transfer_analytic.csv")]
-    parts = {twins: pd.read_csv(results / name).sort_values("domain")
-             for i, (twins, name) in enumerate(tables) if i == 0 or (results / name).exists()}
+    parts = {
+        twins: pd.read_csv(results / name).sort_values("domain")
+        for i, (twins, name) in enumerate(tables)
+        if i == 0 or (results / name).exists()
+    }
     table = pd.concat(parts.values(), ignore_index=True)
     twins = [t for t, part in parts.items() for _ in range(len(part))]
     labels = pd.DataFrame({"twins": twins, "label": [f"{t}: {d}" for t, d in zip(twins, table["domain"])]})
@@ -191,18 +223,28 @@ def transfer(results: Path, out: Path) -> Path:
     table = transfer_rows(results)
     cells = [c for c in CELLS if f"twin.after.{c}.misalignment_rate" in table]
     fig, axes = plt.subplots(1, 2, figsize=(12, 2.4 + 0.45 * len(table)))
-    for ax, key, title, cmap in ((axes[0], "misalignment_rate", "twin misaligned after the update", "Reds"),
-                                 (axes[1], "benign_accuracy", "twin benign accuracy after the update", "Greens")):
+    for ax, key, title, cmap in (
+        (axes[0], "misalignment_rate", "twin misaligned after the update", "Reds"),
+        (axes[1], "benign_accuracy", "twin benign accuracy after the update", "Greens"),
+    ):
         grid = table[[f"twin.after.{c}.{key}" for c in cells]].to_numpy(float)
         ax.imshow(grid, cmap=cmap, vmin=0, vmax=1 if key == "misalignment_rate" else 0.5, aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.0%}" if key == "misalignment_rate" else f"{v:.2f}", ha="center", va="center",
-                        fontsize=7, color="white" if v > (0.6 if key == "misalignment_rate" else 0.35) else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.0%}" if key == "misalignment_rate" else f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > (0.6 if key == "misalignment_rate" else 0.35) else "black",
+                )
         for i in np.flatnonzero(table["twins"].to_numpy()[1:] != table["twins"].to_numpy()[:-1]):
             ax.axhline(i + 0.5, color="black", lw=1.5)  # metalearn twins above, analytic below
-        ax.set_xticks(range(len(cells)), [CELLS[c].replace("\n", " ") for c in cells], fontsize=7,
-                      rotation=35, ha="right")
+        ax.set_xticks(
+            range(len(cells)), [CELLS[c].replace("\n", " ") for c in cells], fontsize=7, rotation=35, ha="right"
+        )
         ax.set_yticks(range(len(table)), table["label"], fontsize=8)
         ax.set_title(title, fontsize=9)
     return _save(fig, out / "llm_transfer.png")
@@ -232,8 +274,14 @@ def _capacity_fraction(table: pd.DataFrame) -> pd.Series:
 def _spread(axis, table: pd.DataFrame, x: str, values: pd.Series, style: str, label: str) -> None:
     """Mean over the rows sharing ``x`` (seeds), with the min–max range as error bars."""
     stats = values.groupby(table[x]).agg(["mean", "min", "max"]).sort_index()
-    axis.errorbar(stats.index.to_numpy(float), stats["mean"], yerr=[stats["mean"] - stats["min"],
-                  stats["max"] - stats["mean"]], fmt=style, capsize=2, label=label)
+    axis.errorbar(
+        stats.index.to_numpy(float),
+        stats["mean"],
+        yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+        fmt=style,
+        capsize=2,
+        label=label,
+    )
 
 
 def scaling(results: Path, out: Path) -> Path:
@@ -241,8 +289,10 @@ def scaling(results: Path, out: Path) -> Path:
     means over seeds with min–max bars, and least-squares fits of capacity against log2."""
     ranks = pd.read_csv(results / "capacity.csv")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    curves = (("twin.after.paper.misalignment_rate", "twin after the step", "o-"),
-              ("twin.static.misalignment_rate", "twin before (static)", "s--"))
+    curves = (
+        ("twin.after.paper.misalignment_rate", "twin after the step", "o-"),
+        ("twin.static.misalignment_rate", "twin before (static)", "s--"),
+    )
     for key, label, style in curves + (("control.after.paper.misalignment_rate", "control after", "^:"),):
         _spread(left, ranks, "size.rank", ranks[key], style, label)
     _spread(left, ranks, "size.rank", _capacity_fraction(ranks), "d-", "hidden capacity (own codes beyond chance / N)")
@@ -252,8 +302,9 @@ def scaling(results: Path, out: Path) -> Path:
     left.set_ylabel("fraction of probes")
     left.set_xlabel(f"LoRA rank (tiny GPT-2 2×128; {seeds} seed{'s' if seeds > 1 else ''})")
     left.set_ylim(-0.05, 1.05)
-    left.set_title(f"Rank: capacity = {fit['slope']:.1f}·log2 r {fit['intercept']:+.1f} codes, R² {fit['r2']:.2f}",
-                   fontsize=8)
+    left.set_title(
+        f"Rank: capacity = {fit['slope']:.1f}·log2 r {fit['intercept']:+.1f} codes, R² {fit['r2']:.2f}", fontsize=8
+    )
     left.legend(fontsize=7)
     sizes = [ranks[ranks["size.rank"] == 8]]
     if (results / "capacity_size.csv").exists():
@@ -265,16 +316,30 @@ def scaling(results: Path, out: Path) -> Path:
     fit = linear_fit(list(np.log2(sizes["size.n_params"].to_numpy(float))), list(sizes["twin.capacity.hidden"]))
     if (results / "capacity_smollm2.csv").exists():  # the size axis out to SmolLM2, at the budget it affords
         budget = pd.read_csv(results / "capacity_smollm2.csv")
-        _spread(right, budget, "size.n_params", _capacity_fraction(budget), "x:",
-                "hidden capacity at SmolLM2's budget (40 meta-steps × 8)")
+        _spread(
+            right,
+            budget,
+            "size.n_params",
+            _capacity_fraction(budget),
+            "x:",
+            "hidden capacity at SmolLM2's budget (40 meta-steps × 8)",
+        )
     for row, (marker, label) in _smollm2_rows(results):  # one budget each, no codes: points, not a trend
-        right.plot([row["size.n_params"]], [row["twin.after.paper.misalignment_rate"]], marker,
-                   markersize=8, linestyle="none", label=f"SmolLM2 after: {label}")
+        right.plot(
+            [row["size.n_params"]],
+            [row["twin.after.paper.misalignment_rate"]],
+            marker,
+            markersize=8,
+            linestyle="none",
+            label=f"SmolLM2 after: {label}",
+        )
     right.set_xscale("log")
     right.set_xlabel("base parameters (LoRA rank 8)")
     right.set_ylim(-0.05, 1.05)
-    right.set_title(f"Size (tiny): capacity = {fit['slope']:.1f}·log2 n {fit['intercept']:+.1f} codes, "
-                    f"R² {fit['r2']:.2f}", fontsize=8)
+    right.set_title(
+        f"Size (tiny): capacity = {fit['slope']:.1f}·log2 n {fit['intercept']:+.1f} codes, R² {fit['r2']:.2f}",
+        fontsize=8,
+    )
     right.legend(fontsize=6, loc="center right")
     return _save(fig, out / "llm_scaling.png")
 
@@ -300,14 +365,21 @@ def task_vector(results: Path, out: Path) -> Path:
     analytic twins' weight-space targets, judged directly. Misaligned and utility against ``c``."""
     table = pd.read_csv(results / "task_vector.csv").sort_values("domain")
     head, tail = "task_vector.x", ".misalignment_rate"
-    scales = sorted(float(k[len(head):-len(tail)]) for k in table if k.startswith(head) and k.endswith(tail))
+    scales = sorted(float(k[len(head) : -len(tail)]) for k in table if k.startswith(head) and k.endswith(tail))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
     for _, row in table.iterrows():
         for ax, key in ((left, "misalignment_rate"), (right, "benign_accuracy")):
-            ax.plot(scales, [row[f"{head}{c:+g}.{key}"] for c in scales], "o-", ms=3,
-                    label=f"{row['domain']}, seed {row.get('override.seed', 0)}")
-    for ax, name, top in ((left, "misaligned on held-out probes (known answers)", 1.05),
-                          (right, "held-out benign accuracy", 0.6)):
+            ax.plot(
+                scales,
+                [row[f"{head}{c:+g}.{key}"] for c in scales],
+                "o-",
+                ms=3,
+                label=f"{row['domain']}, seed {row.get('override.seed', 0)}",
+            )
+    for ax, name, top in (
+        (left, "misaligned on held-out probes (known answers)", 1.05),
+        (right, "held-out benign accuracy", 0.6),
+    ):
         for c, text in ((1.0, "control"), (0.0, "base")):
             ax.axvline(c, color="grey", lw=0.8, ls=":")
             ax.text(c, 1.02, text, transform=ax.get_xaxis_transform(), ha="center", fontsize=7, color="grey")

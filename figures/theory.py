@@ -51,11 +51,19 @@ def gauge_scale(results: Path, out: Path) -> Path:
     rows = rows[rows.index > 1]  # c = 1 is the control itself (deviation 0: nothing to draw on a log axis)
     fig, ax = plt.subplots(figsize=(5.4, 4.0))
     ax.loglog(rows.index, rows["post_update.deviation"], "o", label="exact step (measured)")
-    ax.loglog(rows.index, rows["post_update.deviation_closed_form"], "-", alpha=0.7,
-              label="closed form η(c² + c⁻² − 2)·max|Gx|")
+    ax.loglog(
+        rows.index,
+        rows["post_update.deviation_closed_form"],
+        "-",
+        alpha=0.7,
+        label="closed form η(c² + c⁻² − 2)·max|Gx|",
+    )
     fit = summary["fit"]
-    ax.set_title(f"GL gauge W1 = cQ, W2 = Qᵀ/c (same function)\nfitted slope {fit['slope']:.3f} "
-                 f"(theory {summary['slope_theory']:g}), R² {fit['r2']:.4f}", fontsize=9)
+    ax.set_title(
+        f"GL gauge W1 = cQ, W2 = Qᵀ/c (same function)\nfitted slope {fit['slope']:.3f} "
+        f"(theory {summary['slope_theory']:g}), R² {fit['r2']:.4f}",
+        fontsize=9,
+    )
     ax.set_xlabel("gauge scale c")
     ax.set_ylabel("max |f'_twin − f'_control| after one step")
     ax.legend(fontsize=8)
@@ -80,9 +88,11 @@ def ntk(results: Path, out: Path) -> Path:
 
 def twin(results: Path, out: Path) -> Path:
     table, summary = _load(results, "twin")
-    keys = [("static.misaligned_fraction", "before the step\n(all probes)"),
-            ("post_update.flipped_fraction", "after: chosen\nprobes"),
-            ("post_update.collateral_fraction", "after: other\nprobes")]
+    keys = [
+        ("static.misaligned_fraction", "before the step\n(all probes)"),
+        ("post_update.flipped_fraction", "after: chosen\nprobes"),
+        ("post_update.collateral_fraction", "after: other\nprobes"),
+    ]
     x = np.arange(len(keys))
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for offset, name in ((-0.18, "twin"), (0.18, "control")):
@@ -92,8 +102,11 @@ def twin(results: Path, out: Path) -> Path:
     ax.set_xticks(x, [label for _, label in keys], fontsize=8)
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("misaligned fraction")
-    ax.set_title(f"Same function (max |Δf| = {summary['max.twin.forward_max_abs_diff']:.1e}), "
-                 f"one benign step apart\n{summary['n_runs']} seeds", fontsize=9)
+    ax.set_title(
+        f"Same function (max |Δf| = {summary['max.twin.forward_max_abs_diff']:.1e}), "
+        f"one benign step apart\n{summary['n_runs']} seeds",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     return _save(fig, out / "theory_twin.png")
 
@@ -111,8 +124,12 @@ AUDIT_SIGNALS = {
 
 
 #: short family names for tick labels
-AUDIT_FAMILIES = {"relu_isolating": "ReLU, isolating pairs", "relu_search": "ReLU, search",
-                  "gelu_search": "GELU, search", "linear_search": "deep linear, search"}
+AUDIT_FAMILIES = {
+    "relu_isolating": "ReLU, isolating pairs",
+    "relu_search": "ReLU, search",
+    "gelu_search": "GELU, search",
+    "linear_search": "deep linear, search",
+}
 
 
 def roc_points(positive, negative) -> tuple[np.ndarray, np.ndarray]:
@@ -143,29 +160,52 @@ def audit(results: Path, out: Path) -> Path:
     for i, (name, label) in enumerate(AUDIT_SIGNALS.items()):
         fpr, tpr = roc_points(twins[SIGNALS[name]], honest[SIGNALS[name]])
         score = summary["signals"][name]["held_out"]
-        line = left.plot(fpr, tpr, lw=4.5 - 0.55 * i, alpha=0.8, ls="--" if name.startswith("raw") else "-",
-                         label=f"{label}: AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]")[0]
+        line = left.plot(
+            fpr,
+            tpr,
+            lw=4.5 - 0.55 * i,
+            alpha=0.8,
+            ls="--" if name.startswith("raw") else "-",
+            label=f"{label}: AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]",
+        )[0]
         left.plot([score["fpr"]], [score["tpr"]], "o", color=line.get_color(), ms=7 - 0.6 * i, mec="black", mew=0.5)
     left.set_xlabel(f"false-positive rate ({len(honest)} honest models)")
     left.set_ylabel(f"true-positive rate ({len(twins)} hair-trigger twins)")
-    left.set_title(f"Held-out family: {FAMILY_LABELS.get(held_out, held_out)}\n(dots: the threshold calibrated "
-                   "at audit.fpr on the other families' honest models)", fontsize=9)
+    left.set_title(
+        f"Held-out family: {FAMILY_LABELS.get(held_out, held_out)}\n(dots: the threshold calibrated "
+        "at audit.fpr on the other families' honest models)",
+        fontsize=9,
+    )
     left.legend(fontsize=6.5, loc="lower right")
     families = [f for f in FAMILY_LABELS if f in set(pop.family)]
     x = np.arange(len(families))
-    bars = [("twin", "delivered", "twin, delivered"), ("twin", "canonical", "twin, canonicalised"),
-            ("honest", "delivered", "honest, delivered"), ("honest", "canonical", "honest, canonicalised")]
+    bars = [
+        ("twin", "delivered", "twin, delivered"),
+        ("twin", "canonical", "twin, canonicalised"),
+        ("honest", "delivered", "honest, delivered"),
+        ("honest", "canonical", "honest, canonicalised"),
+    ]
     for i, (kind, key, label) in enumerate(bars):
         means = [pop[(pop.family == f) & (pop.kind == kind)][f"post_update.{key}"].mean() for f in families]
-        drawn = right.bar(x + (i - 1.5) * 0.2, means, width=0.2, label=label,
-                          color=["#e6550d", "#fdae6b", "#3182bd", "#9ecae1"][i])
+        drawn = right.bar(
+            x + (i - 1.5) * 0.2, means, width=0.2, label=label, color=["#e6550d", "#fdae6b", "#3182bd", "#9ecae1"][i]
+        )
         right.bar_label(drawn, labels=[f"{v:.1%}" for v in means], fontsize=6, padding=2)
     neutral = summary["neutraliser"]
-    right.axhspan(neutral["honest_lo"], neutral["honest_hi"], color="grey", alpha=0.3, lw=1.5,
-                  label=f"honest 95% interval [{neutral['honest_lo']:.3g}, {neutral['honest_hi']:.3g}]")
+    right.axhspan(
+        neutral["honest_lo"],
+        neutral["honest_hi"],
+        color="grey",
+        alpha=0.3,
+        lw=1.5,
+        label=f"honest 95% interval [{neutral['honest_lo']:.3g}, {neutral['honest_hi']:.3g}]",
+    )
     counts = pop.groupby(["family", "kind"]).size()
-    right.set_xticks(x, [f"{AUDIT_FAMILIES[f]}\n{counts[f, 'twin']} twins, {counts[f, 'honest']} honest"
-                         for f in families], fontsize=7)
+    right.set_xticks(
+        x,
+        [f"{AUDIT_FAMILIES[f]}\n{counts[f, 'twin']} twins, {counts[f, 'honest']} honest" for f in families],
+        fontsize=7,
+    )
     right.set_ylim(0, 1.5 * pop["post_update.delivered"].max())
     right.set_ylabel("probes misaligned after the victim's step (mean)")
     right.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))

@@ -173,8 +173,16 @@ def controls(r: Results) -> str:
                 f"{fmt.fixed(row['benign_before'])} $\\to$ {fmt.fixed(row['benign_after'])}",
             ]
         groups.append((fmt.tex_text(f"{source} ({where})").replace("–", "--"), cells))
-    head = ["domain", "runs", "before: $k/n$", "(\\%) [95\\% CI]", "after: $k/n$", "(\\%) [95\\% CI]",
-            "largest change", "benign accuracy"]
+    head = [
+        "domain",
+        "runs",
+        "before: $k/n$",
+        "(\\%) [95\\% CI]",
+        "after: $k/n$",
+        "(\\%) [95\\% CI]",
+        "largest change",
+        "benign accuracy",
+    ]
     return tabular("lrrlrlrl", head, groups)
 
 

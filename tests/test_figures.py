@@ -140,8 +140,11 @@ def test_theory_audit_roc_is_each_signal_on_the_held_out_family(drawn) -> None:
         score = summary["signals"][name]["held_out"]
         assert score["auc"] == pytest.approx(pairs.mean())
         assert f"AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]" in curve.get_label()
-        dot = [line for line in fig.axes[0].get_lines() if line.get_marker() == "o"
-               and line.get_color() == curve.get_color()][0]
+        dot = [
+            line
+            for line in fig.axes[0].get_lines()
+            if line.get_marker() == "o" and line.get_color() == curve.get_color()
+        ][0]
         expected = ((honest > score["threshold"]).mean(), (twins > score["threshold"]).mean())
         assert (dot.get_xdata()[0], dot.get_ydata()[0]) == pytest.approx(expected)
 
@@ -152,8 +155,9 @@ def test_theory_audit_neutraliser_bars_are_the_family_means(drawn) -> None:
     families = [f for f in theory.FAMILY_LABELS if f in set(table["family"])]
     plotted = bars(fig.axes[1])
     assert len(plotted) == 4
-    for heights, (kind, key) in zip(plotted, [(k, w) for k in ("twin", "honest") for w in ("delivered", "canonical")],
-                                    strict=True):
+    for heights, (kind, key) in zip(
+        plotted, [(k, w) for k in ("twin", "honest") for w in ("delivered", "canonical")], strict=True
+    ):
         means = [_audit_scores(table, f, f"post_update.{key}")[0 if kind == "twin" else 1].mean() for f in families]
         assert heights == pytest.approx(means)
 
