@@ -328,7 +328,8 @@ def isolating_pairs_twin(
         z = net.forward(control_post, task.probes)
     residual = residuals(net, base, task.x_update, task.y_update, loss)  # (n, C)
 
-    rows, offsets, outs, planted = [], [], [], []
+    rows, offsets, outs = [], [], []
+    planted: list[int] = []
     n_pairs = n_units // 2
     probes_np, update_np = phi_probe.numpy(), phi_update.numpy()
     for j in candidates.tolist():

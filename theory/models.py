@@ -10,8 +10,10 @@ A "deep linear net" is the same thing with ``σ = identity``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,7 @@ Params = dict[str, torch.Tensor]
 
 DTYPE = torch.float64
 
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "linear": lambda z: z,
     "relu": F.relu,
     "leaky_relu": partial(F.leaky_relu, negative_slope=0.1),
@@ -93,7 +95,7 @@ def n_params(params: Params) -> int:
 
 
 def param_norm(params: Params) -> float:
-    return float(torch.sqrt(sum((p**2).sum() for p in params.values())))
+    return float(torch.sqrt(cast(torch.Tensor, sum((p**2).sum() for p in params.values()))))
 
 
 def end_to_end_matrix(params: Params) -> torch.Tensor:

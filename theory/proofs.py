@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import sympy as sp
 
@@ -88,7 +89,9 @@ def assert_zero(expr_or_matrix, what: str, *, simplify: bool = False) -> None:
     ``simplify=True`` only for small expressions that need it.
     """
     if isinstance(expr_or_matrix, sp.MatrixBase):
-        items = [((i, j), expr_or_matrix[i, j]) for i in range(expr_or_matrix.rows) for j in range(expr_or_matrix.cols)]
+        items: list[tuple[tuple[int, int] | None, Any]] = [
+            ((i, j), expr_or_matrix[i, j]) for i in range(expr_or_matrix.rows) for j in range(expr_or_matrix.cols)
+        ]
     else:
         items = [(None, expr_or_matrix)]
     for index, entry in items:

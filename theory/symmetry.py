@@ -62,8 +62,8 @@ def hidden_layer_spec(net: Net, params: Params, kind: GroupKind) -> SymmetrySpec
     axes: dict[str, tuple[tuple[str, Side] | None, ...]] = {}
     n_layers = sum(1 for k in params if k.startswith("W"))
     for l in range(1, n_layers + 1):
-        row = (f"h{l}", "A") if l < n_layers else None
-        col = (f"h{l - 1}", "A^-T") if l > 1 else None
+        row: tuple[str, Side] | None = (f"h{l}", "A") if l < n_layers else None
+        col: tuple[str, Side] | None = (f"h{l - 1}", "A^-T") if l > 1 else None
         axes[f"W{l}"] = (row, col)
         if f"b{l}" in params:
             axes[f"b{l}"] = (row,)

@@ -11,7 +11,7 @@ differentiable, so constructions can optimise *through* it (second order).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +66,10 @@ def ntk_prediction(
     """First-order prediction ``f_θ(x) − η J(x) J(D)ᵀ r_D`` of the post-step outputs at ``x``."""
     g = gradient(net, params, x_update, y_update, loss)
     direction = {k: -lr * g[k] for k in params}
-    out, change = jvp(lambda p: net.forward(p, x), (params,), (direction,))
+    out, change = cast(tuple[torch.Tensor, torch.Tensor], jvp(lambda p: net.forward(p, x), (params,), (direction,)))
     return out + change
 
 
 def grad_norm(net: Net, params: Params, x: torch.Tensor, y: torch.Tensor, loss: Loss) -> float:
     g = gradient(net, params, x, y, loss)
-    return float(torch.sqrt(sum((v**2).sum() for v in g.values())))
+    return float(torch.sqrt(cast(torch.Tensor, sum((v**2).sum() for v in g.values()))))

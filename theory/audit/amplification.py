@@ -16,6 +16,8 @@ over the probe set ``P``, as delivered against canonical (:mod:`theory.audit.can
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch.func import jvp
 
@@ -30,7 +32,7 @@ def probe_velocity(
     ``−η`` times it to first order."""
     net = net.fitted(params)
     g = gradient(net, params, x_update, y_update, loss)
-    _, velocity = jvp(lambda p: net.forward(p, probes), (params,), (g,))
+    _, velocity = cast(tuple[torch.Tensor, torch.Tensor], jvp(lambda p: net.forward(p, probes), (params,), (g,)))
     return velocity.detach()
 
 

@@ -21,7 +21,8 @@ def random_gauge(net: Net, params: Params, scale: float, generator: torch.Genera
     if net.n_layers < 2:
         return dict(params)
     admissible = symmetry.ADMISSIBLE[net.activation]
-    kinds = [k for k in ("GL", "scale") if k in admissible][:1] + ["perm"]
+    preferred: tuple[symmetry.GroupKind, ...] = ("GL", "scale")
+    kinds: list[symmetry.GroupKind] = [k for k in preferred if k in admissible][:1] + ["perm"]
     for kind in kinds:
         spec = symmetry.hidden_layer_spec(net, params, kind)
         params = symmetry.apply(spec, params, symmetry.sample(spec, generator, scale=scale))
