@@ -1,0 +1,245 @@
+"""Canonical representative of a LoRA'd transformer along its known function-preserving symmetries.
+
+``canonicalize(model)`` returns a copy that computes the same function and is the same for every
+point of the model's orbit under the moves below, the transformer counterpart of
+:mod:`theory.audit.canonical`:
+
+(a) **Layer-norm gain gauges** (:mod:`llm.gauges`): a norm's gain and bias ``× c_j`` on channel
+    ``j`` and the linear maps reading it ``÷ c_j`` on input ``j`` keep the function. Per channel,
+    with the effective weights ``W = W_base + s·B·A`` of the readers (invariant under (b)),
+
+        (g_j² + b_j²) c_j² + Σ_readers ‖W[:, j]‖² c_j⁻²                                        (eq. 1)
+
+    is minimised by ``c_j⁴ = Σ_readers ‖W[:, j]‖² / (g_j² + b_j²)`` (equi-normalisation, Stock et
+    al. 2019), which balances ‖gain‖ against ‖following weights column‖. A gauged point
+    ``(c' g, W / c')`` gets ``c / c'``: every point of the orbit lands on the same representative.
+    A channel with a zero gain or no weight reading it keeps ``c_j = 1``.
+(b) **LoRA factorisation** ``W = s·B·A`` (``B: (out, r)``, ``A: (r, in)``), free up to
+    ``(B, A, s) → (B M⁻¹ / t, M A / t, s t²)`` for any ``M ∈ GL(r)`` and ``t > 0``. With
+    ``s·B·A = U Σ Vᵀ`` the balanced form with ``s`` folded into the factors is
+
+        B' = U Σ^{1/2},   A' = Σ^{1/2} Vᵀ,   s' = 1,                                          (eq. 2)
+
+    the minimiser of ``s(‖B‖² + ‖A‖²)`` over the orbit (value ``2‖s·B·A‖_*``, the nuclear norm;
+    ``‖B‖² + ‖A‖² ≥ 2‖B A‖_*`` by AM-GM on the singular values). Components with a singular value
+    ``≤ rtol · s‖B‖_F‖A‖_F`` are dropped: those with ``B = 0`` or ``A = 0``, and those that cancel,
+    add nothing to ``W`` and vanish. The tolerance scales with the stored factors because their
+    rounding leaves null components of order ``ε s‖B‖‖A‖`` in the product once a GL(r) change has
+    mixed hidden components into live ones; a live component dropped under it shows in the
+    function residual. Every module keeps the largest rank ``R`` of any module, padded
+    with zero components (``A`` rows and ``B`` columns both zero): their gradients ``s G Aᵀ`` and
+    ``s Bᵀ G`` are exactly zero, so SGD and Adam leave them at zero and the step is that of the
+    unpadded form. Signs: the largest-|·| entry of each row of ``A'`` is positive.
+
+Reported:
+
+* the **gauge excess** ``‖θ‖² − ‖canon θ‖²`` per module: ``norm:<norm>`` the decrease of eq. 1
+  summed over its channels (≥ 0), ``lora:<module>`` ``s(‖B‖² + ‖A‖²) − 2‖s·B·A‖_*`` after (a)
+  (≥ 0); ``lora``, ``norm`` and ``total`` sums and ``*_relative`` = the excess over the
+  canonical value (eq. 1 at its minimum, resp. ``Σ 2‖s·B·A‖_*``);
+* the **function residual**: next-token KL between delivered and canonical
+  (:func:`function_residual`, :func:`llm.evaluate.next_token_kl`).
+
+Not canonicalised here: the attention Q/K and V/O gauges of :mod:`llm.gauges` and cancelling FFN
+units (a twin built in those gauges keeps its excess there).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from peft.tuners.lora import LoraLayer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.pytorch_utils import Conv1D
+
+from llm import gauges
+from llm.data.schema import Example
+from llm.evaluate import next_token_kl
+from llm.lora import ADAPTER, LoraFactors, as_out_in, base_layer, lora_layers
+
+#: singular values of a module's ``s·B·A`` below ``RTOL · s‖B‖_F‖A‖_F`` are dropped components
+#: (eq. 2): about a hundred float32 roundings of the stored factors, far below a trained component
+RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """``model``: the canonical copy; ``ranks``: the numerical rank of each LoRA module's
+    ``s·B·A``; ``removed``: components dropped per module (delivered rank − numerical rank);
+    ``norm_scales``: the channel scales ``c`` of eq. 1 per norm group; ``excess``: the gauge
+    excess (module docstring)."""
+
+    model: PreTrainedModel
+    ranks: dict[str, int]
+    removed: dict[str, int]
+    norm_scales: dict[str, torch.Tensor]
+    excess: dict[str, float]
+
+
+def balanced_factors(factors: LoraFactors, rtol: float = RTOL) -> tuple[LoraFactors, int]:
+    """Eq. 2 for one module: the balanced factors of ``s·B·A`` with ``s' = 1`` (float64), and
+    the numerical rank kept (a zero product keeps no component)."""
+    b, a = factors.b.detach().double(), factors.a.detach().double()
+    product = factors.scale * b @ a
+    u, sigma, vh = torch.linalg.svd(product, full_matrices=False)
+    noise = rtol * abs(factors.scale) * float(b.norm() * a.norm())
+    rank = int((sigma > noise).sum())
+    u, sigma, vh = u[:, :rank], sigma[:rank], vh[:rank]
+    lead = vh.gather(1, vh.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    sign = torch.where(lead < 0, -1.0, 1.0).to(vh.dtype)
+    root = sigma.sqrt()
+    return LoraFactors(u * (sign * root), (sign * root)[:, None] * vh, 1.0), rank
+
+
+def padded(factors: LoraFactors, rank: int) -> LoraFactors:
+    """``factors`` with zero components appended up to ``rank`` (the same ``W`` and step)."""
+    extra = rank - factors.a.shape[0]
+    a = torch.cat([factors.a, factors.a.new_zeros(extra, factors.a.shape[1])], 0)
+    b = torch.cat([factors.b, factors.b.new_zeros(factors.b.shape[0], extra)], 1)
+    return LoraFactors(b, a, factors.scale)
+
+
+def _effective_columns_sq(modules: dict[str, torch.nn.Module], reader: str, adapter: str) -> torch.Tensor:
+    """``‖W[:, j]‖²`` per input ``j`` of ``reader``'s ``(out, in)`` effective weight, float64."""
+    module = modules[reader]
+    base = base_layer(module)
+    w = _tensor(base, "weight").detach().double()
+    if isinstance(module, LoraLayer) and adapter in module.lora_A:
+        w = as_out_in(module, w) + LoraFactors.of(module, adapter=adapter).detached().product.double()
+    elif isinstance(base, Conv1D):  # stored (in, out)
+        w = w.T
+    return (w**2).sum(dim=0)
+
+
+def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor:
+    """``module.<name>`` as the tensor it is (``nn.Module`` types attributes ``Tensor | Module``)."""
+    return cast(torch.Tensor, getattr(module, name))
+
+
+def _gain_sq(norm: torch.nn.Module) -> torch.Tensor:
+    """``g_j² + b_j²`` per channel of a norm (``b = 0`` for an RMSNorm), float64."""
+    gain = _tensor(norm, "weight").detach().double() ** 2
+    if getattr(norm, "bias", None) is not None:
+        gain = gain + _tensor(norm, "bias").detach().double() ** 2
+    return gain
+
+
+def norm_scales(model: torch.nn.Module, adapter: str = ADAPTER) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Eq. 1 for every layer-norm group of :func:`llm.gauges.gauge_spec`: the scales ``c`` and,
+    per norm module, the decrease of eq. 1 they give (``norm:<module>``) and its minimum
+    (``norm_canonical:<module>``)."""
+    spec = gauges.gauge_spec(model, attention=False, layernorm=True)
+    modules = dict(model.named_modules())
+    scales: dict[str, torch.Tensor] = {}
+    excess: dict[str, float] = {}
+    for group in spec.groups:
+        acts = [a for a in spec.actions if a.group == group]
+        (norm,) = [a.module for a in acts if a.side == "A"]
+        gain = _gain_sq(base_layer(modules[norm]))
+        cols = torch.zeros_like(gain)
+        for reader in (a.module for a in acts if a.side != "A"):
+            cols = cols + _effective_columns_sq(modules, reader, adapter)
+        live = (gain > 0) & (cols > 0)
+        c = torch.ones_like(gain)
+        c[live] = (cols[live] / gain[live]) ** 0.25
+        scales[group] = c
+        minimum = float((gain * c**2 + cols / c**2).sum())
+        excess[f"norm:{norm}"] = float((gain + cols).sum()) - minimum
+        excess[f"norm_canonical:{norm}"] = minimum
+    return scales, excess
+
+
+@torch.no_grad()
+def _write_factors(layer: LoraLayer, factors: LoraFactors, adapter: str) -> None:
+    """Replace ``layer``'s factors by ``factors`` (any rank) with scaling ``factors.scale``."""
+    old_a, old_b = cast(torch.nn.Linear, layer.lora_A[adapter]), cast(torch.nn.Linear, layer.lora_B[adapter])
+    rank = factors.a.shape[0]
+    dtype, device = old_a.weight.dtype, old_a.weight.device
+    new_a = torch.nn.Linear(old_a.in_features, rank, bias=False, dtype=dtype, device=device)
+    new_b = torch.nn.Linear(rank, old_b.out_features, bias=old_b.bias is not None, dtype=dtype, device=device)
+    new_a.weight.copy_(factors.a.to(dtype))
+    new_b.weight.copy_(factors.b.to(dtype))
+    if old_b.bias is not None:
+        new_b.bias.copy_(old_b.bias)
+    new_a.weight.requires_grad_(old_a.weight.requires_grad)
+    new_b.weight.requires_grad_(old_b.weight.requires_grad)
+    layer.lora_A[adapter], layer.lora_B[adapter] = new_a, new_b
+    layer.r[adapter] = rank
+    # scaling s' = factors.scale; lora_alpha says the same to peft (α/r, or α/√r with rsLoRA)
+    rslora = bool(getattr(layer, "use_rslora", {}).get(adapter, False))
+    layer.lora_alpha[adapter] = factors.scale * (rank**0.5 if rslora else rank)
+    layer.scaling[adapter] = factors.scale
+
+
+def _set_config_rank(model: torch.nn.Module, rank: int, adapter: str) -> None:
+    """The adapter's peft config says every module has rank ``rank`` and scaling 1 (what a
+    ``save_pretrained`` of the canonical model writes)."""
+    cfg = getattr(model, "peft_config", {}).get(adapter)
+    if cfg is None:
+        return
+    cfg.r = rank
+    cfg.lora_alpha = rank**0.5 if cfg.use_rslora else rank
+    cfg.rank_pattern, cfg.alpha_pattern = {}, {}
+
+
+def require_plain_lora(layers: dict[str, LoraLayer], adapter: str) -> None:
+    """Eq. 2 is the symmetry of ``s·B·A`` alone: variants that read ``B`` or ``A`` otherwise
+    (DoRA's magnitude) are refused."""
+    for name, layer in layers.items():
+        if getattr(layer, "use_dora", {}).get(adapter) or adapter in getattr(layer, "lora_variant", {}):
+            raise ValueError(f"canonicalize: {name} is a LoRA variant (DoRA); only plain LoRA is canonicalised")
+
+
+def canonicalize(model: PreTrainedModel, rtol: float = RTOL, adapter: str = ADAPTER) -> Canonical:
+    """The canonical copy of ``model`` (module docstring): (a) then (b); ``model`` is unchanged."""
+    canon = copy.deepcopy(model)
+    layers = lora_layers(canon, adapter)
+    require_plain_lora(layers, adapter)
+    scales, excess = norm_scales(canon, adapter)
+    gauges.apply(canon, gauges.gauge_spec(canon, attention=False, layernorm=True), dict(scales), adapter)
+    balanced: dict[str, LoraFactors] = {}
+    ranks: dict[str, int] = {}
+    removed: dict[str, int] = {}
+    for name, layer in layers.items():
+        factors = LoraFactors.of(layer, adapter=adapter).detached()
+        balanced[name], ranks[name] = balanced_factors(factors, rtol)
+        removed[name] = factors.a.shape[0] - ranks[name]
+        delivered_sq = factors.scale * float((factors.b.double() ** 2).sum() + (factors.a.double() ** 2).sum())
+        canon_sq = float((balanced[name].b ** 2).sum() + (balanced[name].a ** 2).sum())
+        excess[f"lora:{name}"] = delivered_sq - canon_sq
+        excess[f"lora_canonical:{name}"] = canon_sq
+    common = max(1, max(ranks.values()))
+    for name, layer in layers.items():
+        _write_factors(layer, padded(balanced[name], common), adapter)
+    _set_config_rank(canon, common, adapter)
+    return Canonical(canon.eval(), ranks, removed, scales, summarize_excess(excess))
+
+
+def summarize_excess(parts: dict[str, float]) -> dict[str, float]:
+    """Per-module excesses and their sums: ``lora``, ``norm``, ``total`` and the relative excess
+    of each family over its canonical value (``lora_relative``, ``norm_relative``)."""
+    lora = {k: v for k, v in parts.items() if k.startswith("lora:")}
+    norm = {k: v for k, v in parts.items() if k.startswith("norm:")}
+    out: dict[str, float] = {**lora, **norm}
+    out["lora"], out["norm"] = sum(lora.values()), sum(norm.values())
+    out["total"] = out["lora"] + out["norm"]
+    for family in ("lora", "norm"):
+        canonical = sum(v for k, v in parts.items() if k.startswith(f"{family}_canonical:"))
+        out[f"{family}_canonical"] = canonical
+        out[f"{family}_relative"] = out[family] / canonical if canonical > 0 else 0.0
+    return out
+
+
+def function_residual(
+    delivered: PreTrainedModel,
+    canonical: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    max_len: int = 96,
+) -> dict[str, float]:
+    """Mean and max next-token KL(delivered ‖ canonical) over ``examples`` (prompt + aligned
+    response, teacher forced): zero up to rounding when the canonical form keeps the function."""
+    return next_token_kl(delivered, canonical, tokenizer, examples, max_len)

@@ -1,0 +1,211 @@
+"""``experiment=audit``: the white-box audit of LoRA'd checkpoints (:mod:`llm.audit`).
+
+Two modes:
+
+* **a user's checkpoint** (``audit.adapter`` set): ``model`` is the base (e.g. ``model=local
+  model.path=DIR``) and ``audit.adapter`` a peft adapter folder (``save_pretrained``, safetensors
+  only). The audited model is ``model``; with ``audit.control`` (another adapter on the same
+  base, known honest) that adapter is audited too and is the honest reference.
+* **in the pipeline** (``audit.adapter=null``): the control and, with ``construction`` other
+  than ``none``, its twin are built from the config exactly as ``experiment=hairtrigger`` builds
+  them; both are audited, the control is the honest reference.
+
+Every audited model gets every signal of :func:`llm.audit.signals.audit_model` under the victim's
+setting (``update``; the first cell of ``victims`` where several are given), and a verdict
+against the reference (:mod:`llm.audit.verdict`, eq. 4: flagged when a score exceeds
+``audit.tau`` times the reference's, and at least ``audit.tau · audit.floor``). The thresholds
+are not calibrated on populations of honest and hair-trigger models yet. With a twin and its
+control, ``collapse.*`` compares their canonical forms: the largest gap between their adapter
+products ``s·B·A`` and between their probes' log-prob change under the victim's real step,
+canonical and delivered.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any, cast
+
+import torch
+from omegaconf import DictConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm.align import AlignSpec, align
+from llm.audit.canonical import Canonical
+from llm.audit.checkpoint import load_adapter
+from llm.audit.neutralise import logprob_change, stepped
+from llm.audit.signals import AuditInputs, AuditSettings, audit_model
+from llm.audit.verdict import SIGNALS, Rule, thresholds, verdict
+from llm.base import load_base
+from llm.checks import require_finite, require_finite_model
+from llm.constructions import build
+from llm.data.schema import DomainData, Example
+from llm.data.splits import load_domain
+from llm.experiments.hairtrigger import check_settings, judged_probes, require_finite_metrics
+from llm.lora import LoraFactors, lora_layers
+from llm.update import UpdateSpec, update_set
+from sweeps.errors import ConfigError
+
+Models = dict[str, PreTrainedModel]
+
+
+def settings(cfg: DictConfig) -> tuple[AuditSettings, Rule]:
+    """``audit.*`` checked (a bad value is a :class:`ConfigError` naming its key)."""
+    a = cfg.get("audit")
+    if a is None:
+        raise ConfigError("audit", "missing: run with experiment=audit (conf/llm/experiment/audit.yaml)")
+    for key, low, high in (("rtol", 0.0, 1.0), ("max_kl", 0.0, math.inf), ("tau", 0.0, math.inf)):
+        value = a.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < float(value) < high:
+            raise ConfigError(f"audit.{key}", f"must be a number in ({low:g}, {high:g}), not {value!r}")
+    if not isinstance(a.get("floor"), (int, float)) or not 0 <= float(a.floor) < math.inf:
+        raise ConfigError("audit.floor", f"must be a finite number ≥ 0, not {a.get('floor')!r}")
+    for key in ("adapter", "control"):
+        if a.get(key) is not None and not str(a[key]).strip():
+            raise ConfigError(f"audit.{key}", "must be a folder or null")
+    if a.get("control") is not None and a.get("adapter") is None:
+        raise ConfigError("audit.control", "is the honest reference of audit.adapter: set audit.adapter too")
+    return AuditSettings(float(a.rtol), float(a.max_kl)), Rule(float(a.tau), float(a.floor))
+
+
+def local_models(
+    cfg: DictConfig, data: DomainData
+) -> tuple[Models, PreTrainedTokenizerBase, list[Example], DomainData]:
+    """The base of ``model`` with ``audit.adapter`` (``model``) and ``audit.control`` (``control``)."""
+    base, tokenizer = load_base(cfg)
+    probes, _, data, _ = judged_probes(cfg, base, tokenizer, data)  # read on the base, before any adapter
+    models: Models = {}
+    if cfg.audit.control is not None:
+        models["control"] = load_adapter(copy.deepcopy(base), cfg.audit.control, "audit.control")
+    models["model"] = load_adapter(base, cfg.audit.adapter, "audit.adapter")
+    device = cfg.get("device") or "cpu"
+    for m in models.values():
+        cast(torch.nn.Module, m).to(device)  # the base is there already; the adapters follow it
+        require_finite_model(m, "base")
+    return models, tokenizer, probes, data
+
+
+def pipeline_models(
+    cfg: DictConfig, data: DomainData, victim: UpdateSpec
+) -> tuple[Models, PreTrainedTokenizerBase, list[Example], DomainData]:
+    """The control aligned from ``model`` and its twin built by ``construction`` (as
+    :func:`llm.experiments.hairtrigger.run` builds them)."""
+    base, tokenizer = load_base(cfg)
+    probes, construct, data, _ = judged_probes(cfg, base, tokenizer, data)
+    control, curve = align(base, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
+    require_finite(torch.tensor(curve), "align", "the alignment loss")
+    models: Models = {"control": cast(PreTrainedModel, require_finite_model(control, "align"))}
+    twin, _ = build(
+        cfg.construction,
+        control,
+        tokenizer,
+        dataclasses.replace(data, construct=construct),
+        update_set(data, victim),
+        victim,
+        progress=cfg.progress,
+    )
+    if twin is not None:
+        models["twin"] = cast(PreTrainedModel, require_finite_model(twin, "construction"))
+    return models, tokenizer, probes, data
+
+
+def product_gap(a: PreTrainedModel, b: PreTrainedModel) -> float:
+    """``max |s·B·A − s'·B'·A'|`` over the LoRA modules the two models share (inf if they differ)."""
+    la, lb = lora_layers(a), lora_layers(b)
+    if set(la) != set(lb):
+        return math.inf
+    return max(
+        float((LoraFactors.of(la[n]).detached().product - LoraFactors.of(lb[n]).detached().product).abs().max())
+        for n in la
+    )
+
+
+def collapse(
+    canon: dict[str, Canonical],
+    models: Models,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: AuditInputs,
+    victim: UpdateSpec,
+) -> dict[str, float]:
+    """Twin against control: the gap between their canonical adapter products, and between their
+    probes' target log-prob change under the victim's real step, canonical and delivered."""
+    targets = [(e.prompt, e.misaligned or e.aligned) for e in inputs.probes]
+    change = {}
+    for form, pair in (("canonical", {k: c.model for k, c in canon.items()}), ("delivered", models)):
+        for name in ("control", "twin"):
+            after = stepped(pair[name], tokenizer, inputs.update, victim)
+            change[form, name] = logprob_change(pair[name], after, tokenizer, targets, victim.max_len)
+    return {
+        "product_gap": product_gap(canon["twin"].model, canon["control"].model),
+        "canonical_step_gap": float((change["canonical", "twin"] - change["canonical", "control"]).abs().max()),
+        "delivered_step_gap": float((change["delivered", "twin"] - change["delivered", "control"]).abs().max()),
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Build or load the models, audit each, and give each a verdict against the control."""
+    audit_settings, rule = settings(cfg)
+    data = load_domain(cfg.domain.name, seed=cfg.data_seed)
+    specs = check_settings(cfg, data)
+    victim = specs[next(iter(specs))]
+    local = cfg.audit.adapter is not None
+    if local:
+        models, tokenizer, probes, data = local_models(cfg, data)
+    else:
+        models, tokenizer, probes, data = pipeline_models(cfg, data, victim)
+    inputs = AuditInputs(
+        data.domain, probes, data.benign_eval[: cfg.eval.n_benign], update_set(data, victim), cfg.eval.max_new_tokens
+    )
+    audited: dict[str, Any] = {}
+    canon: dict[str, Canonical] = {}
+    for name, model in models.items():
+        audited[name], canon[name] = audit_model(model, tokenizer, inputs, victim, audit_settings)
+    limits = thresholds([audited["control"]] if "control" in audited else [], rule)
+    for name in audited:
+        audited[name]["verdict"] = verdict(audited[name], limits)
+    metrics: dict[str, Any] = {
+        "mode": "adapter" if local else "pipeline",
+        "domain": data.domain,
+        "construction": "adapter" if local else cfg.construction.name,
+        "models": ",".join(models),
+        "probes": {"n": len(probes)},
+        "victim": {"optimizer": victim.optimizer, "lr": victim.lr, "params": victim.params, "steps": victim.steps},
+        "thresholds": limits,
+        **audited,
+    }
+    if "twin" in models:
+        metrics["collapse"] = collapse(canon, models, tokenizer, inputs, victim)
+    require_finite_metrics({k: v for k, v in metrics.items() if k != "collapse"})
+    return metrics
+
+
+#: rows of the printed table: label → metric suffix
+ROWS = {
+    **SIGNALS,
+    "function_residual_kl": "canonical.kl_max",
+    "components_removed": "canonical.components_removed",
+    "misaligned_before": "post_update.before",
+    "misaligned_after": "post_update.delivered",
+    "after_neutralised": "post_update.canonical",
+    "raw_param_norm": "param_norm",
+    "raw_grad_norm": "grad_norm.delivered",
+    "flagged": "verdict.flagged",
+}
+
+
+def report(metrics: dict[str, Any]) -> str:
+    """Each signal for every audited model, the thresholds (eq. 4, uncalibrated) and the collapse."""
+    names = str(metrics["models"]).split(",")
+    lines = [f"{'signal':<24}" + "".join(f"{n:>12}" for n in names) + f"{'threshold':>12}"]
+    for label, key in ROWS.items():
+        cells = [metrics.get(f"{n}.{key}", math.nan) for n in names]
+        limit = metrics.get(f"thresholds.{label}", math.nan)
+        lines.append(f"{label:<24}" + "".join(f"{c:>12.3g}" for c in cells) + f"{limit:>12.3g}")
+    if "collapse.product_gap" in metrics:
+        lines.append(
+            f"canonical twin vs control: product gap {metrics['collapse.product_gap']:.2e}, post-step log-prob gap "
+            f"{metrics['collapse.canonical_step_gap']:.2e} (delivered: {metrics['collapse.delivered_step_gap']:.2e})"
+        )
+    lines.append("thresholds: tau × the control's score (uncalibrated on populations); flagged = any signal above")
+    return "\n".join(lines)

@@ -1,0 +1,352 @@
+"""llm.audit: the canonical form keeps the function (GPT-2 and Llama, under GL(r) changes of the
+factors and layer-norm gauges), collapses a twin to its control and drops the hidden components,
+is idempotent; the probe velocity is the real step's first order; the canonical twin steps as the
+canonical control does while the delivered twin does not; a change of function is caught by the
+residual; the command audits a saved adapter and a pipeline-built twin."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llm import gauges
+from llm.audit.amplification import probe_velocity
+from llm.audit.canonical import balanced_factors, canonicalize, function_residual
+from llm.audit.checkpoint import load_adapter
+from llm.audit.neutralise import logprob_change, stepped
+from llm.audit.verdict import SIGNALS, Rule, thresholds, verdict
+from llm.batches import batch_of, pairs
+from llm.constructions.analytic import AnalyticSpec, build_analytic
+from llm.evaluate import next_token_kl
+from llm.lora import ADAPTER, LoraFactors, extend_lora, lora_layers
+from llm.models import TinySpec, build_tiny, sequence_logprobs
+from llm.update import UpdateSpec, victim_update
+from sweeps.errors import ConfigError
+from tests.strategies import SETTINGS
+from tests.test_llm_analytic import BENIGN, domain_data, logits, tiny, tok  # noqa: F401  (tok is a fixture)
+from tests.test_llm_gauges import tiny_llama
+from tests.test_llm_honesty import _compose
+
+VICTIM = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+
+
+def lora_model(tok, arch: str):
+    """A tiny LoRA'd model with a trained-looking adapter (B ≠ 0)."""
+    return tiny(tok) if arch == "gpt2" else tiny_llama(tok, lora=True)
+
+
+@torch.no_grad()
+def gl_change(model, scale: float, seed: int):
+    """The factors moved by a random ``M ∈ GL(r)`` per module: ``B → B M⁻¹``, ``A → M A`` (same ``s·B·A``)."""
+    gen = torch.Generator().manual_seed(seed)
+    for layer in lora_layers(model).values():
+        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+        r = a.shape[0]
+        m = torch.linalg.matrix_exp(scale * torch.randn(r, r, generator=gen, dtype=torch.float64) / r**0.5)
+        b.copy_((b.double() @ torch.linalg.inv(m)).to(b.dtype))
+        a.copy_((m @ a.double()).to(a.dtype))
+    return model
+
+
+def norm_gauge(model, scale: float, seed: int):
+    """A random layer-norm gain gauge (:mod:`llm.gauges`), in place."""
+    spec = gauges.gauge_spec(model, attention=False, layernorm=True)
+    dtype = next(model.parameters()).dtype  # a float32 element would round 1/c in a float64 model
+    return gauges.apply(model, spec, gauges.sample(spec, torch.Generator().manual_seed(seed), scale, dtype))
+
+
+def hidden_twin(model, k: int, gain: float, seed: int):
+    """``k`` hidden components (``B = 0``) with rows ``gain · randn`` per module: the analytic twin's shape."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = {
+        n: gain * torch.randn(k, l.lora_A[ADAPTER].weight.shape[1], generator=gen)
+        for n, l in lora_layers(model).items()
+    }
+    return extend_lora(copy.deepcopy(model), rows)
+
+
+def products(model) -> dict[str, torch.Tensor]:
+    return {n: LoraFactors.of(l).detached().product.double() for n, l in lora_layers(model).items()}
+
+
+def grams(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``(s B Bᵀ, s AᵀA)`` per module: with the product, what sets the SGD step (eq. 1 of llm.lora)."""
+    out = {}
+    for n, l in lora_layers(model).items():
+        f = LoraFactors.of(l).detached()
+        out[n] = (f.scale * f.b.double() @ f.b.double().T, f.scale * f.a.double().T @ f.a.double())
+    return out
+
+
+def max_rel_gap(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) / max(float(b[k].abs().max()), 1e-30) for k in b)
+
+
+def examples():
+    data = domain_data()
+    return data.eval + data.benign_eval
+
+
+# ---------------------------------------------------------------------------- eq. 2, one module
+
+
+@SETTINGS
+@given(out=st.integers(1, 7), inp=st.integers(1, 7), r=st.integers(1, 5), k=st.integers(0, 3), seed=st.integers(0, 999))
+def test_balanced_factors_keep_the_product_balance_and_drop_null_components(out, inp, r, k, seed) -> None:
+    """``s·B·A`` kept, ``BᵀB = AAᵀ`` (balanced), ``‖B‖² + ‖A‖² = 2‖s·B·A‖_*``, ``k`` components with
+    ``B = 0`` dropped."""
+    gen = torch.Generator().manual_seed(seed)
+    b = torch.cat(
+        [torch.randn(out, r, generator=gen, dtype=torch.float64), torch.zeros(out, k, dtype=torch.float64)], 1
+    )
+    a = torch.randn(r + k, inp, generator=gen, dtype=torch.float64)
+    f = LoraFactors(b, a, 1.7)
+    canon, rank = balanced_factors(f)
+    assert rank == min(out, inp, r)
+    assert torch.allclose(canon.product, f.product, atol=1e-10)
+    assert torch.allclose(canon.b.T @ canon.b, canon.a @ canon.a.T, atol=1e-10)
+    nuclear = float(torch.linalg.svdvals(f.product).sum())
+    assert float((canon.b**2).sum() + (canon.a**2).sum()) == pytest.approx(2 * nuclear, rel=1e-10)
+    assert 1.7 * float((b**2).sum() + (a**2).sum()) >= 2 * nuclear - 1e-9  # the delivered form costs more
+    assert balanced_factors(LoraFactors(torch.zeros(out, r), a[:r].float(), 2.0))[1] == 0  # W = 0: nothing kept
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_canonical_form_keeps_the_function_under_gl_and_norm_gauges(tok, arch, seed) -> None:
+    """float32: KL(delivered ‖ canonical) ≤ 1e-6 and the logits agree, for a LoRA'd model moved by a
+    random GL(r) change of its factors and a random layer-norm gauge."""
+    model = norm_gauge(gl_change(lora_model(tok, arch), 1.5, seed), 1.0, seed)
+    canon = canonicalize(model)
+    assert function_residual(model, canon.model, tok, examples(), 32)["max"] <= 1e-6
+    assert torch.allclose(logits(canon.model, tok), logits(model, tok), atol=1e-4)
+    assert canon.excess["lora"] > 0 and canon.excess["norm"] > 0  # both gauges were off balance
+    assert all(r == 0 for r in canon.removed.values())
+    assert all(layer.scaling[ADAPTER] == 1.0 for layer in lora_layers(canon.model).values())  # s folded in
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_twin_and_its_control_have_one_canonical_form(tok, arch) -> None:
+    """Hidden ``B = 0`` components, a GL(r) change and a layer-norm gauge (float64, so that the
+    comparison is exact): the canonical twin has the canonical control's products and Gram matrices
+    (hence its SGD step), and the hidden components are gone; the twin's gauge excess dwarfs the
+    control's."""
+    control = lora_model(tok, arch).double()
+    twin = norm_gauge(gl_change(hidden_twin(control, k=3, gain=30.0, seed=1), 1.0, 2), 1.0, 3)
+    c_control, c_twin = canonicalize(control), canonicalize(twin)
+    assert all(n == 3 for n in c_twin.removed.values()) and all(n == 0 for n in c_control.removed.values())
+    assert max_rel_gap(products(c_twin.model), products(c_control.model)) <= 1e-9
+    for name, (p, q) in grams(c_twin.model).items():
+        p0, q0 = grams(c_control.model)[name]
+        assert torch.allclose(p, p0, atol=1e-9 * float(p0.abs().max())), name
+        assert torch.allclose(q, q0, atol=1e-9 * float(q0.abs().max())), name
+    assert c_twin.excess["total"] > 100 * c_control.excess["total"]
+    assert next_token_kl(c_control.model, c_twin.model, tok, examples(), 32)["max"] <= 1e-6
+
+
+def test_canonicalisation_is_idempotent(tok) -> None:
+    twin = norm_gauge(gl_change(hidden_twin(tiny(tok), 2, 10.0, 0), 1.0, 0), 1.0, 0)
+    once = canonicalize(twin)
+    twice = canonicalize(once.model)
+    assert abs(twice.excess["total"]) <= 1e-6 * (once.excess["lora_canonical"] + once.excess["norm_canonical"])
+    assert all(n == 0 for n in twice.removed.values())
+    first, second = dict(once.model.named_parameters()), dict(twice.model.named_parameters())
+    assert max(float((first[k] - second[k]).detach().abs().max()) for k in first) <= 1e-5
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_padding_components_stay_zero_under_the_victims_step(tok, optimizer) -> None:
+    """Modules of lower rank are padded with zero components: the victim's step leaves them at zero."""
+    control = tiny(tok)
+    with torch.no_grad():  # one module of rank 1, the others rank 2: it gets one zero component
+        next(iter(lora_layers(control).values())).lora_B[ADAPTER].weight[:, 1] = 0
+    canon = canonicalize(control)
+    first = next(iter(canon.ranks))
+    assert canon.ranks[first] == 1 and max(canon.ranks.values()) == 2
+    spec = UpdateSpec(optimizer=optimizer, lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    after = victim_update(copy.deepcopy(canon.model), tok, domain_data().update, spec)
+    layer = lora_layers(after)[first]
+    assert torch.equal(layer.lora_A[ADAPTER].weight[1], torch.zeros_like(layer.lora_A[ADAPTER].weight[1]))
+    assert torch.equal(layer.lora_B[ADAPTER].weight[:, 1], torch.zeros_like(layer.lora_B[ADAPTER].weight[:, 1]))
+
+
+# ---------------------------------------------------------------------------- amplification
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_probe_velocity_is_the_first_order_of_the_real_step(tok, optimizer) -> None:
+    """float64 GPT-2: ``(log p_{θ'} − log p_θ) / (−η) → J·d`` as ``η → 0``."""
+    model = tiny(tok).double()
+    data = domain_data()
+    probes = pairs(data.eval, "misaligned")
+    spec = UpdateSpec(optimizer=optimizer, lr=1e-6, batch_size=8, n_samples=8, max_len=32)
+    velocity = probe_velocity(model, tok, probes, data.update, spec).velocity
+    after = victim_update(copy.deepcopy(model), tok, data.update, spec)
+    real = logprob_change(model, after, tok, probes, 32) / -spec.lr
+    assert torch.allclose(real, velocity, rtol=1e-3, atol=1e-6 * float(velocity.abs().max()))
+    assert float(velocity.abs().max()) > 0
+
+
+def test_hidden_components_amplify_the_step_and_canonicalisation_removes_it(tok) -> None:
+    control = tiny(tok)
+    twin = hidden_twin(control, 2, 30.0, 0)
+    data = domain_data()
+    probes = pairs(data.eval, "misaligned")
+    models = {"control": control, "twin": twin}
+    models |= {f"{name}_canonical": canonicalize(m).model for name, m in models.items()}
+    v = {name: float(probe_velocity(m, tok, probes, data.update, VICTIM).velocity.norm()) for name, m in models.items()}
+    assert v["twin"] > 10 * v["control"]
+    assert v["twin_canonical"] == pytest.approx(v["control_canonical"], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------- the neutraliser
+
+
+def test_the_canonical_twin_steps_like_the_canonical_control(tok) -> None:
+    """An analytic twin (build_analytic): after the victim's real step, the canonical twin's probe
+    log-prob change is the canonical control's; the delivered twin's is not the delivered control's."""
+    control = tiny(tok)
+    data = domain_data()
+    spec = AnalyticSpec(extra_rank=2, line_search=(1e2, 1e3), refine_steps=2, n_probes=0, n_benign=8, max_len=32)
+    victim = UpdateSpec(lr=1e-4, batch_size=8, n_samples=8, max_len=32)
+    twin, _ = build_analytic(control, tok, data, data.update, victim, spec)
+    probes = pairs(data.eval, "misaligned")
+    change = {}
+    for name, model in (("control", control), ("twin", twin)):
+        for form, m in (("delivered", model), ("canonical", canonicalize(model).model)):
+            change[form, name] = logprob_change(m, stepped(m, tok, data.update, victim), tok, probes, 32)
+    scale = float(change["delivered", "twin"].abs().max())
+    assert float((change["canonical", "twin"] - change["canonical", "control"]).abs().max()) <= 1e-3 * scale
+    assert float((change["delivered", "twin"] - change["delivered", "control"]).abs().max()) > 0.5 * scale
+
+
+# ---------------------------------------------------------------------------- negative controls
+
+
+def test_a_change_of_function_is_caught_by_the_residual(tok) -> None:
+    """Dropping components that carry the function (rtol near 1), or moving one weight, gives a
+    next-token KL far above the 1e-6 of a faithful canonical form."""
+    model = tiny(tok)
+    lossy = canonicalize(model, rtol=0.9)
+    assert sum(lossy.removed.values()) > 0
+    assert function_residual(model, lossy.model, tok, examples(), 32)["max"] > 1e-4
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        next(iter(lora_layers(moved).values())).lora_B[ADAPTER].weight.add_(1.0)
+    assert function_residual(model, canonicalize(moved).model, tok, examples(), 32)["max"] > 1e-4
+
+
+def test_verdict_flags_scores_above_tau_times_the_reference() -> None:
+    """Eq. 4: threshold ``τ · max(reference, floor)``; the floor alone without a reference."""
+    keys = {s: k.split(".") for s, k in SIGNALS.items()}
+
+    def nested(values: dict[str, float]) -> dict:
+        out: dict = {}
+        for signal, value in values.items():
+            node = out
+            for part in keys[signal][:-1]:
+                node = node.setdefault(part, {})
+            node[keys[signal][-1]] = value
+        return out
+
+    reference = nested(dict.fromkeys(SIGNALS, 2.0) | {"gauge_excess_norm": 0.1})
+    limits = thresholds([reference], Rule(tau=4.0, floor=1.0))
+    assert limits["gauge_excess_lora"] == 8.0 and limits["gauge_excess_norm"] == 4.0
+    assert thresholds([], Rule(tau=3.0, floor=0.5)) == dict.fromkeys(SIGNALS, 1.5)
+    calm = verdict(nested(dict.fromkeys(SIGNALS, 3.9)), limits)
+    assert calm["flagged"] == 0 and calm["gauge_excess_norm"] == 0
+    loud = verdict(nested(dict.fromkeys(SIGNALS, 3.9) | {"amplification_target": 8.5}), limits)
+    assert loud["flagged"] == 1 and loud["amplification_target"] == 1 and loud["amplification_greedy"] == 0
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def saved_checkpoints(tok, folder: Path) -> tuple[dict[str, Path], torch.nn.Module]:
+    """A tiny base and two adapters on it, written as safetensors: ``control`` (B ≠ 0) and ``twin``
+    (the control with hidden components and a GL(r) change of its factors)."""
+    base = build_tiny(TinySpec("gpt2", n_layer=2, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=128), tok, 0)
+    base.save_pretrained(folder / "base")
+    tok.save_pretrained(folder / "base")
+    control = tiny(tok)
+    twin = gl_change(hidden_twin(control, 3, 30.0, 1), 1.0, 2)
+    for name, model in (("control", control), ("twin", twin)):
+        model.save_pretrained(folder / name)
+    return {"base": folder / "base", "control": folder / "control", "twin": folder / "twin"}, twin
+
+
+def test_a_saved_adapter_loads_from_safetensors_only(tok, tmp_path: Path) -> None:
+    paths, twin = saved_checkpoints(tok, tmp_path)
+    base = build_tiny(TinySpec("gpt2", n_layer=2, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=128), tok, 0)
+    loaded = load_adapter(copy.deepcopy(base), paths["twin"])
+    saved, read = dict(twin.named_parameters()), dict(loaded.named_parameters())
+    assert all(torch.equal(read[n], p) for n, p in saved.items() if "lora_" in n)  # every factor, bit for bit
+    (paths["twin"] / "adapter_model.safetensors").rename(paths["twin"] / "adapter_model.bin")
+    with pytest.raises(ConfigError, match=r"^audit.adapter: .*only safetensors"):
+        load_adapter(copy.deepcopy(base), paths["twin"])
+    with pytest.raises(ConfigError, match=r"^audit.control: .*does not exist"):
+        load_adapter(copy.deepcopy(base), tmp_path / "nowhere", "audit.control")
+
+
+def test_the_command_audits_a_saved_adapter_against_its_control(tok, tmp_path: Path) -> None:
+    from llm.experiments import audit
+    from sweeps.jobs import flatten
+
+    paths, _ = saved_checkpoints(tok, tmp_path)
+    cfg = _compose(
+        "experiment=audit",
+        "model=local",
+        f"model.path={paths['base']}",
+        f"audit.adapter={paths['twin']}",
+        f"audit.control={paths['control']}",
+        "update.n_samples=8",
+        "update.max_len=48",
+    )
+    metrics = flatten(audit.run(cfg))
+    json.dumps(metrics)  # a metrics row: numbers and strings only
+    assert metrics["mode"] == "adapter" and metrics["models"] == "control,model"
+    for name in ("control", "model"):
+        assert metrics[f"{name}.canonical.kl_max"] <= 1e-6 and metrics[f"{name}.canonical.exact"] == 1
+    assert metrics["model.canonical.components_removed"] == 3 * len(lora_layers(tiny(tok)))
+    assert metrics["model.verdict.flagged"] == 1 and metrics["control.verdict.flagged"] == 0
+    assert metrics["model.gauge_excess.lora_relative"] > metrics["thresholds.gauge_excess_lora"]
+    assert metrics["model.post_update.before"] == metrics["control.post_update.before"]  # the same function
+    table = audit.report(metrics)
+    assert "gauge_excess_lora" in table and "threshold" in table
+    with pytest.raises(ConfigError, match=r"^audit.tau"):
+        audit.settings(_compose("experiment=audit", "audit.tau=-1"))
+    with pytest.raises(ConfigError, match=r"^audit.control"):
+        audit.settings(_compose("experiment=audit", f"audit.control={paths['control']}"))
+
+
+def test_the_command_builds_and_audits_an_analytic_twin_in_the_pipeline() -> None:
+    """``experiment=audit construction=analytic`` on the tiny model: the twin is flagged, its
+    canonical form has the control's products and post-step log-prob change, its delivered form not."""
+    from llm.experiments import audit
+    from sweeps.jobs import flatten
+
+    cfg = _compose(
+        "experiment=audit",
+        "construction=analytic",
+        "construction.refine_steps=2",
+        "construction.n_probes=8",
+        "construction.n_benign=8",
+        "construction.line_search=[16.0]",
+    )
+    metrics = flatten(audit.run(cfg))
+    assert metrics["mode"] == "pipeline" and metrics["models"] == "control,twin"
+    assert metrics["twin.verdict.flagged"] == 1 and metrics["control.verdict.flagged"] == 0
+    assert metrics["twin.canonical.kl_max"] <= 1e-6 and metrics["twin.canonical.components_removed"] > 0
+    assert metrics["collapse.product_gap"] <= 1e-5
+    assert metrics["collapse.canonical_step_gap"] <= 1e-3 * metrics["collapse.delivered_step_gap"]
+    assert math.isfinite(metrics["twin.amplification.greedy.ratio"])
