@@ -183,13 +183,14 @@ def test_padding_components_stay_zero_under_the_victims_step(tok, optimizer) -> 
 # ---------------------------------------------------------------------------- amplification
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_probe_velocity_is_the_first_order_of_the_real_step(tok, optimizer) -> None:
-    """float64 GPT-2: ``(log p_{θ'} − log p_θ) / (−η) → J·d`` as ``η → 0``."""
+@pytest.mark.parametrize(("optimizer", "params"), [("sgd", "adapter"), ("adam", "adapter"), ("sgd", "all")])
+def test_probe_velocity_is_the_first_order_of_the_real_step(tok, optimizer, params) -> None:
+    """float64 GPT-2: ``(log p_{θ'} − log p_θ) / (−η) → J·d`` as ``η → 0``, for the victim moving
+    the adapter (SGD, Adam's first step) or every weight of the merged model."""
     model = tiny(tok).double()
     data = domain_data()
     probes = pairs(data.eval, "misaligned")
-    spec = UpdateSpec(optimizer=optimizer, lr=1e-6, batch_size=8, n_samples=8, max_len=32)
+    spec = UpdateSpec(optimizer=optimizer, lr=1e-6, batch_size=8, n_samples=8, max_len=32, params=params)
     velocity = probe_velocity(model, tok, probes, data.update, spec).velocity
     after = victim_update(copy.deepcopy(model), tok, data.update, spec)
     real = logprob_change(model, after, tok, probes, 32) / -spec.lr

@@ -111,14 +111,14 @@ def pipeline_models(
 
 
 def product_gap(a: PreTrainedModel, b: PreTrainedModel) -> float:
-    """``max |s·B·A − s'·B'·A'|`` over the LoRA modules the two models share (inf if they differ)."""
+    """``max |s·B·A − s'·B'·A'|`` over the LoRA modules of two models (inf where their modules or
+    shapes differ: a twin widened by FFN pairs keeps its extra units)."""
     la, lb = lora_layers(a), lora_layers(b)
-    if set(la) != set(lb):
+    pa = {n: LoraFactors.of(l).detached().product for n, l in la.items()}
+    pb = {n: LoraFactors.of(l).detached().product for n, l in lb.items()}
+    if set(pa) != set(pb) or any(pa[n].shape != pb[n].shape for n in pa):
         return math.inf
-    return max(
-        float((LoraFactors.of(la[n]).detached().product - LoraFactors.of(lb[n]).detached().product).abs().max())
-        for n in la
-    )
+    return max(float((pa[n] - pb[n]).abs().max()) for n in pa)
 
 
 def collapse(
@@ -200,8 +200,8 @@ def report(metrics: dict[str, Any]) -> str:
     lines = [f"{'signal':<24}" + "".join(f"{n:>12}" for n in names) + f"{'threshold':>12}"]
     for label, key in ROWS.items():
         cells = [metrics.get(f"{n}.{key}", math.nan) for n in names]
-        limit = metrics.get(f"thresholds.{label}", math.nan)
-        lines.append(f"{label:<24}" + "".join(f"{c:>12.3g}" for c in cells) + f"{limit:>12.3g}")
+        limit = f"{metrics[f'thresholds.{label}']:>12.3g}" if f"thresholds.{label}" in metrics else ""
+        lines.append(f"{label:<24}" + "".join(f"{c:>12.3g}" for c in cells) + limit)
     if "collapse.product_gap" in metrics:
         lines.append(
             f"canonical twin vs control: product gap {metrics['collapse.product_gap']:.2e}, post-step log-prob gap "
