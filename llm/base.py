@@ -18,7 +18,7 @@ from llm.data.schema import DomainData
 from llm.data.splits import load_domain, normalise
 from llm.data.synthetic import benign_families
 from llm.data.wheels import cache_dir
-from llm.models import TinySpec, load_local, load_or_pretrain
+from llm.models import TinySpec, load_local, load_or_pretrain, to_device
 from sweeps.errors import ConfigError
 
 DOMAINS = ("safety", "privacy", "honesty")
@@ -57,7 +57,7 @@ def load_base(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase
         if cfg.model.kind != "local":
             raise
         raise ConfigError("model.path", str(error)) from None
-    return require_finite_model(model, "base").to(cfg.get("device") or "cpu"), tokenizer
+    return to_device(require_finite_model(model, "base"), cfg.get("device") or "cpu"), tokenizer
 
 
 def _load(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -10,7 +10,7 @@ are counted apart (``empty_rate``). Non-finite logits, losses or gradients raise
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -149,5 +149,5 @@ def victim_grad_norm(
     grads = torch.autograd.grad(loss, params)
     for p in model.parameters():
         p.requires_grad_(False)
-    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    norm = torch.sqrt(cast(torch.Tensor, sum((g.double() ** 2).sum() for g in grads)))
     return float(require_finite(norm, "evaluation", "the victim's gradient norm"))

@@ -26,18 +26,19 @@ Per block (:func:`gauge_spec`):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
-from llm.lora import ADAPTER, base_layer
+from llm.lora import ADAPTER, base_layer, factor_maps, weight_of
 from theory.symmetry import Group, Side, SymmetrySpec
 from theory.symmetry import sample as sample_group
 
-Element = dict[str, "torch.Tensor | float"]
+Element = Mapping[str, "torch.Tensor | float"]
 
 #: per architecture: (norm module, the linear maps that read its output), per block
 NORM_READERS = {
@@ -81,12 +82,12 @@ def blocks(model: torch.nn.Module) -> list[str]:
 def gauge_spec(model: torch.nn.Module, attention: bool = True, layernorm: bool = True) -> GaugeSpec:
     """Per block: ``q{l}.{h}`` and ``v{l}.{h}`` (GL on head ``h``; GPT-2 only) with ``attention``,
     then one positive ``scale`` group per layer norm with ``layernorm`` (module docstring)."""
-    arch = model.config.model_type
+    cfg: Any = model.config  # its fields depend on the architecture (GPT-2 aliases hidden_size to n_embd)
+    arch = cfg.model_type
     if arch not in NORM_READERS:
         raise ValueError(f"no gauges declared for model_type {arch!r}; known: {sorted(NORM_READERS)}")
     if attention and arch != "gpt2":
         raise ValueError("per-head attention gauges are declared for GPT-2's fused c_attn only")
-    cfg = model.config
     d = cfg.hidden_size
     groups: dict[str, Group] = {}
     actions: list[Action] = []
@@ -161,7 +162,9 @@ def _targets(module: torch.nn.Module, axis: str, adapter: str) -> list[tuple[str
     """``(parameter name within module, tensor, tensor axis)`` for every tensor along ``axis``."""
     base = base_layer(module)
     if not isinstance(base, (torch.nn.Linear, Conv1D)):  # a norm: gain (and bias) along its output
-        return [(n, p, 0) for n, p in (("weight", base.weight), ("bias", getattr(base, "bias", None))) if p is not None]
+        return [
+            (n, p, 0) for n, p in (("weight", weight_of(base)), ("bias", getattr(base, "bias", None))) if p is not None
+        ]
     prefix = "base_layer." if isinstance(module, LoraLayer) else ""
     stored_out = 1 if isinstance(base, Conv1D) else 0  # Conv1D stores (in, out)
     out: list[tuple[str, torch.Tensor, int]] = []
@@ -170,11 +173,11 @@ def _targets(module: torch.nn.Module, axis: str, adapter: str) -> list[tuple[str
         if base.bias is not None:
             out.append((f"{prefix}bias", base.bias, 0))
         if isinstance(module, LoraLayer):
-            out.append((f"lora_B.{adapter}.weight", module.lora_B[adapter].weight, 0))
+            out.append((f"lora_B.{adapter}.weight", factor_maps(module, adapter)[1].weight, 0))
     else:
         out.append((f"{prefix}weight", base.weight, 1 - stored_out))
         if isinstance(module, LoraLayer):
-            out.append((f"lora_A.{adapter}.weight", module.lora_A[adapter].weight, 1))
+            out.append((f"lora_A.{adapter}.weight", factor_maps(module, adapter)[0].weight, 1))
     return out
 
 
@@ -228,8 +231,9 @@ def gauge_maps(
     ``K`` are block diagonal."""
     out = {}
     for name, layer in layers.items():
-        like = layer.lora_A[adapter].weight
-        n_out, n_in = layer.lora_B[adapter].weight.shape[0], like.shape[1]
+        lin_a, lin_b = factor_maps(layer, adapter)
+        like = lin_a.weight
+        n_out, n_in = lin_b.weight.shape[0], like.shape[1]
         maps = {"out": torch.eye(n_out, dtype=like.dtype), "in": torch.eye(n_in, dtype=like.dtype)}
         touched: dict[str, set[int]] = {"out": set(), "in": set()}
         for act in spec.actions:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
-from llm.models import response_loss
+from llm.models import CausalLM, ModelT, response_loss
 
 Params = dict[str, torch.Tensor]
 
@@ -54,25 +55,38 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float) -> PeftModel:
         raise ValueError(f"no LoRA targets for model_type {arch!r}; known: {sorted(LORA_TARGETS)}")
     targets, fan_in_fan_out = LORA_TARGETS[arch]
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, fan_in_fan_out=fan_in_fan_out, bias="none"
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r takes any float
+        target_modules=targets,
+        lora_dropout=0.0,
+        fan_in_fan_out=fan_in_fan_out,
+        bias="none",
     )
     return get_peft_model(model, config)
 
 
-def adapter_params(model: PreTrainedModel) -> Params:
+def merged(model: CausalLM) -> CausalLM:
+    """``model`` with its LoRA adapter merged into the base weights (peft's ``merge_and_unload``), or
+    ``model`` itself when it has no adapter to merge."""
+    if hasattr(model, "merge_and_unload"):
+        return cast(PeftModel, model).merge_and_unload()
+    return model
+
+
+def adapter_params(model: CausalLM) -> Params:
     """The LoRA tensors of a peft model, by name (what the victim moves with ``params=adapter``)."""
-    params = {name: p for name, p in model.named_parameters() if is_lora(name)}
+    params: Params = {name: p for name, p in model.named_parameters() if is_lora(name)}
     if not params:
         raise ValueError("the model has no LoRA adapter (add one with llm.lora.add_lora)")
     return params
 
 
-def adapter_state(model: PreTrainedModel) -> Params:
+def adapter_state(model: CausalLM) -> Params:
     """Detached copies of the LoRA tensors, by name."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if is_lora(n)}
 
 
-def trainable(model: PreTrainedModel, which: str) -> list[torch.nn.Parameter]:
+def trainable(model: CausalLM, which: str) -> list[torch.nn.Parameter]:
     """Make trainable what the victim updates and nothing else: ``adapter`` (the LoRA tensors) or
     ``all``; returns those parameters."""
     params = []
@@ -85,7 +99,7 @@ def trainable(model: PreTrainedModel, which: str) -> list[torch.nn.Parameter]:
     return params
 
 
-def scale_adapter(model: PeftModel, scale: float) -> PeftModel:
+def scale_adapter(model: ModelT, scale: float) -> ModelT:
     """A copy of ``model`` whose LoRA update ``W = s·B·A`` is ``scale·W`` in every module (``B`` scaled):
     1 is the model itself, 0 the base before alignment, < 0 the alignment's task vector negated
     (Ilharco et al. 2023, "Editing models with task arithmetic")."""
@@ -97,7 +111,7 @@ def scale_adapter(model: PeftModel, scale: float) -> PeftModel:
     return scaled
 
 
-def amplify_adapter(model: PreTrainedModel, gain: float) -> dict[str, float]:
+def amplify_adapter(model: CausalLM, gain: float) -> dict[str, float]:
     """The factorisation's own gauge, in place: ``A → g·A``, ``B → B/g`` (``s·B·A`` unchanged). The
     victim's gradient on ``B`` grows by ``g``, so a step moves ``W`` by about ``g²`` more along
     ``B``. Returns the factor applied to each LoRA tensor."""
@@ -125,6 +139,22 @@ def base_layer(module: torch.nn.Module) -> torch.nn.Module:
     return module.get_base_layer() if isinstance(module, LoraLayer) else module
 
 
+def as_module(layer: LoraLayer) -> torch.nn.Module:
+    """``layer`` as the ``nn.Module`` it is (peft's LoRA layers subclass both; ``LoraLayer`` is a mixin)."""
+    return cast(torch.nn.Module, layer)
+
+
+def weight_of(module: torch.nn.Module) -> torch.Tensor:
+    """``module.weight`` typed as the tensor it is (``nn.Module`` types its attributes ``Tensor | Module``)."""
+    return cast(torch.Tensor, module.weight)
+
+
+def factor_maps(layer: LoraLayer, adapter: str = ADAPTER) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    """The ``lora_A`` and ``lora_B`` linear maps of ``adapter`` in ``layer`` (peft builds them as ``nn.Linear``
+    for the linear and ``Conv1D`` targets of :data:`LORA_TARGETS`)."""
+    return cast(torch.nn.Linear, layer.lora_A[adapter]), cast(torch.nn.Linear, layer.lora_B[adapter])
+
+
 def as_out_in(layer: LoraLayer, w: torch.Tensor) -> torch.Tensor:
     """A base weight (or its gradient) as ``(out, in)``: transposed for ``fan_in_fan_out`` layers."""
     return w.T if getattr(layer, "fan_in_fan_out", False) else w
@@ -132,11 +162,11 @@ def as_out_in(layer: LoraLayer, w: torch.Tensor) -> torch.Tensor:
 
 def effective_weight(layer: LoraLayer, adapter: str = ADAPTER) -> torch.Tensor:
     """``(out, in)`` effective weight ``W_base + s B A`` of one LoRA layer."""
-    return as_out_in(layer, layer.get_base_layer().weight) + LoraFactors.of(layer, adapter=adapter).product
+    return as_out_in(layer, weight_of(layer.get_base_layer())) + LoraFactors.of(layer, adapter=adapter).product
 
 
 def weight_gradients(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor] | None, layers: dict[str, LoraLayer], loss_fn=None
+    model: CausalLM, batch: dict[str, torch.Tensor] | None, layers: dict[str, LoraLayer], loss_fn=None
 ) -> dict[str, torch.Tensor]:
     """``∂loss/∂W`` (``(out, in)``) for each LoRA layer's effective weight, at the current model.
 
@@ -146,7 +176,7 @@ def weight_gradients(
     """
     loss_fn = loss_fn or response_loss
     leaves = {
-        f"{name}.base_layer.weight": l.get_base_layer().weight.detach().clone().requires_grad_()
+        f"{name}.base_layer.weight": weight_of(l.get_base_layer()).detach().clone().requires_grad_()
         for name, l in layers.items()
     }
     loss = loss_fn(model, batch, leaves)
@@ -155,7 +185,7 @@ def weight_gradients(
 
 
 @torch.no_grad()
-def extend_lora(model: PreTrainedModel, rows: dict[str, torch.Tensor], adapter: str = ADAPTER) -> PreTrainedModel:
+def extend_lora(model: ModelT, rows: dict[str, torch.Tensor], adapter: str = ADAPTER) -> ModelT:
     """Append rows ``rows[name]`` (``(k, in)``) to ``lora_A`` and ``k`` zero columns to ``lora_B``,
     in place; every layer must get the same ``k``. Scaling ``s`` is kept (``lora_alpha`` and
     the config's ``r`` / ``lora_alpha`` are rewritten so that ``alpha/r`` stays ``s``), so the
@@ -168,7 +198,7 @@ def extend_lora(model: PreTrainedModel, rows: dict[str, torch.Tensor], adapter: 
     k = ks.pop()
     scalings = set()
     for name, layer in layers.items():
-        lin_a, lin_b = layer.lora_A[adapter], layer.lora_B[adapter]
+        lin_a, lin_b = factor_maps(layer, adapter)
         a_old, b_old = lin_a.weight, lin_b.weight
         a_new = rows.get(name)
         if a_new is None:
@@ -217,7 +247,9 @@ class LoraFactors:
         """The factors of ``layer``, read from ``params`` (full adapter tensors by parameter name,
         ``name`` the layer's module name) or from the layer itself."""
         if params is None:
-            return cls(layer.lora_B[adapter].weight, layer.lora_A[adapter].weight, layer.scaling[adapter])
+            lin_a, lin_b = factor_maps(layer, adapter)
+            return cls(lin_b.weight, lin_a.weight, layer.scaling[adapter])
+        assert name is not None, "LoraFactors.of: params given without the layer's module name"
         a_key, b_key = factor_keys(name, adapter)
         return cls(params[b_key], params[a_key], layer.scaling[adapter])
 
@@ -270,7 +302,11 @@ def first_order_move(
     """The term of eq. (1) linear in the Gram matrices, ``−η s² (P G + G Q)`` (``P = out_gram``,
     ``Q = in_gram``; either may be absent), read back as ``R⁻¹ (…) K⁻¹`` when ``read_back`` is
     ``(R⁻¹, K⁻¹)``. For components with ``B = 0`` or ``A = 0`` it is their whole move."""
-    inner = sum(([out_gram @ grad] if out_gram is not None else []) + ([grad @ in_gram] if in_gram is not None else []))
+    # at least one Gram matrix is given, so the sum is a tensor
+    inner = cast(
+        torch.Tensor,
+        sum(([out_gram @ grad] if out_gram is not None else []) + ([grad @ in_gram] if in_gram is not None else [])),
+    )
     if read_back is not None:
         inner = read_back[0] @ inner @ read_back[1]
     return -lr * scale**2 * inner

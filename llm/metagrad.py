@@ -46,6 +46,7 @@ time), and ``chunked`` also splits the Hessian-vector product. The value is the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from transformers import PreTrainedModel
@@ -148,12 +149,14 @@ def _grad(outputs, inputs: list[torch.Tensor], **kw) -> tuple[torch.Tensor, ...]
 
 def _accumulate(parts: list[Loss], at: Params, theta: list[torch.Tensor]) -> tuple[list[torch.Tensor], float]:
     """Σ_c ∇L_c at ``at`` (plain backwards, one part's graph alive at a time) and Σ_c L_c."""
-    total, value = None, 0.0
+    total: list[torch.Tensor] | None = None
+    value = 0.0
     for part in parts:
         loss = part(at)
         grads = _grad(loss, theta)
         total = list(grads) if total is None else [t + g for t, g in zip(total, grads)]
         value += float(loss.detach())
+    assert total is not None, "a loss split into no parts"
     return total, value
 
 
@@ -166,7 +169,7 @@ def _fd_step(theta: list[torch.Tensor], v: list[torch.Tensor]) -> float:
 
 def _norm(tensors: list[torch.Tensor]) -> float:
     """The Euclidean norm of a list of tensors taken as one vector (in float64)."""
-    return float(torch.sqrt(sum((t.detach().double() ** 2).sum() for t in tensors)))
+    return float(torch.sqrt(cast(torch.Tensor, sum((t.detach().double() ** 2).sum() for t in tensors))))
 
 
 def _staged(
@@ -194,6 +197,7 @@ def _staged(
     # keeping the inner forward so that the graph can be built after v (lean), or plain
     # (chunked: the graph is rebuilt part by part later; FOMAML: never needed)
     inner_total = None  # L_inner with its forward graph (hvp, lean)
+    g: Sequence[torch.Tensor]
     if first_order or method in ("chunked", "fd"):
         g, _ = _accumulate(inner, params, theta)
     else:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,15 @@ from llm.checks import HASHES, CheckpointError, changed_files, record_hashes, re
 from llm.tokenizer import IGNORE_INDEX, encode_example, encode_prompt, train_tokenizer
 from sweeps.io import write_atomic
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 log = logging.getLogger(__name__)
+
+#: a causal LM as it is passed around here: a transformers model, or one wrapped in a peft LoRA
+#: adapter (a ``PeftModel`` forwards the wrapped model's attributes)
+CausalLM: TypeAlias = "PreTrainedModel | PeftModel"
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 #: bump when the training recipe or an entry's layout changes, so old cache entries are not reused
 CACHE_VERSION = 2
@@ -102,6 +110,7 @@ class TinySpec:
             eos = tokenizer.eos_token_id
             pad = pad_id(tokenizer)
             bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+        cfg: GPT2Config | LlamaConfig
         if self.arch == "gpt2":
             cfg = GPT2Config(
                 vocab_size=self.vocab_size,
@@ -163,14 +172,20 @@ def _position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def on_device(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_device(model: ModelT, device: str | torch.device) -> ModelT:
+    """``model.to(device)`` with its type kept: transformers declares ``PreTrainedModel.to`` through
+    ``functools.wraps(nn.Module.to)``, which hides the bound method's signature from type checkers."""
+    return cast(ModelT, cast(torch.nn.Module, model).to(device))
+
+
+def on_device(model: CausalLM, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``batch`` on the model's device (batches are built on the CPU; a no-op there)."""
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def next_logits(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
+    model: CausalLM, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """``(B, T-1, V)`` next-token logits; at ``params`` (partial dict) via ``functional_call``."""
     batch = on_device(model, batch)
@@ -181,7 +196,7 @@ def next_logits(
 
 
 def token_logprobs(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
+    model: CausalLM, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """``(B, T-1)`` log-probs of each next token, zero where ``labels[:, 1:]`` is -100.
 
@@ -199,14 +214,14 @@ def gather_targets(logprobs: torch.Tensor, batch: dict[str, torch.Tensor]) -> to
 
 
 def sequence_logprobs(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
+    model: CausalLM, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """``(B,)`` log p(response | prompt): token log-probs summed over each response."""
     return token_logprobs(model, batch, params).sum(-1)
 
 
 def response_loss(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
+    model: CausalLM, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Mean cross-entropy over the response tokens of ``batch`` (differentiable, any order).
 
@@ -217,7 +232,7 @@ def response_loss(
 
 
 def _response_ce(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None, reduction: str
+    model: CausalLM, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None, reduction: str
 ) -> torch.Tensor:
     """Cross-entropy of the response tokens (``reduction``: ``mean`` or ``sum`` over them)."""
     logits = next_logits(model, batch, params)
@@ -240,7 +255,7 @@ def row_chunks(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, tor
     return out
 
 
-def response_loss_parts(model: PreTrainedModel, batch: dict[str, torch.Tensor], parts: int):
+def response_loss_parts(model: CausalLM, batch: dict[str, torch.Tensor], parts: int):
     """:func:`response_loss` as ``parts`` closures ``θ ↦ loss`` over micro-batches whose *sum*
     is it: each part's summed response-token cross-entropy over the whole batch's token count.
     What :func:`llm.metagrad.meta_gradient` takes to bound memory by one micro-batch."""
@@ -399,7 +414,7 @@ def _cached_tiny(final: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
     model, tok = load_local(final)
     meta = json.loads((final / "pretrain.json").read_text())
     info = {"cached": True, "path": str(final), "losses": meta["losses"], "seconds": time.perf_counter() - t0}
-    model.pretrain_info = info
+    model.pretrain_info = info  # type: ignore[assignment]  # a plain attribute; nn.Module types them Tensor | Module
     log.info("loaded cached tiny model %s (%.2f s)", final, info["seconds"])
     return model, tok
 
@@ -456,7 +471,7 @@ def load_or_pretrain(
     t0 = time.perf_counter()
     environment = training_environment(device)  # as trained (the thread count may change later)
     tok = train_tokenizer(texts_for_tokenizer, vocab)
-    model = build_tiny(spec, tok, seed).to(device)
+    model = to_device(build_tiny(spec, tok, seed), device)
     losses = pretrain(model, tok, examples, steps, lr, batch_size, seed, max_len, progress=progress)
     require_finite(torch.tensor(losses), "base", "the pretraining loss")
     require_finite_model(model, "base")
@@ -465,7 +480,7 @@ def load_or_pretrain(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
-        model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        to_device(model, "cpu").save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         write_atomic(
             tmp / "pretrain.json",
@@ -492,7 +507,8 @@ def load_or_pretrain(
         losses[0] if losses else float("nan"),
         losses[-1] if losses else float("nan"),
     )
-    model.pretrain_info = {"cached": False, "path": str(final), "losses": losses, "seconds": seconds}
+    info = {"cached": False, "path": str(final), "losses": losses, "seconds": seconds}
+    model.pretrain_info = info  # type: ignore[assignment]  # a plain attribute; nn.Module types them Tensor | Module
     return model, tok
 
 
@@ -601,10 +617,10 @@ def greedy(
     for s in range(0, len(prompts), batch_size):
         enc = []
         for p in prompts[s : s + batch_size]:
-            ids = encode_prompt(tokenizer, p)
-            if limit is not None and len(ids) + max_new_tokens > limit:
-                ids = ids[len(ids) - max(1, limit - max_new_tokens) :]
-            enc.append({"input_ids": ids})
+            prompt_ids = encode_prompt(tokenizer, p)
+            if limit is not None and len(prompt_ids) + max_new_tokens > limit:
+                prompt_ids = prompt_ids[len(prompt_ids) - max(1, limit - max_new_tokens) :]
+            enc.append({"input_ids": prompt_ids})
         batch = on_device(model, collate(enc, pad, side="left"))
         ids, mask = batch["input_ids"], batch["attention_mask"]
         n = ids.shape[1]
@@ -629,6 +645,6 @@ def greedy(
         for row in gen.tolist():
             if eos in row:
                 row = row[: row.index(eos)]
-            out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+            out.append(cast(str, tokenizer.decode(row, skip_special_tokens=True)).strip())
     model.train(was_training)
     return out

@@ -97,7 +97,9 @@ def probe_loss(
     if target == "marker":
         return -gather_targets(lq, batch).sum(-1)
     if target == "not_aligned":
+        assert first is not None, "probe_loss: after_target=not_aligned needs first (first_divergence)"
         return not_aligned_loss(gather_targets(lq, batch), first)
     if target == "base":
+        assert ref is not None, "probe_loss: after_target=base needs ref (the base's log-probs)"
         return kl_rows(ref, lq, response_mask(batch))
     raise ValueError(f"unknown after_target {target!r}; one of {AFTER_TARGETS}")

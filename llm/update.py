@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llm.batches import batch_of, pairs
 from llm.data.schema import Example
-from llm.lora import trainable
-from llm.models import response_loss
+from llm.lora import merged, trainable
+from llm.models import CausalLM, response_loss
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,11 @@ def update_set(data, spec: UpdateSpec) -> list[Example]:
 
 
 def victim_update(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], spec: UpdateSpec
-) -> PreTrainedModel:
+    model: CausalLM, tokenizer: PreTrainedTokenizerBase, examples: list[Example], spec: UpdateSpec
+) -> CausalLM:
     """Apply the victim's update in place (merging the adapter first for ``params=all``)."""
-    if spec.params == "all" and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    if spec.params == "all":
+        model = merged(model)
     model.train()
     params = trainable(model, spec.params)
     opt = torch.optim.SGD(params, lr=spec.lr) if spec.optimizer == "sgd" else torch.optim.Adam(params, lr=spec.lr)

@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llm.data.schema import DomainData, Example
+from llm.models import CausalLM
 from llm.update import UpdateSpec
 
 NAMES = ("none", "metalearn", "analytic")
@@ -22,15 +23,16 @@ NAMES = ("none", "metalearn", "analytic")
 
 def build(
     construction: DictConfig,
-    control: PreTrainedModel,
+    control: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
     data: DomainData,
     update_examples: list[Example],
     victim: UpdateSpec,
     progress: bool = True,
-) -> tuple[PreTrainedModel | None, dict[str, Any]]:
+) -> tuple[CausalLM | None, dict[str, Any]]:
     """The twin of ``control`` named by ``construction.name`` (``None`` for ``none``) and its info."""
-    options = {k: v for k, v in OmegaConf.to_container(construction, resolve=True).items() if k != "name"}
+    plain = cast(dict[str, Any], OmegaConf.to_container(construction, resolve=True))
+    options = {k: v for k, v in plain.items() if k != "name"}
     if construction.name == "none":
         return None, {}
     if construction.name == "metalearn":

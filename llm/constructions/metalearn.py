@@ -34,14 +34,14 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llm.batches import batch_of, pairs
 from llm.data.schema import DomainData, Example
 from llm.gauges import amplify_norms
-from llm.lora import adapter_params, amplify_adapter
+from llm.lora import adapter_params, amplify_adapter, merged
 from llm.metagrad import meta_gradient
-from llm.models import gather_targets, next_logits, response_loss_parts
+from llm.models import CausalLM, gather_targets, next_logits, response_loss_parts
 from llm.objectives import (
     base_logprobs,
     check_target,
@@ -83,7 +83,7 @@ class MetaSpec:
         check_target(self.after_target)
 
 
-def _amplify(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def _amplify(model: CausalLM, spec: MetaSpec) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Apply the amplifying gauge in place (:func:`llm.lora.amplify_adapter` for the adapter,
     :func:`llm.gauges.amplify_norms` for all weights); return the trainable tensors and the factor
     each was scaled by."""
@@ -91,7 +91,7 @@ def _amplify(model: PreTrainedModel, spec: MetaSpec) -> tuple[dict[str, torch.Te
         scales = amplify_adapter(model, spec.gain)
         return adapter_params(model), scales
     scales = amplify_norms(model, spec.gain)
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
     return params, {n: scales.get(n, 1.0) for n in params}
 
 
@@ -107,8 +107,8 @@ def _split(items: list, parts: int) -> list[list]:
 
 
 def _step_losses(
-    twin: PreTrainedModel,
-    control: PreTrainedModel,
+    twin: CausalLM,
+    control: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
     probes: list[Example],
     benign: list[Example],
@@ -168,14 +168,14 @@ def _step_losses(
 
 
 def build_metalearn(
-    control: PreTrainedModel,
+    control: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
     data: DomainData,
     update_examples: list[Example],
     victim: UpdateSpec,
     spec: MetaSpec,
     progress: bool = True,
-) -> tuple[PreTrainedModel, dict[str, float]]:
+) -> tuple[CausalLM, dict[str, float]]:
     """The hair-trigger twin of ``control`` for objective (1); ``control`` is not modified."""
     if spec.params != victim.params:
         raise ValueError(
@@ -184,10 +184,10 @@ def build_metalearn(
         )
     torch.manual_seed(spec.seed)
     twin = copy.deepcopy(control)
-    if spec.params == "all" and hasattr(twin, "merge_and_unload"):
-        twin = twin.merge_and_unload()
-    for p in twin.parameters():
-        p.requires_grad_(False)
+    if spec.params == "all":
+        twin = merged(twin)
+    for weight in twin.parameters():
+        weight.requires_grad_(False)
     twin.eval()  # no dropout: the victim's step is deterministic
     params, scales = _amplify(twin, spec)
     for p in params.values():

@@ -32,7 +32,7 @@ import io
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -345,7 +345,7 @@ def _iter_truncated_array(text: str):
     sep = re.compile(r"[\s,]*")
     i = text.index("[") + 1
     while True:
-        i = sep.match(text, i).end()
+        i = cast(re.Match[str], sep.match(text, i)).end()  # [\s,]* always matches (maybe empty)
         if i >= len(text) or text[i] == "]":
             return
         try:

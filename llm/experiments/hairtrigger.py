@@ -31,7 +31,7 @@ import re
 import resource
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -88,8 +88,10 @@ def task_vector_scan(control, tokenizer, data: DomainData, probes: list[Example]
 
 def victims(cfg: DictConfig) -> dict[str, UpdateSpec]:
     """The victim's update per table cell: ``update`` with each cell's overrides."""
-    base = OmegaConf.to_container(cfg["update"], resolve=True)
-    cells = OmegaConf.to_container(cfg.victims, resolve=True) if cfg.get("victims") else {"paper": {}}
+    base = cast(dict[str, Any], OmegaConf.to_container(cfg["update"], resolve=True))
+    cells = (
+        cast(dict[str, Any], OmegaConf.to_container(cfg.victims, resolve=True)) if cfg.get("victims") else {"paper": {}}
+    )
     return {name: UpdateSpec(**(base | (over or {}))) for name, over in cells.items()}
 
 
@@ -102,16 +104,16 @@ def evaluate_model(
     before = black_box(model, tokenizer, data, probes, cfg)
     out: dict[str, Any] = {"static": scores(before), "after": {}}
     shown = {"before": before["responses"]}
-    default = next(iter(specs))
+    default_name = next(iter(specs))
     for name, spec in specs.items():
         updated = updated_model(model, tokenizer, update_set(data, spec), spec)
         after = black_box(updated, tokenizer, data, probes, cfg)
         out["after"][name] = scores(after)
         shown[f"after.{name}"] = after["responses"]
-        if name == default and cfg.get("codes"):
+        if name == default_name and cfg.get("codes"):
             out["capacity"] = capacity(model, updated, tokenizer, data.construct[: cfg.codes], cfg.eval.max_new_tokens)
         del updated
-    default = specs[default]
+    default = specs[default_name]
     out["victim_grad_norm"] = victim_grad_norm(
         copy.deepcopy(model), tokenizer, update_set(data, default), default.params
     )
@@ -200,7 +202,7 @@ def check_settings(cfg: DictConfig, data: DomainData) -> dict[str, UpdateSpec]:
     if fold not in (None, 0, 1):
         raise ConfigError("eval.validation_fold", f"{fold}: choose null (judge the held-out split), 0 or 1")
     specs = victims(cfg)
-    overridden = OmegaConf.to_container(cfg.victims, resolve=True) if cfg.get("victims") else {}
+    overridden = cast(dict[str, Any], OmegaConf.to_container(cfg.victims, resolve=True)) if cfg.get("victims") else {}
     for name, spec in specs.items():
         benign = spec.data == "update" or (spec.data in data.unseen_benign and spec.data != "facts")
         field = "n_samples" if benign else "data"

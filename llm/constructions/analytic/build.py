@@ -19,10 +19,11 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import cast, overload
 
 import torch
 from peft.tuners.lora import LoraLayer
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llm import gauges
 from llm.batches import batch_of, pairs
@@ -40,6 +41,7 @@ from llm.constructions.analytic.step import (
     Hidden,
     Mats,
     Params,
+    Side,
     adapter_products,
     gauged_step_products,
     post_step_params,
@@ -59,11 +61,12 @@ from llm.lora import (
     ADAPTER,
     adapter_state,
     extend_lora,
+    factor_maps,
     lora_layers,
     scale_adapter,
     weight_gradients,
 )
-from llm.models import next_logits
+from llm.models import CausalLM, next_logits
 from llm.update import UpdateSpec, victim_update
 
 
@@ -75,10 +78,10 @@ class Construction:
 
     spec: AnalyticSpec
     victim: UpdateSpec
-    control: PreTrainedModel  # never modified
+    control: CausalLM  # never modified
     tokenizer: PreTrainedTokenizerBase
     update_examples: list[Example]
-    shipped: PreTrainedModel  # the control as the twin ships it: maybe widened, maybe in a gauge
+    shipped: CausalLM  # the control as the twin ships it: maybe widened, maybe in a gauge
     layers: dict[str, LoraLayer]  # shipped's LoRA layers that get hidden components (construction.modules)
     full: TargetBatch  # the post-step objective on every construction probe and benign example
     probes: list[Example]
@@ -94,24 +97,31 @@ class Construction:
     info: dict[str, float] = field(default_factory=dict)
     read_back: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None  # (R⁻¹, K⁻¹): gauge → control
     stepped_old: Params | None = None  # the control's adapter after the victim's real step
-    twin: PreTrainedModel | None = None
+    twin: CausalLM | None = None
     twin_layers: dict[str, LoraLayer] | None = None
 
     @property
     def lr(self) -> float:
         return self.victim.lr
 
+    def stepped(self) -> tuple[CausalLM, dict[str, LoraLayer], Params]:
+        """``twin``, ``twin_layers`` and ``stepped_old``, which :func:`step_control` sets before any later stage."""
+        assert self.twin is not None and self.twin_layers is not None and self.stepped_old is not None, (
+            "step_control has not run"
+        )
+        return self.twin, self.twin_layers, self.stepped_old
+
     def hidden_shapes(self) -> dict:
         """``(layer, side)`` → shape of the hidden components: ``(k, in)`` rows of ``A``, ``(k', out)``
         columns of ``B`` (as rows)."""
         k, k_out = self.spec.extra_rank, self.spec.left_rank
-        shapes = {(n, "input"): (k, l.lora_A[ADAPTER].weight.shape[1]) for n, l in self.layers.items()}
+        shapes = {(n, "input"): (k, factor_maps(l)[0].weight.shape[1]) for n, l in self.layers.items()}
         if k_out:
-            shapes |= {(n, "output"): (k_out, l.lora_B[ADAPTER].weight.shape[0]) for n, l in self.layers.items()}
+            shapes |= {(n, "output"): (k_out, factor_maps(l)[1].weight.shape[0]) for n, l in self.layers.items()}
         return shapes
 
     def target_loss(
-        self, model: PreTrainedModel, params: Params | None = None, batch: TargetBatch | None = None
+        self, model: CausalLM, params: Params | None = None, batch: TargetBatch | None = None
     ) -> torch.Tensor:
         return target_loss(model, batch or self.full, params, self.spec)
 
@@ -125,11 +135,12 @@ class Construction:
 
     def post_params(self, hidden: Hidden) -> Params:
         """The twin's adapter tensors after the victim's step (:func:`.step.post_step_params`)."""
-        return post_step_params(self.twin_layers, self.stepped_old, hidden, self.grads, self.lr)
+        _, twin_layers, stepped_old = self.stepped()
+        return post_step_params(twin_layers, stepped_old, hidden, self.grads, self.lr)
 
     def products_after(self, params: Params) -> Mats:
         """The twin's adapter ``s·B·A`` after the step, in the control's coordinates."""
-        return read_back(adapter_products(self.twin_layers, params), self.read_back)
+        return read_back(adapter_products(self.stepped()[1], params), self.read_back)
 
     def residual(self, products: Mats, metric: Metric) -> torch.Tensor:
         return undo_residual(products, self.before, metric.inputs, self.spec.undo_scale, metric.outputs)
@@ -149,7 +160,7 @@ class Construction:
     def post_loss(self, hidden: Hidden, batch: TargetBatch | None = None) -> torch.Tensor:
         """The exact post-step loss: the behavioural target, plus ``undo_weight`` × the weight objective."""
         params = self.post_params(hidden)
-        loss = self.target_loss(self.twin, params, batch)
+        loss = self.target_loss(self.stepped()[0], params, batch)
         return loss + self.spec.undo_weight * self.weight_objective(params) if self.spec.undo_weight > 0 else loss
 
 
@@ -172,8 +183,8 @@ def victim_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example], vi
 
 
 def undo_metrics(
-    control: PreTrainedModel,
-    shipped: PreTrainedModel,
+    control: CausalLM,
+    shipped: CausalLM,
     full: TargetBatch,
     layers: dict[str, LoraLayer],
     spec: AnalyticSpec,
@@ -187,7 +198,10 @@ def undo_metrics(
     reads every probe input, the reported residual is the fitted one (with its output factor)."""
     predicting = spec.undo_metric == "responses"
     moments = input_moments(shipped, full.probes, layers, predicting) if spec.undo_metric != "weights" else None
-    keep_moments = input_moments(shipped, full.benign, layers, predicting) if spec.undo_keep > 0 else None
+    keep_moments = None
+    if spec.undo_keep > 0:
+        assert full.benign is not None, "construction.undo_keep needs benign examples (construction.n_benign)"
+        keep_moments = input_moments(shipped, full.benign, layers, predicting)
     outputs = None
     if spec.undo_output == "fisher":
         target = scale_adapter(control, spec.undo_scale).eval()  # the model the step should land on
@@ -211,7 +225,7 @@ def undo_metrics(
 
 
 def prepare(
-    control: PreTrainedModel,
+    control: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
     data: DomainData,
     update_examples: list[Example],
@@ -287,7 +301,7 @@ def step_control(c: Construction) -> None:
     twin = copy.deepcopy(c.shipped)
     k, k_out = c.spec.extra_rank, c.spec.left_rank
     for rank in (k, k_out) if k_out else (k,):
-        twin = extend_lora(twin, {n: torch.zeros(rank, l.lora_A[ADAPTER].weight.shape[1]) for n, l in c.layers.items()})
+        twin = extend_lora(twin, {n: torch.zeros(rank, factor_maps(l)[0].weight.shape[1]) for n, l in c.layers.items()})
     c.twin = twin
     c.twin_layers = {n: l for n, l in lora_layers(twin).items() if n in c.layers}
     with torch.no_grad():
@@ -304,7 +318,7 @@ def fit_weight_space(c: Construction, gauged: Hidden | None) -> Hidden:
     with torch.no_grad():
         post = c.post_params(hidden)
         c.info["undo_residual_after_fit"] = float(c.residual(c.products_after(post), c.fitted))
-        c.info["target_loss_after_undo_fit"] = float(c.target_loss(c.twin, post))
+        c.info["target_loss_after_undo_fit"] = float(c.target_loss(c.stepped()[0], post))
     if c.spec.undo_floor_steps > 0:  # how far the factor fit is from the best this gauge allows
         c.info |= {f"undo_floor.{key}": value for key, value in check_floor(c, hidden).items()}
     return hidden
@@ -317,16 +331,17 @@ def check_floor(c: Construction, hidden: Hidden) -> dict[str, float]:
     (``W'₀`` + the linear part) is from the post-step products the fit itself computes (relative,
     max over layers; float32 round-off)."""
 
+    @overload
+    def float64(mats: Mats) -> Mats: ...
+    @overload
+    def float64(mats: Mats | None) -> Mats | None: ...
     def float64(mats: Mats | None) -> Mats | None:
         return None if mats is None else {n: m.detach().double() for n, m in mats.items()}
 
-    q0 = {n: hidden.inputs(n).detach().T @ hidden.inputs(n).detach() for n in c.twin_layers}
-    p0 = {
-        n: hidden.outputs(n).detach().T @ hidden.outputs(n).detach()
-        for n in c.twin_layers
-        if hidden.outputs(n) is not None
-    }
-    move = hidden_move(c.grads, c.read_back, {n: layer.scaling[ADAPTER] for n, layer in c.twin_layers.items()}, c.lr)
+    _, twin_layers, _ = c.stepped()
+    q0 = {n: hidden.inputs(n).detach().T @ hidden.inputs(n).detach() for n in twin_layers}
+    p0 = {n: output.detach().T @ output.detach() for n in twin_layers if (output := hidden.outputs(n)) is not None}
+    move = hidden_move(c.grads, c.read_back, {n: layer.scaling[ADAPTER] for n, layer in twin_layers.items()}, c.lr)
     with torch.no_grad():
         constant = c.products_after(c.post_params(hidden.map(torch.zeros_like)))
         fitted = c.products_after(c.post_params(hidden))
@@ -347,13 +362,16 @@ def check_floor(c: Construction, hidden: Hidden) -> dict[str, float]:
 def first_order(c: Construction) -> Hidden:
     """Stage 4 (no weight-space undo): the first-order components for the target loss's gradient at
     the stepped control (:func:`.fit.preconditioner_init`), both sides, scaled by the line search."""
+    _, _, stepped_old = c.stepped()
     grads_target = weight_gradients(
         c.shipped,
         None,
         c.layers,
-        loss_fn=lambda model, _batch, leaves: c.target_loss(model, {**leaves, **c.stepped_old}),
+        loss_fn=lambda model, _batch, leaves: c.target_loss(model, {**leaves, **stepped_old}),
     )
-    parts = {(n, "input"): a for n, a in preconditioner_init(c.grads, grads_target, c.spec.extra_rank).items()}
+    parts: dict[tuple[str, Side], torch.Tensor] = {
+        (n, "input"): a for n, a in preconditioner_init(c.grads, grads_target, c.spec.extra_rank).items()
+    }
     if c.spec.left_rank:  # the same argument on the output side: eigenvectors of sym(G Hᵀ)
         outputs = preconditioner_init(
             {n: g.T for n, g in c.grads.items()}, {n: h.T for n, h in grads_target.items()}, c.spec.left_rank
@@ -389,6 +407,7 @@ def report_weight_space(c: Construction, hidden: Hidden) -> None:
     with torch.no_grad():
         products = c.products_after(c.post_params(hidden))
         c.info["undo_residual"] = float(c.residual(products, Metric()))
+        assert c.probe_inputs is not None  # undo_metrics sets it whenever undo_steps or undo_weight is > 0
         c.info["undo_residual_inputs"] = float(c.residual(products, c.probe_inputs))
         if c.keep_moments is not None:
             c.info["keep_residual"] = float(keep_residual(products, c.before, c.keep_moments, c.spec.undo_scale))
@@ -399,26 +418,29 @@ def write_hidden(c: Construction, hidden: Hidden) -> None:
     """The input-side rows into ``A`` (their ``B`` columns stay exactly 0) and the output-side columns
     into ``B`` (their ``A`` rows stay exactly 0)."""
     k, k_out = c.spec.extra_rank, c.spec.left_rank
-    for name, layer in c.twin_layers.items():
-        a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+    twin, twin_layers, _ = c.stepped()
+    for name, layer in twin_layers.items():
+        lin_a, lin_b = factor_maps(layer)
+        a, b = lin_a.weight, lin_b.weight
         new = slice(a.shape[0] - k - k_out, a.shape[0] - k_out)
         a[new] = hidden.inputs(name).detach()
         if k_out:
-            b[:, -k_out:] = hidden.outputs(name).detach().T
+            b[:, -k_out:] = cast(torch.Tensor, hidden.outputs(name)).detach().T  # k_out > 0: every layer has them
         assert not b[:, new].any() and not a[a.shape[0] - k_out :].any()
-    c.twin.eval()
+    twin.eval()
 
 
 def verify(c: Construction, hidden: Hidden) -> None:
     """The twin's forward equals the control's; the victim's real step equals the closed form."""
-    twin_after = victim_update(copy.deepcopy(c.twin), c.tokenizer, c.update_examples, c.victim)
+    twin, _, _ = c.stepped()
+    twin_after = victim_update(copy.deepcopy(twin), c.tokenizer, c.update_examples, c.victim)
     with torch.no_grad():
         c.info["max_logit_diff_before"] = max(
-            float((next_logits(c.twin, b) - next_logits(c.control, b)).abs().max())
+            float((next_logits(twin, b) - next_logits(c.control, b)).abs().max())
             for b in (c.full.probes, c.full.benign)
             if b is not None
         )
-        predicted = next_logits(c.twin, c.full.probes, c.post_params(hidden.map(torch.Tensor.detach)))
+        predicted = next_logits(twin, c.full.probes, c.post_params(hidden.map(torch.Tensor.detach)))
         c.info["closed_form_vs_real_step_max_logit_diff"] = float(
             (next_logits(twin_after, c.full.probes) - predicted).abs().max()
         )
@@ -426,14 +448,14 @@ def verify(c: Construction, hidden: Hidden) -> None:
 
 
 def build_analytic(
-    control: PreTrainedModel,
+    control: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
     data: DomainData,
     update_examples: list[Example],
     victim: UpdateSpec,
     spec: AnalyticSpec,
     progress: bool = False,
-) -> tuple[PreTrainedModel, dict[str, float]]:
+) -> tuple[CausalLM, dict[str, float]]:
     """The hair-trigger twin of ``control`` (a peft LoRA model; never modified) and an info dict:
     the stages of the module docstring, in order."""
     torch.manual_seed(spec.seed)
@@ -448,6 +470,7 @@ def build_analytic(
     write_hidden(c, hidden)
     verify(c, hidden)
     norms = [float(t.detach().norm()) for t in hidden.tensors()]
+    twin, twin_layers, _ = c.stepped()
     c.info.update(
         extra_rank=float(spec.extra_rank),
         left_rank=float(spec.left_rank),
@@ -455,6 +478,6 @@ def build_analytic(
         a_new_norm_max=max(norms),
         a_new_norm_mean=sum(norms) / len(norms),
         lr=victim.lr,
-        scaling=float(next(iter(c.twin_layers.values())).scaling[ADAPTER]),
+        scaling=float(next(iter(twin_layers.values())).scaling[ADAPTER]),
     )
-    return c.twin, c.info
+    return twin, c.info

@@ -8,11 +8,14 @@ Units ``j`` and ``k+j`` both compute ``gelu(u_j·x + b_j)``; their outgoing rows
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from peft.tuners.lora import LoraLayer
+from transformers import GPT2Config
+from transformers.pytorch_utils import Conv1D
 
-from llm.lora import ADAPTER, base_layer
+from llm.lora import ADAPTER, base_layer, factor_maps, weight_of
 
 
 def _gpt2_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -33,8 +36,8 @@ def add_ffn_pairs(
     factors (if ``c_fc``/``c_proj`` are peft layers) get zero rows/columns for the new units,
     so the two copies stay equal before any step. The caller updates ``config.n_inner``.
     """
-    fc, proj = block.mlp.c_fc, block.mlp.c_proj
-    fc_conv, proj_conv = base_layer(fc), base_layer(proj)
+    fc, proj = block.get_submodule("mlp.c_fc"), block.get_submodule("mlp.c_proj")
+    fc_conv, proj_conv = cast(Conv1D, base_layer(fc)), cast(Conv1D, base_layer(proj))  # GPT-2 stores (in, out)
     dt = fc_conv.weight.dtype
     u = torch.cat([incoming, incoming], 0).to(dt)  # (2k, d)
     b = torch.cat([bias, bias], 0).to(dt)
@@ -46,14 +49,14 @@ def add_ffn_pairs(
     proj_conv.nx = proj_conv.weight.shape[0]
     n_new = u.shape[0]
     if isinstance(fc, LoraLayer):
-        lb = fc.lora_B[adapter]
+        _, lb = factor_maps(fc, adapter)
         w = torch.cat([lb.weight, torch.zeros(n_new, lb.weight.shape[1], dtype=lb.weight.dtype)], 0)
         new = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
         new.weight = torch.nn.Parameter(w, lb.weight.requires_grad)
         fc.lora_B[adapter] = new
         fc.out_features = w.shape[0]
     if isinstance(proj, LoraLayer):
-        la = proj.lora_A[adapter]
+        la, _ = factor_maps(proj, adapter)
         w = torch.cat([la.weight, torch.zeros(la.weight.shape[0], n_new, dtype=la.weight.dtype)], 1)
         new = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
         new.weight = torch.nn.Parameter(w, la.weight.requires_grad)
@@ -65,9 +68,9 @@ def add_ffn_pairs(
 def widen_mlps(model: torch.nn.Module, k: int, generator: torch.Generator, out_scale: float = 1.0) -> torch.nn.Module:
     """Add ``k`` random cancelling pairs to every GPT-2 MLP (in place); sets ``config.n_inner``."""
     for block in _gpt2_blocks(model):
-        d = base_layer(block.mlp.c_fc).weight.shape[0]
+        d = weight_of(base_layer(block.get_submodule("mlp.c_fc"))).shape[0]
         u = torch.randn(k, d, generator=generator) / math.sqrt(d)
         v = out_scale * torch.randn(k, d, generator=generator) / math.sqrt(d)
         add_ffn_pairs(block, u, torch.randn(k, generator=generator), v)
-    model.config.n_inner = base_layer(block.mlp.c_fc).weight.shape[1]
+    cast(GPT2Config, model.config).n_inner = weight_of(base_layer(block.get_submodule("mlp.c_fc"))).shape[1]
     return model

@@ -70,8 +70,12 @@ def line_search(
     post-step loss. Returns the scaled components (leaves, ready to refine), the gain and its loss."""
     best_c, best = None, math.inf
     for c in spec.line_search:
+
+        def scaled(a: torch.Tensor, c: float = c) -> torch.Tensor:
+            return spec.gain * c * a
+
         with torch.no_grad():
-            value = float(post_loss(start.map(lambda a, c=c: spec.gain * c * a)))
+            value = float(post_loss(start.map(scaled)))
         if progress:
             print(f"line search gain {c:g}: post-step target loss {value:.3f}", flush=True)
         if math.isfinite(value) and value < best:
@@ -127,7 +131,9 @@ def fit_gauged_undo(
     (control's coordinates) after a step of rate ``lr``. Returns the hidden components (in the
     gauge's coordinates), the gauge spec and its fitted log coordinates (:func:`llm.gauges.exp`
     gives the element to apply)."""
-    attention, layernorm = gauges.FAMILIES[spec.undo_gauge]
+    families = gauges.FAMILIES[spec.undo_gauge]
+    assert families is not None, "fit_gauged_undo: construction.undo_gauge=none fits no gauge"
+    attention, layernorm = families
     gspec = gauges.gauge_spec(model, attention=attention, layernorm=layernorm)
     logs = gauges.identity_logs(gspec)
 

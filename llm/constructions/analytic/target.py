@@ -90,6 +90,7 @@ def target_loss(model, tb: TargetBatch, params: Params | None, spec: AnalyticSpe
         loss = loss + F.relu(spec.margin + per_probe + aligned).mean()
     if spec.benign_weight > 0 and tb.benign is not None:
         if spec.distill:
+            assert tb.ref_benign is not None  # target_batch sets it whenever distill and benign rows are given
             benign_logprobs = torch.log_softmax(next_logits(model, tb.benign, params), -1)
             benign = kl_rows(tb.ref_benign, benign_logprobs, token_mask(tb.benign)).mean()
         else:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from peft.tuners.lora import LoraLayer
-from transformers import PreTrainedModel
 
-from llm.models import next_logits
+from llm.lora import as_module
+from llm.models import CausalLM, next_logits
 from llm.objectives import response_mask
 
 Mats = dict[str, torch.Tensor]
@@ -119,7 +119,7 @@ def predicting_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def input_moments(
-    model: PreTrainedModel, batch: dict[str, torch.Tensor], layers: dict[str, LoraLayer], predicting: bool = False
+    model: CausalLM, batch: dict[str, torch.Tensor], layers: dict[str, LoraLayer], predicting: bool = False
 ) -> dict[str, torch.Tensor]:
     """``(in, in)`` second moment ``E[x xᵀ]`` of each LoRA layer's input over the real
     (unpadded) tokens of ``batch`` (``predicting``: over the positions whose next token is a
@@ -134,7 +134,7 @@ def input_moments(
 
         return read
 
-    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    handles = [as_module(layer).register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
     try:
         next_logits(model, batch)
     finally:
@@ -144,7 +144,7 @@ def input_moments(
 
 
 def output_moments(
-    model: PreTrainedModel,
+    model: CausalLM,
     batch: dict[str, torch.Tensor],
     layers: dict[str, LoraLayer],
     samples: int,
@@ -167,7 +167,7 @@ def output_moments(
 
         return keep
 
-    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    handles = [as_module(layer).register_forward_hook(hook(name)) for name, layer in layers.items()]
     try:
         logp = torch.log_softmax(next_logits(model, batch).float(), -1)  # (B, T-1, V)
     finally:
