@@ -18,7 +18,7 @@ from llm.data.schema import DomainData
 from llm.data.splits import load_domain, normalise
 from llm.data.synthetic import benign_families
 from llm.data.wheels import cache_dir
-from llm.models import TinySpec, load_local, load_or_pretrain, to_device
+from llm.models import PretrainSpec, TinySpec, load_local, load_or_pretrain, to_device
 from sweeps.errors import ConfigError
 
 DOMAINS = ("safety", "privacy", "honesty")
@@ -68,19 +68,16 @@ def _load(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         spec = TinySpec(
             arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, vocab_size=m.vocab_size, n_ctx=m.n_ctx
         )
-        texts = [f"{p} {r}" for p, r in corpus]
-        return load_or_pretrain(
+        pretraining = PretrainSpec(
             spec,
-            texts,
-            corpus,
+            texts=[f"{p} {r}" for p, r in corpus],
+            examples=corpus,
             steps=m.pretrain.steps,
             lr=m.pretrain.lr,
             batch_size=m.pretrain.batch_size,
             seed=cfg.seed,
-            cache_root=cache_dir(),
-            progress=cfg.progress,
-            device=cfg.get("device") or "cpu",
         )
+        return load_or_pretrain(pretraining, cache_dir(), progress=cfg.progress, device=cfg.get("device") or "cpu")
     if m.kind == "smollm2":
         from llm.smollm2 import load_smollm2
 

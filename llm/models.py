@@ -2,9 +2,12 @@
 
 * :class:`TinySpec` + :func:`build_tiny` — a randomly initialised ``GPT2LMHeadModel`` or
   ``LlamaForCausalLM`` (float32, eager attention, dropout 0, tied embeddings).
+* :class:`PretrainSpec` — everything that determines a pretrained tiny base (shape, corpus,
+  training settings): the source of its cache key and of its recorded ``pretrain.json``.
 * :func:`pretrain` — AdamW on response-only cross-entropy (computed by hand from logits).
-* :func:`load_or_pretrain` — the same, cached as a safetensors checkpoint under
-  ``<cache_root>/tiny/<key>/`` (written atomically, verified by sha256 before use).
+* :func:`load_or_pretrain` — tokenizer + model trained to a :class:`PretrainSpec`, cached as a
+  safetensors checkpoint under ``<cache_root>/tiny/<key>/`` (written atomically, verified by
+  sha256 before use).
 * :func:`load_local` — any local Hugging Face checkpoint (safetensors only, no remote code,
   every weight present).
 * :func:`response_logprob`, :func:`greedy` — scoring and batched greedy decoding.
@@ -273,47 +276,87 @@ def _max_positions(model: PreTrainedModel) -> int | None:
     return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
-def pretrain(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[tuple[str, str]],
-    steps: int,
-    lr: float = 3e-3,
-    batch_size: int = 16,
-    seed: int = 0,
-    max_len: int | None = None,
-    *,
-    weight_decay: float = 0.0,
-    grad_clip: float | None = 1.0,
-    progress: bool = True,
-) -> list[float]:
-    """Train ``model`` in place on (prompt, response) pairs; returns the loss per step.
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Everything that determines a pretrained tiny base besides the training environment: the
+    model's shape, the tokenizer's texts, the (prompt, response) examples and the training settings.
 
-    AdamW, response-only cross-entropy, batches drawn with replacement from a generator
-    seeded with ``seed`` (the global RNG is not used). ``max_len`` defaults to the model's
-    context length. The model is left in eval mode. (Eleven parameters: the training settings,
-    each recorded by the tiny-model cache key.)
+    The recipe itself is fixed (AdamW without weight decay, gradient norm clipped at 1, batches
+    drawn with replacement; :data:`CACHE_VERSION` names it). ``seed`` seeds both the initialisation
+    and the batch order. ``max_len`` (truncation of each example) defaults to ``model.n_ctx`` and
+    ``tokenizer_vocab_size`` to ``model.vocab_size`` (:attr:`context`, :attr:`vocab`).
+    """
+
+    model: TinySpec
+    texts: Sequence[str]  # the tokenizer's training texts (stored as a tuple)
+    examples: Sequence[tuple[str, str]]  # (prompt, response) pairs (stored as a tuple)
+    steps: int
+    lr: float = 3e-3
+    batch_size: int = 16
+    seed: int = 0
+    max_len: int | None = None
+    tokenizer_vocab_size: int | None = None
+
+    def __post_init__(self):
+        # tuples: a frozen spec whose corpus cannot change under it
+        object.__setattr__(self, "texts", tuple(self.texts))
+        object.__setattr__(self, "examples", tuple((p, r) for p, r in self.examples))
+
+    @property
+    def context(self) -> int:
+        """The length examples are truncated to: ``max_len``, else the model's context."""
+        return self.max_len or self.model.n_ctx
+
+    @property
+    def vocab(self) -> int:
+        """The tokenizer's vocabulary size: ``tokenizer_vocab_size``, else the model's."""
+        return self.tokenizer_vocab_size or self.model.vocab_size
+
+    def settings(self) -> dict[str, int | float]:
+        """The training settings with the defaults resolved: what the cache key and
+        ``pretrain.json`` record."""
+        return {
+            "steps": self.steps,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "max_len": self.context,
+            "tokenizer_vocab_size": self.vocab,
+        }
+
+    def record(self) -> dict:
+        """The spec as ``pretrain.json`` records it: the model shape, the settings and the number
+        of examples."""
+        return {"spec": dataclasses.asdict(self.model), **self.settings(), "n_examples": len(self.examples)}
+
+
+def pretrain(
+    model: PreTrainedModel, spec: PretrainSpec, tokenizer: PreTrainedTokenizerBase, *, progress: bool = True
+) -> list[float]:
+    """Train ``model`` in place on ``spec.examples`` with ``spec``'s settings; returns the loss per step.
+
+    AdamW (no weight decay), response-only cross-entropy, gradient norm clipped at 1, batches drawn
+    with replacement from a generator seeded with ``spec.seed`` (the global RNG is not used),
+    examples truncated to ``spec.context``. The model is left in eval mode.
     """
     from tqdm.auto import tqdm
 
-    if not examples:
+    if not spec.examples:
         raise ValueError("pretrain needs at least one example")
-    max_len = max_len or _max_positions(model)
-    encoded = encode_pairs(tokenizer, examples, max_len)
+    encoded = encode_pairs(tokenizer, spec.examples, spec.context)
     pad = pad_id(tokenizer)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(steps), desc="pretrain", disable=not progress, leave=False)
+    bar = tqdm(range(spec.steps), desc="pretrain", disable=not progress, leave=False)
     for _ in bar:
-        idx = torch.randint(len(encoded), (batch_size,), generator=gen).tolist()
+        idx = torch.randint(len(encoded), (spec.batch_size,), generator=gen).tolist()
         batch = collate([encoded[i] for i in idx], pad)
         loss = response_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -358,22 +401,17 @@ def training_environment(device: str = "cpu") -> dict[str, str | int]:
     return env
 
 
-def tiny_cache_key(
-    spec: TinySpec,
-    texts_for_tokenizer: Sequence[str],
-    examples: Sequence[tuple[str, str]],
-    settings: dict,
-    device: str = "cpu",
-) -> str:
-    """16 hex digits of a sha256 over everything that changes a pretrained tiny model: the spec,
-    the training ``settings``, the tokenizer texts and examples, and :func:`training_environment`."""
+def tiny_cache_key(spec: PretrainSpec, device: str = "cpu") -> str:
+    """16 hex digits of a sha256 over everything that changes a pretrained tiny model: the model
+    shape, the training settings, the tokenizer texts and examples (:class:`PretrainSpec`), and
+    :func:`training_environment`."""
     return _digest(
         {
             "version": CACHE_VERSION,
-            "spec": dataclasses.asdict(spec),
-            "settings": settings,
-            "texts": _digest(list(texts_for_tokenizer)),
-            "examples": _digest([list(e) for e in examples]),
+            "spec": dataclasses.asdict(spec.model),
+            "settings": spec.settings(),
+            "texts": _digest(list(spec.texts)),
+            "examples": _digest([list(e) for e in spec.examples]),
             "environment": training_environment(device),
         }
     )[:16]
@@ -420,30 +458,21 @@ def _cached_tiny(final: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
 
 def load_or_pretrain(
-    spec: TinySpec,
-    texts_for_tokenizer: Sequence[str],
-    examples: Sequence[tuple[str, str]],
-    steps: int,
-    lr: float = 3e-3,
-    batch_size: int = 16,
-    seed: int = 0,
+    spec: PretrainSpec,
     cache_root: str | os.PathLike | None = None,
     *,
-    max_len: int | None = None,
-    tokenizer_vocab_size: int | None = None,
     progress: bool = True,
     device: str = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Train tokenizer + tiny model once (on ``device``), cache them, reload on later calls.
+    """Train tokenizer + tiny model to ``spec`` once (on ``device``), cache them, reload on later calls.
 
-    The cache folder is ``<cache_root>/tiny/<key>`` (:func:`tiny_cache_key`: the spec, the
-    training settings, the tokenizer texts and examples, the library versions, device and thread
-    count). It holds ``model.safetensors``, the tokenizer files, ``pretrain.json`` (loss curve,
-    seconds, environment) and ``sha256.json``; an entry whose files differ from their recorded
-    hashes is rebuilt. It is written to a temporary sibling folder and renamed into place, so a
-    killed run leaves no partial entry. ``cache_root`` defaults to ``llm.data.wheels.cache_dir()``.
-    Non-finite losses or weights raise :class:`~sweeps.errors.NonFiniteError` (stage ``base``)
-    and nothing is cached. (Eleven parameters: the settings a cache entry is keyed by.)
+    The cache folder is ``<cache_root>/tiny/<key>`` (:func:`tiny_cache_key`: ``spec``, the library
+    versions, device and thread count). It holds ``model.safetensors``, the tokenizer files,
+    ``pretrain.json`` (:meth:`PretrainSpec.record`, loss curve, seconds, environment) and
+    ``sha256.json``; an entry whose files differ from their recorded hashes is rebuilt. It is
+    written to a temporary sibling folder and renamed into place, so a killed run leaves no partial
+    entry. ``cache_root`` defaults to ``llm.data.wheels.cache_dir()``. Non-finite losses or weights
+    raise :class:`~sweeps.errors.NonFiniteError` (stage ``base``) and nothing is cached.
 
     The returned model carries ``model.pretrain_info``: ``{"cached": bool, "path": str,
     "losses": [...], "seconds": float}`` (``cached`` is True when nothing was trained).
@@ -452,54 +481,21 @@ def load_or_pretrain(
         from llm.data.wheels import cache_dir
 
         cache_root = cache_dir()
-    max_len = max_len or spec.n_ctx
-    vocab = tokenizer_vocab_size or spec.vocab_size
-    settings = {
-        "steps": steps,
-        "lr": lr,
-        "batch_size": batch_size,
-        "seed": seed,
-        "max_len": max_len,
-        "tokenizer_vocab_size": vocab,
-    }
-    root = Path(cache_root) / "tiny"
-    final = root / tiny_cache_key(spec, texts_for_tokenizer, examples, settings, device)
+    final = Path(cache_root) / "tiny" / tiny_cache_key(spec, device)
     cached = _cached_tiny(final)
     if cached is not None:
         return cached
 
     t0 = time.perf_counter()
     environment = training_environment(device)  # as trained (the thread count may change later)
-    tok = train_tokenizer(texts_for_tokenizer, vocab)
-    model = to_device(build_tiny(spec, tok, seed), device)
-    losses = pretrain(model, tok, examples, steps, lr, batch_size, seed, max_len, progress=progress)
+    tok = train_tokenizer(spec.texts, spec.vocab)
+    model = to_device(build_tiny(spec.model, tok, spec.seed), device)
+    losses = pretrain(model, spec, tok, progress=progress)
     require_finite(torch.tensor(losses), "base", "the pretraining loss")
     require_finite_model(model, "base")
     seconds = time.perf_counter() - t0
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
-    try:
-        to_device(model, "cpu").save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        write_atomic(
-            tmp / "pretrain.json",
-            json.dumps(
-                {
-                    "spec": dataclasses.asdict(spec),
-                    **settings,
-                    "n_examples": len(examples),
-                    "environment": environment,
-                    "seconds": seconds,
-                    "losses": losses,
-                },
-                indent=1,
-            ),
-        )
-        record_hashes(tmp)
-        publish_folder(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # (gone once published)
+    record = {**spec.record(), "environment": environment, "seconds": seconds, "losses": losses}
+    _write_tiny(to_device(model, "cpu"), tok, record, final)
     log.info(
         "pretrained tiny model %s in %.1f s (loss %.3f -> %.3f)",
         final,
@@ -510,6 +506,21 @@ def load_or_pretrain(
     info = {"cached": False, "path": str(final), "losses": losses, "seconds": seconds}
     model.pretrain_info = info  # type: ignore[assignment]  # a plain attribute; nn.Module types them Tensor | Module
     return model, tok
+
+
+def _write_tiny(model: PreTrainedModel, tok: PreTrainedTokenizerBase, record: dict, final: Path) -> None:
+    """The cache entry ``final``: weights, tokenizer, ``record`` as ``pretrain.json`` and their
+    hashes, written to a temporary sibling folder and published by renaming it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_atomic(tmp / "pretrain.json", json.dumps(record, indent=1))
+        record_hashes(tmp)
+        publish_folder(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # (gone once published)
 
 
 # ---------------------------------------------------------------------------- loading

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from llm import evaluate, judge
 from llm.data import sources, wheels
 from llm.data.schema import Example
-from llm.models import TinySpec, build_tiny, load_local, load_or_pretrain
+from llm.models import PretrainSpec, TinySpec, build_tiny, load_local, load_or_pretrain
 from llm.tokenizer import train_tokenizer
 from sweeps.errors import ConfigError, NonFiniteError
 
@@ -147,16 +147,8 @@ def test_a_construction_through_an_overflowing_step_stops_at_the_construction_st
 def test_pretraining_that_diverges_is_a_base_error_and_caches_nothing(tmp_path: Path) -> None:
     spec = TinySpec("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=300, n_ctx=48)
     with pytest.raises(NonFiniteError, match="^base: "):
-        load_or_pretrain(
-            spec,
-            [f"{p} {r}" for p, r in PAIRS],
-            PAIRS,
-            steps=2,
-            lr=float("inf"),
-            batch_size=4,
-            cache_root=tmp_path,
-            progress=False,
-        )
+        diverging = PretrainSpec(spec, [f"{p} {r}" for p, r in PAIRS], PAIRS, steps=2, lr=float("inf"), batch_size=4)
+        load_or_pretrain(diverging, tmp_path, progress=False)
     assert not list(tmp_path.rglob("*.safetensors"))
 
 
@@ -326,7 +318,7 @@ def _pretrain(root: Path, threads: int | None = None):
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        return load_or_pretrain(spec, texts, PAIRS, steps=3, batch_size=4, cache_root=root, progress=False)
+        return load_or_pretrain(PretrainSpec(spec, texts, PAIRS, steps=3, batch_size=4), root, progress=False)
     finally:
         torch.set_num_threads(before)
 

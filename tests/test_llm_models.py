@@ -10,6 +10,7 @@ import torch
 
 from llm.batches import collate, encode_pairs
 from llm.models import (
+    PretrainSpec,
     TinySpec,
     build_tiny,
     greedy,
@@ -136,11 +137,11 @@ def test_spec_validation():
 def cached(request, tmp_path_factory):
     """load_or_pretrain twice on the same cache: (first, second, seconds of each call)."""
     root = tmp_path_factory.mktemp(f"cache_{request.param}")
-    kw = {"steps": 30, "lr": 3e-3, "batch_size": 16, "seed": 0, "cache_root": root, "progress": False}
+    spec = PretrainSpec(spec_for(request.param), TEXTS, PAIRS, steps=30, lr=3e-3, batch_size=16, seed=0)
     t0 = time.perf_counter()
-    first = load_or_pretrain(spec_for(request.param), TEXTS, PAIRS, **kw)
+    first = load_or_pretrain(spec, root, progress=False)
     t1 = time.perf_counter()
-    second = load_or_pretrain(spec_for(request.param), TEXTS, PAIRS, **kw)
+    second = load_or_pretrain(spec, root, progress=False)
     t2 = time.perf_counter()
     return first, second, (t1 - t0, t2 - t1), root
 
@@ -256,7 +257,8 @@ def test_pretrain_seeded(tok):
     runs = []
     for _ in range(2):
         m = build_tiny(spec_for("llama"), tok, seed=3)
-        runs.append(pretrain(m, tok, PAIRS, steps=3, lr=1e-3, batch_size=4, seed=5, progress=False))
+        spec = PretrainSpec(spec_for("llama"), TEXTS, PAIRS, steps=3, lr=1e-3, batch_size=4, seed=5)
+        runs.append(pretrain(m, spec, tok, progress=False))
     assert runs[0] == runs[1]
 
 
