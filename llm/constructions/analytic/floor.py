@@ -98,6 +98,96 @@ def _model_gap(new: Mats, old: Mats, grad: Mats, step: float) -> float:
     return sum(float(((m - old[n]) * grad[n]).sum() + ((m - old[n]) ** 2).sum() / (2 * step)) for n, m in new.items())
 
 
+class _GramObjective:
+    """``(P_h, Q_h) ↦ objective(constant + move(P_h, Q_h))`` in float64 (eq. 1 fed to the undo
+    objective), and its gradient symmetrised (the objective sees only symmetric arguments)."""
+
+    def __init__(
+        self, objective_of_products: Callable[[Mats], torch.Tensor], constant: Mats, move: Callable[[Mats, Mats], Mats]
+    ):
+        self.objective_of_products, self.move = objective_of_products, move
+        self.const = {n: w.detach().double() for n, w in constant.items()}
+
+    def __call__(self, p: Mats, q: Mats) -> torch.Tensor:
+        moved = self.move(p, q)
+        return self.objective_of_products({n: self.const[n] + moved[n] for n in self.const})
+
+    def value_and_grads(self, p: Mats, q: Mats) -> tuple[torch.Tensor, Mats, Mats]:
+        p = {n: m.detach().requires_grad_() for n, m in p.items()}
+        q = {n: m.detach().requires_grad_() for n, m in q.items()}
+        value = self(p, q)
+        grads = torch.autograd.grad(value, [*p.values(), *q.values()])
+        gp, gq = dict(zip(p, grads[: len(p)])), dict(zip(q, grads[len(p) :]))
+        return value.detach(), {n: (g + g.T) / 2 for n, g in gp.items()}, {n: (g + g.T) / 2 for n, g in gq.items()}
+
+
+def _projected_step(
+    f: _GramObjective, y: tuple[Mats, Mats], y_value: torch.Tensor, y_grads: tuple[Mats, Mats], step: float
+) -> tuple[Mats, Mats, torch.Tensor, float]:
+    """One projected gradient step from ``y = (P, Q)`` onto the PSD cone, the step length halved
+    until the sufficient-decrease test holds (Beck & Teboulle 2009, §3): ``(P', Q', f(P', Q'), step)``."""
+    (yp, yq), (ygp, ygq) = y, y_grads
+    while True:
+        p_new = {n: _psd(m - step * ygp[n]) for n, m in yp.items()}
+        q_new = {n: _psd(m - step * ygq[n]) for n, m in yq.items()}
+        with torch.no_grad():
+            new = f(p_new, q_new)
+        bound = float(y_value) + _model_gap(p_new, yp, ygp, step) + _model_gap(q_new, yq, ygq, step)
+        if float(new) <= bound + 1e-12 * abs(float(y_value)) or step < 1e-30:
+            return p_new, q_new, new, step
+        step /= 2
+
+
+def _accelerated_descent(
+    f: _GramObjective,
+    p: Mats,
+    q: Mats,
+    start: tuple[torch.Tensor, Mats, Mats],
+    step: float,
+    steps: int,
+    progress: bool,
+) -> tuple[Mats, Mats, torch.Tensor, Mats, Mats]:
+    """``steps`` iterations of accelerated projected gradient (FISTA, Beck & Teboulle 2009) from
+    ``(p, q)`` (``start``: its value and gradients), restarted whenever a step would raise the
+    objective, so that ``(p, q)`` only ever improves. Returns ``(p, q, value, grad_p, grad_q)``."""
+    value, gp, gq = start
+    fit = float(value)
+    # y is the extrapolated point; x_grads: whether (gp, gq) are the gradient at (p, q), needed
+    # only on a restart and at the end
+    yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
+    x_grads = True
+    for it in range(steps):
+        p_new, q_new, new, step = _projected_step(f, (yp, yq), y_value, (ygp, ygq), step)
+        if float(new) > float(value):  # restart the momentum from the best point
+            if not x_grads:
+                value, gp, gq = f.value_and_grads(p, q)
+                x_grads = True
+            yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
+            continue
+        following = (1 + (1 + 4 * momentum**2) ** 0.5) / 2
+        beta = (momentum - 1) / following
+        yp = {n: m + beta * (m - p[n]) for n, m in p_new.items()}
+        yq = {n: m + beta * (m - q[n]) for n, m in q_new.items()}
+        p, q, momentum = p_new, q_new, following
+        y_value, ygp, ygq = f.value_and_grads(yp, yq)
+        if beta > 0:  # y ≠ x: x keeps only its value
+            value, x_grads = new, False
+        else:
+            value, gp, gq, x_grads = y_value, ygp, ygq, True
+        step *= 1.5
+        if progress and it % 50 == 0:
+            print(f"undo floor {it}: {float(value):.5f} (fit {fit:.5f})", flush=True)
+    if not x_grads:
+        value, gp, gq = f.value_and_grads(p, q)
+    return p, q, value, gp, gq
+
+
+def _rank(m: torch.Tensor) -> int:
+    """Numerical rank of a symmetric matrix: eigenvalues above 1e-8 of the largest."""
+    values = torch.linalg.eigvalsh(m)
+    return int((values > 1e-8 * values.abs().max().clamp(min=1e-30)).sum())
+
+
 def undo_floor(
     objective_of_products: Callable[[Mats], torch.Tensor],
     constant: Mats,
@@ -115,69 +205,17 @@ def undo_floor(
     gradient eigenvalue, relative to the largest gradient eigenvalue in absolute value at the fit),
     ``rank_one_gain_fit`` / ``rank_one_gain_floor`` (what the best PSD rank-one addition would still
     gain, relative to ``fit``) and ``rank_p`` / ``rank_q`` (the largest numerical rank at the floor)."""
-    const = {n: w.detach().double() for n, w in constant.items()}
-
-    def objective(p: Mats, q: Mats) -> torch.Tensor:
-        moved = move(p, q)
-        return objective_of_products({n: const[n] + moved[n] for n in const})
-
-    def value_and_grads(p: Mats, q: Mats) -> tuple[torch.Tensor, Mats, Mats]:
-        p = {n: m.detach().requires_grad_() for n, m in p.items()}
-        q = {n: m.detach().requires_grad_() for n, m in q.items()}
-        value = objective(p, q)
-        grads = torch.autograd.grad(value, [*p.values(), *q.values()])
-        gp, gq = dict(zip(p, grads[: len(p)])), dict(zip(q, grads[len(p) :]))
-        return value.detach(), {n: (g + g.T) / 2 for n, g in gp.items()}, {n: (g + g.T) / 2 for n, g in gq.items()}
-
+    f = _GramObjective(objective_of_products, constant, move)
     p = {n: m.detach().double() for n, m in p0.items()}
     q = {n: m.detach().double() for n, m in q0.items()}
-    value, gp, gq = value_and_grads(p, q)
+    value, gp, gq = f.value_and_grads(p, q)
     fit = float(value)
     scale = max(float(torch.linalg.eigvalsh(g).abs().max()) for g in (*gp.values(), *gq.values()))
-    worst_fit, gain_fit = _best_rank_one_gain(objective, p, q, (gp, gq), fit)
+    worst_fit, gain_fit = _best_rank_one_gain(f, p, q, (gp, gq), fit)
     sizes = [float(m.norm()) for m in (*p.values(), *q.values())]
-    step = 1e-3 * max(sizes) / max(scale, 1e-30)  # adjusted by backtracking below
-    # accelerated projected gradient (FISTA, Beck & Teboulle 2009) from the fit, restarted whenever a
-    # step would raise the objective, so that (p, q) only ever improves: y is the extrapolated point
-    yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
-    x_grads = True  # whether (gp, gq) are the gradient at (p, q): needed only on a restart and at the end
-    for it in range(steps):
-        while True:
-            p_new = {n: _psd(m - step * ygp[n]) for n, m in yp.items()}
-            q_new = {n: _psd(m - step * ygq[n]) for n, m in yq.items()}
-            with torch.no_grad():
-                new = objective(p_new, q_new)
-            bound = float(y_value) + _model_gap(p_new, yp, ygp, step) + _model_gap(q_new, yq, ygq, step)
-            if float(new) <= bound + 1e-12 * abs(float(y_value)) or step < 1e-30:
-                break  # the sufficient-decrease test of the projected gradient step (ibid., §3)
-            step /= 2
-        if float(new) > float(value):  # restart the momentum from the best point
-            if not x_grads:
-                value, gp, gq = value_and_grads(p, q)
-                x_grads = True
-            yp, yq, y_value, ygp, ygq, momentum = p, q, value, gp, gq, 1.0
-            continue
-        following = (1 + (1 + 4 * momentum**2) ** 0.5) / 2
-        beta = (momentum - 1) / following
-        yp = {n: m + beta * (m - p[n]) for n, m in p_new.items()}
-        yq = {n: m + beta * (m - q[n]) for n, m in q_new.items()}
-        p, q, momentum = p_new, q_new, following
-        y_value, ygp, ygq = value_and_grads(yp, yq)
-        if beta > 0:  # y ≠ x: x keeps only its value
-            value, x_grads = new, False
-        else:
-            value, gp, gq, x_grads = y_value, ygp, ygq, True
-        step *= 1.5
-        if progress and it % 50 == 0:
-            print(f"undo floor {it}: {float(value):.5f} (fit {fit:.5f})", flush=True)
-    if not x_grads:
-        value, gp, gq = value_and_grads(p, q)
-    worst, gain = _best_rank_one_gain(objective, p, q, (gp, gq), float(value))
-
-    def rank(m: torch.Tensor) -> int:
-        values = torch.linalg.eigvalsh(m)
-        return int((values > 1e-8 * values.abs().max().clamp(min=1e-30)).sum())
-
+    step = 1e-3 * max(sizes) / max(scale, 1e-30)  # adjusted by backtracking
+    p, q, value, gp, gq = _accelerated_descent(f, p, q, (value, gp, gq), step, steps, progress)
+    worst, gain = _best_rank_one_gain(f, p, q, (gp, gq), float(value))
     return {
         "fit": fit,
         "floor": float(value),
@@ -185,6 +223,6 @@ def undo_floor(
         "kkt_min_eig_floor": worst / scale,
         "rank_one_gain_fit": gain_fit / fit,
         "rank_one_gain_floor": gain / fit,
-        "rank_p": float(max((rank(m) for m in p.values()), default=0)),
-        "rank_q": float(max((rank(m) for m in q.values()), default=0)),
+        "rank_p": float(max((_rank(m) for m in p.values()), default=0)),
+        "rank_q": float(max((_rank(m) for m in q.values()), default=0)),
     }
