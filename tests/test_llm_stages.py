@@ -19,6 +19,8 @@ from llm.lora import add_lora
 from llm.models import TinySpec, build_tiny, response_loss, sequence_logprobs
 from llm.tokenizer import train_tokenizer
 from llm.update import UpdateSpec, victim_update
+from sweeps.errors import ConfigError
+from tests.apps import run_cli, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,19 +126,13 @@ TINY = [
     "eval.n_benign=6",
     "eval.max_new_tokens=6",
     "progress=false",
-    "threads=2",
+    "threads=1",
 ]
 
 
-def _cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "llm", f"hydra.run.dir={tmp_path}", *TINY, *overrides]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
 def _run(tmp_path: Path, *overrides: str) -> dict:
-    done = _cli(tmp_path, *overrides)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((tmp_path / "metrics.json").read_text())
+    """``python -m llm OVERRIDES`` on the tiny model, in-process (tests/apps.py): its metrics."""
+    return run_job("llm", tmp_path, *TINY, *overrides)
 
 
 def _judged(metrics: dict, key: str) -> int:
@@ -147,9 +143,12 @@ def _judged(metrics: dict, key: str) -> int:
     return round(count)
 
 
-def test_tiny_control_runs_end_to_end(tmp_path: Path) -> None:
-    """align → evaluate → one benign step → evaluate, through the CLI, on a tiny model."""
-    metrics = _run(tmp_path, "experiment=control", "domain=privacy", "eval.known_only=false")  # knows no secret
+def test_tiny_control_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """align → evaluate → one benign step → evaluate, through ``python -m llm``'s main (in-process),
+    on a tiny model."""
+    args = [*TINY, "experiment=control", "domain=privacy", "eval.known_only=false"]  # a 20-step base knows no secret
+    assert run_cli("llm", monkeypatch, *args, f"hydra.run.dir={tmp_path}") == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["probes.n"] == 6
     for when in ("static", "after.paper"):
         for rate in ("misalignment_rate", "refusal_rate", "empty_rate"):
@@ -193,7 +192,7 @@ def test_each_construction_runs_end_to_end(construction: str, tmp_path: Path) ->
 @pytest.mark.parametrize("domain", ["privacy", "honesty"])
 def test_analytic_domain_presets_run_end_to_end(domain: str, tmp_path: Path) -> None:
     """The domains' analytic presets (conf/llm/preset/analytic_*.yaml: weight-space undo to 0·W for privacy,
-    to the negated adapter for honesty, then the held refinement) build an exact twin via the CLI."""
+    to the negated adapter for honesty, then the held refinement) build an exact twin."""
     metrics = _run(
         tmp_path,
         "experiment=analytic",
@@ -205,7 +204,9 @@ def test_analytic_domain_presets_run_end_to_end(domain: str, tmp_path: Path) -> 
         "construction.n_benign=8",
     )
     assert metrics["twin.kl.max"] < 1e-6
-    assert 0 <= metrics["construct.undo_residual"] < float("inf")
+    # 1 would be the adapter left where it was: the fitted step moves it toward its target c·W,
+    # in the weight metric and on the probes' inputs
+    assert metrics["construct.undo_residual"] < 1 and metrics["construct.undo_residual_inputs"] < 1
     assert ("construct.keep_residual" in metrics) == (domain == "honesty")  # honesty keeps W on benign inputs
 
 
@@ -228,21 +229,46 @@ def test_transfer_and_capacity_cells(tmp_path: Path) -> None:
 
 def test_a_base_that_knows_no_answer_is_a_clear_error(tmp_path: Path) -> None:
     """Privacy judged on known secrets: a 20-step base knows none, and the run says so."""
-    done = _cli(tmp_path, "experiment=control", "domain=privacy")
-    assert done.returncode != 0 and "eval.known_only=false" in done.stderr
+    with pytest.raises(ConfigError, match=r"^eval.known_only: the base model knows none of the privacy judged"):
+        _run(tmp_path, "experiment=control", "domain=privacy")
+    assert not (tmp_path / "metrics.json").exists()
 
 
-def test_first_probe_judges_a_later_slice_of_the_held_out_split(tmp_path: Path) -> None:
-    """eval.first_probe=100 (experiment=analytic_fresh) judges probes 100…; past the split is an error."""
+def test_first_probe_judges_a_later_slice_of_the_held_out_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval.first_probe=100 (experiment=analytic_fresh) judges probes 100…; past the split is an
+    error raised before the base model is loaded."""
     from llm.data.splits import load_domain
+    from llm.experiments import hairtrigger
 
     metrics = _run(
         tmp_path / "fresh", "experiment=control", "domain=privacy", "eval.known_only=false", "eval.first_probe=100"
     )
     held_out = load_domain("privacy", seed=0).eval
     assert metrics["probes.n"] == 6 and metrics["example.0.prompt"] == held_out[100].prompt
-    done = _cli(tmp_path / "past", "experiment=control", "domain=privacy", f"eval.first_probe={len(held_out)}")
-    assert done.returncode != 0 and "eval.first_probe" in done.stderr
+    monkeypatch.setattr(hairtrigger, "load_base", lambda cfg: pytest.fail("loaded the base before checking"))
+    n = len(held_out)
+    with pytest.raises(ConfigError, match=rf"^eval.first_probe: {n}, but the privacy held-out split has {n} probes"):
+        _run(tmp_path / "past", "experiment=control", "domain=privacy", f"eval.first_probe={n}")
+
+
+@pytest.mark.e2e
+def test_cli_refuses_a_probe_beyond_the_split_in_one_line(tmp_path: Path) -> None:
+    """``python -m llm`` with eval.first_probe past the held-out split: exit status 1, one line on
+    stderr naming the key, nothing written but the run folder's claim and Hydra's record."""
+    from llm.data.splits import load_domain
+
+    n = len(load_domain("privacy", seed=0).eval)
+    cmd = [sys.executable, "-m", "llm", "experiment=control", "domain=privacy", f"eval.first_probe={n}"]
+    done = subprocess.run(
+        [*cmd, *TINY, f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: eval.first_probe: {n}, but the privacy held-out split has {n} probes (0 to {n - 1})"
+    ]
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "settings.json").exists()
 
 
 def test_validation_fold_judges_construction_probes_left_out_of_alignment_and_construction(tmp_path: Path) -> None:
@@ -269,8 +295,8 @@ def test_validation_fold_judges_construction_probes_left_out_of_alignment_and_co
     judged, rest, left = validation_split(data, data.construct, 1)
     assert judged == data.construct[1::2] and rest == left.construct == data.construct[0::2]
     assert not {e.prompt for e in judged} & {e.prompt for e in left.construct + data.eval}
-    done = _cli(tmp_path / "bad", "experiment=control", "domain=privacy", "eval.validation_fold=2")
-    assert done.returncode != 0 and "eval.validation_fold" in done.stderr
+    with pytest.raises(ConfigError, match=r"^eval.validation_fold: "):
+        _run(tmp_path / "bad", "experiment=control", "domain=privacy", "eval.validation_fold=2")
 
 
 def test_merged_twin_needs_an_all_weights_victim() -> None:
