@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -457,14 +456,11 @@ def test_invalid_audit_settings_name_their_key():
             _settings(_compose(override))
 
 
-def test_tiny_audit_sweep(tmp_path: Path):
-    """Two families × two seeds through the CLI: every job's twin collapses to its control, the
-    neutralised twins are misaligned no more than the honest models, and the summary scores
-    every signal with a held-out family."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "theory",
+def test_tiny_audit_sweep(theory_app, tmp_path: Path):
+    """Two families × two seeds through ``python -m theory -m`` (in-process): every job's twin
+    collapses to its control, the neutralised twins are misaligned no more than the honest models,
+    and the summary scores every signal with a held-out family."""
+    args = [
         "-m",
         "experiment=audit",
         f"hydra.sweep.dir={tmp_path}",
@@ -480,8 +476,7 @@ def test_tiny_audit_sweep(tmp_path: Path):
         "audit.worst.n_surrogate=1",
         "construction.max_steps=600",
     ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert theory_app(*args) == 0
     jobs = sorted(tmp_path.glob("*/metrics.json"))
     assert len(jobs) == 4
     for path in jobs:

@@ -4,8 +4,6 @@ names the key, before anything is trained; and through the CLI, one line and a n
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -134,20 +132,12 @@ def test_schema_messages_say_the_range() -> None:
     check(OmegaConf.create({"p": 1, "other": "left to the code"}), Node)  # an int is a float; n absent
 
 
-def test_cli_refuses_a_nan_learning_rate_in_one_line(tmp_path: Path) -> None:
-    """``python -m theory experiment=twin update.lr=nan``: exit non-zero, one line naming update.lr,
-    before any net is trained."""
-    done = subprocess.run(
-        [sys.executable, "-m", "theory", "experiment=twin", "update.lr=nan", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode != 0
-    assert len(lines) == 1 and "update.lr" in lines[0] and "nan" in lines[0], done.stderr
+def test_cli_refuses_a_nan_learning_rate_in_one_line(theory_app, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m theory experiment=twin update.lr=nan`` (its main, in-process): exit status 1, one
+    line naming update.lr, before any net is trained."""
+    assert theory_app("experiment=twin", "update.lr=nan", f"hydra.run.dir={tmp_path}") == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: update.lr: ") and "nan" in lines[0], lines
     assert not (tmp_path / "metrics.json").exists()
 
 

@@ -317,6 +317,7 @@ def test_pooled_rate_is_the_wilson_interval_of_the_summed_counts() -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.e2e
 def test_cli_redraws_every_figure_from_the_committed_results(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "figures", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300
@@ -326,12 +327,16 @@ def test_cli_redraws_every_figure_from_the_committed_results(tmp_path: Path) -> 
     assert {p.name for p in tmp_path.iterdir()} == expected  # figures only: no side tables
 
 
-def test_cli_reports_missing_results(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "figures", "--results", str(tmp_path), "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 1 and "make results" in done.stdout
+def test_cli_reports_missing_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``python -m figures`` (its main, in-process) with no tables: exit status 1, and each missing
+    figure says how to make its table."""
+    from figures.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["figures", "--results", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 1
+    missing = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[missing]")]
+    assert len(missing) == len(theory.ALL) + len(llm.ALL) and all("make results" in line for line in missing)

@@ -48,6 +48,7 @@ def test_a_failed_summary_fails_the_command(
     assert capsys.readouterr().err.splitlines() == ["error: aggregate: summarize raised KeyError: 'fit.slope'"]
 
 
+@pytest.mark.e2e
 def test_an_unwritable_publish_target_fails_the_command(tmp_path: Path) -> None:
     """Through the real command line: the exit status is what a Makefile or CI sees."""
     (tmp_path / "a_file").write_text("")

@@ -24,6 +24,7 @@ def theory(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_a_bad_setting_is_one_line_and_fails(tmp_path: Path) -> None:
     done = theory(*GAUGE, "publish_mode=append", f"hydra.run.dir={tmp_path}")
     assert done.returncode == 1
@@ -31,6 +32,7 @@ def test_a_bad_setting_is_one_line_and_fails(tmp_path: Path) -> None:
     assert not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.e2e
 def test_a_refusal_in_a_launcher_worker_is_one_line(tmp_path: Path) -> None:
     """The joblib launcher runs jobs in worker processes: the error crosses back by pickling."""
     done = theory(
@@ -47,6 +49,7 @@ def test_a_refusal_in_a_launcher_worker_is_one_line(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("**/metrics.json")) and not (tmp_path / "summary.csv").exists()
 
 
+@pytest.mark.e2e
 def test_hydra_usage_errors_are_one_line() -> None:
     done = theory("experiment=no_such_experiment")
     assert done.returncode == 1
