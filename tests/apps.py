@@ -5,8 +5,10 @@ Tests that launch ``python -m ...`` themselves are marked ``e2e``."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,9 @@ def run_job(app: str, out: Path, *overrides: str) -> dict[str, Any]:
     cfg = compose_app(app, overrides)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    return execute(cfg, app)
+    with _hydra_config_restored():
+        HydraConfig.instance().set_config(cfg)
+        return execute(cfg, app)
 
 
 def run_cli(app: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
@@ -45,4 +48,17 @@ def run_cli(app: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     main = importlib.import_module(f"{app}.__main__").main
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored after the test (cli.main sets it)
     monkeypatch.setattr(sys, "argv", [app, *args])
-    return cli.main(main)
+    with _hydra_config_restored():
+        return cli.main(main)
+
+
+@contextlib.contextmanager
+def _hydra_config_restored() -> Iterator[None]:
+    """Hydra's config singleton as it was before the run: a later test that reads it (the keys a
+    job ignores) does not see this run's."""
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        yield
+    finally:
+        hydra_config.cfg = before
