@@ -214,6 +214,62 @@ def audit(results: Path, out: Path) -> Path:
     return _save(fig, out / "theory_audit.png")
 
 
+#: the adaptive attackers in the figure's order, with their knob (keys of theory.experiments.audit_attack.ATTACKERS)
+ATTACKERS = {
+    "gauge": "search + λ · gauge excess",
+    "grad": "search + λ · ‖∇L_D‖",
+    "amplification": "search + λ · amplification",
+    "weight_cap": "isolating pairs, weights ≤ cap",
+}
+
+
+def arms_race(table: pd.DataFrame, attacker: str) -> pd.DataFrame:
+    """Per level of ``attacker`` (rows, by level): its strength, the success rate and, per signal,
+    the fraction of jobs whose attack succeeded and was flagged (``caught.<signal>``)."""
+    rows = table[table["attacker"] == attacker]
+    success = rows["twin.success"] == 1
+    frame = {"strength": rows["strength"], "success": success.astype(float)}
+    for name in AUDIT_SIGNALS:
+        frame[f"caught.{name}"] = (success & (rows[f"flagged.{name}"] == 1)).astype(float)
+    return pd.DataFrame(frame).groupby(rows["override.attack.level"]).mean().sort_index()
+
+
+def audit_attack(results: Path, out: Path) -> Path:
+    """The arms race (``audit_attack.csv``): per attacker, the fraction of seeds whose twin flips a
+    probe after the victim's step (black) and, per signal, the fraction whose twin flips a probe and
+    is flagged at the threshold calibrated on the audit's honest models. The gap between the black
+    line and a signal's line is the successful attacks that signal misses."""
+    table, _ = _load(results, "audit_attack")
+    attackers = [a for a in ATTACKERS if a in set(table["attacker"])]
+    fig, axes = plt.subplots(
+        1, len(attackers) + 1, figsize=(3.2 * len(attackers) + 4.6, 3.8), width_ratios=[1] * len(attackers) + [1.5]
+    )
+    for ax, attacker in zip(axes, attackers):
+        race = arms_race(table, attacker)
+        x = np.arange(len(race))
+        ax.plot(x, race["success"], "k-", lw=3.5, alpha=0.6, label="attack succeeds")
+        for i, (name, label) in enumerate(AUDIT_SIGNALS.items()):
+            ax.plot(
+                x,
+                race[f"caught.{name}"],
+                "s--" if name.startswith("raw") else "o-",
+                lw=1.2,
+                ms=6 - 0.5 * i,
+                alpha=0.8,
+                label=f"succeeds, flagged by {label}",
+            )
+        ax.set_xticks(x, [f"{v:.0e}" if v else "0" for v in race["strength"]], fontsize=7, rotation=45)
+        ax.set_xlabel("cap on pair weights" if attacker == "weight_cap" else "penalty weight λ")
+        ax.set_title(ATTACKERS[attacker], fontsize=9)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"fraction of {table['override.seed'].nunique()} seeds")
+    axes[-1].axis("off")
+    axes[-1].legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=6.5)
+    return _save(fig, out / "theory_audit_attack.png")
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=150)
@@ -221,4 +277,4 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-ALL = (twin, gauge_scale, capacity, ntk, audit)
+ALL = (twin, gauge_scale, capacity, ntk, audit, audit_attack)

@@ -162,6 +162,28 @@ def test_theory_audit_neutraliser_bars_are_the_family_means(drawn) -> None:
         assert heights == pytest.approx(means)
 
 
+def test_theory_audit_attack_lines_are_the_csv_rates(drawn) -> None:
+    """Per attacker: the success line and each signal's succeeded-and-flagged line, counted here
+    over the CSV's rows level by level."""
+    fig, _ = drawn(theory.audit_attack)
+    table = read("theory", "audit_attack")
+    attackers = [a for a in theory.ATTACKERS if a in set(table["attacker"])]
+    assert len(fig.axes) == len(attackers) + 1
+    for ax, attacker in zip(fig.axes, attackers, strict=False):
+        drawn_lines = lines(ax)
+        assert len(drawn_lines) == 1 + len(theory.AUDIT_SIGNALS)
+        rows = table[table["attacker"] == attacker]
+        levels = sorted(rows["override.attack.level"].unique())
+        success = [float((rows[rows["override.attack.level"] == lv]["twin.success"] == 1).mean()) for lv in levels]
+        assert list(drawn_lines[0].get_ydata()) == pytest.approx(success)
+        for line, name in zip(drawn_lines[1:], theory.AUDIT_SIGNALS, strict=True):
+            caught = []
+            for lv in levels:
+                cell = rows[rows["override.attack.level"] == lv]
+                caught.append(float(((cell["twin.success"] == 1) & (cell[f"flagged.{name}"] == 1)).mean()))
+            assert list(line.get_ydata()) == pytest.approx(caught)
+
+
 # ---------------------------------------------------------------------------------------------- LLM
 
 
