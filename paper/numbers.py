@@ -316,6 +316,75 @@ def theory_audit(m: Macros, r: Results) -> None:
     m.add("TheoryAuditMarginGap", fmt.sci(collapse["max_post_step_margin_gap"]), "audit: same, post-step margins")
 
 
+def theory_audit_attack(m: Macros, r: Results) -> None:
+    """Adaptive attackers against the audit (``results/theory/audit_attack.csv``): the sweep's knobs,
+    per attacker the seeds whose twin still flips a probe at its strongest setting, per signal how
+    many adaptive twins (level > 0) that flip a probe it flags at the threshold calibrated on the
+    audit's honest models, and the canonical projections' flips (eq. 12 of theory.audit.attack)."""
+
+    from theory.experiments import audit
+
+    def recipe(key: str):
+        return setting("theory", key, "experiment=audit_attack")
+
+    table = r.theory("audit_attack")
+    lambdas = [float(v) for v in recipe("attack.lambdas") if float(v) > 0]
+    caps = [float(v) for v in recipe("attack.max_weights")]
+    m.add("TheoryAttackSeeds", fmt.integer(table["override.seed"].nunique()), "audit attack: seeds per setting")
+    m.add("TheoryAttackJobs", fmt.integer(len(table)), "audit attack: twins built (jobs)")
+    m.add("TheoryAttackFlip", fmt.integer(recipe("audit.n_flip")), "audit attack recipe: audit.n_flip")
+    m.add("TheoryAttackFpr", fmt.pct(recipe("audit.fpr"), 0), "audit attack recipe: audit.fpr")
+    m.add("TheoryAttackLambdaMin", fmt.power(min(lambdas)), "audit attack: smallest positive lambda")
+    m.add("TheoryAttackLambdaMax", fmt.power(max(lambdas)), "audit attack: largest lambda")
+    m.add("TheoryAttackCapMax", fmt.integer(max(caps)), "audit attack: loosest weight cap")
+    m.add("TheoryAttackCapMin", fmt.integer(min(caps)), "audit attack: tightest weight cap")
+    top = table["override.attack.level"].max()
+    #: attacker → (macro stem, the signal it holds down)
+    held = {
+        "gauge": ("Gauge", "gauge_excess"),
+        "grad": ("Grad", "raw_grad_norm"),
+        "amplification": ("Ampl", "amplification"),
+        "weight_cap": ("Cap", "raw_param_norm"),
+    }
+    for attacker, (name, signal) in held.items():
+        rows = table[table["attacker"] == attacker]
+        won = rows[rows["twin.success"] == 1]
+        ratio = float((won[f"twin.{audit.SIGNALS[signal]}"] / won[f"threshold.{signal}"]).min())
+        m.add(
+            f"TheoryAttack{name}Closest",
+            fmt.fixed(ratio, 0 if ratio >= 10 else 1),
+            f"audit attack, {attacker}: smallest {signal} / threshold over twins that flip a probe",
+        )
+        strongest = rows[rows["override.attack.level"] == top]
+        m.add(
+            f"TheoryAttack{name}Strongest",
+            f"{int(strongest['twin.success'].sum())}/{len(strongest)}",
+            f"audit attack, {attacker}: seeds that still flip a probe at the strongest setting",
+        )
+        last = float(won.loc[won["override.attack.level"].idxmax(), "strength"]) if len(won) else math.nan
+        knob = fmt.integer(last, "weight cap") if attacker == "weight_cap" else ("0" if last == 0 else fmt.power(last))
+        m.add(
+            f"TheoryAttack{name}LastWin",
+            knob,
+            f"audit attack, {attacker}: the strongest lambda (tightest cap) at which some seed flips a probe",
+        )
+    adaptive = table[(table["override.attack.level"] > 0) & (table["twin.success"] == 1)]
+    m.add("TheoryAttackAdaptiveWins", fmt.integer(len(adaptive)), "audit attack: adaptive twins that flip a probe")
+    for signal, name in AUDIT_SIGNALS.items():
+        m.add(
+            f"TheoryAttack{name}Caught",
+            f"{int(adaptive[f'flagged.{signal}'].sum())}/{len(adaptive)}",
+            f"audit attack {signal}: adaptive twins flipping a probe that it flags",
+        )
+    flips = table["canonical.flipped"].max()
+    m.add("TheoryAttackCanonicalFlips", fmt.integer(flips), "audit attack: max canonical flips")
+    m.add(
+        "TheoryAttackCanonicalGap",
+        fmt.sci(table["canonical.post_step_margin_gap"].max()),
+        "audit attack: canonical twin vs canonical control, post-step margins",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- LLM setup
 
 
@@ -901,6 +970,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_capacity,
     theory_ntk,
     theory_audit,
+    theory_audit_attack,
     llm_settings,
     construction_settings,
     llm_data,

@@ -45,6 +45,7 @@ COMMANDS = {
     ("theory", "capacity"): "TheoryCapacity",
     ("theory", "ntk"): "TheoryNtk",
     ("theory", "audit"): "TheoryAudit",
+    ("theory", "audit_attack"): "TheoryAuditAttack",
     ("llm", "hairtrigger"): "Hairtrigger",
     ("llm", "analytic"): "Analytic",
     ("llm", "analytic_fresh"): "AnalyticFresh",
@@ -149,6 +150,51 @@ def theory_capacity(r: Results) -> str:
         )
     head = ["redundant units $k$"] + [fmt.integer(k) for k in widths] + ["slope", "$R^2$"]
     return tabular("l" + "r" * len(widths) + "rr", head, [(None, rows)])
+
+
+#: the adaptive attackers in reading order (keys of theory.experiments.audit_attack.ATTACKERS)
+ATTACKERS = {
+    "gauge": "search $+\\,\\lambda\\cdot$ gauge excess",
+    "grad": "search $+\\,\\lambda\\cdot\\|\\nabla L_D\\|$",
+    "amplification": "search $+\\,\\lambda\\cdot$ amplification",
+    "weight_cap": "isolating pairs, weights $\\le$ cap",
+}
+
+
+def attack_strength(attacker: str, value: float) -> str:
+    """``λ`` as 0 or a power of ten; a weight cap as a whole number."""
+    if attacker == "weight_cap":
+        return fmt.integer(value, "weight cap")
+    return "0" if value == 0 else fmt.power(value)
+
+
+def theory_audit_attack(r: Results) -> str:
+    """The arms race: per attacker and strength, the twins whose step flips a probe (of the seeds),
+    and per signal how many of those the threshold calibrated on the audit's honest models flags."""
+    from theory.experiments.audit import SIGNALS
+
+    table = r.theory("audit_attack")
+    groups = []
+    for attacker, label in ATTACKERS.items():
+        rows = []
+        for _, cell in table[table["attacker"] == attacker].groupby("override.attack.level"):
+            hit = cell[cell["twin.success"] == 1]
+            flags = [f"{int(hit[f'flagged.{name}'].sum())}/{len(hit)}" if len(hit) else "--" for name in SIGNALS]
+            knob = attack_strength(attacker, float(cell["strength"].iloc[0]))
+            rows.append([knob, f"{len(hit)}/{len(cell)}", *flags])
+        groups.append((label, rows))
+    head = [
+        "$\\lambda$ or cap",
+        "succeeds",
+        "gauge exc.",
+        "ampl.",
+        "uncert.",
+        "worst $D$",
+        "worst surr.",
+        "$\\|\\theta\\|$",
+        "$\\|\\nabla L_D\\|$",
+    ]
+    return tabular("l" + "r" * (len(head) - 1), head, groups)
 
 
 def controls(r: Results) -> str:
@@ -494,6 +540,7 @@ def reference(r: Results) -> str:
 #: every generated table: file stem → builder
 TABLES: dict[str, Callable[[Results], str]] = {
     "theory_capacity": theory_capacity,
+    "theory_audit_attack": theory_audit_attack,
     "controls": controls,
     "metalearn": metalearn,
     "pooled": pooled,
