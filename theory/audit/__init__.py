@@ -12,7 +12,8 @@ One concept per module:
 * :mod:`~theory.audit.simulate`: exact simulated benign updates and the worst probe margin;
 * :mod:`~theory.audit.honest`: honest models under random admissible gauges;
 * :mod:`~theory.audit.signals`: every signal of one checkpoint (:func:`audit_model`);
-* :mod:`~theory.audit.roc`: ROC-AUC with bootstrap intervals and TPR at a calibrated FPR.
+* :mod:`~theory.audit.roc`: ROC-AUC with bootstrap intervals and TPR at a calibrated FPR;
+* :mod:`~theory.audit.attack`: adaptive attackers, the fiber search with a penalty on a signal.
 """
 
 from theory.audit.canonical import (
