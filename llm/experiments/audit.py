@@ -23,7 +23,6 @@ canonical and delivered.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from typing import Any, cast
 
@@ -31,18 +30,22 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm.align import AlignSpec, align
 from llm.audit.canonical import Canonical
 from llm.audit.checkpoint import load_adapter
 from llm.audit.neutralise import logprob_change, stepped
 from llm.audit.signals import AuditInputs, AuditSettings, audit_model
 from llm.audit.verdict import SIGNALS, Rule, thresholds, verdict
 from llm.base import load_base
-from llm.checks import require_finite, require_finite_model
-from llm.constructions import build
+from llm.checks import require_finite_model
 from llm.data.schema import DomainData, Example
 from llm.data.splits import load_domain
-from llm.experiments.hairtrigger import check_settings, judged_probes, require_finite_metrics
+from llm.experiments.hairtrigger import (
+    aligned_control,
+    check_settings,
+    constructed_twin,
+    judged_probes,
+    require_finite_metrics,
+)
 from llm.lora import LoraFactors, lora_layers
 from llm.update import UpdateSpec, update_set
 from sweeps.errors import ConfigError
@@ -93,20 +96,11 @@ def pipeline_models(
     :func:`llm.experiments.hairtrigger.run` builds them)."""
     base, tokenizer = load_base(cfg)
     probes, construct, data, _ = judged_probes(cfg, base, tokenizer, data)
-    control, curve = align(base, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
-    require_finite(torch.tensor(curve), "align", "the alignment loss")
-    models: Models = {"control": cast(PreTrainedModel, require_finite_model(control, "align"))}
-    twin, _ = build(
-        cfg.construction,
-        control,
-        tokenizer,
-        dataclasses.replace(data, construct=construct),
-        update_set(data, victim),
-        victim,
-        progress=cfg.progress,
-    )
+    control, _ = aligned_control(cfg, base, tokenizer, data)
+    models: Models = {"control": cast(PreTrainedModel, control)}
+    twin, _ = constructed_twin(cfg, control, tokenizer, data, construct, victim)
     if twin is not None:
-        models["twin"] = cast(PreTrainedModel, require_finite_model(twin, "construction"))
+        models["twin"] = cast(PreTrainedModel, twin)
     return models, tokenizer, probes, data
 
 

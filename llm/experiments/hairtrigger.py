@@ -36,6 +36,8 @@ from typing import Any, cast
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm import judge
 from llm.align import AlignSpec, align, misaligned_reference
@@ -48,7 +50,7 @@ from llm.data.sources import refusal_calibration
 from llm.data.splits import load_domain
 from llm.evaluate import answers, benign_report, known_probes, next_token_kl, probe_report, victim_grad_norm
 from llm.lora import is_lora, scale_adapter
-from llm.models import response_loss, weights_digest
+from llm.models import CausalLM, response_loss, weights_digest
 from llm.update import UpdateSpec, update_set, victim_update
 from sweeps.errors import ConfigError
 from sweeps.tables import override_labels
@@ -255,6 +257,40 @@ def require_finite_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
             require_finite(value, {"construct": "construction", "align": "align"}.get(top, "evaluation"), name)
 
 
+def aligned_control(
+    cfg: DictConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData
+) -> tuple[PeftModel, list[float]]:
+    """The control (:func:`llm.align.align` with ``cfg.align``) and its loss curve, both checked finite."""
+    control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
+    require_finite(torch.tensor(curve), "align", "the alignment loss")
+    require_finite_model(control, "align")
+    return control, curve
+
+
+def constructed_twin(
+    cfg: DictConfig,
+    control: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DomainData,
+    construct: list[Example],
+    victim: UpdateSpec,
+) -> tuple[CausalLM | None, dict[str, Any]]:
+    """The twin of ``control`` by ``cfg.construction`` from the ``construct`` probes, built for
+    ``victim``'s update, checked finite (``None`` for ``construction=none``), and its info."""
+    twin, info = build(
+        cfg.construction,
+        control,
+        tokenizer,
+        dataclasses.replace(data, construct=construct),
+        update_set(data, victim),
+        victim,
+        progress=cfg.progress,
+    )
+    if twin is not None:
+        require_finite_model(twin, "construction")
+    return twin, info
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """align → construct → black-box test → the victims' updates → test again (module docstring).
     Each stage's models are checked finite before the next stage reads them."""
@@ -277,22 +313,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             progress=cfg.progress,
         )
         require_finite_model(reference, "align")
-    control, curve = align(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
-    require_finite(torch.tensor(curve), "align", "the alignment loss")
-    require_finite_model(control, "align")
+    control, curve = aligned_control(cfg, model, tokenizer, data)
     seconds["align"] = time.perf_counter() - start - seconds["base"]
-    default = specs[next(iter(specs))]
-    twin, info = build(
-        cfg.construction,
-        control,
-        tokenizer,
-        dataclasses.replace(data, construct=construct),
-        update_set(data, default),
-        default,
-        progress=cfg.progress,
-    )
-    if twin is not None:
-        require_finite_model(twin, "construction")
+    twin, info = constructed_twin(cfg, control, tokenizer, data, construct, specs[next(iter(specs))])
     seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
 
     metrics: dict[str, Any] = {
