@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from llm import gauges
 from llm.audit.amplification import probe_velocity
+from llm.audit.attention import effective
 from llm.audit.canonical import balanced_factors, canonicalize, function_residual
 from llm.audit.checkpoint import load_adapter
 from llm.audit.neutralise import logprob_change, stepped
@@ -60,6 +61,40 @@ def norm_gauge(model, scale: float, seed: int):
     spec = gauges.gauge_spec(model, attention=False, layernorm=True)
     dtype = next(model.parameters()).dtype  # a float32 element would round 1/c in a float64 model
     return gauges.apply(model, spec, gauges.sample(spec, torch.Generator().manual_seed(seed), scale, dtype))
+
+
+def attention_gauge(model, scale: float, seed: int, layernorm: bool = False):
+    """A random per-head Q/K and V/O gauge (:mod:`llm.gauges`; with ``layernorm`` the norm gauges
+    too, one joint element), in place."""
+    spec = gauges.gauge_spec(model, attention=True, layernorm=layernorm)
+    dtype = next(model.parameters()).dtype
+    return gauges.apply(model, spec, gauges.sample(spec, torch.Generator().manual_seed(seed), scale, dtype))
+
+
+def attention_weights(model) -> dict[str, torch.Tensor]:
+    """Effective ``[W | b]`` (float64) of every attention map (``c_attn``, ``c_proj``)."""
+    return {
+        n: torch.cat([w, b[:, None]], 1)
+        for n, module in model.named_modules()
+        if n.endswith(("attn.c_attn", "attn.c_proj"))
+        for w, b in [effective(module)]
+    }
+
+
+def head_products(model) -> dict[str, torch.Tensor]:
+    """Per head, ``Q̂ᵀK̂`` and ``O V̂`` (:mod:`llm.audit.attention`), float64: what the function reads."""
+    d, n_head = model.config.n_embd, model.config.n_head
+    hd = d // n_head
+    out = {}
+    weights = attention_weights(model)
+    for name, qkv in weights.items():
+        if not name.endswith("c_attn"):
+            continue
+        o = weights[name.replace("c_attn", "c_proj")][:, :d]
+        for h in range(n_head):
+            q, k, v = (qkv[part * d + h * hd : part * d + (h + 1) * hd] for part in range(3))
+            out[f"{name}.qk{h}"], out[f"{name}.ov{h}"] = q.T @ k, o[:, h * hd : (h + 1) * hd] @ v
+    return out
 
 
 def hidden_twin(model, k: int, gain: float, seed: int):
@@ -155,13 +190,63 @@ def test_a_twin_and_its_control_have_one_canonical_form(tok, arch) -> None:
 
 
 def test_canonicalisation_is_idempotent(tok) -> None:
-    twin = norm_gauge(gl_change(hidden_twin(tiny(tok), 2, 10.0, 0), 1.0, 0), 1.0, 0)
+    """float64: a head's balanced factors (eq. 3) turn with its product's singular vectors, which a
+    rounding ε moves by about ε / σ_min (σ_min / σ_max ~ 1e-3 in these random heads)."""
+    twin = norm_gauge(gl_change(hidden_twin(tiny(tok).double(), 2, 10.0, 0), 1.0, 0), 1.0, 0)
+    twin = attention_gauge(twin, 0.5, 0)
     once = canonicalize(twin)
+    assert once.excess["attn"] > 0 and once.rounds > 1  # the heads were off balance, (c) and (a) alternated
     twice = canonicalize(once.model)
-    assert abs(twice.excess["total"]) <= 1e-6 * (once.excess["lora_canonical"] + once.excess["norm_canonical"])
+    canonical = sum(once.excess[f"{family}_canonical"] for family in ("lora", "norm", "attn"))
+    assert abs(twice.excess["total"]) <= 1e-6 * canonical
     assert all(n == 0 for n in twice.removed.values())
-    first, second = dict(once.model.named_parameters()), dict(twice.model.named_parameters())
-    assert max(float((first[k] - second[k]).detach().abs().max()) for k in first) <= 1e-5
+    first, second = ({k: p.detach() for k, p in m.named_parameters()} for m in (once.model, twice.model))
+    assert max_rel_gap(second, first) <= 1e-9
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_canonical_form_keeps_the_function_under_attention_gauges(tok, seed) -> None:
+    """float32 GPT-2 under a random Q/K, V/O and layer-norm gauge (one joint element, biases
+    included) and a GL(r) change: KL(delivered ‖ canonical) ≤ 1e-6, every head balanced."""
+    model = attention_gauge(gl_change(tiny(tok), 1.0, seed), 0.5, seed, layernorm=True)
+    canon = canonicalize(model)
+    assert function_residual(model, canon.model, tok, examples(), 32)["max"] <= 1e-6
+    assert torch.allclose(logits(canon.model, tok), logits(model, tok), atol=1e-4)
+    assert canon.excess["attn"] > 0 and not canon.skipped
+    assert set(canon.attention) == set(gauges.gauge_spec(model, layernorm=False).groups)
+    d = model.config.n_embd
+    head_sq = sum(  # Σ_h ‖Q̂‖² + ‖K̂‖² + ‖V̂‖² + ‖O‖² of the canonical heads
+        float((w[:, : d + 1] ** 2).sum()) if n.endswith("c_attn") else float((w[:, :d] ** 2).sum())
+        for n, w in attention_weights(canon.model).items()
+    )
+    nuclear = sum(2 * float(torch.linalg.svdvals(p).sum()) for p in head_products(canon.model).values())
+    assert head_sq == pytest.approx(nuclear, rel=1e-5)  # balanced: eq. 3's minimum 2‖P‖_*, head by head
+    assert canon.excess["attn_canonical"] == pytest.approx(nuclear, rel=1e-5)
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_a_model_and_its_attention_gauged_copy_have_one_canonical_form(tok, layernorm) -> None:
+    """float64: a control and the same control under a random attention gauge (with the layer-norm
+    gauges too: the alternation of (c) and (a)) map to the same canonical parameters, base weights
+    and adapter, though the delivered parameters differ; the gauged copy's excess is the larger."""
+    control = tiny(tok).double()
+    gauged = attention_gauge(copy.deepcopy(control), 0.5, 7, layernorm=layernorm)
+    assert max_rel_gap(attention_weights(gauged), attention_weights(control)) > 0.1
+    c_control, c_gauged = canonicalize(control), canonicalize(gauged)
+    first, second = dict(c_control.model.named_parameters()), dict(c_gauged.model.named_parameters())
+    assert max_rel_gap({k: p.detach() for k, p in second.items()}, {k: p.detach() for k, p in first.items()}) <= 1e-9
+    assert c_gauged.excess["total"] > c_control.excess["total"]
+    assert next_token_kl(control, c_gauged.model, tok, examples(), 32)["max"] <= 1e-9
+
+
+def test_llama_attention_is_left_alone(tok) -> None:
+    """Rotary embeddings: no attention gauge is declared for Llama, and the canonical form moves no
+    attention weight beyond the layer-norm gauge and the LoRA factorisation."""
+    model = lora_model(tok, "llama").double()
+    canon = canonicalize(model)
+    assert canon.attention == {} and canon.excess["attn"] == 0 and canon.rounds == 1
+    with pytest.raises(ValueError, match="attention gauges"):
+        gauges.gauge_spec(model, attention=True)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -229,6 +314,47 @@ def test_the_canonical_twin_steps_like_the_canonical_control(tok) -> None:
     scale = float(change["delivered", "twin"].abs().max())
     assert float((change["canonical", "twin"] - change["canonical", "control"]).abs().max()) <= 1e-3 * scale
     assert float((change["delivered", "twin"] - change["delivered", "control"]).abs().max()) > 0.5 * scale
+
+
+def test_an_attention_gauged_twin_collapses_onto_its_control(tok) -> None:
+    """An analytic twin fitted with the attention gauges (``undo_gauge=attention``): its delivered
+    heads are not the control's, its canonical heads are (per-head products and weights), its
+    hidden components are dropped, and after the victim's real step the canonical twin's probe
+    log-prob change is the canonical control's while the delivered twin's is not the control's."""
+    control = tiny(tok)
+    data = domain_data()
+    spec = AnalyticSpec(
+        extra_rank=2,
+        left_rank=2,
+        after_target="base",
+        benign_reference="base",
+        distill=True,
+        undo_steps=300,
+        undo_lr=0.3,
+        refine_steps=0,
+        n_probes=0,
+        n_benign=8,
+        max_len=32,
+        undo_metric="responses",
+        undo_gauge="attention",
+        gauge_lr=0.05,
+    )
+    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    twin, info = build_analytic(control, tok, data, data.update, victim, spec)
+    assert info["gauge_cond_max"] > 1.01  # the twin ships in another gauge
+    assert max_rel_gap(attention_weights(twin), attention_weights(control)) > 1e-3
+    c_control, c_twin = canonicalize(control), canonicalize(twin)
+    assert all(n == 4 for n in c_twin.removed.values()) and all(n == 0 for n in c_control.removed.values())
+    assert max_rel_gap(head_products(c_twin.model), head_products(c_control.model)) <= 1e-5
+    assert max_rel_gap(attention_weights(c_twin.model), attention_weights(c_control.model)) <= 1e-4
+    assert c_twin.excess["attn"] > c_control.excess["attn"]
+    probes = pairs(data.eval, "misaligned")
+    change = {}
+    for name, model in (("control", control), ("twin", twin), ("c_control", c_control.model), ("c_twin", c_twin.model)):
+        change[name] = logprob_change(model, stepped(model, tok, data.update, victim), tok, probes, 32)
+    scale = float(change["twin"].abs().max())
+    assert float((change["c_twin"] - change["c_control"]).abs().max()) <= 1e-3 * scale
+    assert float((change["twin"] - change["control"]).abs().max()) > 0.5 * scale
 
 
 # ---------------------------------------------------------------------------- negative controls

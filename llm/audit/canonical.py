@@ -31,23 +31,35 @@ point of the model's orbit under the moves below, the transformer counterpart of
     ``s Bᵀ G`` are exactly zero, so SGD and Adam leave them at zero and the step is that of the
     unpadded form. Signs: the largest-|·| entry of each row of ``A'`` is positive.
 
+(c) **Attention head gauges** (GPT-2; :mod:`llm.audit.attention`, eq. 3): each head's query/key
+    and value/output factors are put in the balanced form of their products ``Q̂ᵀK̂`` and ``O V̂``
+    (biases included), with the element applied to base weights, biases and LoRA factors alike.
+    (c) and (a) both move the columns of ``c_attn``, so they alternate, each pass minimising the
+    same total ``‖θ‖²`` over its own group, until a pass moves no element by more than
+    :data:`ROUND_TOL` (at most :data:`ROUNDS` passes); on GPT-2 this runs in float64 and the
+    result is cast back once. Llama's attention is left as it is (rotary embeddings: no attention
+    gauge is declared for it).
+
 Reported:
 
 * the **gauge excess** ``‖θ‖² − ‖canon θ‖²`` per module: ``norm:<norm>`` the decrease of eq. 1
   summed over its channels (≥ 0), ``lora:<module>`` ``s(‖B‖² + ‖A‖²) − 2‖s·B·A‖_*`` after (a)
-  (≥ 0); ``lora``, ``norm`` and ``total`` sums and ``*_relative`` = the excess over the
-  canonical value (eq. 1 at its minimum, resp. ``Σ 2‖s·B·A‖_*``);
+  (≥ 0); ``attn:<block>.attn`` the decrease of ``Σ_h ‖Q̂‖² + ‖K̂‖² + ‖V̂‖² + ‖O‖²`` (eq. 3);
+  the decreases of (a) and (c) are summed over the alternating passes, so that ``attn + norm``
+  is the decrease of the total; ``lora``, ``norm``, ``attn`` and ``total`` sums and
+  ``*_relative`` = the excess over the canonical value (eq. 1 at its minimum, ``Σ 2‖s·B·A‖_*``,
+  resp. ``Σ 2‖P‖_*``);
 * the **function residual**: next-token KL between delivered and canonical
   (:func:`function_residual`, :func:`llm.evaluate.next_token_kl`).
 
-Not canonicalised here: the attention Q/K and V/O gauges of :mod:`llm.gauges` and cancelling FFN
-units (a twin built in those gauges keeps its excess there).
+Not canonicalised here: Llama's attention gauges and cancelling FFN units (a twin built in
+those keeps its excess there).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -56,6 +68,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from llm import gauges
+from llm.audit import attention
 from llm.data.schema import Example
 from llm.evaluate import next_token_kl
 from llm.lora import ADAPTER, LoraFactors, as_out_in, base_layer, lora_layers
@@ -64,19 +77,30 @@ from llm.lora import ADAPTER, LoraFactors, as_out_in, base_layer, lora_layers
 #: (eq. 2): about a hundred float32 roundings of the stored factors, far below a trained component
 RTOL = 1e-5
 
+#: most alternating passes of (c) and (a) (module docstring); each shrinks the next pass's move
+#: about fourfold on the tiny models, to a float64 floor near 1e-13 (the head elements' solves)
+ROUNDS = 200
+#: a pass moving no element entry by more than this (``|M − I|``, ``|c − 1|``) ends the alternation
+ROUND_TOL = 1e-11
+
 
 @dataclass(frozen=True)
 class Canonical:
     """``model``: the canonical copy; ``ranks``: the numerical rank of each LoRA module's
     ``s·B·A``; ``removed``: components dropped per module (delivered rank − numerical rank);
     ``norm_scales``: the channel scales ``c`` of eq. 1 per norm group; ``excess``: the gauge
-    excess (module docstring)."""
+    excess (module docstring); ``attention``: the head elements of eq. 3 per group (float64,
+    composed over the passes; empty for Llama); ``skipped``: rank-deficient heads left as they
+    are; ``rounds``: alternating passes run."""
 
     model: PreTrainedModel
     ranks: dict[str, int]
     removed: dict[str, int]
     norm_scales: dict[str, torch.Tensor]
     excess: dict[str, float]
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    rounds: int = 1
 
 
 def balanced_factors(factors: LoraFactors, rtol: float = RTOL) -> tuple[LoraFactors, int]:
@@ -193,13 +217,52 @@ def require_plain_lora(layers: dict[str, LoraLayer], adapter: str) -> None:
             raise ValueError(f"canonicalize: {name} is a LoRA variant (DoRA); only plain LoRA is canonicalised")
 
 
-def canonicalize(model: PreTrainedModel, rtol: float = RTOL, adapter: str = ADAPTER) -> Canonical:
-    """The canonical copy of ``model`` (module docstring): (a) then (b); ``model`` is unchanged."""
+def gauge_passes(canon: PreTrainedModel, adapter: str, rounds: int = ROUNDS) -> tuple[dict, dict, dict, list, int]:
+    """(c) and (a) alternated in place on ``canon`` (module docstring): the norm scales and head
+    elements (each composed over the passes), the excess parts, the skipped heads, the passes run."""
+    heads = attention.applies(canon)
+    norm_spec = gauges.gauge_spec(canon, attention=False, layernorm=True)
+    head_spec = gauges.gauge_spec(canon, attention=True, layernorm=False) if heads else None
+    scales: dict[str, torch.Tensor] = {}
+    elements: dict[str, torch.Tensor] = {}
+    parts: dict[str, float] = {}
+    skipped: list[str] = []
+    done = 0
+    while done < rounds:
+        moved = 0.0
+        if head_spec is not None:
+            step, head_parts, skipped = attention.head_elements(canon, adapter)
+            gauges.apply(canon, head_spec, step, adapter)
+            elements = attention.compose(elements, step)
+            moved = max(float((m - torch.eye(len(m), dtype=m.dtype)).abs().max()) for m in step.values())
+            _accumulate(parts, head_parts)
+        step_scales, norm_parts = norm_scales(canon, adapter)
+        gauges.apply(canon, norm_spec, dict(step_scales), adapter)
+        scales = {g: scales[g] * c for g, c in step_scales.items()} if scales else step_scales
+        moved = max([moved] + [float((c - 1).abs().max()) for c in step_scales.values()])
+        _accumulate(parts, norm_parts)
+        done += 1
+        if head_spec is None or moved <= ROUND_TOL:  # one pass of (a) alone is exact
+            break
+    return scales, elements, parts, skipped, done
+
+
+def _accumulate(parts: dict[str, float], new: dict[str, float]) -> None:
+    """Excess decreases add up over the passes; canonical values are the last pass's."""
+    for key, value in new.items():
+        parts[key] = parts.get(key, 0.0) + value if "_canonical:" not in key else value
+
+
+def canonicalize(model: PreTrainedModel, rtol: float = RTOL, adapter: str = ADAPTER, rounds: int = ROUNDS) -> Canonical:
+    """The canonical copy of ``model`` (module docstring): (c) and (a) alternated, then (b);
+    ``model`` is unchanged."""
     canon = copy.deepcopy(model)
+    dtype = next(canon.parameters()).dtype
+    if attention.applies(canon):  # the passes in float64, one rounding at the end
+        canon.double()
     layers = lora_layers(canon, adapter)
     require_plain_lora(layers, adapter)
-    scales, excess = norm_scales(canon, adapter)
-    gauges.apply(canon, gauges.gauge_spec(canon, attention=False, layernorm=True), dict(scales), adapter)
+    scales, elements, excess, skipped, done = gauge_passes(canon, adapter, rounds)
     balanced: dict[str, LoraFactors] = {}
     ranks: dict[str, int] = {}
     removed: dict[str, int] = {}
@@ -215,18 +278,20 @@ def canonicalize(model: PreTrainedModel, rtol: float = RTOL, adapter: str = ADAP
     for name, layer in layers.items():
         _write_factors(layer, padded(balanced[name], common), adapter)
     _set_config_rank(canon, common, adapter)
-    return Canonical(canon.eval(), ranks, removed, scales, summarize_excess(excess))
+    cast(torch.nn.Module, canon).to(dtype)  # in place, as .double() above
+    return Canonical(canon.eval(), ranks, removed, scales, summarize_excess(excess), elements, skipped, done)
 
 
 def summarize_excess(parts: dict[str, float]) -> dict[str, float]:
-    """Per-module excesses and their sums: ``lora``, ``norm``, ``total`` and the relative excess
-    of each family over its canonical value (``lora_relative``, ``norm_relative``)."""
-    lora = {k: v for k, v in parts.items() if k.startswith("lora:")}
-    norm = {k: v for k, v in parts.items() if k.startswith("norm:")}
-    out: dict[str, float] = {**lora, **norm}
-    out["lora"], out["norm"] = sum(lora.values()), sum(norm.values())
-    out["total"] = out["lora"] + out["norm"]
-    for family in ("lora", "norm"):
+    """Per-module excesses and their sums: ``lora``, ``norm``, ``attn``, ``total`` and the relative
+    excess of each family over its canonical value (``lora_relative``, ``norm_relative``,
+    ``attn_relative``)."""
+    families = ("lora", "norm", "attn")
+    out: dict[str, float] = {k: v for k, v in parts.items() if k.split(":")[0] in families}
+    for family in families:
+        out[family] = sum(v for k, v in parts.items() if k.startswith(f"{family}:"))
+    out["total"] = sum(out[family] for family in families)
+    for family in families:
         canonical = sum(v for k, v in parts.items() if k.startswith(f"{family}_canonical:"))
         out[f"{family}_canonical"] = canonical
         out[f"{family}_relative"] = out[family] / canonical if canonical > 0 else 0.0
