@@ -316,8 +316,10 @@ def test_the_canonical_twin_steps_like_the_canonical_control(tok) -> None:
     assert float((change["delivered", "twin"] - change["delivered", "control"]).abs().max()) > 0.5 * scale
 
 
-def test_an_attention_gauged_twin_collapses_onto_its_control(tok) -> None:
-    """An analytic twin fitted with the attention gauges (``undo_gauge=attention``): its delivered
+@pytest.mark.parametrize("undo_gauge", ["attention", "all"])
+def test_an_attention_gauged_twin_collapses_onto_its_control(tok, undo_gauge) -> None:
+    """An analytic twin fitted with the attention gauges (``undo_gauge=attention``, or ``all`` with
+    the layer-norm gauges too): its delivered
     heads are not the control's, its canonical heads are (per-head products and weights), its
     hidden components are dropped, and after the victim's real step the canonical twin's probe
     log-prob change is the canonical control's while the delivered twin's is not the control's."""
@@ -336,7 +338,7 @@ def test_an_attention_gauged_twin_collapses_onto_its_control(tok) -> None:
         n_benign=8,
         max_len=32,
         undo_metric="responses",
-        undo_gauge="attention",
+        undo_gauge=undo_gauge,
         gauge_lr=0.05,
     )
     victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
