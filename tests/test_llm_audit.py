@@ -319,10 +319,10 @@ def test_the_canonical_twin_steps_like_the_canonical_control(tok) -> None:
 @pytest.mark.parametrize("undo_gauge", ["attention", "all"])
 def test_an_attention_gauged_twin_collapses_onto_its_control(tok, undo_gauge) -> None:
     """An analytic twin fitted with the attention gauges (``undo_gauge=attention``, or ``all`` with
-    the layer-norm gauges too): its delivered
-    heads are not the control's, its canonical heads are (per-head products and weights), its
-    hidden components are dropped, and after the victim's real step the canonical twin's probe
-    log-prob change is the canonical control's while the delivered twin's is not the control's."""
+    the layer-norm gauges too): its delivered heads are not the control's, its canonical heads are
+    (per-head products and weights), its hidden components are dropped, and after the victim's real
+    step the canonical twin's probe log-prob change is the canonical control's while the delivered
+    twin's is not the control's."""
     control = tiny(tok)
     data = domain_data()
     spec = AnalyticSpec(
