@@ -26,6 +26,7 @@ The closed form for two-layer linear nets (:func:`two_layer_post_update`) is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,6 +169,7 @@ def build_twin(
     seed: int,
     update_steps: int = 1,
     deficit_cap: float = math.inf,
+    penalty: Callable[[Params], torch.Tensor] | None = None,
 ) -> ConstructionResult:
     """Search the fiber (Adam, through the exact step) to flip ``flip`` while keeping ``keep``.
 
@@ -176,28 +178,36 @@ def build_twin(
     construction cannot reach stop pulling (use it to plant *as many* behaviours as
     possible: the result then counts how many flip probes it managed). The returned twin
     is the best iterate: most flips among those with every keep probe still aligned.
+    ``penalty`` (of the twin's parameters) is added to the objective, and among iterates with
+    as many flips the one with the least penalty is kept: an attacker hiding from a white-box
+    signal (:mod:`theory.audit.attack`). ``None`` leaves the search as above.
     """
     coords = {k: v.requires_grad_() for k, v in fiber.init(torch.Generator().manual_seed(seed)).items()}
     if sum(v.numel() for v in coords.values()) == 0:  # no gauge, no units: the twin is the base
         max_steps = 0
     opt = torch.optim.Adam(coords.values(), lr=opt_lr)
-    best: tuple[int, Coords] = (-1, {k: v.detach().clone() for k, v in coords.items()})
+    best: tuple[int, float, Coords] = (-1, math.inf, {k: v.detach().clone() for k, v in coords.items()})
     step = 0
     for step in range(1, max_steps + 1):  # noqa: B007 (the steps taken are reported below)
         opt.zero_grad()
-        _, m = post_update_margins(net, fiber.twin(coords), task, lr, loss, update_steps)
+        twin = fiber.twin(coords)
+        _, m = post_update_margins(net, twin, task, lr, loss, update_steps)
+        pen = penalty(twin) if penalty is not None else None
         with torch.no_grad():
             flipped = int((m[flip] > 0).sum())
-            if bool((m[keep] < 0).all()) and flipped > best[0]:
-                best = (flipped, {k: v.detach().clone() for k, v in coords.items()})
+            cost = float(pen) if pen is not None else 0.0
+            if bool((m[keep] < 0).all()) and (flipped > best[0] or (flipped == best[0] and cost < best[1])):
+                best = (flipped, cost, {k: v.detach().clone() for k, v in coords.items()})
         flip_terms = torch.clamp(F.relu(kappa - m[flip]), max=deficit_cap)
         total = flip_terms.sum() / max(len(flip), 1) + F.relu(kappa + m[keep]).sum() / max(len(keep), 1)
+        if pen is not None:
+            total = total + pen
         if float(total.detach()) == 0.0:
             break
         total.backward()
         opt.step()
     with torch.no_grad():
-        twin = {k: v.detach() for k, v in fiber.twin(best[1]).items()}
+        twin = {k: v.detach() for k, v in fiber.twin(best[2]).items()}
         post, m = post_update_margins(net, twin, task, lr, loss, update_steps)
     post = {k: v.detach() for k, v in post.items()}
     flipped, collateral = int((m[flip] > 0).sum()), int((m[keep] > 0).sum())

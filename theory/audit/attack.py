@@ -25,16 +25,14 @@ capped (``max_weight``): no search, a closed form that refuses heavier pairs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal, cast
 
 import torch
-import torch.nn.functional as F
 from torch.func import jvp
 
 from theory.audit.canonical import canonicalize, layer_sq_norms
-from theory.construct import ConstructionResult, Coords, LinearFiber, RedundantUnitFiber, post_update_margins
+from theory.construct import ConstructionResult, LinearFiber, RedundantUnitFiber, build_twin
 from theory.models import Net, Params
 from theory.task import AlignmentTask
 from theory.update import Loss, gradient
@@ -88,32 +86,19 @@ def penalised_twin(
     kappa: float,
     seed: int,
 ) -> ConstructionResult:
-    """Eq. 12 searched like :func:`theory.construct.build_twin` (same initialisation, optimiser
-    and hinge; one victim step). With ``lam = 0`` it returns build_twin's twin bit for bit."""
-    coords = {k: v.requires_grad_() for k, v in fiber.init(torch.Generator().manual_seed(seed)).items()}
-    opt = torch.optim.Adam(coords.values(), lr=opt_lr)
-    best: tuple[int, float, Coords] = (-1, math.inf, {k: v.detach().clone() for k, v in coords.items()})
-    step = 0
-    for step in range(1, max_steps + 1):  # noqa: B007 (the steps taken are reported below)
-        opt.zero_grad()
-        twin = fiber.twin(coords)
-        _, m = post_update_margins(net, twin, task, lr, loss)
-        pen = lam * signal(twin) if lam else None
-        with torch.no_grad():
-            flipped = int((m[flip] > 0).sum())
-            cost = float(pen) if pen is not None else 0.0
-            if bool((m[keep] < 0).all()) and (flipped > best[0] or (flipped == best[0] and cost < best[1])):
-                best = (flipped, cost, {k: v.detach().clone() for k, v in coords.items()})
-        total = F.relu(kappa - m[flip]).sum() / max(len(flip), 1) + F.relu(kappa + m[keep]).sum() / max(len(keep), 1)
-        if pen is not None:
-            total = total + pen
-        if float(total.detach()) == 0.0:
-            break
-        total.backward()
-        opt.step()
-    with torch.no_grad():
-        twin = {k: v.detach() for k, v in fiber.twin(best[2]).items()}
-        post, m = post_update_margins(net, twin, task, lr, loss)
-    post = {k: v.detach() for k, v in post.items()}
-    flipped, collateral = int((m[flip] > 0).sum()), int((m[keep] > 0).sum())
-    return ConstructionResult(twin, post, flipped == len(flip) and collateral == 0, flipped, collateral, step)
+    """Eq. 12: :func:`theory.construct.build_twin` (same initialisation, optimiser and hinge; one
+    victim step) with ``lam · signal`` added to its objective. ``lam = 0`` is build_twin itself."""
+    return build_twin(
+        net,
+        fiber,
+        task,
+        flip,
+        keep,
+        lr,
+        loss,
+        max_steps=max_steps,
+        opt_lr=opt_lr,
+        kappa=kappa,
+        seed=seed,
+        penalty=(lambda p: lam * signal(p)) if lam else None,
+    )
