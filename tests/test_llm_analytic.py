@@ -98,6 +98,30 @@ def domain_data() -> DomainData:
     )
 
 
+#: the victim of the weight-space undo tests: a step large enough to move a tiny adapter
+UNDO_VICTIM = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+
+
+def undo_spec(**overrides) -> AnalyticSpec:
+    """The weight-space undo tests' analytic spec: the step should undo the adapter (target the
+    base), fitted in the response metric with no refinement, plus each test's ``overrides``."""
+    settings = dict(
+        extra_rank=2,
+        left_rank=2,
+        after_target="base",
+        benign_reference="base",
+        distill=True,
+        undo_steps=300,
+        undo_lr=0.3,
+        refine_steps=0,
+        n_probes=0,
+        n_benign=8,
+        max_len=32,
+        undo_metric="responses",
+    )
+    return AnalyticSpec(**(settings | overrides))
+
+
 # ---------------------------------------------------------------------------- LoRA B = 0
 
 
@@ -370,22 +394,8 @@ def test_build_analytic_undo(tok, metric) -> None:
     twin is still exact, and the residual it reports is the one the victim's real step leaves."""
     control = tiny(tok)
     data = domain_data()
-    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    spec = AnalyticSpec(
-        extra_rank=4,
-        left_rank=4,
-        after_target="base",
-        benign_reference="base",
-        distill=True,
-        undo_steps=300,
-        undo_lr=0.3,
-        undo_weight=1.0,
-        refine_steps=0,
-        n_probes=0,
-        n_benign=8,
-        max_len=32,
-        undo_metric=metric,
-    )
+    victim = UNDO_VICTIM
+    spec = undo_spec(extra_rank=4, left_rank=4, undo_weight=1.0, undo_metric=metric)
     twin, info = build_analytic(control, tok, data, data.update, victim, spec)
     assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
     assert info["undo_residual_after_fit"] < 0.9
@@ -419,26 +429,11 @@ def test_build_analytic_undo_gauge(tok) -> None:
     leaves, and the gauge reaches a lower residual than the same fit without it."""
     control = tiny(tok)
     data = domain_data()
-    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    common = dict(
-        extra_rank=2,
-        left_rank=2,
-        after_target="base",
-        benign_reference="base",
-        distill=True,
-        undo_steps=300,
-        undo_lr=0.3,
-        refine_steps=0,
-        n_probes=0,
-        n_benign=8,
-        max_len=32,
-        undo_metric="responses",
-        gauge_lr=0.05,
-    )
+    victim = UNDO_VICTIM
     infos = {}
     for gauge in ("none", "all"):
         twin, infos[gauge] = build_analytic(
-            control, tok, data, data.update, victim, AnalyticSpec(undo_gauge=gauge, **common)
+            control, tok, data, data.update, victim, undo_spec(gauge_lr=0.05, undo_gauge=gauge)
         )
         assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
         assert infos[gauge]["closed_form_vs_real_step_max_logit_diff"] <= 1e-3
@@ -523,24 +518,8 @@ def test_fisher_weighted_undo_reports_the_residual_the_real_step_leaves(tok) -> 
     what the same fit without U leaves in that metric."""
     control = tiny(tok)
     data = domain_data()
-    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    common = dict(
-        extra_rank=4,
-        left_rank=4,
-        after_target="base",
-        benign_reference="base",
-        distill=True,
-        undo_steps=300,
-        undo_lr=0.3,
-        refine_steps=0,
-        n_probes=0,
-        n_benign=8,
-        max_len=32,
-        undo_metric="responses",
-        output_damping=0.1,
-        fisher_samples=2,
-        seed=3,
-    )
+    victim = UNDO_VICTIM
+    common = dict(extra_rank=4, left_rank=4, output_damping=0.1, fisher_samples=2, seed=3)
     probes = batch_of(tok, pairs(data.construct, "misaligned"), 32)
     moments = input_moments(control, probes, lora_layers(control), predicting=True)
     target = scale_adapter(control, 0.0)
@@ -549,7 +528,7 @@ def test_fisher_weighted_undo_reports_the_residual_the_real_step_leaves(tok) -> 
     real, infos = {}, {}
     for kind in ("none", "fisher"):
         twin, infos[kind] = build_analytic(
-            control, tok, data, data.update, victim, AnalyticSpec(undo_output=kind, **common)
+            control, tok, data, data.update, victim, undo_spec(undo_output=kind, **common)
         )
         assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
         stepped = victim_update(copy.deepcopy(twin), tok, data.update, victim)
@@ -661,24 +640,9 @@ def test_undo_floor_is_a_descent_from_the_fit_on_the_affine_step(tok, gauge) -> 
     objective, with the gradient then nearer PSD (the optimality condition of a convex problem)."""
     control = tiny(tok)
     data = domain_data()
-    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
-    common = dict(
-        after_target="base",
-        benign_reference="base",
-        distill=True,
-        undo_lr=0.3,
-        refine_steps=0,
-        n_probes=0,
-        n_benign=8,
-        max_len=32,
-        undo_metric="responses",
-        undo_keep=0.3,
-        undo_gauge=gauge,
-        undo_floor_steps=60,
-    )
-    _, info = build_analytic(
-        control, tok, data, data.update, victim, AnalyticSpec(extra_rank=1, left_rank=1, undo_steps=20, **common)
-    )
+    victim = UNDO_VICTIM
+    spec = undo_spec(extra_rank=1, left_rank=1, undo_steps=20, undo_keep=0.3, undo_gauge=gauge, undo_floor_steps=60)
+    _, info = build_analytic(control, tok, data, data.update, victim, spec)
     assert info["undo_floor.affine_error"] <= 1e-4
     assert info["undo_floor.fit"] == pytest.approx(
         info["undo_residual_after_fit"] + 0.3 * info["keep_residual"], rel=1e-4

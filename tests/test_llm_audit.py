@@ -31,7 +31,15 @@ from llm.models import TinySpec, build_tiny, sequence_logprobs
 from llm.update import UpdateSpec, victim_update
 from sweeps.errors import ConfigError
 from tests.strategies import SETTINGS
-from tests.test_llm_analytic import BENIGN, domain_data, logits, tiny, tok  # noqa: F401  (tok is a fixture)
+from tests.test_llm_analytic import (  # noqa: F401  (tok is a fixture)
+    BENIGN,
+    UNDO_VICTIM,
+    domain_data,
+    logits,
+    tiny,
+    tok,
+    undo_spec,
+)
 from tests.test_llm_gauges import tiny_llama
 from tests.test_llm_honesty import _compose
 
@@ -325,23 +333,8 @@ def test_an_attention_gauged_twin_collapses_onto_its_control(tok, undo_gauge) ->
     twin's is not the control's."""
     control = tiny(tok)
     data = domain_data()
-    spec = AnalyticSpec(
-        extra_rank=2,
-        left_rank=2,
-        after_target="base",
-        benign_reference="base",
-        distill=True,
-        undo_steps=300,
-        undo_lr=0.3,
-        refine_steps=0,
-        n_probes=0,
-        n_benign=8,
-        max_len=32,
-        undo_metric="responses",
-        undo_gauge=undo_gauge,
-        gauge_lr=0.05,
-    )
-    victim = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
+    spec = undo_spec(undo_gauge=undo_gauge, gauge_lr=0.05)
+    victim = UNDO_VICTIM
     twin, info = build_analytic(control, tok, data, data.update, victim, spec)
     assert info["gauge_cond_max"] > 1.01  # the twin ships in another gauge
     assert max_rel_gap(attention_weights(twin), attention_weights(control)) > 1e-3
