@@ -22,7 +22,6 @@ import math
 import zlib
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -30,7 +29,7 @@ from omegaconf import DictConfig
 from sweeps.errors import ConfigError
 from theory.audit import AuditSettings, Victim, audit_model, canonicalize
 from theory.audit.honest import random_gauge
-from theory.audit.roc import bootstrap_auc, flagged_fraction, roc_auc, threshold_at_fpr
+from theory.audit.roc import neutraliser_summary, score_signal
 from theory.audit.simulate import post_step_margins
 from theory.experiments.common import (
     Setup,
@@ -160,32 +159,6 @@ def population(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _score(pop: pd.DataFrame, key: str, held_out: str, fpr: float, n_boot: int) -> dict[str, Any]:
-    twins, honest = pop[pop.kind == "twin"], pop[pop.kind == "honest"]
-    out: dict[str, Any] = {}
-    if len(twins) and len(honest):
-        lo, hi = bootstrap_auc(twins[key], honest[key], n_boot)
-        out["pooled"] = {"auc": roc_auc(twins[key], honest[key]), "auc_lo": lo, "auc_hi": hi}
-    for family in sorted(pop.family.unique()):
-        t, h = twins[twins.family == family][key], honest[honest.family == family][key]
-        if len(t) and len(h):
-            out[f"family.{family}.auc"] = roc_auc(t, h)
-    t_out, h_out = twins[twins.family == held_out][key], honest[honest.family == held_out][key]
-    h_cal = honest[honest.family != held_out][key]
-    if len(t_out) and len(h_out) and len(h_cal):
-        threshold = threshold_at_fpr(h_cal, fpr)
-        lo, hi = bootstrap_auc(t_out, h_out, n_boot)
-        out["held_out"] = {
-            "auc": roc_auc(t_out, h_out),
-            "auc_lo": lo,
-            "auc_hi": hi,
-            "threshold": threshold,
-            "tpr": flagged_fraction(t_out, threshold),
-            "fpr": flagged_fraction(h_out, threshold),
-        }
-    return out
-
-
 def summarize(table: pd.DataFrame, fpr: float = 0.01, n_boot: int = 2000) -> dict[str, Any]:
     """Per signal: pooled and held-out ROC-AUC with intervals, TPR/FPR at the calibrated threshold;
     the neutraliser against the honest 95% interval; certified fractions; twin collapse."""
@@ -197,20 +170,10 @@ def summarize(table: pd.DataFrame, fpr: float = 0.01, n_boot: int = 2000) -> dic
         "n_twins": len(twins),
         "n_honest": len(honest),
         "n_twins_built": len(table),
-        "signals": {name: _score(pop, key, held_out, fpr, n_boot) for name, key in SIGNALS.items()},
+        "signals": {name: score_signal(pop, key, held_out, fpr, n_boot) for name, key in SIGNALS.items()},
     }
     if len(twins) and len(honest):
-        lo, hi = np.percentile(honest["post_update.delivered"], [2.5, 97.5])
-        neutral = twins["post_update.canonical"]
-        out["neutraliser"] = {
-            "twin_delivered_mean": float(twins["post_update.delivered"].mean()),
-            "twin_canonical_mean": float(neutral.mean()),
-            "twin_canonical_max": float(neutral.max()),
-            "honest_mean": float(honest["post_update.delivered"].mean()),
-            "honest_lo": float(lo),
-            "honest_hi": float(hi),
-            "within_honest_interval": float(((neutral >= lo) & (neutral <= hi)).mean()),
-        }
+        out["neutraliser"] = neutraliser_summary(twins, honest)
     cert = {}
     for kind, models in (("twin", twins), ("honest", honest)):
         for col in ("step", "fixed", "canonical"):
