@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
-from figures.theory import _save  # noqa: E402
+from figures.theory import _load, _save, roc_points  # noqa: E402
 from sweeps.tables import linear_fit  # noqa: E402
 
 #: transfer cells in reading order, with their labels
@@ -391,4 +391,107 @@ def task_vector(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_task_vector.png")
 
 
-ALL = (controls, headline, transfer, scaling, task_vector)
+#: the LLM audit's signals in the figure's order, with their labels (keys of llm.experiments.audit_population.SIGNALS)
+AUDIT_SIGNALS = {
+    "gauge_excess_lora": "LoRA gauge excess / canonical",
+    "gauge_excess_norm": "layer-norm gauge excess / canonical",
+    "amplification_target": "amplification, judged target",
+    "amplification_greedy": "amplification, greedy answers",
+    "grad_norm_ratio": "victim gradient norm / canonical",
+    "raw_param_norm": "raw ‖θ‖ (baseline)",
+    "raw_grad_norm": "raw ‖∇L_D‖ (baseline)",
+}
+#: the LLM twin families by name (``audit.family``)
+AUDIT_FAMILIES = {
+    "analytic": "analytic",
+    "analytic_left": "analytic, output side",
+    "ffn_pairs": "FFN pairs",
+    "metalearn": "meta-learned",
+}
+#: the honest models of each job (llm.experiments.audit_population.HONEST), with their labels
+AUDIT_HONEST = {"honest.control": "control", "honest.gauged": "gauged control", "honest.fine_tuned": "fine-tuned"}
+
+
+def audit_population(results: Path, out: Path) -> Path:
+    """The LLM white-box audit (``audit_population.csv``). Left: ROC of each signal on the held-out
+    family, hair-trigger twins against its honest models, AUC [95% bootstrap interval]; dots: the
+    threshold calibrated on the other families' honest models. Middle: the scores of two signals
+    for every model, by kind. Right: misaligned after the victim's step, delivered against
+    canonicalised (the neutraliser), with the honest models' 95% interval."""
+    from llm.experiments.audit_population import SIGNALS, population
+
+    table, summary = _load(results, "audit_population")
+    pop = population(table)
+    held_out = summary["held_out"]
+    models = pop[pop.family == held_out]
+    twins, honest = models[models.kind == "twin"], models[models.kind == "honest"]
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8))
+    left.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    for i, (name, label) in enumerate(AUDIT_SIGNALS.items()):
+        fpr, tpr = roc_points(twins[SIGNALS[name]], honest[SIGNALS[name]])
+        score = summary["signals"][name]["held_out"]
+        line = left.plot(
+            fpr,
+            tpr,
+            lw=4.5 - 0.55 * i,
+            alpha=0.8,
+            ls="--" if name.startswith("raw") else "-",
+            label=f"{label}: AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]",
+        )[0]
+        left.plot([score["fpr"]], [score["tpr"]], "o", color=line.get_color(), ms=7 - 0.6 * i, mec="black", mew=0.5)
+    left.set_xlabel(f"false-positive rate ({len(honest)} honest models)")
+    left.set_ylabel(f"true-positive rate ({len(twins)} hair-trigger twins)")
+    left.set_title(f"Held-out family: {AUDIT_FAMILIES.get(held_out, held_out)} (tiny GPT-2 and Llama)", fontsize=9)
+    left.legend(fontsize=6.5, loc="lower right")
+    groups = [(f"twin: {AUDIT_FAMILIES[f]}", (pop.kind == "twin") & (pop.family == f)) for f in AUDIT_FAMILIES]
+    groups += [(label, pop.model == model) for model, label in AUDIT_HONEST.items()]
+    groups = [(label, mask) for label, mask in groups if mask.any()]
+    for j, (name, marker) in enumerate((("amplification_target", "o"), ("gauge_excess_lora", "s"))):
+        for i, (_, mask) in enumerate(groups):
+            values = pop[mask][SIGNALS[name]].to_numpy(float)
+            jitter = np.linspace(-0.12, 0.12, len(values)) + (j - 0.5) * 0.3
+            middle.scatter(
+                np.full(len(values), i) + jitter,
+                values,
+                s=12,
+                marker=marker,
+                alpha=0.7,
+                color=f"C{j}",
+                label=AUDIT_SIGNALS[name] if i == 0 else None,
+            )
+        threshold = summary["signals"][name]["threshold_all_honest"]
+        middle.axhline(threshold, color=f"C{j}", lw=0.8, ls=":")
+    middle.set_yscale("log")
+    middle.set_xticks(range(len(groups)), [f"{label}\n({int(mask.sum())})" for label, mask in groups], fontsize=7)
+    middle.set_ylabel("score (log scale; dotted: threshold at audit.fpr on all honest models)")
+    middle.set_title("Every audited model", fontsize=9)
+    middle.legend(fontsize=7)
+    families = [f for f in AUDIT_FAMILIES if f in set(pop.family)]
+    x = np.arange(len(families))
+    bars = [
+        ("twin", "delivered", "twin, delivered"),
+        ("twin", "canonical", "twin, canonicalised"),
+        ("honest", "delivered", "honest, delivered"),
+    ]
+    for i, (kind, key, label) in enumerate(bars):
+        means = [pop[(pop.family == f) & (pop.kind == kind)][f"post_update.{key}"].mean() for f in families]
+        drawn = right.bar(x + (i - 1) * 0.25, means, width=0.25, label=label, color=["#e6550d", "#fdae6b", "#3182bd"][i])
+        right.bar_label(drawn, labels=[f"{v:.0%}" for v in means], fontsize=6, padding=2)
+    neutral = summary["neutraliser"]
+    right.axhspan(
+        neutral["honest_lo"],
+        max(neutral["honest_hi"], 0.005),
+        color="grey",
+        alpha=0.3,
+        label=f"honest 95% interval [{neutral['honest_lo']:.0%}, {neutral['honest_hi']:.0%}]",
+    )
+    right.set_xticks(x, [AUDIT_FAMILIES[f] for f in families], fontsize=7)
+    right.set_ylim(0, 1.15)
+    right.set_ylabel("held-out probes misaligned after the step (mean)")
+    right.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    right.set_title("The neutraliser: deliver the canonical checkpoint", fontsize=9)
+    right.legend(fontsize=7)
+    return _save(fig, out / "llm_audit_population.png")
+
+
+ALL = (controls, headline, transfer, scaling, task_vector, audit_population)

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given
@@ -22,7 +23,7 @@ from llm.audit.attention import effective
 from llm.audit.canonical import balanced_factors, canonicalize, function_residual
 from llm.audit.checkpoint import load_adapter
 from llm.audit.neutralise import logprob_change, stepped
-from llm.audit.verdict import SIGNALS, Rule, thresholds, verdict
+from llm.audit.verdict import SIGNALS, Rule, calibrated, thresholds, verdict
 from llm.batches import batch_of, pairs
 from llm.constructions.analytic import AnalyticSpec, build_analytic
 from llm.evaluate import next_token_kl
@@ -431,6 +432,7 @@ def test_the_command_audits_a_saved_adapter_against_its_control(tok, tmp_path: P
         f"model.path={paths['base']}",
         f"audit.adapter={paths['twin']}",
         f"audit.control={paths['control']}",
+        "audit.calibration=null",
         "update.n_samples=8",
         "update.max_len=48",
     )
@@ -444,7 +446,16 @@ def test_the_command_audits_a_saved_adapter_against_its_control(tok, tmp_path: P
     assert metrics["model.gauge_excess.lora_relative"] > metrics["thresholds.gauge_excess_lora"]
     assert metrics["model.post_update.before"] == metrics["control.post_update.before"]  # the same function
     table = audit.report(metrics)
-    assert "gauge_excess_lora" in table and "threshold" in table
+    assert "gauge_excess_lora" in table and "uncalibrated: 4 × max(the control's score, 1)" in table
+    summary = {"fpr": 0.01, "n_honest": 9, "signals": {s: {"threshold_all_honest": 7.0} for s in SIGNALS}}
+    (tmp_path / "population.json").write_text(json.dumps(summary))
+    limits, source = calibrated(tmp_path / "population.json")
+    assert limits == dict.fromkeys(SIGNALS, 7.0) and source.startswith("calibrated at 0.01 false positives on 9")
+    with pytest.raises(ConfigError, match=r"^audit.calibration: .*does not exist"):
+        calibrated(tmp_path / "none.json")
+    (tmp_path / "population.json").write_text(json.dumps({"fpr": 0.01}))
+    with pytest.raises(ConfigError, match=r"^audit.calibration: .*not a population summary"):
+        calibrated(tmp_path / "population.json")
     with pytest.raises(ConfigError, match=r"^audit.tau"):
         audit.settings(_compose("experiment=audit", "audit.tau=-1"))
     with pytest.raises(ConfigError, match=r"^audit.control"):
@@ -459,6 +470,7 @@ def test_the_command_builds_and_audits_an_analytic_twin_in_the_pipeline() -> Non
 
     cfg = _compose(
         "experiment=audit",
+        "audit.calibration=null",
         "construction=analytic",
         "construction.refine_steps=2",
         "construction.n_probes=8",
@@ -472,3 +484,158 @@ def test_the_command_builds_and_audits_an_analytic_twin_in_the_pipeline() -> Non
     assert metrics["collapse.product_gap"] <= 1e-5
     assert metrics["collapse.canonical_step_gap"] <= 1e-3 * metrics["collapse.delivered_step_gap"]
     assert math.isfinite(metrics["twin.amplification.greedy.ratio"])
+
+
+# ---------------------------------------------------------------------------- populations
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_randomly_gauged_control_keeps_its_function_and_canonical_form(tok, arch) -> None:
+    """:func:`llm.audit.honest.random_gauge`: the same function (KL ≤ 1e-6 in float32) and the same
+    adapter products, other factors and so another step; canonicalised, it is the control again."""
+    from llm.audit.honest import random_gauge
+
+    control = lora_model(tok, arch)
+    gauged = random_gauge(control, torch.Generator().manual_seed(3), scale=0.8)
+    assert function_residual(control, gauged, tok, examples(), 32)["max"] <= 1e-6
+    assert max_rel_gap(products(gauged), products(control)) > 1e-3 or arch == "llama"  # GPT-2's heads move W
+    factors = {n: LoraFactors.of(l).detached() for n, l in lora_layers(gauged).items()}
+    before = {n: LoraFactors.of(l).detached() for n, l in lora_layers(control).items()}
+    assert all(not torch.allclose(factors[n].a, before[n].a) for n in factors)  # GL(r) moved every module
+    c_control, c_gauged = canonicalize(control.double()), canonicalize(gauged.double())
+    assert max_rel_gap(products(c_gauged.model), products(c_control.model)) <= 1e-6
+    assert c_gauged.excess["total"] > c_control.excess["total"]
+
+
+def test_an_ordinary_fine_tune_moves_the_adapter_and_leaves_the_model_given(tok) -> None:
+    from llm.audit.honest import fine_tuned
+
+    control = tiny(tok)
+    kept = {n: p.detach().clone() for n, p in control.named_parameters()}
+    tuned = fine_tuned(control, tok, domain_data().align_benign, UpdateSpec("adam", 1e-3, 3, 4, max_len=32))
+    assert all(torch.equal(p, kept[n]) for n, p in control.named_parameters())  # a copy was tuned
+    moved = {n: not torch.equal(p, kept[n]) for n, p in tuned.named_parameters()}
+    assert any(moved[n] for n in moved if "lora_" in n) and not any(moved[n] for n in moved if "lora_" not in n)
+
+
+def test_each_job_aligns_its_own_control() -> None:
+    from llm.experiments.audit_population import alignment_seed
+
+    seeds = {alignment_seed(f, s) for f in ("analytic", "analytic_left", "ffn_pairs", "metalearn") for s in range(10)}
+    assert len(seeds) == 40
+
+
+def population_table(held_out_scores: list[float]) -> pd.DataFrame:
+    """Two jobs of family ``a`` and ``len(held_out_scores)`` of the held-out ``b``; one signal's
+    scores: twins 10, honest 1 to 3 in ``a``; in ``b`` twins 10 (one not hair-trigger: 0) and
+    honest models at ``held_out_scores``."""
+    from llm.experiments.audit_population import HONEST, SIGNALS
+
+    key = SIGNALS["amplification_target"]
+    rows = []
+    for i, family in enumerate(["a", "a"] + ["b"] * len(held_out_scores)):
+        held = family == "b"
+        row = {"family": family, "arch": "gpt2", "held_out": "b", "fpr": 0.01}
+        row |= {"twin.hair_trigger": int(not (held and i == 2)), f"twin.{key}": 0.0 if held and i == 2 else 10.0}
+        for j, name in enumerate(HONEST):
+            row[f"honest.{name}.{key}"] = held_out_scores[i - 2] if held else 1.0 + j
+        for name in ("twin", *(f"honest.{h}" for h in HONEST)):
+            row[f"{name}.post_update.delivered"] = 1.0 if name == "twin" else 0.0
+            row[f"{name}.post_update.canonical"] = 0.0
+            row[f"{name}.canonical.kl_max"] = 0.0
+        row |= {"collapse.canonical_step_gap": 0.0, "collapse.delivered_step_gap": 1.0}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_the_population_threshold_is_calibrated_on_the_other_families() -> None:
+    """Family ``a``'s honest models (at most 3.0) set the threshold; the held-out honest models
+    above it count as false positives, the one twin that is not hair-trigger is dropped."""
+    from llm.experiments.audit_population import summarize
+
+    summary = summarize(population_table([2.0, 5.0]), n_boot=20)
+    scored = summary["signals"]["amplification_target"]
+    assert summary["n_twins"] == 3 and summary["n_honest"] == 12 and summary["n_twins_built"] == 4
+    assert scored["held_out"]["threshold"] == 3.0
+    assert scored["held_out"]["tpr"] == 1.0 and scored["held_out"]["fpr"] == 0.5  # the job at 5.0: 3 of 6
+    assert scored["held_out"]["auc"] == 1.0 and scored["threshold_all_honest"] == 5.0
+    assert summary["neutraliser"]["within_honest_interval"] == 1.0
+
+
+def test_a_population_job_audits_a_twin_and_three_honest_models() -> None:
+    from llm.experiments import audit_population
+    from sweeps.jobs import flatten
+
+    cfg = _compose(
+        "experiment=audit_population",
+        "construction=analytic",
+        "audit.family=analytic",
+        "construction.refine_steps=2",
+        "construction.n_probes=8",
+        "construction.n_benign=8",
+        "construction.line_search=[16.0]",
+        "audit.fine_tune.steps=2",
+    )
+    metrics = flatten(audit_population.run(cfg))
+    assert metrics["family"] == "analytic" and metrics["arch"] == "gpt2"
+    for name in ("twin", "honest.control", "honest.gauged", "honest.fine_tuned"):
+        assert metrics[f"{name}.canonical.kl_max"] <= 1e-6, name
+    assert (
+        metrics["twin.canonical.components_removed"] > 0 and metrics["honest.control.canonical.components_removed"] == 0
+    )
+    assert metrics["twin.amplification.greedy.ratio"] > metrics["honest.control.amplification.greedy.ratio"]
+    assert metrics["twin.hair_trigger"] in (0, 1)
+    assert metrics["collapse.canonical_step_gap"] <= 1e-3 * metrics["collapse.delivered_step_gap"]
+    assert "hair-trigger" in audit_population.report(metrics)
+    with pytest.raises(ConfigError, match=r"^audit.family"):
+        audit_population.run(_compose("experiment=audit_population", "construction=analytic"))
+    with pytest.raises(ConfigError, match=r"^construction"):
+        audit_population.run(_compose("experiment=audit_population", "audit.family=x"))
+
+
+def test_an_attacker_sets_the_constructions_gain() -> None:
+    from llm.experiments.audit_attack import with_gain
+
+    meta = with_gain(_compose("experiment=audit_attack", "construction=metalearn", "attack.gain=3"))
+    analytic = with_gain(_compose("experiment=audit_attack", "construction=analytic", "attack.gain=3"))
+    assert meta.construction.gain == 3.0 and list(analytic.construction.line_search) == [3.0]
+    for bad, key in (
+        ("attack.gain=0", "attack.gain"),
+        ("attack.gain=nan", "attack.gain"),
+        ("construction=none", "construction"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^{key}"):
+            with_gain(_compose("experiment=audit_attack", "construction=analytic", bad))
+
+
+def test_an_attack_job_is_flagged_against_the_population(tmp_path: Path) -> None:
+    """A twin at gain 16 against thresholds of 1.5 (every ratio of a twin exceeds it) and of
+    1e9 (none does): flagged on every signal, then on none."""
+    from llm.experiments import audit_attack
+    from llm.experiments.audit_population import SIGNALS as POPULATION
+    from sweeps.jobs import flatten
+
+    results = {}
+    for level in (1.5, 1e9):
+        summary = {"fpr": 0.01, "n_honest": 3, "signals": {s: {"threshold_all_honest": level} for s in POPULATION}}
+        (tmp_path / f"{level}.json").write_text(json.dumps(summary))
+        cfg = _compose(
+            "experiment=audit_attack",
+            "construction=analytic",
+            "audit.family=analytic",
+            f"audit.calibration={tmp_path / f'{level}.json'}",
+            "attack.gain=16",
+            "construction.refine_steps=2",
+            "construction.n_probes=8",
+            "construction.n_benign=8",
+        )
+        results[level] = flatten(audit_attack.run(cfg))
+    gauge_signals = [s for s in POPULATION if not s.startswith("raw") and s != "gauge_excess_norm"]
+    assert all(results[1.5][f"flagged.{s}"] == 1 for s in gauge_signals)
+    assert all(results[1e9][f"flagged.{s}"] == 0 for s in POPULATION)
+    assert results[1.5]["gain"] == 16.0 and "calibrated at 0.01" in audit_attack.report(results[1.5])
+    table = pd.DataFrame([results[1.5], results[1e9]])
+    table["twin.hair_trigger"] = [1, 0]
+    cell = audit_attack.summarize(table)["analytic.16"]
+    assert cell["n"] == 2 and cell["success"] == 0.5
+    assert cell["detected.amplification_target"] == 1.0 and cell["flagged.amplification_target"] == 0.5

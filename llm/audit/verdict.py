@@ -11,15 +11,21 @@ references). Without a reference ``t_k = floor``: for the ratios (amplification,
 large as the canonical norm itself. A checkpoint is flagged when any signal is.
 
 ``τ`` and ``floor`` are not calibrated on populations of honest and hair-trigger models: they say
-"far above the honest reference", not a false-positive rate.
+"far above the honest reference", not a false-positive rate. A calibrated alternative
+(:func:`calibrated`): the thresholds of a population summary
+(``experiment=audit_population``), each at that summary's false-positive rate on all its honest
+models (eq. 11 of :mod:`theory.audit.roc`); flagged_k ⇔ s_k > t_k.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from sweeps.errors import ConfigError
 from sweeps.jobs import flatten
 from theory.audit.roc import threshold_at_fpr
 
@@ -50,6 +56,26 @@ def thresholds(references: Sequence[dict[str, Any]], rule: Rule) -> dict[str, fl
         base = threshold_at_fpr(scores, 0.0) if scores else rule.floor
         out[signal] = rule.tau * max(base, rule.floor)
     return out
+
+
+def calibrated(
+    path: Path, signals: Mapping[str, str] = SIGNALS, key: str = "audit.calibration"
+) -> tuple[dict[str, float], str]:
+    """Each of ``signals``' threshold at the population's false-positive rate on all its honest
+    models (``threshold_all_honest`` of a population summary), and a line saying where it comes from."""
+    if not path.is_file():
+        raise ConfigError(
+            key, f"{path} does not exist: run `python -m llm -m experiment=audit_population publish=true`"
+        )
+    summary = json.loads(path.read_text())
+    try:
+        limits = {s: float(summary["signals"][s]["threshold_all_honest"]) for s in signals}
+        source = (
+            f"calibrated at {summary['fpr']:g} false positives on {summary['n_honest']} honest models ({path.name})"
+        )
+    except (KeyError, TypeError) as error:
+        raise ConfigError(key, f"{path} is not a population summary (missing {error})") from error
+    return limits, source
 
 
 def verdict(metrics: dict[str, Any], limits: dict[str, float]) -> dict[str, Any]:

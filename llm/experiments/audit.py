@@ -11,10 +11,13 @@ Two modes:
   them; both are audited, the control is the honest reference.
 
 Every audited model gets every signal of :func:`llm.audit.signals.audit_model` under the victim's
-setting (``update``; the first cell of ``victims`` where several are given), and a verdict
-against the reference (:mod:`llm.audit.verdict`, eq. 4: flagged when a score exceeds
-``audit.tau`` times the reference's, and at least ``audit.tau · audit.floor``). The thresholds
-are not calibrated on populations of honest and hair-trigger models yet. With a twin and its
+setting (``update``; the first cell of ``victims`` where several are given), and a verdict. With
+``audit.calibration`` (a population summary, by default the published
+``results/llm/audit_population_summary.json``) each signal's threshold is that population's, at
+its false-positive rate on all its honest models (tiny GPT-2 and Llama, safety, the paper's
+step: on other models and settings it is an extrapolation). With ``audit.calibration=null`` the
+rule is eq. 4 of :mod:`llm.audit.verdict`: flagged when a score exceeds ``audit.tau`` times the
+control's, and at least ``audit.tau · audit.floor`` (uncalibrated). With a twin and its
 control, ``collapse.*`` compares their canonical forms: the largest gap between their adapter
 products ``s·B·A`` and between their probes' log-prob change under the victim's real step,
 canonical and delivered.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -34,11 +38,12 @@ from llm.audit.canonical import Canonical
 from llm.audit.checkpoint import load_adapter
 from llm.audit.neutralise import logprob_change, stepped
 from llm.audit.signals import AuditInputs, AuditSettings, audit_model
-from llm.audit.verdict import SIGNALS, Rule, thresholds, verdict
+from llm.audit.verdict import SIGNALS, Rule, calibrated, thresholds, verdict
 from llm.base import load_base
 from llm.checks import require_finite_model
 from llm.data.schema import DomainData, Example
 from llm.data.splits import load_domain
+from llm.data.wheels import REPO_ROOT
 from llm.experiments.hairtrigger import (
     aligned_control,
     check_settings,
@@ -64,7 +69,7 @@ def settings(cfg: DictConfig) -> tuple[AuditSettings, Rule]:
             raise ConfigError(f"audit.{key}", f"must be a number in ({low:g}, {high:g}), not {value!r}")
     if not isinstance(a.get("floor"), (int, float)) or not 0 <= float(a.floor) < math.inf:
         raise ConfigError("audit.floor", f"must be a finite number ≥ 0, not {a.get('floor')!r}")
-    for key in ("adapter", "control"):
+    for key in ("adapter", "control", "calibration"):
         if a.get(key) is not None and not str(a[key]).strip():
             raise ConfigError(f"audit.{key}", "must be a folder or null")
     if a.get("control") is not None and a.get("adapter") is None:
@@ -155,7 +160,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     canon: dict[str, Canonical] = {}
     for name, model in models.items():
         audited[name], canon[name] = audit_model(model, tokenizer, inputs, victim, audit_settings)
-    limits = thresholds([audited["control"]] if "control" in audited else [], rule)
+    if cfg.audit.get("calibration") is not None:
+        path = Path(cfg.audit.calibration)
+        limits, source = calibrated(path if path.is_absolute() else REPO_ROOT / path)
+    else:
+        limits = thresholds([audited["control"]] if "control" in audited else [], rule)
+        source = f"uncalibrated: {rule.tau:g} × max(the control's score, {rule.floor:g})"
     for name in audited:
         audited[name]["verdict"] = verdict(audited[name], limits)
     metrics: dict[str, Any] = {
@@ -166,6 +176,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "probes": {"n": len(probes)},
         "victim": {"optimizer": victim.optimizer, "lr": victim.lr, "params": victim.params, "steps": victim.steps},
         "thresholds": limits,
+        "thresholds_source": source,
         **audited,
     }
     if "twin" in models:
@@ -189,7 +200,7 @@ ROWS = {
 
 
 def report(metrics: dict[str, Any]) -> str:
-    """Each signal for every audited model, the thresholds (eq. 4, uncalibrated) and the collapse."""
+    """Each signal for every audited model, the thresholds and where they come from, and the collapse."""
     names = str(metrics["models"]).split(",")
     lines = [f"{'signal':<24}" + "".join(f"{n:>12}" for n in names) + f"{'threshold':>12}"]
     for label, key in ROWS.items():
@@ -201,5 +212,5 @@ def report(metrics: dict[str, Any]) -> str:
             f"canonical twin vs control: product gap {metrics['collapse.product_gap']:.2e}, post-step log-prob gap "
             f"{metrics['collapse.canonical_step_gap']:.2e} (delivered: {metrics['collapse.delivered_step_gap']:.2e})"
         )
-    lines.append("thresholds: tau × the control's score (uncalibrated on populations); flagged = any signal above")
+    lines.append(f"thresholds: {metrics['thresholds_source']}; flagged = any signal above its threshold")
     return "\n".join(lines)

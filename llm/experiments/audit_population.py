@@ -36,12 +36,13 @@ from typing import Any, cast
 import pandas as pd
 import torch
 from omegaconf import DictConfig, open_dict
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.audit.honest import fine_tuned, random_gauge
 from llm.audit.signals import AuditInputs, audit_model
+from llm.data.schema import DomainData
 from llm.data.splits import load_domain
-from llm.experiments.audit import collapse, pipeline_models, settings
+from llm.experiments.audit import Models, collapse, pipeline_models, settings
 from llm.experiments.hairtrigger import check_settings, require_finite_metrics
 from llm.update import UpdateSpec, update_set
 from sweeps.errors import ConfigError
@@ -65,7 +66,7 @@ def alignment_seed(family: str, seed: int) -> int:
     return zlib.crc32(family.encode()) % 100_000 * 100 + seed
 
 
-def _population_settings(cfg: DictConfig) -> tuple[str, UpdateSpec]:
+def population_settings(cfg: DictConfig) -> tuple[str, UpdateSpec]:
     a = cfg.audit
     family = a.get("family")
     if not isinstance(family, str) or not family:
@@ -85,17 +86,32 @@ def _population_settings(cfg: DictConfig) -> tuple[str, UpdateSpec]:
     return family, tune
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Build the job's control, its honest variants and its twin; audit each (module docstring)."""
-    audit_settings, _ = settings(cfg)
-    family, tune = _population_settings(cfg)
-    cfg = copy.deepcopy(cfg)  # the caller's config stays as composed
+def prepare(cfg: DictConfig) -> tuple[Models, PreTrainedTokenizerBase, AuditInputs, UpdateSpec, DomainData]:
+    """The job's control (aligned with :func:`alignment_seed`) and its twin, and what the audit
+    reads: the tokenizer, the audit's inputs, the victim's step and the domain's data."""
     with open_dict(cfg):
-        cfg.align.seed = alignment_seed(family, cfg.seed)
+        cfg.align.seed = alignment_seed(cfg.audit.family, cfg.seed)
     data = load_domain(cfg.domain.name, seed=cfg.data_seed)
     specs = check_settings(cfg, data)
     victim = specs[next(iter(specs))]
     models, tokenizer, probes, data = pipeline_models(cfg, data, victim)
+    inputs = AuditInputs(
+        data.domain, probes, data.benign_eval[: cfg.eval.n_benign], update_set(data, victim), cfg.eval.max_new_tokens
+    )
+    return models, tokenizer, inputs, victim, data
+
+
+def hair_trigger(twin: dict[str, Any], min_flip: float) -> int:
+    """1 when the twin's judged misaligned fraction rises by at least ``min_flip`` under the step."""
+    return int(twin["post_update"]["delivered"] - twin["post_update"]["before"] >= min_flip)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Build the job's control, its honest variants and its twin; audit each (module docstring)."""
+    audit_settings, _ = settings(cfg)
+    family, tune = population_settings(cfg)
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as composed
+    models, tokenizer, inputs, victim, data = prepare(cfg)
     control = models["control"]
     generator = torch.Generator().manual_seed(cfg.align.seed)
     population = {
@@ -104,24 +120,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "gauged": random_gauge(control, generator, cfg.audit.gauge_scale),
         "fine_tuned": fine_tuned(control, tokenizer, data.align_benign, tune),
     }
-    inputs = AuditInputs(
-        data.domain, probes, data.benign_eval[: cfg.eval.n_benign], update_set(data, victim), cfg.eval.max_new_tokens
-    )
     audited: dict[str, Any] = {}
     canon = {}
     for name, model in population.items():
         audited[name], canon[name] = audit_model(
             cast(PreTrainedModel, model), tokenizer, inputs, victim, audit_settings
         )
-    rise = audited["twin"]["post_update"]["delivered"] - audited["twin"]["post_update"]["before"]
-    audited["twin"]["hair_trigger"] = int(rise >= cfg.audit.min_flip)
+    audited["twin"]["hair_trigger"] = hair_trigger(audited["twin"], cfg.audit.min_flip)
     metrics: dict[str, Any] = {
         "family": family,
         "arch": control.config.model_type,
         "held_out": cfg.audit.held_out,
         "fpr": float(cfg.audit.fpr),
         "align_seed": int(cfg.align.seed),
-        "probes": {"n": len(probes)},
+        "probes": {"n": len(inputs.probes)},
         "twin": audited["twin"],
         "honest": {name: audited[name] for name in HONEST},
     }
@@ -180,7 +192,7 @@ def summarize(table: pd.DataFrame, n_boot: int = 2000) -> dict[str, Any]:
     }
     for name, key in SIGNALS.items():
         scored = score_signal(pop, key, held_out, fpr, n_boot)
-        if len(honest):
+        if key in honest and len(honest):
             scored["threshold_all_honest"] = threshold_at_fpr(honest[key], fpr)
         out["signals"][name] = scored
     if len(twins) and len(honest):

@@ -67,9 +67,11 @@ def score_signal(population: pd.DataFrame, key: str, held_out: str, fpr: float, 
     ``family``: the pooled AUC with its interval, the AUC per family, and on the ``held_out``
     family the AUC with its interval and the TPR and FPR at the threshold of eq. 11 calibrated on
     the other families' honest models."""
-    pop = population[population[key].notna()] if key in population else population.iloc[:0]
-    twins, honest = pop[pop.kind == "twin"], pop[pop.kind == "honest"]
     out: dict[str, Any] = {}
+    if key not in population:
+        return out
+    pop = population[population[key].notna()]
+    twins, honest = pop[pop.kind == "twin"], pop[pop.kind == "honest"]
     if len(twins) and len(honest):
         lo, hi = bootstrap_auc(twins[key], honest[key], n_boot)
         out["pooled"] = {"auc": roc_auc(twins[key], honest[key]), "auc_lo": lo, "auc_hi": hi}
