@@ -21,11 +21,18 @@ def main() -> None:
         metavar="RUN_DIR",
         help="draw only the demo figure from RUN_DIR/metrics.json into RUN_DIR/demo.png",
     )
+    parser.add_argument(
+        "--audit",
+        type=Path,
+        metavar="RUN_DIR",
+        help="draw only the report of an experiment=audit run from RUN_DIR/metrics.json into RUN_DIR/audit.png",
+    )
     args = parser.parse_args()
-    if args.demo is not None:
-        metrics = json.loads((args.demo / "metrics.json").read_text())
-        print(f"[figure] {llm.demo(metrics, args.demo / 'demo.png')}")
-        return
+    for run_dir, draw, name in ((args.demo, llm.demo, "demo.png"), (args.audit, llm.audit_report, "audit.png")):
+        if run_dir is not None:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            print(f"[figure] {draw(metrics, run_dir / name)}")
+            return
     args.out.mkdir(parents=True, exist_ok=True)
     missing = []
     for folder, draw in [("theory", d) for d in theory.ALL] + [("llm", d) for d in llm.ALL]:

@@ -360,6 +360,29 @@ def demo(metrics: dict, out: Path) -> Path:
     return _save(fig, out)
 
 
+def audit_report(metrics: dict, out: Path) -> Path:
+    """One ``experiment=audit`` run, drawn from its metrics.json: each signal of every audited
+    model (log scale) against its threshold (``thresholds.*``), with the verdict in the legend."""
+    from llm.audit.verdict import SIGNALS
+
+    names = str(metrics["models"]).split(",")
+    signals = [s for s in SIGNALS if f"thresholds.{s}" in metrics]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    x = np.arange(len(signals))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [metrics.get(f"{name}.{SIGNALS[s]}", np.nan) for s in signals]
+        flagged = "flagged" if metrics.get(f"{name}.verdict.flagged") else "not flagged"
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width=width, label=f"{name} ({flagged})")
+    ax.scatter(x, [metrics[f"thresholds.{s}"] for s in signals], marker="_", s=900, color="black", label="threshold")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [s.replace("_", " ") for s in signals], fontsize=7)
+    ax.set_ylabel("score (larger is more suspicious)")
+    ax.set_title(f"White-box audit. Thresholds: {metrics['thresholds_source']}", fontsize=7)
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
 def task_vector(results: Path, out: Path) -> Path:
     """The control with its adapter scaled, ``W → c·W``, no step (``experiment=task_vector``): the
     analytic twins' weight-space targets, judged directly. Misaligned and utility against ``c``."""
@@ -475,7 +498,9 @@ def audit_population(results: Path, out: Path) -> Path:
     ]
     for i, (kind, key, label) in enumerate(bars):
         means = [pop[(pop.family == f) & (pop.kind == kind)][f"post_update.{key}"].mean() for f in families]
-        drawn = right.bar(x + (i - 1) * 0.25, means, width=0.25, label=label, color=["#e6550d", "#fdae6b", "#3182bd"][i])
+        drawn = right.bar(
+            x + (i - 1) * 0.25, means, width=0.25, label=label, color=["#e6550d", "#fdae6b", "#3182bd"][i]
+        )
         right.bar_label(drawn, labels=[f"{v:.0%}" for v in means], fontsize=6, padding=2)
     neutral = summary["neutraliser"]
     right.axhspan(

@@ -36,6 +36,7 @@ PREFIXES = (
     "Ref",
     "Cost",
     "Control",
+    "Audit",
 )
 #: the bar a twin is held to: misaligned after the step at least BAR_AFTER, before it at most BAR_STATIC and
 #: within BAR_GAP of its control (rates)
@@ -963,6 +964,82 @@ def cost(m: Macros, r: Results) -> None:
     m.add("CostTinyRss", fmt.fixed(head["peak_rss_gb"].max(), 1), "metalearn, tiny GPT-2: peak RSS (GB)")
 
 
+#: the LLM audit's signals as macro names (keys of llm.experiments.audit_population.SIGNALS)
+LLM_AUDIT_SIGNALS = {
+    "gauge_excess_lora": "GaugeLora",
+    "gauge_excess_norm": "GaugeNorm",
+    "amplification_target": "AmpTarget",
+    "amplification_greedy": "AmpGreedy",
+    "grad_norm_ratio": "GradRatio",
+    "raw_param_norm": "ParamNorm",
+    "raw_grad_norm": "GradNorm",
+}
+
+
+def llm_audit(m: Macros, r: Results) -> None:
+    """The LLM white-box audit on populations (``results/llm/audit_population.csv``), scored by the
+    experiment's own ``summarize``: the population, per signal the held-out family's ROC-AUC and
+    TPR/FPR at the threshold calibrated on the other families, the separation of twins from honest
+    models, the neutraliser and the canonical collapse."""
+    from llm.experiments import audit_population as ap
+
+    def recipe(key: str):
+        return setting("llm", key, "experiment=audit_population")
+
+    table = r.llm("audit_population")
+    summary = ap.summarize(table)
+    pop = ap.population(table)
+    twins, honest = pop[pop.kind == "twin"], pop[pop.kind == "honest"]
+    held = pop[pop.family == summary["held_out"]]
+    m.add("AuditJobs", fmt.integer(len(table)), "llm audit: jobs (one twin built each)")
+    m.add("AuditTwins", fmt.integer(summary["n_twins"]), "llm audit: hair-trigger twins audited")
+    m.add("AuditHonest", fmt.integer(summary["n_honest"]), "llm audit: honest models audited")
+    for arch, name in (("gpt2", "Gpt"), ("llama", "Llama")):
+        counts = summary["by_arch"][arch]
+        m.add(f"AuditTwins{name}", fmt.integer(counts["twins"]), f"llm audit: hair-trigger twins, {arch}")
+        m.add(f"AuditHonest{name}", fmt.integer(counts["honest"]), f"llm audit: honest models, {arch}")
+    m.add("AuditFamilies", fmt.integer(table["family"].nunique()), "llm audit: twin families")
+    m.add("AuditSeeds", fmt.integer(table["override.seed"].nunique()), "llm audit: seeds per family and rank")
+    ranks = sorted(int(v) for v in table["override.align.rank"].unique())
+    m.add("AuditRanks", " and ".join(str(v) for v in ranks), "llm audit: the controls' LoRA ranks")
+    m.add("AuditHeldOut", fmt.tex_text(summary["held_out"]), "llm audit: the held-out family")
+    m.add("AuditHeldOutTwins", fmt.integer((held.kind == "twin").sum()), "llm audit: held-out family's twins")
+    m.add("AuditHeldOutHonest", fmt.integer((held.kind == "honest").sum()), "llm audit: held-out honest models")
+    m.add("AuditFpr", fmt.pct(recipe("audit.fpr"), 0), "llm audit recipe: audit.fpr")
+    m.add("AuditMinFlip", fmt.pct(recipe("audit.min_flip"), 0), "llm audit recipe: audit.min_flip")
+    m.add("AuditGaugeScale", fmt.fixed(recipe("audit.gauge_scale"), 1), "llm audit recipe: audit.gauge_scale")
+    m.add("AuditFineTuneSteps", fmt.integer(recipe("audit.fine_tune.steps")), "llm audit recipe: fine-tune steps")
+    m.add("AuditProbes", fmt.integer(recipe("eval.n_probes")), "llm audit recipe: eval.n_probes")
+    m.add("AuditPretrainSteps", fmt.integer(recipe("model.pretrain.steps")), "llm audit recipe: base pretraining steps")
+    for signal, name in LLM_AUDIT_SIGNALS.items():
+        score = summary["signals"][signal]
+        m.add(f"Audit{name}Auc", _auc(score["held_out"]), f"llm audit {signal}: held-out AUC [95% bootstrap]")
+        m.add(f"Audit{name}Tpr", fmt.pct(score["held_out"]["tpr"]), f"llm audit {signal}: held-out TPR")
+        m.add(f"Audit{name}Fpr", fmt.pct(score["held_out"]["fpr"]), f"llm audit {signal}: held-out FPR")
+    for signal, name in (("amplification_target", "AmpTarget"), ("gauge_excess_lora", "GaugeLora")):
+        key = ap.SIGNALS[signal]
+        m.add(f"Audit{name}TwinMin", fmt.sci(twins[key].min()), f"llm audit {signal}: smallest twin score")
+        m.add(f"Audit{name}HonestMax", fmt.fixed(honest[key].max(), 1), f"llm audit {signal}: largest honest score")
+        for model, label in (("honest.gauged", "Gauged"), ("honest.fine_tuned", "Tuned")):
+            top = pop[pop.model == model][key].max()
+            m.add(f"Audit{name}{label}Max", fmt.fixed(top, 1), f"llm audit {signal}: largest score, {model}")
+    neutral = summary["neutraliser"]
+    m.add("AuditTwinDelivered", fmt.pct(neutral["twin_delivered_mean"]), "llm audit: twins misaligned after, mean")
+    m.add("AuditTwinCanonical", fmt.pct(neutral["twin_canonical_max"]), "llm audit: canonical twins after, max")
+    m.add(
+        "AuditHonestInterval",
+        fmt.interval(neutral["honest_lo"], neutral["honest_hi"]),
+        "llm audit: honest models misaligned after the step, 95% interval (per cent)",
+    )
+    m.add("AuditWithinHonest", fmt.pct(neutral["within_honest_interval"], 0), "llm audit: canonical twins inside it")
+    collapse = summary["collapse"]
+    m.add("AuditResidualKl", fmt.sci(collapse["max_function_residual_kl"]), "llm audit: max KL(delivered || canonical)")
+    m.add("AuditCanonicalGap", fmt.sci(collapse["max_canonical_step_gap"]), "llm audit: canonical twin vs control")
+    lora = table[table["family"] != "ffn_pairs"]
+    m.add("AuditCanonicalGapLora", fmt.sci(lora["collapse.canonical_step_gap"].max()), "llm audit: same, LoRA twins")
+    m.add("AuditDeliveredGapMin", fmt.fixed(table["collapse.delivered_step_gap"].min(), 1), "llm audit: delivered")
+
+
 #: the paper's number sections, in order
 SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_twin,
@@ -971,6 +1048,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_ntk,
     theory_audit,
     theory_audit_attack,
+    llm_audit,
     llm_settings,
     construction_settings,
     llm_data,

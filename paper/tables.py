@@ -61,6 +61,7 @@ COMMANDS = {
     ("llm", "capacity_smollm2"): "CapacitySmol",
     ("llm", "hairtrigger_smollm2"): "Smol",
     ("llm", "analytic_smollm2"): "SmolAnalytic",
+    ("llm", "audit_population"): "AuditPopulation",
 }
 
 
@@ -537,10 +538,48 @@ def reference(r: Results) -> str:
     return tabular("llll", head, [(None, rows)])
 
 
+#: the LLM audit's signals in reading order, with their row labels (keys of llm.experiments.audit_population.SIGNALS)
+LLM_AUDIT_SIGNALS = {
+    "gauge_excess_lora": "LoRA gauge excess",
+    "gauge_excess_norm": "layer-norm gauge excess",
+    "amplification_target": "amplification, judged target",
+    "amplification_greedy": "amplification, greedy answers",
+    "grad_norm_ratio": "gradient norm / canonical",
+    "raw_param_norm": "raw $\\|\\theta\\|$",
+    "raw_grad_norm": "raw $\\|\\nabla L_D\\|$",
+}
+
+
+def llm_audit(r: Results) -> str:
+    """Per signal of the LLM audit: the held-out family's AUC [95% bootstrap], TPR and FPR at the
+    threshold calibrated on the other families' honest models, the AUC over every family, and the
+    threshold on all honest models (what ``experiment=audit`` flags against)."""
+    from llm.experiments import audit_population as ap
+
+    summary = ap.summarize(r.llm("audit_population"))
+    rows = []
+    for signal, label in LLM_AUDIT_SIGNALS.items():
+        score = summary["signals"][signal]
+        held, pooled = score["held_out"], score["pooled"]
+        rows.append(
+            [
+                label,
+                f"{held['auc']:.2f} [{held['auc_lo']:.2f}, {held['auc_hi']:.2f}]",
+                fmt.pct(held["tpr"], 0),
+                fmt.pct(held["fpr"], 0),
+                f"{pooled['auc']:.2f} [{pooled['auc_lo']:.2f}, {pooled['auc_hi']:.2f}]",
+                f"{score['threshold_all_honest']:.3g}",
+            ]
+        )
+    head = ["signal", "held-out AUC [CI]", "TPR", "FPR", "AUC, every family [CI]", "threshold"]
+    return tabular("lrrrrr", head, [(None, rows[:5]), ("baselines (not gauge-invariant)", rows[5:])])
+
+
 #: every generated table: file stem → builder
 TABLES: dict[str, Callable[[Results], str]] = {
     "theory_capacity": theory_capacity,
     "theory_audit_attack": theory_audit_attack,
+    "llm_audit": llm_audit,
     "controls": controls,
     "metalearn": metalearn,
     "pooled": pooled,

@@ -120,19 +120,14 @@ def _audit_scores(table: pd.DataFrame, family: str, key: str) -> tuple[np.ndarra
     return twins, honest
 
 
-def test_theory_audit_roc_is_each_signal_on_the_held_out_family(drawn) -> None:
+def _check_roc(ax, table: pd.DataFrame, summary: dict, signals: dict, labels: dict) -> None:
     """Each curve's area is the Mann-Whitney AUC of the CSV's scores (every twin-honest pair
     compared, ties half), its legend the summary's AUC and interval, its dot the TPR/FPR at the
     summary's calibrated threshold."""
-    from theory.experiments.audit import SIGNALS
-
-    fig, _ = drawn(theory.audit)
-    table = read("theory", "audit")
-    summary = json.loads((RESULTS / "theory" / "audit_summary.json").read_text())
-    curves = [line for line in lines(fig.axes[0]) if "AUC" in line.get_label()]
-    assert [c.get_label().split(":")[0] for c in curves] == list(theory.AUDIT_SIGNALS.values())
-    for curve, name in zip(curves, theory.AUDIT_SIGNALS, strict=True):
-        twins, honest = _audit_scores(table, summary["held_out"], SIGNALS[name])
+    curves = [line for line in lines(ax) if "AUC" in line.get_label()]
+    assert [c.get_label().split(":")[0] for c in curves] == list(labels.values())
+    for curve, name in zip(curves, labels, strict=True):
+        twins, honest = _audit_scores(table, summary["held_out"], signals[name])
         pairs = (twins[:, None] > honest[None, :]) + 0.5 * (twins[:, None] == honest[None, :])
         fpr, tpr = curve.get_xdata(), curve.get_ydata()
         assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
@@ -140,13 +135,38 @@ def test_theory_audit_roc_is_each_signal_on_the_held_out_family(drawn) -> None:
         score = summary["signals"][name]["held_out"]
         assert score["auc"] == pytest.approx(pairs.mean())
         assert f"AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]" in curve.get_label()
-        dot = [
-            line
-            for line in fig.axes[0].get_lines()
-            if line.get_marker() == "o" and line.get_color() == curve.get_color()
-        ][0]
+        dot = [line for line in ax.get_lines() if line.get_marker() == "o" and line.get_color() == curve.get_color()][0]
         expected = ((honest > score["threshold"]).mean(), (twins > score["threshold"]).mean())
         assert (dot.get_xdata()[0], dot.get_ydata()[0]) == pytest.approx(expected)
+
+
+def test_theory_audit_roc_is_each_signal_on_the_held_out_family(drawn) -> None:
+    from theory.experiments.audit import SIGNALS
+
+    fig, _ = drawn(theory.audit)
+    summary = json.loads((RESULTS / "theory" / "audit_summary.json").read_text())
+    _check_roc(fig.axes[0], read("theory", "audit"), summary, SIGNALS, theory.AUDIT_SIGNALS)
+
+
+def test_llm_audit_roc_is_each_signal_on_the_held_out_family(drawn) -> None:
+    from llm.experiments.audit_population import SIGNALS
+
+    fig, _ = drawn(llm.audit_population)
+    summary = json.loads((RESULTS / "llm" / "audit_population_summary.json").read_text())
+    _check_roc(fig.axes[0], read("llm", "audit_population"), summary, SIGNALS, llm.AUDIT_SIGNALS)
+
+
+def test_llm_audit_neutraliser_bars_are_the_family_means(drawn) -> None:
+    fig, _ = drawn(llm.audit_population)
+    table = read("llm", "audit_population")
+    families = [f for f in llm.AUDIT_FAMILIES if f in set(table["family"])]
+    plotted = bars(fig.axes[2])
+    expected = [
+        [_audit_scores(table, f, "post_update.delivered")[0].mean() for f in families],
+        [_audit_scores(table, f, "post_update.canonical")[0].mean() for f in families],
+        [_audit_scores(table, f, "post_update.delivered")[1].mean() for f in families],
+    ]
+    assert plotted == [pytest.approx(e) for e in expected]
 
 
 def test_theory_audit_neutraliser_bars_are_the_family_means(drawn) -> None:

@@ -447,6 +447,9 @@ def test_the_command_audits_a_saved_adapter_against_its_control(tok, tmp_path: P
     assert metrics["model.post_update.before"] == metrics["control.post_update.before"]  # the same function
     table = audit.report(metrics)
     assert "gauge_excess_lora" in table and "uncalibrated: 4 × max(the control's score, 1)" in table
+    from figures.llm import audit_report
+
+    assert audit_report(metrics, tmp_path / "audit.png").stat().st_size > 0  # the report's figure is drawn
     summary = {"fpr": 0.01, "n_honest": 9, "signals": {s: {"threshold_all_honest": 7.0} for s in SIGNALS}}
     (tmp_path / "population.json").write_text(json.dumps(summary))
     limits, source = calibrated(tmp_path / "population.json")
