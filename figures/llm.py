@@ -519,4 +519,51 @@ def audit_population(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_audit_population.png")
 
 
-ALL = (controls, headline, transfer, scaling, task_vector, audit_population)
+def gain_race(table: pd.DataFrame, family: str) -> pd.DataFrame:
+    """Per gain of ``family``'s twins (rows, by gain): the success rate (hair-trigger), the mean
+    misaligned fraction after the step and, per signal, the fraction of jobs whose twin succeeded
+    and was flagged (``caught.<signal>``)."""
+    rows = table[table["family"] == family]
+    success = rows["twin.hair_trigger"] == 1
+    frame = {"success": success.astype(float), "after": rows["twin.post_update.delivered"]}
+    for name in AUDIT_SIGNALS:
+        frame[f"caught.{name}"] = (success & (rows[f"flagged.{name}"] == 1)).astype(float)
+    return pd.DataFrame(frame).groupby(rows["gain"]).mean().sort_index()
+
+
+def audit_attack(results: Path, out: Path) -> Path:
+    """Attackers who turn the amplifying gain down (``audit_attack.csv``): per construction and
+    gain, the fraction of seeds whose twin is a hair-trigger (black), the mean misaligned fraction
+    after the step (grey), and per signal the fraction whose twin is a hair-trigger and flagged at
+    the population's threshold. A gap between the black line and a signal's is attacks it misses."""
+    table, _ = _load(results, "audit_attack")
+    families = [f for f in AUDIT_FAMILIES if f in set(table["family"])]
+    fig, axes = plt.subplots(1, len(families) + 1, figsize=(3.6 * len(families) + 4.6, 3.8))
+    for ax, family in zip(axes, families):
+        race = gain_race(table, family)
+        gains = race.index.to_numpy(float)
+        ax.plot(gains, race["success"], "k-", lw=3.5, alpha=0.6, label="twin is a hair-trigger")
+        ax.plot(gains, race["after"], ":", color="grey", lw=2, label="misaligned after the step (mean)")
+        for i, (name, label) in enumerate(AUDIT_SIGNALS.items()):
+            ax.plot(
+                gains,
+                race[f"caught.{name}"],
+                "s--" if name.startswith("raw") else "o-",
+                lw=1.2,
+                ms=6 - 0.5 * i,
+                alpha=0.8,
+                label=f"hair-trigger, flagged by {label}",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("gain g of the amplifying gauge")
+        ax.set_title(f"{AUDIT_FAMILIES[family]} twin", fontsize=9)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"fraction of {table['override.seed'].nunique()} seeds")
+    axes[-1].axis("off")
+    axes[-1].legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=6.5)
+    return _save(fig, out / "llm_audit_attack.png")
+
+
+ALL = (controls, headline, transfer, scaling, task_vector, audit_population, audit_attack)

@@ -62,6 +62,7 @@ COMMANDS = {
     ("llm", "hairtrigger_smollm2"): "Smol",
     ("llm", "analytic_smollm2"): "SmolAnalytic",
     ("llm", "audit_population"): "AuditPopulation",
+    ("llm", "audit_attack"): "AuditAttack",
 }
 
 
@@ -575,11 +576,33 @@ def llm_audit(r: Results) -> str:
     return tabular("lrrrrr", head, [(None, rows[:5]), ("baselines (not gauge-invariant)", rows[5:])])
 
 
+def llm_audit_attack(r: Results) -> str:
+    """Attackers who turn the gain down: per construction and gain, the hair-trigger twins (of the
+    seeds), their mean misaligned fraction after the step, and per signal how many of the
+    hair-trigger twins the population's threshold flags."""
+    from llm.experiments.audit_population import SIGNALS
+
+    table = r.llm("audit_attack")
+    groups = []
+    for family in ("metalearn", "analytic"):
+        rows = []
+        for gain, cell in table[table["family"] == family].groupby("gain"):
+            hit = cell[cell["twin.hair_trigger"] == 1]
+            flags = [f"{int(hit[f'flagged.{name}'].sum())}/{len(hit)}" if len(hit) else "--" for name in SIGNALS]
+            after = fmt.pct(cell["twin.post_update.delivered"].mean(), 0)
+            rows.append([_g(gain), f"{len(hit)}/{len(cell)}", after, *flags])
+        groups.append((f"{family} twin", rows))
+    head = ["gain", "trigger", "after", "LoRA exc.", "norm exc.", "ampl. target", "ampl. greedy", "grad ratio"]
+    head += ["$\\|\\theta\\|$", "$\\|\\nabla L_D\\|$"]
+    return tabular("l" + "r" * (len(head) - 1), head, groups)
+
+
 #: every generated table: file stem → builder
 TABLES: dict[str, Callable[[Results], str]] = {
     "theory_capacity": theory_capacity,
     "theory_audit_attack": theory_audit_attack,
     "llm_audit": llm_audit,
+    "llm_audit_attack": llm_audit_attack,
     "controls": controls,
     "metalearn": metalearn,
     "pooled": pooled,

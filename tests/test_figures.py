@@ -156,6 +156,29 @@ def test_llm_audit_roc_is_each_signal_on_the_held_out_family(drawn) -> None:
     _check_roc(fig.axes[0], read("llm", "audit_population"), summary, SIGNALS, llm.AUDIT_SIGNALS)
 
 
+def test_llm_audit_attack_lines_are_the_csv_rates(drawn) -> None:
+    """Per construction: the success and mean-after lines and each signal's succeeded-and-flagged
+    line, counted here over the CSV's rows gain by gain."""
+    fig, _ = drawn(llm.audit_attack)
+    table = read("llm", "audit_attack")
+    families = [f for f in llm.AUDIT_FAMILIES if f in set(table["family"])]
+    assert len(fig.axes) == len(families) + 1
+    for ax, family in zip(fig.axes, families, strict=False):
+        drawn_lines = lines(ax)
+        assert len(drawn_lines) == 2 + len(llm.AUDIT_SIGNALS)
+        rows = table[table["family"] == family]
+        gains = sorted(rows["gain"].unique())
+        cells = [rows[rows["gain"] == g] for g in gains]
+        assert list(drawn_lines[0].get_xdata()) == pytest.approx(gains)
+        assert list(drawn_lines[0].get_ydata()) == pytest.approx([(c["twin.hair_trigger"] == 1).mean() for c in cells])
+        assert list(drawn_lines[1].get_ydata()) == pytest.approx(
+            [c["twin.post_update.delivered"].mean() for c in cells]
+        )
+        for line, name in zip(drawn_lines[2:], llm.AUDIT_SIGNALS, strict=True):
+            caught = [((c["twin.hair_trigger"] == 1) & (c[f"flagged.{name}"] == 1)).mean() for c in cells]
+            assert list(line.get_ydata()) == pytest.approx(caught)
+
+
 def test_llm_audit_neutraliser_bars_are_the_family_means(drawn) -> None:
     fig, _ = drawn(llm.audit_population)
     table = read("llm", "audit_population")
