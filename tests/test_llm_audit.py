@@ -642,3 +642,26 @@ def test_an_attack_job_is_flagged_against_the_population(tmp_path: Path) -> None
     cell = audit_attack.summarize(table)["analytic.16"]
     assert cell["n"] == 2 and cell["success"] == 0.5
     assert cell["detected.amplification_target"] == 1.0 and cell["flagged.amplification_target"] == 0.5
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_large_one_sided_components_do_not_hide_live_ones(tok, arch) -> None:
+    """Hidden components with a large ``b_i`` and ``a_i = 0`` (and the reverse) add nothing to
+    ``s·B·A``; however large, they are dropped and every live component is kept (the function)."""
+    from llm.audit.canonical import _write_factors
+    from llm.lora import hidden_inputs, hidden_outputs
+
+    control = lora_model(tok, arch)
+    twin = copy.deepcopy(control)
+    gen = torch.Generator().manual_seed(4)
+    for layer in lora_layers(twin).values():
+        live = LoraFactors.of(layer).detached()
+        n_out, n_in = live.b.shape[0], live.a.shape[1]
+        inputs = hidden_inputs(1e4 * torch.randn(3, n_in, generator=gen), n_out, live.scale)
+        outputs = hidden_outputs(1e4 * torch.randn(3, n_out, generator=gen), n_in, live.scale)
+        with torch.no_grad():
+            _write_factors(layer, LoraFactors.stack([live, inputs, outputs]), ADAPTER)
+    canon = canonicalize(twin)
+    assert all(n == 6 for n in canon.removed.values())
+    assert function_residual(twin, canon.model, tok, examples(), 32)["max"] <= 1e-6
+    assert max_rel_gap(products(canon.model), products(canonicalize(control).model)) <= 1e-5

@@ -22,10 +22,13 @@ point of the model's orbit under the moves below, the transformer counterpart of
 
     the minimiser of ``s(‖B‖² + ‖A‖²)`` over the orbit (value ``2‖s·B·A‖_*``, the nuclear norm;
     ``‖B‖² + ‖A‖² ≥ 2‖B A‖_*`` by AM-GM on the singular values). Components with a singular value
-    ``≤ rtol · s‖B‖_F‖A‖_F`` are dropped: those with ``B = 0`` or ``A = 0``, and those that cancel,
-    add nothing to ``W`` and vanish. The tolerance scales with the stored factors because their
-    rounding leaves null components of order ``ε s‖B‖‖A‖`` in the product once a GL(r) change has
-    mixed hidden components into live ones; a live component dropped under it shows in the
+    ``≤ rtol · s Σ_i ‖b_i‖‖a_i‖`` (``b_i``, ``a_i`` the ``i``-th column of ``B`` and row of ``A``)
+    are dropped: those with ``B = 0`` or ``A = 0``, and those that cancel, add nothing to ``W`` and
+    vanish. The tolerance is the size of the product's float32 rounding: once a GL(r) change has
+    mixed hidden components into live ones, the stored factors leave null components of order
+    ``ε s Σ_i ‖b_i‖‖a_i‖``. It is summed per component, not ``s‖B‖_F‖A‖_F``, so that components
+    with a large ``b_i`` and ``a_i = 0`` (or the reverse), which add nothing to any product, cannot
+    raise it above the live components; a live component dropped under it shows in the
     function residual. Every module keeps the largest rank ``R`` of any module, padded
     with zero components (``A`` rows and ``B`` columns both zero): their gradients ``s G Aᵀ`` and
     ``s Bᵀ G`` are exactly zero, so SGD and Adam leave them at zero and the step is that of the
@@ -73,7 +76,7 @@ from llm.data.schema import Example
 from llm.evaluate import next_token_kl
 from llm.lora import ADAPTER, LoraFactors, as_out_in, base_layer, lora_layers
 
-#: singular values of a module's ``s·B·A`` below ``RTOL · s‖B‖_F‖A‖_F`` are dropped components
+#: singular values of a module's ``s·B·A`` below ``RTOL · s Σ_i ‖b_i‖‖a_i‖`` are dropped components
 #: (eq. 2): about a hundred float32 roundings of the stored factors, far below a trained component
 RTOL = 1e-5
 
@@ -109,7 +112,7 @@ def balanced_factors(factors: LoraFactors, rtol: float = RTOL) -> tuple[LoraFact
     b, a = factors.b.detach().double(), factors.a.detach().double()
     product = factors.scale * b @ a
     u, sigma, vh = torch.linalg.svd(product, full_matrices=False)
-    noise = rtol * abs(factors.scale) * float(b.norm() * a.norm())
+    noise = rtol * abs(factors.scale) * float((b.norm(dim=0) * a.norm(dim=1)).sum())
     rank = int((sigma > noise).sum())
     u, sigma, vh = u[:, :rank], sigma[:rank], vh[:rank]
     lead = vh.gather(1, vh.abs().argmax(dim=1, keepdim=True)).squeeze(1)
