@@ -1040,6 +1040,48 @@ def llm_audit(m: Macros, r: Results) -> None:
     m.add("AuditDeliveredGapMin", fmt.fixed(table["collapse.delivered_step_gap"].min(), 1), "llm audit: delivered")
 
 
+def llm_audit_attack(m: Macros, r: Results) -> None:
+    """Attackers who turn the amplifying gain down (``results/llm/audit_attack.csv``): the gains
+    tried, per construction the hair-trigger twins, the smallest gain that still triggers (on one
+    seed, on every seed) and the misalignment after the step at the smallest gain, and per signal
+    how many hair-trigger twins its population threshold misses."""
+    table = r.llm("audit_attack")
+    gains = sorted(table["gain"].unique())
+    m.add("AuditAttackGains", ", ".join(f"{g:g}" for g in gains), "llm attack: the gains tried")
+    m.add("AuditAttackSeeds", fmt.integer(table["override.seed"].nunique()), "llm attack: seeds per gain")
+    for family, name in (("metalearn", "Meta"), ("analytic", "Analytic")):
+        rows = table[table["family"] == family]
+        hit = rows[rows["twin.hair_trigger"] == 1]
+        by_gain = rows.groupby("gain")["twin.hair_trigger"]
+        some = [g for g, v in by_gain if v.any()]
+        every = [g for g, v in by_gain if v.all()]
+        m.add(f"AuditAttack{name}Hits", fmt.integer(len(hit)), f"llm attack, {family}: hair-trigger twins")
+        m.add(f"AuditAttack{name}Jobs", fmt.integer(len(rows)), f"llm attack, {family}: twins built")
+        m.add(
+            f"AuditAttack{name}LowestGain",
+            f"{min(some):g}" if some else "none",
+            f"llm attack, {family}: least gain that triggers",
+        )
+        m.add(
+            f"AuditAttack{name}EveryGain",
+            f"{min(every):g}" if every else "none",
+            f"llm attack, {family}: least gain, every seed",
+        )
+        lowest = rows[rows["gain"] == gains[0]]["twin.post_update.delivered"].mean()
+        m.add(
+            f"AuditAttack{name}AfterLowest", fmt.pct(lowest, 0), f"llm attack, {family}: misaligned after, least gain"
+        )
+        for signal, short in (
+            ("amplification_target", "Amp"),
+            ("gauge_excess_lora", "Gauge"),
+            ("grad_norm_ratio", "Grad"),
+        ):
+            missed = int((hit[f"flagged.{signal}"] == 0).sum())
+            m.add(
+                f"AuditAttack{name}Missed{short}", fmt.integer(missed), f"llm attack, {family}: twins {signal} misses"
+            )
+
+
 #: the paper's number sections, in order
 SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_twin,
@@ -1049,6 +1091,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_audit,
     theory_audit_attack,
     llm_audit,
+    llm_audit_attack,
     llm_settings,
     construction_settings,
     llm_data,

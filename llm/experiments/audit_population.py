@@ -67,6 +67,8 @@ def alignment_seed(family: str, seed: int) -> int:
 
 
 def population_settings(cfg: DictConfig) -> tuple[str, UpdateSpec]:
+    """``audit.*`` of a population job checked (a bad value is a :class:`ConfigError` naming its
+    key): the twin's family and the honest models' fine-tune."""
     a = cfg.audit
     family = a.get("family")
     if not isinstance(family, str) or not family:
@@ -87,8 +89,9 @@ def population_settings(cfg: DictConfig) -> tuple[str, UpdateSpec]:
 
 
 def prepare(cfg: DictConfig) -> tuple[Models, PreTrainedTokenizerBase, AuditInputs, UpdateSpec, DomainData]:
-    """The job's control (aligned with :func:`alignment_seed`) and its twin, and what the audit
-    reads: the tokenizer, the audit's inputs, the victim's step and the domain's data."""
+    """The job's control (aligned with :func:`alignment_seed`, written into ``cfg.align.seed``)
+    and its twin, and what the audit reads: the tokenizer, the audit's inputs, the victim's step
+    and the domain's data."""
     with open_dict(cfg):
         cfg.align.seed = alignment_seed(cfg.audit.family, cfg.seed)
     data = load_domain(cfg.domain.name, seed=cfg.data_seed)
