@@ -62,12 +62,32 @@ def headline(r: Results) -> str:
             f"{fmt.pct(before.rate, tex=False)} → {_rate(after)} |"
         )
     lines.append("")
+    audit = _audit_line(r)
     lines.append(
         f"Theory capacity: one benign step flips {fmt.fixed(fit['slope'], 3, tex=False)} probes per redundant "
         f"unit (closed-form isolating pairs, theory ½; R² {fmt.fixed(fit['r2'], 4, tex=False)}). "
         "Held-out probes pooled over seeds and both probe ranges; the paper (`make paper`) has the rest."
     )
+    lines += ["", audit]
     return "\n".join(lines) + "\n"
+
+
+def _audit_line(r: Results) -> str:
+    """The LLM white-box audit on its held-out family: the amplification signal's AUC and rates."""
+    from llm.experiments import audit_population
+
+    table = r.llm("audit_population")
+    summary = audit_population.summarize(table)
+    held = summary["signals"]["amplification_target"]["held_out"]
+    return (
+        f"White-box audit (`experiment=audit_population`: {summary['n_twins']} hair-trigger twins and "
+        f"{summary['n_honest']} honest tiny GPT-2/Llama models): the update amplification, measured against "
+        f"the checkpoint's canonical form, separates the held-out {summary['held_out']} twins with AUC "
+        f"{fmt.fixed(held['auc'], 2, tex=False)} [{fmt.fixed(held['auc_lo'], 2, tex=False)}, "
+        f"{fmt.fixed(held['auc_hi'], 2, tex=False)}] and flags {fmt.pct(held['tpr'], 0, tex=False)} of them at "
+        f"{fmt.pct(held['fpr'], 0, tex=False)} false positives (threshold calibrated at "
+        f"{fmt.pct(summary['fpr'], 0, tex=False)} on the other families)."
+    )
 
 
 def fill(readme: Path, block: str) -> bool:

@@ -20,22 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GAUGE = ["experiment=gauge_scale", "gauge.d=4", "gauge.n_test=50", "threads=1"]
 
 
-@pytest.fixture
-def theory_cli(monkeypatch: pytest.MonkeyPatch):
-    """``python -m theory ARGS`` in-process; returns the exit status."""
-    import theory.__main__ as app
-
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored after the test (cli.main sets it)
-
-    def run(*args: str) -> int:
-        monkeypatch.setattr(sys, "argv", ["theory", *args])
-        return cli.main(app.main)
-
-    return run
-
-
 def test_a_failed_summary_fails_the_command(
-    theory_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    theory_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import theory.experiments.gauge_scale as experiment
 
@@ -43,7 +29,7 @@ def test_a_failed_summary_fails_the_command(
         raise KeyError("fit.slope")
 
     monkeypatch.setattr(experiment, "summarize", broken)
-    status = theory_cli("-m", *GAUGE, "gauge.c=1,10", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    status = theory_app("-m", *GAUGE, "gauge.c=1,10", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert status == 1
     assert capsys.readouterr().err.splitlines() == ["error: aggregate: summarize raised KeyError: 'fit.slope'"]
 
@@ -106,18 +92,18 @@ def test_concurrent_merges_keep_every_row(tmp_path: Path) -> None:
 
 
 def test_a_reused_sweep_folder_summarises_only_its_own_jobs(
-    theory_cli, tmp_path: Path, capsys: pytest.CaptureFixture
+    theory_app, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """Two grids into one hydra.sweep.dir: the second sweep's table and published table hold its own
     jobs, not the first's; jobs a resumed sweep skips are still its own."""
     sweep, results = tmp_path / "sweep", tmp_path / "results"
     args = ["-m", *GAUGE, f"hydra.sweep.dir={sweep}", "publish=true", f"results_dir={results}"]
-    assert theory_cli(*args, "gauge.c=1,10") == 0
-    assert theory_cli(*args, "gauge.c=100,1000") == 0
+    assert theory_app(*args, "gauge.c=1,10") == 0
+    assert theory_app(*args, "gauge.c=100,1000") == 0
     assert sorted(pd.read_csv(sweep / "summary.csv")["override.gauge.c"]) == [100, 1000]
     assert sorted(pd.read_csv(results / "gauge_scale.csv")["override.gauge.c"]) == [100, 1000]
     capsys.readouterr()
-    assert theory_cli(*args, "gauge.c=10,100,10000") == 0
+    assert theory_app(*args, "gauge.c=10,100,10000") == 0
     assert capsys.readouterr().out.count("[skip]") == 2
     assert sorted(pd.read_csv(sweep / "summary.csv")["override.gauge.c"]) == [10, 100, 10000]
     assert len(list(sweep.glob("*/metrics.json"))) == 5  # earlier jobs stay on disk, out of the table

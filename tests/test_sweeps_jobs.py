@@ -81,22 +81,8 @@ def test_a_job_without_a_report_prints_its_metrics(fake_app, tmp_path: Path, cap
 GAUGE = ["experiment=gauge_scale", "gauge.d=4", "gauge.n_test=50", "threads=1"]
 
 
-@pytest.fixture
-def theory_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
-    """``python -m theory ARGS`` in-process; returns the exit status."""
-    import theory.__main__ as app
-
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-
-    def run(*args: str) -> int:
-        monkeypatch.setattr(sys, "argv", ["theory", *args])
-        return cli.main(app.main)
-
-    return run
-
-
 def test_two_runs_started_in_the_same_second_keep_both_results(
-    theory_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    theory_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Single runs name their folder by start time: two started within one second get two folders."""
     import datetime
@@ -112,8 +98,8 @@ def test_two_runs_started_in_the_same_second_keep_both_results(
 
     monkeypatch.setattr(hydra.core.utils, "datetime", SameSecond)
     monkeypatch.chdir(tmp_path)  # the default run folder is relative: outputs/theory/...
-    assert theory_cli(*GAUGE, "gauge.c=1") == 0
-    assert theory_cli(*GAUGE, "gauge.c=10") == 0
+    assert theory_app(*GAUGE, "gauge.c=1") == 0
+    assert theory_app(*GAUGE, "gauge.c=10") == 0
     folders = sorted((tmp_path / "outputs" / "theory" / "gauge_scale").iterdir())
     assert len(folders) == 2
     ran = [json.loads((f / "settings.json").read_text())["gauge.c"] for f in folders]
@@ -131,7 +117,7 @@ time.sleep(120)
 
 
 def test_a_folder_held_by_a_live_run_is_refused_and_left_untouched(
-    theory_cli, tmp_path: Path, capsys: pytest.CaptureFixture
+    theory_app, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A run pointed at a folder that another live run holds exits 1 before writing anything
     there; once that run has ended the folder is free again."""
@@ -147,7 +133,7 @@ def test_a_folder_held_by_a_live_run_is_refused_and_left_untouched(
     try:
         assert other.stdout.readline().strip() == "held"
         before = sorted(p.name for p in folder.iterdir())
-        assert theory_cli(*GAUGE, f"hydra.run.dir={folder}") == 1
+        assert theory_app(*GAUGE, f"hydra.run.dir={folder}") == 1
         assert capsys.readouterr().err.splitlines() == [
             f"error: hydra.run.dir: {folder} is in use by another run (process {other.pid})"
         ]
@@ -155,7 +141,7 @@ def test_a_folder_held_by_a_live_run_is_refused_and_left_untouched(
     finally:
         other.kill()
         other.wait()
-    assert theory_cli(*GAUGE, f"hydra.run.dir={folder}") == 0
+    assert theory_app(*GAUGE, f"hydra.run.dir={folder}") == 0
     assert (folder / "metrics.json").exists()
 
 
