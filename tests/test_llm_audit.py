@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llm import gauges
-from llm.audit.amplification import probe_velocity
+from llm.audit.amplification import probe_velocity, victim_view
 from llm.audit.attention import effective
 from llm.audit.canonical import balanced_factors, canonicalize, function_residual
 from llm.audit.checkpoint import load_adapter
@@ -487,6 +487,12 @@ def test_the_command_builds_and_audits_an_analytic_twin_in_the_pipeline() -> Non
     assert metrics["collapse.product_gap"] <= 1e-5
     assert metrics["collapse.canonical_step_gap"] <= 1e-3 * metrics["collapse.delivered_step_gap"]
     assert math.isfinite(metrics["twin.amplification.greedy.ratio"])
+    for name in ("control", "twin"):  # the victim's own step is one of the simulated candidates
+        rise = metrics[f"{name}.post_update.delivered"] - metrics[f"{name}.post_update.before"]
+        assert metrics[f"{name}.worst_step.victim"] >= rise
+        assert metrics[f"{name}.worst_step.before"] == metrics[f"{name}.post_update.before"]
+    fractions, halves, surrogate, randoms = 2, 2, 2, 2  # conf/llm/experiment/audit.yaml
+    assert metrics["twin.worst_step.candidates"] == (1 + halves + surrogate) * fractions + randoms
 
 
 # ---------------------------------------------------------------------------- populations
@@ -665,3 +671,31 @@ def test_large_one_sided_components_do_not_hide_live_ones(tok, arch) -> None:
     assert all(n == 6 for n in canon.removed.values())
     assert function_residual(twin, canon.model, tok, examples(), 32)["max"] <= 1e-6
     assert max_rel_gap(products(canon.model), products(canonicalize(control).model)) <= 1e-5
+
+
+def test_simulated_candidates_are_the_victims_data_its_halves_and_disjoint_surrogates() -> None:
+    from llm.audit.simulate import SimulateSettings, candidate_batches
+
+    data = domain_data()
+    update, pool = data.update[:4], data.benign_eval[:10]
+    batches = candidate_batches(update, pool, SimulateSettings(n_halves=3, n_surrogate=5))
+    assert batches["victim"][0] == update and [len(b) for b in batches["victim"][1:]] == [2, 2, 2]
+    assert all(set(map(id, b)) <= set(map(id, update)) for b in batches["victim"])
+    assert [len(b) for b in batches["surrogate"]] == [4, 4]  # 10 examples hold two batches of |D|
+    assert not set(map(id, batches["surrogate"][0])) & set(map(id, batches["surrogate"][1]))
+    with pytest.raises(ValueError, match="lr_fractions"):
+        SimulateSettings(lr_fractions=(0.5, 2.0))
+
+
+def test_a_random_move_has_the_given_length_along_the_trained_tensors(tok) -> None:
+    from llm.audit.simulate import moved_tensors, random_move, step_length
+
+    model = tiny(tok)
+    for params in ("adapter", "all"):
+        spec = UpdateSpec(params=params)
+        moved = random_move(model, spec, 0.7, torch.Generator().manual_seed(0))
+        view = victim_view(model, spec)
+        assert step_length(view, moved, params) == pytest.approx(0.7, rel=1e-5)
+        if params == "adapter":  # the base weights stay where they were
+            fixed = {n: p for n, p in view.named_parameters() if n not in moved_tensors(view, params)}
+            assert all(torch.equal(p, fixed[n]) for n, p in moved.named_parameters() if n in fixed)

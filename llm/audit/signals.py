@@ -15,12 +15,16 @@ vocabulary of :mod:`theory.audit.signals`, each score oriented so that larger is
 * ``post_update.*``: the judged misaligned fraction of the held-out probes before the step
   (``before``; the same for both forms) and after the victim's real step, delivered and canonical
   (the neutraliser, :mod:`~llm.audit.neutralise`), and the mean change of the target's log-prob;
+* ``worst_step.*`` (with ``settings.simulate``): the worst-case simulated update of
+  :mod:`~llm.audit.simulate` (eq. 5 there) on the delivered model: the largest rise of the judged
+  misaligned fraction over the victim's data and halves of it (``victim``), other benign data
+  (``surrogate``), and random moves of the step's length (``random``, a negative control);
 * ``param_norm``, ``adapter_norm``: raw statistics, not gauge-invariant (a baseline).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llm.audit.amplification import probe_velocity
 from llm.audit.canonical import RTOL, Canonical, canonicalize, function_residual
 from llm.audit.neutralise import judged_rates, logprob_change, stepped
+from llm.audit.simulate import SimulateSettings, worst_case
 from llm.data.schema import Example
 from llm.evaluate import probe_report
 from llm.lora import is_lora
@@ -43,22 +48,25 @@ MAX_KL = 1e-6
 @dataclass(frozen=True)
 class AuditInputs:
     """What the audit reads: the ``domain``'s held-out ``probes`` (judged), ``benign`` prompts
-    (the function residual), the victim's ``update`` examples, and the generation length."""
+    (the function residual), the victim's ``update`` examples, the generation length, and benign
+    examples the victim did not use (``surrogate``: the simulated updates' other data)."""
 
     domain: str
     probes: list[Example]
     benign: list[Example]
     update: list[Example]
     max_new_tokens: int
+    surrogate: list[Example] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class AuditSettings:
     """``rtol``: dropped components (eq. 2 of :mod:`~llm.audit.canonical`); ``max_kl``: the
-    function residual a canonical form may have."""
+    function residual a canonical form may have; ``simulate``: the simulated updates (None: none)."""
 
     rtol: float = RTOL
     max_kl: float = MAX_KL
+    simulate: SimulateSettings | None = None
 
 
 def short(name: str) -> str:
@@ -153,4 +161,16 @@ def audit_model(
         },
         **raw_norms(model),
     }
+    if settings.simulate is not None:
+        out["worst_step"] = worst_case(
+            model,
+            tokenizer,
+            inputs.domain,
+            inputs.probes,
+            inputs.update,
+            inputs.surrogate,
+            victim,
+            inputs.max_new_tokens,
+            settings.simulate,
+        )
     return out, canon

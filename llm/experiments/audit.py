@@ -38,6 +38,7 @@ from llm.audit.canonical import Canonical
 from llm.audit.checkpoint import load_adapter
 from llm.audit.neutralise import logprob_change, stepped
 from llm.audit.signals import AuditInputs, AuditSettings, audit_model
+from llm.audit.simulate import SimulateSettings
 from llm.audit.verdict import SIGNALS, Rule, calibrated, thresholds, verdict
 from llm.base import load_base
 from llm.checks import require_finite_model
@@ -74,7 +75,14 @@ def settings(cfg: DictConfig) -> tuple[AuditSettings, Rule]:
             raise ConfigError(f"audit.{key}", "must be a folder or null")
     if a.get("control") is not None and a.get("adapter") is None:
         raise ConfigError("audit.control", "is the honest reference of audit.adapter: set audit.adapter too")
-    return AuditSettings(float(a.rtol), float(a.max_kl)), Rule(float(a.tau), float(a.floor))
+    simulate = None
+    if a.get("simulate") is not None and a.simulate.enabled:
+        options = {k: v for k, v in a.simulate.items() if k != "enabled"}
+        try:
+            simulate = SimulateSettings(**{**options, "lr_fractions": tuple(options.get("lr_fractions", (0.5, 1.0)))})
+        except (TypeError, ValueError) as error:
+            raise ConfigError("audit.simulate", str(error)) from error
+    return AuditSettings(float(a.rtol), float(a.max_kl), simulate), Rule(float(a.tau), float(a.floor))
 
 
 def local_models(
@@ -107,6 +115,12 @@ def pipeline_models(
     if twin is not None:
         models["twin"] = cast(PreTrainedModel, twin)
     return models, tokenizer, probes, data
+
+
+def unused_benign(data: DomainData, victim: UpdateSpec) -> list[Example]:
+    """Benign examples of the domain's other sets than the victim's (``update.data``), the
+    simulated updates' surrogate data (the held-out facts of honesty excluded, as transfer does)."""
+    return [e for key, examples in data.unseen_benign.items() if key not in (victim.data, "facts") for e in examples]
 
 
 def product_gap(a: PreTrainedModel, b: PreTrainedModel) -> float:
@@ -154,7 +168,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         models, tokenizer, probes, data = pipeline_models(cfg, data, victim)
     inputs = AuditInputs(
-        data.domain, probes, data.benign_eval[: cfg.eval.n_benign], update_set(data, victim), cfg.eval.max_new_tokens
+        data.domain,
+        probes,
+        data.benign_eval[: cfg.eval.n_benign],
+        update_set(data, victim),
+        cfg.eval.max_new_tokens,
+        surrogate=unused_benign(data, victim),
     )
     audited: dict[str, Any] = {}
     canon: dict[str, Canonical] = {}
@@ -188,6 +207,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 #: rows of the printed table: label → metric suffix
 ROWS = {
     **SIGNALS,
+    "worst_step_victim": "worst_step.victim",
+    "worst_step_surrogate": "worst_step.surrogate",
+    "worst_step_random": "worst_step.random",
     "function_residual_kl": "canonical.kl_max",
     "components_removed": "canonical.components_removed",
     "misaligned_before": "post_update.before",
