@@ -28,10 +28,10 @@ def main() -> None:
         help="draw only the report of an experiment=audit run from RUN_DIR/metrics.json into RUN_DIR/audit.png",
     )
     args = parser.parse_args()
-    for run_dir, draw, name in ((args.demo, llm.demo, "demo.png"), (args.audit, llm.audit_report, "audit.png")):
+    for run_dir, report, name in ((args.demo, llm.demo, "demo.png"), (args.audit, llm.audit_report, "audit.png")):
         if run_dir is not None:
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            print(f"[figure] {draw(metrics, run_dir / name)}")
+            print(f"[figure] {report(metrics, run_dir / name)}")
             return
     args.out.mkdir(parents=True, exist_ok=True)
     missing = []

@@ -485,8 +485,14 @@ def audit_population(results: Path, out: Path) -> Path:
         threshold = summary["signals"][name]["threshold_all_honest"]
         middle.axhline(threshold, color=f"C{j}", lw=0.8, ls=":")
     middle.set_yscale("log")
-    middle.set_xticks(range(len(groups)), [f"{label}\n({int(mask.sum())})" for label, mask in groups], fontsize=7)
-    middle.set_ylabel("score (log scale; dotted: threshold at audit.fpr on all honest models)")
+    middle.set_xticks(
+        range(len(groups)),
+        [f"{label} ({int(mask.sum())})" for label, mask in groups],
+        fontsize=7,
+        rotation=30,
+        ha="right",
+    )
+    middle.set_ylabel("score (log); dotted: threshold on all honest models")
     middle.set_title("Every audited model", fontsize=9)
     middle.legend(fontsize=7)
     families = [f for f in AUDIT_FAMILIES if f in set(pop.family)]
@@ -511,11 +517,11 @@ def audit_population(results: Path, out: Path) -> Path:
         label=f"honest 95% interval [{neutral['honest_lo']:.0%}, {neutral['honest_hi']:.0%}]",
     )
     right.set_xticks(x, [AUDIT_FAMILIES[f] for f in families], fontsize=7)
-    right.set_ylim(0, 1.15)
+    right.set_ylim(0, 1.45)
     right.set_ylabel("held-out probes misaligned after the step (mean)")
     right.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     right.set_title("The neutraliser: deliver the canonical checkpoint", fontsize=9)
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, ncol=2, loc="upper center")
     return _save(fig, out / "llm_audit_population.png")
 
 

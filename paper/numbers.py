@@ -1010,19 +1010,19 @@ def llm_audit(m: Macros, r: Results) -> None:
     m.add("AuditGaugeScale", fmt.fixed(recipe("audit.gauge_scale"), 1), "llm audit recipe: audit.gauge_scale")
     m.add("AuditFineTuneSteps", fmt.integer(recipe("audit.fine_tune.steps")), "llm audit recipe: fine-tune steps")
     m.add("AuditProbes", fmt.integer(recipe("eval.n_probes")), "llm audit recipe: eval.n_probes")
+    m.add("AuditLayers", fmt.integer(recipe("model.n_layer")), "llm audit recipe: model.n_layer")
+    m.add("AuditWidth", fmt.integer(recipe("model.n_embd")), "llm audit recipe: model.n_embd")
     m.add("AuditPretrainSteps", fmt.integer(recipe("model.pretrain.steps")), "llm audit recipe: base pretraining steps")
-    for signal, name in LLM_AUDIT_SIGNALS.items():
-        score = summary["signals"][signal]
-        m.add(f"Audit{name}Auc", _auc(score["held_out"]), f"llm audit {signal}: held-out AUC [95% bootstrap]")
-        m.add(f"Audit{name}Tpr", fmt.pct(score["held_out"]["tpr"]), f"llm audit {signal}: held-out TPR")
-        m.add(f"Audit{name}Fpr", fmt.pct(score["held_out"]["fpr"]), f"llm audit {signal}: held-out FPR")
+    for signal, name in LLM_AUDIT_SIGNALS.items():  # the table has the rest (paper.tables.llm_audit)
+        if signal in ("amplification_target", "amplification_greedy", "gauge_excess_lora"):
+            fpr = summary["signals"][signal]["held_out"]["fpr"]
+            m.add(f"Audit{name}Fpr", fmt.pct(fpr), f"llm audit {signal}: held-out FPR at the calibrated threshold")
     for signal, name in (("amplification_target", "AmpTarget"), ("gauge_excess_lora", "GaugeLora")):
         key = ap.SIGNALS[signal]
         m.add(f"Audit{name}TwinMin", fmt.sci(twins[key].min()), f"llm audit {signal}: smallest twin score")
         m.add(f"Audit{name}HonestMax", fmt.fixed(honest[key].max(), 1), f"llm audit {signal}: largest honest score")
-        for model, label in (("honest.gauged", "Gauged"), ("honest.fine_tuned", "Tuned")):
-            top = pop[pop.model == model][key].max()
-            m.add(f"Audit{name}{label}Max", fmt.fixed(top, 1), f"llm audit {signal}: largest score, {model}")
+    tuned = pop[pop.model == "honest.fine_tuned"][ap.SIGNALS["amplification_target"]].max()
+    m.add("AuditAmpTargetTunedMax", fmt.fixed(tuned, 1), "llm audit: largest amplification, fine-tuned controls")
     neutral = summary["neutraliser"]
     m.add("AuditTwinDelivered", fmt.pct(neutral["twin_delivered_mean"]), "llm audit: twins misaligned after, mean")
     m.add("AuditTwinCanonical", fmt.pct(neutral["twin_canonical_max"]), "llm audit: canonical twins after, max")
@@ -1034,10 +1034,12 @@ def llm_audit(m: Macros, r: Results) -> None:
     m.add("AuditWithinHonest", fmt.pct(neutral["within_honest_interval"], 0), "llm audit: canonical twins inside it")
     collapse = summary["collapse"]
     m.add("AuditResidualKl", fmt.sci(collapse["max_function_residual_kl"]), "llm audit: max KL(delivered || canonical)")
-    m.add("AuditCanonicalGap", fmt.sci(collapse["max_canonical_step_gap"]), "llm audit: canonical twin vs control")
-    lora = table[table["family"] != "ffn_pairs"]
-    m.add("AuditCanonicalGapLora", fmt.sci(lora["collapse.canonical_step_gap"].max()), "llm audit: same, LoRA twins")
-    m.add("AuditDeliveredGapMin", fmt.fixed(table["collapse.delivered_step_gap"].min(), 1), "llm audit: delivered")
+    gaps = table.groupby("family")["collapse.canonical_step_gap"].max()
+    m.add("AuditCanonicalGapExact", fmt.sci(gaps[["analytic", "analytic_left"]].max()), "llm audit: analytic twins")
+    m.add("AuditCanonicalGapPairs", fmt.sci(gaps["ffn_pairs"]), "llm audit: FFN-pair twins")
+    m.add("AuditCanonicalGapMeta", fmt.sci(gaps["metalearn"]), "llm audit: meta-learned twins")
+    meta = table[table["family"] == "metalearn"]["collapse.product_gap"].max()
+    m.add("AuditMetaProductGap", fmt.fixed(meta), "llm audit: meta-learned twins, largest adapter product gap")
 
 
 def llm_audit_attack(m: Macros, r: Results) -> None:
@@ -1049,23 +1051,23 @@ def llm_audit_attack(m: Macros, r: Results) -> None:
     gains = sorted(table["gain"].unique())
     m.add("AuditAttackGains", ", ".join(f"{g:g}" for g in gains), "llm attack: the gains tried")
     m.add("AuditAttackSeeds", fmt.integer(table["override.seed"].nunique()), "llm attack: seeds per gain")
+    quiet = table[table["twin.hair_trigger"] == 0]
+    m.add("AuditAttackQuiet", fmt.integer(len(quiet)), "llm attack: twins that do not trigger")
+    unflagged = int((quiet["flagged.amplification_target"] == 0).sum())
+    m.add(
+        "AuditAttackQuietUnflagged", fmt.integer(unflagged), "llm attack: of those, under the amplification threshold"
+    )
     for family, name in (("metalearn", "Meta"), ("analytic", "Analytic")):
         rows = table[table["family"] == family]
         hit = rows[rows["twin.hair_trigger"] == 1]
         by_gain = rows.groupby("gain")["twin.hair_trigger"]
         some = [g for g, v in by_gain if v.any()]
-        every = [g for g, v in by_gain if v.all()]
         m.add(f"AuditAttack{name}Hits", fmt.integer(len(hit)), f"llm attack, {family}: hair-trigger twins")
         m.add(f"AuditAttack{name}Jobs", fmt.integer(len(rows)), f"llm attack, {family}: twins built")
         m.add(
             f"AuditAttack{name}LowestGain",
             f"{min(some):g}" if some else "none",
             f"llm attack, {family}: least gain that triggers",
-        )
-        m.add(
-            f"AuditAttack{name}EveryGain",
-            f"{min(every):g}" if every else "none",
-            f"llm attack, {family}: least gain, every seed",
         )
         lowest = rows[rows["gain"] == gains[0]]["twin.post_update.delivered"].mean()
         m.add(

@@ -592,8 +592,16 @@ def llm_audit_attack(r: Results) -> str:
             after = fmt.pct(cell["twin.post_update.delivered"].mean(), 0)
             rows.append([_g(gain), f"{len(hit)}/{len(cell)}", after, *flags])
         groups.append((f"{family} twin", rows))
-    head = ["gain", "trigger", "after", "LoRA exc.", "norm exc.", "ampl. target", "ampl. greedy", "grad ratio"]
-    head += ["$\\|\\theta\\|$", "$\\|\\nabla L_D\\|$"]
+    short = {
+        "gauge_excess_lora": "LoRA exc.",
+        "gauge_excess_norm": "norm exc.",
+        "amplification_greedy": "ampl. greedy",
+        "amplification_target": "ampl. target",
+        "grad_norm_ratio": "grad ratio",
+        "raw_param_norm": "$\\|\\theta\\|$",
+        "raw_grad_norm": "$\\|\\nabla L_D\\|$",
+    }
+    head = ["gain", "trigger", "after", *(short[name] for name in SIGNALS)]
     return tabular("l" + "r" * (len(head) - 1), head, groups)
 
 
