@@ -379,7 +379,7 @@ def audit_report(metrics: dict, out: Path) -> Path:
     ax.set_xticks(x, [s.replace("_", " ") for s in signals], fontsize=7)
     ax.set_ylabel("score (larger is more suspicious)")
     ax.set_title(f"White-box audit. Thresholds: {metrics['thresholds_source']}", fontsize=7)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(names) + 1)
     return _save(fig, out)
 
 
