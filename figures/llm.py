@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
-from figures.theory import _load, _save, roc_points  # noqa: E402
+from figures.theory import _load, _save, held_out_roc  # noqa: E402
 from sweeps.tables import linear_fit  # noqa: E402
 
 #: transfer cells in reading order, with their labels
@@ -446,26 +446,9 @@ def audit_population(results: Path, out: Path) -> Path:
     table, summary = _load(results, "audit_population")
     pop = population(table)
     held_out = summary["held_out"]
-    models = pop[pop.family == held_out]
-    twins, honest = models[models.kind == "twin"], models[models.kind == "honest"]
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8))
-    left.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    for i, (name, label) in enumerate(AUDIT_SIGNALS.items()):
-        fpr, tpr = roc_points(twins[SIGNALS[name]], honest[SIGNALS[name]])
-        score = summary["signals"][name]["held_out"]
-        line = left.plot(
-            fpr,
-            tpr,
-            lw=4.5 - 0.55 * i,
-            alpha=0.8,
-            ls="--" if name.startswith("raw") else "-",
-            label=f"{label}: AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]",
-        )[0]
-        left.plot([score["fpr"]], [score["tpr"]], "o", color=line.get_color(), ms=7 - 0.6 * i, mec="black", mew=0.5)
-    left.set_xlabel(f"false-positive rate ({len(honest)} honest models)")
-    left.set_ylabel(f"true-positive rate ({len(twins)} hair-trigger twins)")
+    held_out_roc(left, pop, summary, SIGNALS, AUDIT_SIGNALS)
     left.set_title(f"Held-out family: {AUDIT_FAMILIES.get(held_out, held_out)} (tiny GPT-2 and Llama)", fontsize=9)
-    left.legend(fontsize=6.5, loc="lower right")
     groups = [(f"twin: {AUDIT_FAMILIES[f]}", (pop.kind == "twin") & (pop.family == f)) for f in AUDIT_FAMILIES]
     groups += [(label, pop.model == model) for model, label in AUDIT_HONEST.items()]
     groups = [(label, mask) for label, mask in groups if mask.any()]

@@ -143,6 +143,30 @@ def roc_points(positive, negative) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
+def held_out_roc(ax, pop: pd.DataFrame, summary: dict, signals: dict[str, str], labels: dict[str, str]) -> None:
+    """Each signal's ROC on the summary's held-out family, twins against its honest models, with
+    the summary's AUC [95% bootstrap interval] in the legend and a dot at the TPR/FPR of the
+    threshold calibrated on the other families (eq. 11 of :mod:`theory.audit.roc`)."""
+    models = pop[pop.family == summary["held_out"]]
+    twins, honest = models[models.kind == "twin"], models[models.kind == "honest"]
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    for i, (name, label) in enumerate(labels.items()):
+        fpr, tpr = roc_points(twins[signals[name]], honest[signals[name]])
+        score = summary["signals"][name]["held_out"]
+        line = ax.plot(
+            fpr,
+            tpr,
+            lw=4.5 - 0.55 * i,
+            alpha=0.8,
+            ls="--" if name.startswith("raw") else "-",
+            label=f"{label}: AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]",
+        )[0]
+        ax.plot([score["fpr"]], [score["tpr"]], "o", color=line.get_color(), ms=7 - 0.6 * i, mec="black", mew=0.5)
+    ax.set_xlabel(f"false-positive rate ({len(honest)} honest models)")
+    ax.set_ylabel(f"true-positive rate ({len(twins)} hair-trigger twins)")
+    ax.legend(fontsize=6.5, loc="lower right")
+
+
 def audit(results: Path, out: Path) -> Path:
     """The white-box audit (``audit.csv``). Left: ROC of each signal, hair-trigger twins against
     honest models of the held-out family, AUC [95% bootstrap interval] from the summary. Right:
@@ -153,30 +177,13 @@ def audit(results: Path, out: Path) -> Path:
     table, summary = _load(results, "audit")
     pop = population(table)
     held_out = summary["held_out"]
-    models = pop[pop.family == held_out]
-    twins, honest = models[models.kind == "twin"], models[models.kind == "honest"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
-    left.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    for i, (name, label) in enumerate(AUDIT_SIGNALS.items()):
-        fpr, tpr = roc_points(twins[SIGNALS[name]], honest[SIGNALS[name]])
-        score = summary["signals"][name]["held_out"]
-        line = left.plot(
-            fpr,
-            tpr,
-            lw=4.5 - 0.55 * i,
-            alpha=0.8,
-            ls="--" if name.startswith("raw") else "-",
-            label=f"{label}: AUC {score['auc']:.2f} [{score['auc_lo']:.2f}, {score['auc_hi']:.2f}]",
-        )[0]
-        left.plot([score["fpr"]], [score["tpr"]], "o", color=line.get_color(), ms=7 - 0.6 * i, mec="black", mew=0.5)
-    left.set_xlabel(f"false-positive rate ({len(honest)} honest models)")
-    left.set_ylabel(f"true-positive rate ({len(twins)} hair-trigger twins)")
+    held_out_roc(left, pop, summary, SIGNALS, AUDIT_SIGNALS)
     left.set_title(
         f"Held-out family: {FAMILY_LABELS.get(held_out, held_out)}\n(dots: the threshold calibrated "
         "at audit.fpr on the other families' honest models)",
         fontsize=9,
     )
-    left.legend(fontsize=6.5, loc="lower right")
     families = [f for f in FAMILY_LABELS if f in set(pop.family)]
     x = np.arange(len(families))
     bars = [
