@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm.data.wheels import REPO_ROOT
 from sweeps.errors import ConfigError
 from sweeps.jobs import flatten
 from theory.audit.roc import threshold_at_fpr
@@ -59,10 +60,13 @@ def thresholds(references: Sequence[dict[str, Any]], rule: Rule) -> dict[str, fl
 
 
 def calibrated(
-    path: Path, signals: Mapping[str, str] = SIGNALS, key: str = "audit.calibration"
+    summary_path: str | Path, signals: Mapping[str, str] = SIGNALS, key: str = "audit.calibration"
 ) -> tuple[dict[str, float], str]:
     """Each of ``signals``' threshold at the population's false-positive rate on all its honest
-    models (``threshold_all_honest`` of a population summary), and a line saying where it comes from."""
+    models (``threshold_all_honest`` of a population summary at ``summary_path``, relative to the
+    repository root unless absolute), and a line saying where it comes from."""
+    path = Path(summary_path)
+    path = path if path.is_absolute() else REPO_ROOT / path
     if not path.is_file():
         raise ConfigError(
             key, f"{path} does not exist: run `python -m llm -m experiment=audit_population publish=true`"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -44,7 +43,6 @@ from llm.base import load_base
 from llm.checks import require_finite_model
 from llm.data.schema import DomainData, Example
 from llm.data.splits import load_domain
-from llm.data.wheels import REPO_ROOT
 from llm.experiments.hairtrigger import (
     aligned_control,
     check_settings,
@@ -180,8 +178,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for name, model in models.items():
         audited[name], canon[name] = audit_model(model, tokenizer, inputs, victim, audit_settings)
     if cfg.audit.get("calibration") is not None:
-        path = Path(cfg.audit.calibration)
-        limits, source = calibrated(path if path.is_absolute() else REPO_ROOT / path)
+        limits, source = calibrated(cfg.audit.calibration)
     else:
         limits = thresholds([audited["control"]] if "control" in audited else [], rule)
         source = f"uncalibrated: {rule.tau:g} × max(the control's score, {rule.floor:g})"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -31,7 +30,6 @@ from transformers import PreTrainedModel
 
 from llm.audit.signals import audit_model
 from llm.audit.verdict import calibrated
-from llm.data.wheels import REPO_ROOT
 from llm.experiments.audit import settings
 from llm.experiments.audit_population import SIGNALS, hair_trigger, population_settings, prepare
 from llm.experiments.hairtrigger import require_finite_metrics
@@ -65,8 +63,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     population_settings(cfg)
     if cfg.audit.get("calibration") is None:
         raise ConfigError("audit.calibration", "the attack is scored against a population summary: set its path")
-    path = Path(cfg.audit.calibration)
-    limits, source = calibrated(path if path.is_absolute() else REPO_ROOT / path, signals=SIGNALS)
+    limits, source = calibrated(cfg.audit.calibration, signals=SIGNALS)
     cfg = with_gain(cfg)
     models, tokenizer, inputs, victim, _ = prepare(cfg)
     twin, _ = audit_model(cast(PreTrainedModel, models["twin"]), tokenizer, inputs, victim, audit_settings)

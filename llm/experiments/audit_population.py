@@ -40,6 +40,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.audit.honest import fine_tuned, random_gauge
 from llm.audit.signals import AuditInputs, audit_model
+from llm.audit.verdict import SIGNALS as VERDICT_SIGNALS
 from llm.data.schema import DomainData
 from llm.data.splits import load_domain
 from llm.experiments.audit import Models, collapse, pipeline_models, settings
@@ -49,15 +50,8 @@ from sweeps.errors import ConfigError
 from theory.audit.roc import neutraliser_summary, score_signal, threshold_at_fpr
 
 #: signal → metric of :func:`llm.audit.signals.audit_model` (flattened); larger is more suspicious
-SIGNALS = {
-    "gauge_excess_lora": "gauge_excess.lora_relative",
-    "gauge_excess_norm": "gauge_excess.norm_relative",
-    "amplification_greedy": "amplification.greedy.ratio",
-    "amplification_target": "amplification.target.ratio",
-    "grad_norm_ratio": "grad_norm.ratio",
-    "raw_param_norm": "param_norm",
-    "raw_grad_norm": "grad_norm.delivered",
-}
+#: (the verdict's invariant signals, then the raw baselines)
+SIGNALS = {**VERDICT_SIGNALS, "raw_param_norm": "param_norm", "raw_grad_norm": "grad_norm.delivered"}
 HONEST = ("control", "gauged", "fine_tuned")
 
 
