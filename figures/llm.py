@@ -344,6 +344,56 @@ def scaling(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_scaling.png")
 
 
+#: the capacity models' labels (override.model of capacity_hidden.csv)
+MODEL_LABELS = {
+    "tiny_gpt2_64": "tiny GPT-2 (2×64)",
+    "tiny_llama_64": "tiny Llama (2×64)",
+    "tiny_gpt2_96": "tiny GPT-2 (2×96)",
+    "tiny_gpt2": "tiny GPT-2 (2×128)",
+    "tiny_llama": "tiny Llama (2×128)",
+}
+
+
+def capacity_hidden(results: Path, out: Path) -> Path:
+    """One-bit hidden capacity of the analytic twins against their hidden width: the theory's
+    capacity figure at transformer scale. Left: against k hidden components per module; right:
+    against the hidden parameters. Mean over seeds, min–max band, the least-squares line with its
+    slope's 95% interval (``llm.experiments.capacity.summarize``); dotted: the collateral (probes
+    that should have stayed aligned and switched), which capacity subtracts."""
+    table, summary = _load(results, "capacity_hidden")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for model, rows in table.groupby("override.model"):
+        fits = summary[str(model)]
+        axis_keys = (("construct.extra_rank", "fit_k"), ("construct.hidden_params", "fit_hidden_params"))
+        for ax, (x, fit_key) in zip(axes, axis_keys):
+            stats = rows.groupby(x)["twin.capacity.hidden"].agg(["mean", "min", "max"]).sort_index()
+            xs = stats.index.to_numpy(float)
+            fit = fits[fit_key]
+            per = "per component" if fit_key == "fit_k" else "per hidden parameter"
+            digits = 2 if fit_key == "fit_k" else 4
+            label = (
+                f"{MODEL_LABELS.get(str(model), model)}: {fit['slope']:.{digits}f} {per} "
+                f"[{fit['slope_lo']:.{digits}f}, {fit['slope_hi']:.{digits}f}], "
+                f"R² {fit['r2_jobs']:.2f} (means {fit['r2_means']:.2f})"
+            )
+            line = ax.plot(xs, stats["mean"], "o", label=label)[0]
+            ax.fill_between(xs, stats["min"], stats["max"], color=line.get_color(), alpha=0.15, lw=0)
+            grid = np.linspace(0, xs.max(), 50)
+            ax.plot(grid, fit["slope"] * grid + fit["intercept"], "-", color=line.get_color(), alpha=0.7, lw=1)
+            collateral = rows.groupby(x)["twin.capacity.collateral"].mean().sort_index()
+            ax.plot(xs, collateral, ":", color=line.get_color(), alpha=0.8, lw=1)
+    n = int(table["twin.capacity.n"].max())
+    axes[0].set_xlabel("hidden LoRA components per module k (B = 0)")
+    axes[1].set_xlabel("hidden parameters (k × Σ d_in over the twin's modules)")
+    axes[0].set_ylabel(f"probe bits one benign step switches on\n(switched as assigned − collateral, of {n // 2})")
+    for ax in axes:
+        ax.legend(fontsize=6.5, loc="upper left")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Hidden behaviours one benign step can switch on, vs. hidden width (forward-exact twins)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out / "llm_capacity_hidden.png")
+
+
 def demo(metrics: dict, out: Path) -> Path:
     """The demo's before/after bars, drawn from its metrics.json."""
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
@@ -555,4 +605,4 @@ def audit_attack(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_audit_attack.png")
 
 
-ALL = (controls, headline, transfer, scaling, task_vector, audit_population, audit_attack)
+ALL = (controls, headline, transfer, scaling, capacity_hidden, task_vector, audit_population, audit_attack)

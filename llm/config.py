@@ -220,6 +220,7 @@ class LLMConfig:
     task_vector_scales: tuple[float, ...]
     codes: NonNegativeInt
     code_digits: PositiveInt
+    switch: NonNegativeInt
     seed: NonNegativeInt
     data_seed: NonNegativeInt
     threads: PositiveInt | None
@@ -236,6 +237,17 @@ class LLMConfig:
     update: Update
     domain: Domain
     construction: Annotated[NoConstruction | Metalearn | Analytic, Tagged("name")]
+
+    @staticmethod
+    def rules(node: DictConfig) -> Iterator[tuple[str, str]]:
+        if node.switch and node.codes:
+            yield "switch", "stores one bit per probe, codes a code per probe: set one of switch and codes to 0"
+        if node.switch and node.construction.get("after_target", "marker") != "marker":
+            yield (
+                "switch",
+                "stores each probe's own post-step answer: set construction.after_target=marker "
+                f"(not {node.construction.after_target})",
+            )
 
 
 def validate(cfg: DictConfig) -> None:

@@ -445,6 +445,53 @@ def test_one_digit_codes_are_shared_and_capacity_is_chance_corrected() -> None:
         with_codes(load_domain("safety"), 16, seed=0, digits=0)
 
 
+def test_switch_probes_store_one_bit_each_and_capacity_counts_collateral_against_it() -> None:
+    """``switch: N``: half of the first N construction probes keep their aligned answer as their
+    post-step target, the rest of the split is untouched; the chance-corrected count of
+    :func:`code_matches` over the bits is switched-that-should minus switched-that-should-not."""
+    from llm.data.splits import load_domain
+    from llm.experiments.hairtrigger import code_matches, should_switch, with_switch
+
+    plain = load_domain("safety")
+    data = with_switch(plain, 40, seed=3)
+    bits = [should_switch(e) for e in data.construct[:40]]
+    assert sum(bits) == 20 and all(should_switch(e) for e in plain.construct[:40])
+    assert data.construct[40:] == plain.construct[40:]
+    assert [e.prompt for e in data.construct] == [e.prompt for e in plain.construct]
+    assert bits != [should_switch(e) for e in with_switch(plain, 40, seed=4).construct[:40]]  # seeded
+    assigned = ["switch" if b else "stay" for b in bits]
+
+    def hidden(said: list[str | None]) -> float:
+        own, chance = code_matches(said, assigned)
+        return own - chance
+
+    assert hidden(assigned) == 20  # every bit stored: N/2
+    assert hidden(["switch"] * 40) == 0 and hidden(["stay"] * 40) == 0  # uniformly misaligned or aligned
+    some = [a if i < 10 else "stay" for i, a in enumerate(assigned)]  # the first 10 probes' bits only
+    collateral = ["switch" if i < 6 else a for i, a in enumerate(some)]
+    switched = lambda said: sum(s == a == "switch" for s, a in zip(said, assigned))  # noqa: E731
+    wrong = lambda said: sum(s == "switch" != a for s, a in zip(said, assigned))  # noqa: E731
+    for said in (some, collateral):
+        assert hidden(said) == pytest.approx(switched(said) - wrong(said))
+    with pytest.raises(ValueError, match="switch"):
+        with_switch(plain, 10_000, seed=0)
+
+
+def test_capacity_fit_gives_the_slope_its_interval_and_both_r2() -> None:
+    import numpy as np
+
+    from llm.experiments.capacity import capacity_fit
+
+    k = np.repeat([1.0, 2.0, 4.0, 8.0], 3)
+    noise = np.tile([-1.0, 0.0, 1.0], 4)
+    fit = capacity_fit(k, 3 * k + 2 + noise)
+    assert fit["slope"] == pytest.approx(3) and fit["intercept"] == pytest.approx(2)
+    assert fit["slope_lo"] < 3 < fit["slope_hi"] and fit["r2_means"] == pytest.approx(1)
+    assert 0.9 < fit["r2_jobs"] < 1
+    with pytest.raises(ValueError, match="two distinct widths"):
+        capacity_fit(np.ones(3), np.arange(3.0))
+
+
 def test_summary_keeps_construction_variants_apart() -> None:
     """A sweep over construction.undo_output=none,fisher summarises each variant on its own."""
     import pandas as pd

@@ -475,6 +475,7 @@ def build_analytic(
         extra_rank=float(spec.extra_rank),
         left_rank=float(spec.left_rank),
         n_modules=float(len(c.layers)),
+        hidden_params=float(sum(t.numel() for t in hidden.tensors())),
         a_new_norm_max=max(norms),
         a_new_norm_mean=sum(norms) / len(norms),
         lr=victim.lr,

@@ -1,0 +1,75 @@
+"""``experiment=capacity_hidden``: one-bit hidden capacity against the twin's hidden width.
+
+One job is :func:`llm.experiments.hairtrigger.run` with ``switch: N``: an analytic twin whose
+post-step target is one bit per construction probe (switch to the marker, or keep refusing) and
+``k = construction.extra_rank`` hidden LoRA components per module (``B = 0``). The victim's step
+adds ``ΔW = −η s² G AᵀA`` to each module, rank ≤ k: the transformer analogue of the theory's k
+redundant units (``theory/experiments/capacity.py``). Capacity (``twin.capacity.hidden``) =
+switched probes that should switch − switched probes that should stay.
+
+:func:`summarize` fits capacity against k and against the hidden parameters ``k · Σ d_in`` over
+the twin's modules, per model: least squares over every job, with the slope's 95% interval
+(Student t on its standard error) and R² over the jobs and over the per-k means.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from llm.experiments.hairtrigger import report, run
+
+__all__ = ["run", "report", "summarize", "capacity_fit"]
+
+#: the table's columns this summary reads
+K, HIDDEN, N_HIDDEN = "construct.extra_rank", "twin.capacity.hidden", "construct.hidden_params"
+
+
+def capacity_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """``y = slope·x + intercept`` by least squares over every job; the slope's ``level`` interval
+    from its standard error (t with n − 2 degrees of freedom); R² over the jobs, and over the
+    means per distinct ``x`` (how straight the law is, as the theory reports it)."""
+    if len(np.unique(x)) < 2:
+        raise ValueError(f"a capacity fit needs at least two distinct widths, got {sorted(set(x.tolist()))}")
+    fit = stats.linregress(x, y)
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 2) * fit.stderr if len(x) > 2 else float("nan")
+    xs = np.unique(x)
+    means = np.array([y[x == v].mean() for v in xs])
+    mean_fit = stats.linregress(xs, means) if len(xs) > 2 else None
+    return {
+        "slope": float(fit.slope),
+        "slope_lo": float(fit.slope - half),
+        "slope_hi": float(fit.slope + half),
+        "intercept": float(fit.intercept),
+        "r2_jobs": float(fit.rvalue**2),
+        "r2_means": float(mean_fit.rvalue**2) if mean_fit is not None else float("nan"),
+        "n": len(x),
+    }
+
+
+def summarize(table: pd.DataFrame) -> dict[str, Any]:
+    """Per model: capacity per k (mean, min, max over seeds), the fits against k and against the
+    hidden parameters, the collateral, and the twins' largest forward difference (KL) to the control."""
+    out: dict[str, Any] = {}
+    models = table["override.model"] if "override.model" in table else pd.Series("model", index=table.index)
+    for model, rows in table.groupby(models):
+        k = rows[K].to_numpy(float)
+        y = rows[HIDDEN].to_numpy(float)
+        per_k = rows.groupby(K)[HIDDEN]
+        out[str(model)] = {
+            "widths": ",".join(str(int(v)) for v in sorted(set(k))),
+            "mean_capacity": ",".join(f"{v:g}" for v in per_k.mean().sort_index()),
+            "min_capacity": ",".join(f"{v:g}" for v in per_k.min().sort_index()),
+            "max_capacity": ",".join(f"{v:g}" for v in per_k.max().sort_index()),
+            "n_switch": float(rows["twin.capacity.n"].max()),
+            "collateral_mean": float(rows["twin.capacity.collateral"].mean()),
+            "kl_max": float(rows["twin.kl.max"].max()),
+            "n_params": float(rows["size.n_params"].iloc[0]),
+            "fit_k": capacity_fit(k, y),
+            "fit_hidden_params": capacity_fit(rows[N_HIDDEN].to_numpy(float), y),
+            "n_jobs": len(rows),
+        }
+    return out
