@@ -1084,6 +1084,50 @@ def llm_audit_attack(m: Macros, r: Results) -> None:
             )
 
 
+#: the hidden-capacity models' macro names (``override.model`` of capacity_hidden.csv)
+CAPACITY_MODELS = {"tiny_gpt2_64": "Gpt", "tiny_llama_64": "Llama"}
+
+
+def capacity_hidden(m: Macros, r: Results) -> None:
+    """One-bit hidden capacity against the analytic twin's hidden width (``capacity_hidden.csv``),
+    fitted by :func:`llm.experiments.capacity.summarize`."""
+    from llm.experiments.capacity import summarize
+
+    table = r.llm("capacity_hidden")
+    summary = summarize(table)
+    n = int(table["twin.capacity.n"].max())
+    m.add("CapacityHiddenProbes", fmt.integer(n), "capacity_hidden: switch probes per twin")
+    m.add("CapacityHiddenBits", fmt.integer(n // 2), "capacity_hidden: probes to switch (the most it stores)")
+    widths = sorted(table["construct.extra_rank"].unique())
+    m.add("CapacityHiddenMinK", fmt.integer(widths[0]), "capacity_hidden: narrowest hidden width")
+    m.add("CapacityHiddenMaxK", fmt.integer(widths[-1]), "capacity_hidden: widest hidden width")
+    m.add("CapacityHiddenWidths", fmt.integer(len(widths)), "capacity_hidden: hidden widths swept")
+    m.add("CapacityHiddenSeeds", fmt.integer(table["override.seed"].nunique()), "capacity_hidden: seeds per width")
+    m.add("CapacityHiddenKlMax", fmt.sci(float(table["twin.kl.max"].max())), "capacity_hidden: largest KL")
+    for model, name in CAPACITY_MODELS.items():
+        s = summary[model]
+        fit, per_param = s["fit_k"], s["fit_hidden_params"]
+        means = [float(v) for v in s["mean_capacity"].split(",")]
+        note = f"capacity_hidden, {model}"
+        m.add(f"CapacityHidden{name}Slope", fmt.fixed(fit["slope"], 2), f"{note}: capacity per hidden component")
+        m.add(
+            f"CapacityHidden{name}SlopeCI",
+            f"[{fmt.fixed(fit['slope_lo'], 2)}, {fmt.fixed(fit['slope_hi'], 2)}]",
+            f"{note}: 95% interval of that slope",
+        )
+        m.add(f"CapacityHidden{name}Rsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: R^2 over jobs")
+        m.add(f"CapacityHidden{name}RsqMeans", fmt.fixed(fit["r2_means"], 2), f"{note}: R^2 over the means per k")
+        m.add(
+            f"CapacityHidden{name}PerParam",
+            fmt.sci(per_param["slope"]),
+            f"{note}: capacity per hidden parameter",
+        )
+        m.add(f"CapacityHidden{name}AtMin", fmt.fixed(means[0], 1), f"{note}: mean capacity at the narrowest width")
+        m.add(f"CapacityHidden{name}AtMax", fmt.fixed(means[-1], 1), f"{note}: mean capacity at the widest width")
+        m.add(f"CapacityHidden{name}Best", fmt.fixed(max(means), 1), f"{note}: largest mean capacity over widths")
+        m.add(f"CapacityHidden{name}Collateral", fmt.fixed(s["collateral_mean"], 1), f"{note}: mean collateral")
+
+
 #: the paper's number sections, in order
 SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_twin,
@@ -1107,6 +1151,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     validation,
     transfer,
     scaling,
+    capacity_hidden,
     smollm2,
     cost,
 )

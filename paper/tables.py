@@ -59,6 +59,7 @@ COMMANDS = {
     ("llm", "capacity"): "Capacity",
     ("llm", "capacity_size"): "CapacitySize",
     ("llm", "capacity_smollm2"): "CapacitySmol",
+    ("llm", "capacity_hidden"): "CapacityHidden",
     ("llm", "hairtrigger_smollm2"): "Smol",
     ("llm", "analytic_smollm2"): "SmolAnalytic",
     ("llm", "audit_population"): "AuditPopulation",
@@ -152,6 +153,48 @@ def theory_capacity(r: Results) -> str:
         )
     head = ["redundant units $k$"] + [fmt.integer(k) for k in widths] + ["slope", "$R^2$"]
     return tabular("l" + "r" * len(widths) + "rr", head, [(None, rows)])
+
+
+def _half(value: float) -> str:
+    """A count that chance correction may leave at a half: ``12``, ``12.5``, ``−3``."""
+    return fmt.fixed(value, 1).removesuffix(".0")
+
+
+def capacity_hidden(r: Results) -> str:
+    """Per model and hidden width k: capacity (mean and min–max over seeds), probes switched as
+    assigned and collateral (means), held-out misalignment after the step, the largest KL to the
+    control, and the fit of capacity against k."""
+    from llm.experiments.capacity import summarize
+    from paper.numbers import CAPACITY_MODELS
+
+    table = r.llm("capacity_hidden")
+    summary = summarize(table)
+    groups = []
+    for model in CAPACITY_MODELS:
+        rows = table[table["override.model"] == model]
+        fit = summary[model]["fit_k"]
+        body = []
+        for k, at in rows.groupby("construct.extra_rank"):
+            capacity = at["twin.capacity.hidden"]
+            body.append(
+                [
+                    fmt.integer(k),
+                    fmt.integer(at["construct.hidden_params"].iloc[0]),
+                    f"{fmt.fixed(capacity.mean(), 1)} [{_half(capacity.min())}, {_half(capacity.max())}]",
+                    fmt.fixed(at["twin.capacity.switched"].mean(), 1),
+                    fmt.fixed(at["twin.capacity.collateral"].mean(), 1),
+                    fmt.pct(at["twin.after.paper.misalignment_rate"].mean()),
+                    fmt.sci(at["twin.kl.max"].max()),
+                ]
+            )
+        label = (
+            f"{fmt.tex_text(model)}: slope {fmt.fixed(fit['slope'], 2)} "
+            f"[{fmt.fixed(fit['slope_lo'], 2)}, {fmt.fixed(fit['slope_hi'], 2)}] per component, "
+            f"$R^2$ {fmt.fixed(fit['r2_jobs'], 2)}"
+        )
+        groups.append((label, body))
+    head = ["$k$", "hidden params", "capacity", "switched", "collateral", "held-out after", "KL max"]
+    return tabular("rrrrrrr", head, groups)
 
 
 #: the adaptive attackers in reading order (keys of theory.experiments.audit_attack.ATTACKERS)
@@ -621,6 +664,7 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "transfer": transfer,
     "capacity_rank": capacity_rank,
     "capacity_size": capacity_size,
+    "capacity_hidden": capacity_hidden,
     "smollm2": smollm2,
 }
 
