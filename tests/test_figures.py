@@ -335,6 +335,25 @@ def test_scaling_plots_capacity_per_rank_and_its_fit(drawn) -> None:
     assert f"{fit['slope']:.1f}·log2 r" in fig.axes[0].get_title() and f"R² {fit['r2']:.2f}" in fig.axes[0].get_title()
 
 
+def test_capacity_hidden_plots_each_models_mean_per_width_and_its_fit(drawn) -> None:
+    from llm.experiments.capacity import summarize
+
+    fig, _ = drawn(llm.capacity_hidden)
+    table = read("llm", "capacity_hidden")
+    summary = summarize(table)
+    for ax, x, fit_key in zip(
+        fig.axes, ("construct.extra_rank", "construct.hidden_params"), ("fit_k", "fit_hidden_params")
+    ):
+        plotted = {line.get_label().split(":")[0]: line for line in lines(ax)}
+        assert len(plotted) == table["override.model"].nunique()
+        for model, rows in table.groupby("override.model"):
+            line = plotted[llm.MODEL_LABELS[model]]
+            means = rows.groupby(x)["twin.capacity.hidden"].mean().sort_index()
+            assert line.get_xdata() == pytest.approx(means.index.to_numpy(float))
+            assert line.get_ydata() == pytest.approx(means.to_numpy())
+            assert f"R² {summary[model][fit_key]['r2_jobs']:.2f}" in line.get_label()
+
+
 def test_scaling_marks_every_smollm2_twin(drawn) -> None:
     fig, _ = drawn(llm.scaling)
     twins = pd.concat([read("llm", "hairtrigger_smollm2"), read("llm", "analytic_smollm2")])

@@ -9,7 +9,9 @@ switched probes that should switch − switched probes that should stay.
 
 :func:`summarize` fits capacity against k and against the hidden parameters ``k · Σ d_in`` over
 the twin's modules, per model: least squares over every job, with the slope's 95% interval
-(Student t on its standard error) and R² over the jobs and over the per-k means.
+(Student t on its standard error) and R² over the jobs and over the per-k means; and, where one
+k was run on several model sizes (``experiment=capacity_hidden_size``), against the base
+parameter count.
 """
 
 from __future__ import annotations
@@ -38,21 +40,23 @@ def capacity_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str,
     half = stats.t.ppf(0.5 + level / 2, len(x) - 2) * fit.stderr if len(x) > 2 else float("nan")
     xs = np.unique(x)
     means = np.array([y[x == v].mean() for v in xs])
-    mean_fit = stats.linregress(xs, means) if len(xs) > 2 else None
+    mean_fit = stats.linregress(xs, means)
     return {
         "slope": float(fit.slope),
         "slope_lo": float(fit.slope - half),
         "slope_hi": float(fit.slope + half),
         "intercept": float(fit.intercept),
         "r2_jobs": float(fit.rvalue**2),
-        "r2_means": float(mean_fit.rvalue**2) if mean_fit is not None else float("nan"),
+        "r2_means": float(mean_fit.rvalue**2),
         "n": len(x),
     }
 
 
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
     """Per model: capacity per k (mean, min, max over seeds), the fits against k and against the
-    hidden parameters, the collateral, and the twins' largest forward difference (KL) to the control."""
+    hidden parameters (where the model has two widths or more), the collateral, and the twins'
+    largest KL to the control; ``by_size``: per k run on two model sizes or more, the fit of
+    capacity against the base parameter count."""
     out: dict[str, Any] = {}
     models = table["override.model"] if "override.model" in table else pd.Series("model", index=table.index)
     for model, rows in table.groupby(models):
@@ -68,8 +72,16 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
             "collateral_mean": float(rows["twin.capacity.collateral"].mean()),
             "kl_max": float(rows["twin.kl.max"].max()),
             "n_params": float(rows["size.n_params"].iloc[0]),
-            "fit_k": capacity_fit(k, y),
-            "fit_hidden_params": capacity_fit(rows[N_HIDDEN].to_numpy(float), y),
             "n_jobs": len(rows),
         }
-    return out
+        if len(set(k)) > 1:
+            out[str(model)] |= {
+                "fit_k": capacity_fit(k, y),
+                "fit_hidden_params": capacity_fit(rows[N_HIDDEN].to_numpy(float), y),
+            }
+    by_size = {
+        f"k={int(k)}": capacity_fit(rows["size.n_params"].to_numpy(float), rows[HIDDEN].to_numpy(float))
+        for k, rows in table.groupby(K)
+        if rows["size.n_params"].nunique() > 1
+    }
+    return out | ({"by_size": by_size} if by_size else {})
