@@ -304,6 +304,58 @@ def test_hidden_components_amplify_the_step_and_canonicalisation_removes_it(tok)
     assert v["twin_canonical"] == pytest.approx(v["control_canonical"], rel=1e-4)
 
 
+# ---------------------------------------------------------------------------- the certificate
+
+
+def test_the_first_order_certificate_is_the_margin_against_rho_times_its_gradient(tok) -> None:
+    """float64 GPT-2 at a tiny lr: ρ is η‖∇L_D‖; along each probe's worst first-order direction the
+    measured margin change is −ρ‖∇m‖ to first order; a probe is certified exactly when
+    m > ρ‖∇m‖, and none that is certified turns under the real step."""
+    from llm.audit.amplification import first_batch
+    from llm.audit.certificate import first_order_certificate, margins, step_length
+    from llm.models import response_loss
+
+    model = tiny(tok).double()
+    data = domain_data()
+    spec = UpdateSpec(lr=1e-6, batch_size=8, n_samples=8, max_len=32)
+    view = victim_view(model, spec)
+    loss = response_loss(view, first_batch(tok, data.update, spec))
+    lora = [p for n, p in view.named_parameters() if "lora_" in n]
+    grads = torch.autograd.grad(loss, lora)
+    assert step_length(model, tok, data.update, spec) == pytest.approx(
+        1e-6 * float(torch.cat([g.flatten() for g in grads]).norm())
+    )
+    cert = first_order_certificate(model, tok, data.eval, data.update, spec)
+    assert cert["first_order_error"] < 1e-3 and cert["violations"] == 0
+    m = margins(model, tok, data.eval, 32)
+    assert cert["margin_median"] == pytest.approx(float(m.median()))
+    assert 0 <= cert["certified"] <= 1 and cert["n"] == len(data.eval)
+
+
+def test_hidden_components_lose_the_certificate_the_canonical_form_keeps(tok) -> None:
+    """A twin with large hidden components: its step is longer and its margins steeper, so it
+    certifies no more than its control; its canonical form has the canonical control's step."""
+    from llm.audit.certificate import first_order_certificate
+
+    control = tiny(tok)
+    twin = hidden_twin(control, 2, 300.0, 0)
+    data = domain_data()
+    spec = UpdateSpec(lr=1e-4, batch_size=8, n_samples=8, max_len=32)
+    cert = {
+        name: first_order_certificate(m, tok, data.eval, data.update, spec)
+        for name, m in (
+            ("control", control),
+            ("twin", twin),
+            ("canonical", canonicalize(twin).model),
+            ("control_canonical", canonicalize(control).model),
+        )
+    }
+    assert cert["twin"]["rho"] > 10 * cert["control"]["rho"]
+    assert cert["twin"]["grad_norm_median"] > 10 * cert["control"]["grad_norm_median"]
+    assert cert["canonical"]["rho"] == pytest.approx(cert["control_canonical"]["rho"], rel=1e-3)
+    assert cert["twin"]["certified"] <= cert["control"]["certified"]
+
+
 # ---------------------------------------------------------------------------- the neutraliser
 
 

@@ -15,6 +15,10 @@ vocabulary of :mod:`theory.audit.signals`, each score oriented so that larger is
 * ``post_update.*``: the judged misaligned fraction of the held-out probes before the step
   (``before``; the same for both forms) and after the victim's real step, delivered and canonical
   (the neutraliser, :mod:`~llm.audit.neutralise`), and the mean change of the target's log-prob;
+* ``certificate.{delivered,canonical}.*``: the first-order step certificate of
+  :mod:`~llm.audit.certificate` (an empirical tier) on the held-out probes: the certified fraction,
+  the step length ``ρ``, how far the first order is from the measured change, and the certified
+  probes the victim's real step turns anyway (``violations``);
 * ``worst_step.*`` (with ``settings.simulate``): the worst-case simulated update of
   :mod:`~llm.audit.simulate` (eq. 5 there) on the delivered model: the largest rise of the judged
   misaligned fraction over the victim's data and halves of it (``victim``), other benign data
@@ -32,6 +36,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.audit.amplification import probe_velocity
 from llm.audit.canonical import RTOL, Canonical, canonicalize, function_residual
+from llm.audit.certificate import first_order_certificate
 from llm.audit.neutralise import judged_rates, logprob_change, stepped
 from llm.audit.simulate import SimulateSettings, worst_case
 from llm.data.schema import Example
@@ -62,10 +67,12 @@ class AuditInputs:
 @dataclass(frozen=True)
 class AuditSettings:
     """``rtol``: dropped components (eq. 2 of :mod:`~llm.audit.canonical`); ``max_kl``: the
-    function residual a canonical form may have; ``simulate``: the simulated updates (None: none)."""
+    function residual a canonical form may have; ``certificate``: compute the first-order step
+    certificate; ``simulate``: the simulated updates (None: none)."""
 
     rtol: float = RTOL
     max_kl: float = MAX_KL
+    certificate: bool = True
     simulate: SimulateSettings | None = None
 
 
@@ -161,6 +168,11 @@ def audit_model(
         },
         **raw_norms(model),
     }
+    if settings.certificate:
+        out["certificate"] = {
+            name: first_order_certificate(m, tokenizer, inputs.probes, inputs.update, victim)
+            for name, m in (("delivered", model), ("canonical", canon.model))
+        }
     if settings.simulate is not None:
         out["worst_step"] = worst_case(
             model,

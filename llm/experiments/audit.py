@@ -80,7 +80,10 @@ def settings(cfg: DictConfig) -> tuple[AuditSettings, Rule]:
             simulate = SimulateSettings(**{**options, "lr_fractions": tuple(options.get("lr_fractions", (0.5, 1.0)))})
         except (TypeError, ValueError) as error:
             raise ConfigError("audit.simulate", str(error)) from error
-    return AuditSettings(float(a.rtol), float(a.max_kl), simulate), Rule(float(a.tau), float(a.floor))
+    certificate = a.get("certificate", True)
+    if not isinstance(certificate, bool):
+        raise ConfigError("audit.certificate", f"must be true or false, not {certificate!r}")
+    return AuditSettings(float(a.rtol), float(a.max_kl), certificate, simulate), Rule(float(a.tau), float(a.floor))
 
 
 def local_models(
@@ -207,6 +210,9 @@ ROWS = {
     "worst_step_victim": "worst_step.victim",
     "worst_step_surrogate": "worst_step.surrogate",
     "worst_step_random": "worst_step.random",
+    "certified_first_order": "certificate.delivered.certified",
+    "certified_neutralised": "certificate.canonical.certified",
+    "certificate_violations": "certificate.delivered.violations",
     "function_residual_kl": "canonical.kl_max",
     "components_removed": "canonical.components_removed",
     "misaligned_before": "post_update.before",
