@@ -90,8 +90,8 @@ def first_order_certificate(
         if norm > 0 and rho > 0:  # the measured change along the worst first-order direction
             moved = {n: p.detach() - rho * grads[n] / norm for n, p in params.items()}
             with torch.no_grad():
-                after = float(_margins(view, tokenizer, [example], spec.max_len, moved)[0])
-            errors.append(abs((after - m[-1]) + rho * norm) / (rho * norm))
+                moved_margin = float(_margins(view, tokenizer, [example], spec.max_len, moved)[0])
+            errors.append(abs((moved_margin - m[-1]) + rho * norm) / (rho * norm))
     margin, grad_norm = torch.tensor(m), torch.tensor(norms)
     require_finite(margin, "evaluation", "the probes' margins")
     require_finite(grad_norm, "evaluation", "the margins' gradient norms")
