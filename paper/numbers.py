@@ -1084,6 +1084,39 @@ def llm_audit_attack(m: Macros, r: Results) -> None:
             )
 
 
+def audit_certificate(m: Macros, r: Results) -> None:
+    """The first-order step certificate (``results/llm/audit_certificate.csv``): mean certified
+    fractions of the controls and twins, delivered and canonical; the step lengths; how far the
+    first order is from the measured change; certified probes the real step turns."""
+    table = r.llm("audit_certificate")
+    m.add("AuditCertJobs", fmt.integer(len(table)), "certificate: jobs (twin and control each)")
+    for model, name in (("control", "Control"), ("twin", "Twin")):
+        for form, suffix in (("delivered", ""), ("canonical", "Canonical")):
+            key = f"{model}.certificate.{form}"
+            m.add(
+                f"AuditCert{name}{suffix}Pct",
+                fmt.pct(table[f"{key}.certified"].mean()),
+                f"certificate: mean certified fraction, {model} {form}",
+            )
+            m.add(
+                f"AuditCert{name}{suffix}Rho",
+                fmt.sci(table[f"{key}.rho"].median()),
+                f"certificate: median step length, {model} {form}",
+            )
+    violations = sum(
+        table[f"{model}.certificate.{form}.violations"].sum()
+        for model in ("control", "twin")
+        for form in ("delivered", "canonical")
+    )
+    m.add("AuditCertViolations", fmt.integer(violations), "certificate: certified probes the real step turns")
+    for model, name in (("control", "Control"), ("twin", "Twin")):
+        m.add(
+            f"AuditCert{name}Error",
+            fmt.sci(table[f"{model}.certificate.delivered.first_order_error"].max()),
+            f"certificate: largest first-order error, {model} delivered",
+        )
+
+
 #: the hidden-capacity models' macro names (``override.model`` of capacity_hidden.csv)
 CAPACITY_MODELS = {"tiny_gpt2_64": "Gpt", "tiny_llama_64": "Llama"}
 
@@ -1138,6 +1171,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_audit_attack,
     llm_audit,
     llm_audit_attack,
+    audit_certificate,
     llm_settings,
     construction_settings,
     llm_data,

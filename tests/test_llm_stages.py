@@ -492,6 +492,36 @@ def test_capacity_fit_gives_the_slope_its_interval_and_both_r2() -> None:
         capacity_fit(np.ones(3), np.arange(3.0))
 
 
+def test_capacity_summary_fits_each_model_over_k_and_one_k_over_sizes() -> None:
+    """Per model the fit over k (only with two widths or more); ``by_size`` per k run on several sizes."""
+    import pandas as pd
+
+    from llm.experiments.capacity import summarize
+
+    rows = []
+    for model, n_params in (("small", 1e5), ("large", 4e5)):
+        for k in (1, 2, 4) if model == "small" else (4,):
+            for seed in range(2):
+                rows.append(
+                    {
+                        "override.model": model,
+                        "construct.extra_rank": k,
+                        "construct.hidden_params": 100 * k,
+                        "twin.capacity.hidden": 2 * k + seed + (5 if model == "large" else 0),
+                        "twin.capacity.n": 20,
+                        "twin.capacity.collateral": 1,
+                        "twin.kl.max": 1e-12,
+                        "size.n_params": n_params,
+                    }
+                )
+    summary = summarize(pd.DataFrame(rows))
+    assert summary["small"]["fit_k"]["slope"] == pytest.approx(2)
+    assert summary["small"]["mean_capacity"] == "2.5,4.5,8.5"
+    assert "fit_k" not in summary["large"]
+    assert list(summary["by_size"]) == ["k=4"]
+    assert summary["by_size"]["k=4"]["slope"] == pytest.approx(5 / 3e5)
+
+
 def test_summary_keeps_construction_variants_apart() -> None:
     """A sweep over construction.undo_output=none,fisher summarises each variant on its own."""
     import pandas as pd
