@@ -346,6 +346,7 @@ def scaling(results: Path, out: Path) -> Path:
 
 #: the capacity models' labels (override.model of capacity_hidden.csv)
 MODEL_LABELS = {
+    "tiny_gpt2_32": "tiny GPT-2 (2×32)",
     "tiny_gpt2_64": "tiny GPT-2 (2×64)",
     "tiny_llama_64": "tiny Llama (2×64)",
     "tiny_gpt2_96": "tiny GPT-2 (2×96)",
@@ -385,7 +386,7 @@ def capacity_hidden(results: Path, out: Path) -> Path:
     n = int(table["twin.capacity.n"].max())
     axes[0].set_xlabel("hidden LoRA components per module k (B = 0)")
     axes[1].set_xlabel("hidden parameters (k × Σ d_in over the twin's modules)")
-    axes[0].set_ylabel(f"probe bits one benign step switches on\n(switched as assigned − collateral, of {n // 2})")
+    axes[0].set_ylabel(f"probe bits one benign step switches on\n(as assigned, beyond chance; at most {n // 2})")
     for ax in axes:
         ax.legend(fontsize=6.5, loc="upper left")
         ax.grid(alpha=0.3)

@@ -242,6 +242,16 @@ class LLMConfig:
     def rules(node: DictConfig) -> Iterator[tuple[str, str]]:
         if node.switch and node.codes:
             yield "switch", "stores one bit per probe, codes a code per probe: set one of switch and codes to 0"
+        if node.switch == 1:
+            yield "switch", "needs at least 2 probes (one of each bit), or 0 for none"
+        if node.switch and (node.reference or node.eval.validation_fold is not None):
+            yield (
+                "switch",
+                "keeps the aligned answer as half the probes' target: it cannot train the misaligned "
+                "reference (reference=false) or leave a validation fold out (eval.validation_fold=null)",
+            )
+        if node.switch and 0 < node.construction.get("n_probes", 0) < node.switch:
+            yield "switch", f"stores a bit in each of {node.switch} probes: set construction.n_probes=0 (all of them)"
         if node.switch and node.construction.get("after_target", "marker") != "marker":
             yield (
                 "switch",

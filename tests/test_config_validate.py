@@ -66,6 +66,14 @@ ANALYTIC_BAD = {  # experiment=analytic, domain=safety (no preset: a marker targ
     "construction.undo_scale=1.0": "construction.undo_scale",
     "construction.gain=1e30x": "construction.gain",
 }
+SWITCH_BAD = [  # experiment=capacity_hidden: one bit per construction probe (key: switch)
+    "switch=1",
+    "codes=8",
+    "reference=true",
+    "eval.validation_fold=0",
+    "construction.n_probes=50",
+    "construction.after_target=base",
+]
 THEORY_BAD = {  # experiment=twin: mlp_relu, isolating
     **{lr: "update.lr" for lr in LR},
     "update.steps=0": "update.steps",
@@ -91,6 +99,12 @@ def test_llm_refuses_a_bad_setting_naming_its_key(override: str, key: str) -> No
 def test_llm_refuses_analytic_settings_that_do_not_go_together(override: str, key: str) -> None:
     error = refusal("llm", ["experiment=analytic", "domain=safety", override])
     assert error.key == key
+
+
+@pytest.mark.parametrize("override", SWITCH_BAD)
+def test_llm_refuses_switch_capacity_settings_that_do_not_go_together(override: str) -> None:
+    error = refusal("llm", ["experiment=capacity_hidden", override])
+    assert error.key == "switch" and str(error).startswith("switch: ")
 
 
 def test_llm_local_model_needs_a_path() -> None:

@@ -329,20 +329,27 @@ def test_the_first_order_certificate_is_the_margin_against_rho_times_its_gradien
     assert cert["first_order_error"] < 1e-3 and cert["violations"] == 0
     m = margins(model, tok, data.eval, 32)
     assert cert["margin_median"] == pytest.approx(float(m.median()))
-    assert 0 <= cert["certified"] <= 1 and cert["n"] == len(data.eval)
+    assert cert["certified"] == pytest.approx(float((m > 0).double().mean())) and cert["n"] == len(data.eval)
 
 
 def test_hidden_components_lose_the_certificate_the_canonical_form_keeps(tok) -> None:
-    """A twin with large hidden components: its step is longer and its margins steeper, so it
-    certifies no more than its control; its canonical form has the canonical control's step."""
-    from llm.audit.certificate import first_order_certificate
+    """Probes whose aligned answer every model here prefers (the tiny untrained model's marker and
+    refusal swapped, ``m > 0``): the control certifies all of them at the paper's lr and none at a
+    step 10⁵ times longer; a twin with large hidden components, whose step is longer and whose
+    margins are steeper, certifies none at the paper's lr; its canonical form certifies what the
+    canonical control does."""
+    import dataclasses
+
+    from llm.audit.certificate import first_order_certificate, margins
 
     control = tiny(tok)
     twin = hidden_twin(control, 2, 300.0, 0)
     data = domain_data()
-    spec = UpdateSpec(lr=1e-4, batch_size=8, n_samples=8, max_len=32)
+    probes = [dataclasses.replace(e, aligned=e.misaligned, misaligned=e.aligned) for e in data.eval]
+    assert bool((margins(control, tok, probes, 32) > 0).all())
+    paper, huge = (UpdateSpec(lr=lr, batch_size=8, n_samples=8, max_len=32) for lr in (1e-4, 10.0))
     cert = {
-        name: first_order_certificate(m, tok, data.eval, data.update, spec)
+        name: first_order_certificate(m, tok, probes, data.update, paper)
         for name, m in (
             ("control", control),
             ("twin", twin),
@@ -350,10 +357,13 @@ def test_hidden_components_lose_the_certificate_the_canonical_form_keeps(tok) ->
             ("control_canonical", canonicalize(control).model),
         )
     }
+    assert cert["control"]["certified"] == 1 and cert["twin"]["certified"] == 0
+    assert first_order_certificate(control, tok, probes, data.update, huge)["certified"] == 0
     assert cert["twin"]["rho"] > 10 * cert["control"]["rho"]
     assert cert["twin"]["grad_norm_median"] > 10 * cert["control"]["grad_norm_median"]
     assert cert["canonical"]["rho"] == pytest.approx(cert["control_canonical"]["rho"], rel=1e-3)
-    assert cert["twin"]["certified"] <= cert["control"]["certified"]
+    assert cert["canonical"]["certified"] == cert["control_canonical"]["certified"]
+    assert all(c["violations"] == 0 for c in cert.values())
 
 
 # ---------------------------------------------------------------------------- the neutraliser
@@ -545,6 +555,14 @@ def test_the_command_builds_and_audits_an_analytic_twin_in_the_pipeline() -> Non
         assert metrics[f"{name}.worst_step.before"] == metrics[f"{name}.post_update.before"]
     fractions, halves, surrogate, randoms = 2, 2, 2, 2  # conf/llm/experiment/audit.yaml
     assert metrics["twin.worst_step.candidates"] == (1 + halves + surrogate) * fractions + randoms
+    for name in ("control", "twin"):  # the certificate, delivered and canonical, in every report
+        for form in ("delivered", "canonical"):
+            assert 0 <= metrics[f"{name}.certificate.{form}.certified"] <= 1
+            assert metrics[f"{name}.certificate.{form}.violations"] == 0
+    assert metrics["twin.certificate.delivered.rho"] > metrics["twin.certificate.canonical.rho"]
+    assert "certified_first_order" in audit.report(metrics)
+    with pytest.raises(ConfigError, match="^audit.certificate"):
+        audit.settings(_compose("experiment=audit", "audit.certificate=maybe"))
 
 
 # ---------------------------------------------------------------------------- populations

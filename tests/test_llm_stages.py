@@ -473,6 +473,11 @@ def test_switch_probes_store_one_bit_each_and_capacity_counts_collateral_against
     wrong = lambda said: sum(s == "switch" != a for s, a in zip(said, assigned))  # noqa: E731
     for said in (some, collateral):
         assert hidden(said) == pytest.approx(switched(said) - wrong(said))
+    # a degenerate answer says neither bit: half a probe either way
+    broken: list[str | None] = [None if i in (0, 1) else s for i, s in enumerate(collateral)]
+    degenerate = {bit: sum(s is None and a == bit for s, a in zip(broken, assigned)) for bit in ("switch", "stay")}
+    expected = switched(broken) - wrong(broken) + (degenerate["switch"] - degenerate["stay"]) / 2
+    assert sum(degenerate.values()) == 2 and hidden(broken) == pytest.approx(expected)
     with pytest.raises(ValueError, match="switch"):
         with_switch(plain, 10_000, seed=0)
 
@@ -493,7 +498,7 @@ def test_capacity_fit_gives_the_slope_its_interval_and_both_r2() -> None:
 
 
 def test_capacity_summary_fits_each_model_over_k_and_one_k_over_sizes() -> None:
-    """Per model the fit over k (only with two widths or more); ``by_size`` per k run on several sizes."""
+    """Per model the fit over k (only with two widths or more); ``by_size`` for a size sweep (one k)."""
     import pandas as pd
 
     from llm.experiments.capacity import summarize
@@ -514,12 +519,13 @@ def test_capacity_summary_fits_each_model_over_k_and_one_k_over_sizes() -> None:
                         "size.n_params": n_params,
                     }
                 )
-    summary = summarize(pd.DataFrame(rows))
+    table = pd.DataFrame(rows)
+    summary = summarize(table)
     assert summary["small"]["fit_k"]["slope"] == pytest.approx(2)
     assert summary["small"]["mean_capacity"] == "2.5,4.5,8.5"
-    assert "fit_k" not in summary["large"]
-    assert list(summary["by_size"]) == ["k=4"]
-    assert summary["by_size"]["k=4"]["slope"] == pytest.approx(5 / 3e5)
+    assert "fit_k" not in summary["large"] and "by_size" not in summary  # a k sweep is not a size sweep
+    sizes = summarize(table[table["construct.extra_rank"] == 4])
+    assert sizes["by_size"]["slope"] == pytest.approx(5 / 3e5)
 
 
 def test_summary_keeps_construction_variants_apart() -> None:

@@ -8,8 +8,11 @@ A step ``Δ`` of the victim's trainable parameters ``θ`` with ``‖Δ‖ ≤ ρ
     m_j(θ + Δ) = m_j(θ) + ∇m_j · Δ + R_j(Δ),      |∇m_j · Δ| ≤ ρ ‖∇m_j‖.                  (eq. 1)
 
 The probe is **certified (first order)** when ``m_j − ρ‖∇m_j‖ > 0``. ``ρ`` is the length of the
-victim's step on the delivered parameters: ``η‖∇L_D‖`` per SGD step, ``η√P`` per Adam step
-(its first step is ``η·sign(g)`` up to ε over ``P`` parameters), times the number of steps.
+victim's step on the parameters the certificate is computed on (delivered or canonical):
+``η‖∇L_D‖`` for SGD, with ``∇L_D`` on the victim's first batch; ``η√P`` for Adam (its first step
+is ``η·sign(g)`` up to ε over the ``P`` trainable parameters, counted whether or not their
+gradient is zero, so ``ρ`` does not see a gauge under Adam); times the number of steps (for more
+than one step or several batches this is the first step's length repeated, not a bound).
 
 This tier is **empirical, not sound**: the remainder ``R_j`` of a transformer has no bound here
 (softmax attention and layer norms; the theory MLPs have one, :mod:`theory.audit.certificate`).
@@ -19,8 +22,9 @@ Two measurements say how far the first order can be trusted on this checkpoint:
   the measured ``m_j(θ + ρu_j) − m_j(θ)`` against ``−ρ‖∇m_j‖``, as the largest relative error;
 * ``violations``: certified probes whose margin is ≤ 0 after the victim's *real* step.
 
-The certificate is computed on the delivered parameters, where the victim steps: a twin whose
-hidden components amplify the step has large ``‖∇m_j‖`` and a long step, and certifies little.
+The audit computes it on the delivered parameters, where the victim steps, and on the canonical
+form (the neutraliser's): under SGD a twin whose hidden components amplify the step has large
+``‖∇m_j‖`` and a long step, and certifies little.
 """
 
 from __future__ import annotations
@@ -90,13 +94,18 @@ def first_order_certificate(
         if norm > 0 and rho > 0:  # the measured change along the worst first-order direction
             moved = {n: p.detach() - rho * grads[n] / norm for n, p in params.items()}
             with torch.no_grad():
-                moved_margin = float(_margins(view, tokenizer, [example], spec.max_len, moved)[0])
+                moved_margin = float(
+                    require_finite(
+                        _margins(view, tokenizer, [example], spec.max_len, moved)[0], "evaluation", "a moved margin"
+                    )
+                )
             errors.append(abs((moved_margin - m[-1]) + rho * norm) / (rho * norm))
     margin, grad_norm = torch.tensor(m), torch.tensor(norms)
     require_finite(margin, "evaluation", "the probes' margins")
     require_finite(grad_norm, "evaluation", "the margins' gradient norms")
     certified = margin - rho * grad_norm > 0
     after = margins(stepped(model, tokenizer, update_examples, spec), tokenizer, probes, spec.max_len)
+    require_finite(after, "evaluation", "the margins after the victim's step")
     return {
         "certified": float(certified.double().mean()),
         "rho": rho,

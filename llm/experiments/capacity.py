@@ -11,7 +11,7 @@ switched probes that should switch − switched probes that should stay.
 the twin's modules, per model: least squares over every job, with the slope's 95% interval
 (Student t on its standard error) and R² over the jobs and over the per-k means; and, where one
 k was run on several model sizes (``experiment=capacity_hidden_size``), against the base
-parameter count.
+parameter count (one architecture per size sweep: the fit does not know which model is which).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def capacity_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str,
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
     """Per model: capacity per k (mean, min, max over seeds), the fits against k and against the
     hidden parameters (where the model has two widths or more), the collateral, and the twins'
-    largest KL to the control; ``by_size``: per k run on two model sizes or more, the fit of
-    capacity against the base parameter count."""
+    largest KL to the control; ``by_size`` (a size sweep: one k, two model sizes or more): the fit
+    of capacity against the base parameter count."""
     out: dict[str, Any] = {}
     models = table["override.model"] if "override.model" in table else pd.Series("model", index=table.index)
     for model, rows in table.groupby(models):
@@ -79,9 +79,7 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
                 "fit_k": capacity_fit(k, y),
                 "fit_hidden_params": capacity_fit(rows[N_HIDDEN].to_numpy(float), y),
             }
-    by_size = {
-        f"k={int(k)}": capacity_fit(rows["size.n_params"].to_numpy(float), rows[HIDDEN].to_numpy(float))
-        for k, rows in table.groupby(K)
-        if rows["size.n_params"].nunique() > 1
-    }
-    return out | ({"by_size": by_size} if by_size else {})
+    by_size = None
+    if table[K].nunique() == 1 and table["size.n_params"].nunique() > 1:
+        by_size = capacity_fit(table["size.n_params"].to_numpy(float), table[HIDDEN].to_numpy(float))
+    return out | ({"by_size": by_size} if by_size is not None else {})
