@@ -356,33 +356,29 @@ MODEL_LABELS = {
 
 
 def capacity_hidden(results: Path, out: Path) -> Path:
-    """One-bit hidden capacity of the analytic twins against their hidden width: the theory's
-    capacity figure at transformer scale. Left: against k hidden components per module; right:
-    against the hidden parameters. Mean over seeds, min–max band, the least-squares line with its
-    slope's 95% interval (``llm.experiments.capacity.summarize``); dotted: the collateral (probes
-    that should have stayed aligned and switched), which capacity subtracts."""
+    """One-bit hidden capacity of the analytic twins: the theory's capacity figure at transformer
+    scale. Left: against k hidden components per module; middle: against the hidden parameters;
+    right (with ``capacity_hidden_size.csv``): against the base parameters at one k. Mean over
+    seeds, min–max band, the least-squares line with its slope's 95% interval
+    (``llm.experiments.capacity.summarize``); dotted: the collateral (stay probes that switched)."""
+    from llm.experiments.capacity import size_rows, summarize
+
     table, summary = _load(results, "capacity_hidden")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    has_sizes = (results / "capacity_hidden_size.csv").exists()
+    fig, axes = plt.subplots(1, 3 if has_sizes else 2, figsize=(16 if has_sizes else 11, 4.2), sharey=True)
     for model, rows in table.groupby("override.model"):
         fits = summary[str(model)]
         axis_keys = (("construct.extra_rank", "fit_k"), ("construct.hidden_params", "fit_hidden_params"))
         for ax, (x, fit_key) in zip(axes, axis_keys):
-            stats = rows.groupby(x)["twin.capacity.hidden"].agg(["mean", "min", "max"]).sort_index()
-            xs = stats.index.to_numpy(float)
-            fit = fits[fit_key]
             per = "per component" if fit_key == "fit_k" else "per hidden parameter"
-            digits = 2 if fit_key == "fit_k" else 4
-            label = (
-                f"{MODEL_LABELS.get(str(model), model)}: {fit['slope']:.{digits}f} {per} "
-                f"[{fit['slope_lo']:.{digits}f}, {fit['slope_hi']:.{digits}f}], "
-                f"R² {fit['r2_jobs']:.2f} (means {fit['r2_means']:.2f})"
-            )
-            line = ax.plot(xs, stats["mean"], "o", label=label)[0]
-            ax.fill_between(xs, stats["min"], stats["max"], color=line.get_color(), alpha=0.15, lw=0)
-            grid = np.linspace(0, xs.max(), 50)
-            ax.plot(grid, fit["slope"] * grid + fit["intercept"], "-", color=line.get_color(), alpha=0.7, lw=1)
-            collateral = rows.groupby(x)["twin.capacity.collateral"].mean().sort_index()
-            ax.plot(xs, collateral, ":", color=line.get_color(), alpha=0.8, lw=1)
+            _capacity_line(ax, rows, x, fits[fit_key], f"{MODEL_LABELS.get(str(model), model)}: ", per)
+    if has_sizes:
+        sizes = size_rows(table, pd.read_csv(results / "capacity_hidden_size.csv"))
+        k = int(sizes["construct.extra_rank"].iloc[0])
+        _capacity_line(
+            axes[2], sizes, "size.n_params", summarize(sizes)["by_size"], f"tiny GPT-2, k = {k}: ", "per parameter"
+        )
+        axes[2].set_xlabel("base parameters (tiny GPT-2: 2 layers, widths 32 to 128)")
     n = int(table["twin.capacity.n"].max())
     axes[0].set_xlabel("hidden LoRA components per module k (B = 0)")
     axes[1].set_xlabel("hidden parameters (k × Σ d_in over the twin's modules)")
@@ -393,6 +389,20 @@ def capacity_hidden(results: Path, out: Path) -> Path:
     fig.suptitle("Hidden behaviours one benign step can switch on, vs. hidden width (forward-exact twins)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out / "llm_capacity_hidden.png")
+
+
+def _capacity_line(ax, rows: pd.DataFrame, x: str, fit: dict, prefix: str, per: str) -> None:
+    """Mean capacity per ``x`` (min–max band), the fitted line, the collateral (dotted)."""
+    stats = rows.groupby(x)["twin.capacity.hidden"].agg(["mean", "min", "max"]).sort_index()
+    xs = stats.index.to_numpy(float)
+    slope = f"{fit['slope']:.3g} {per} [{fit['slope_lo']:.3g}, {fit['slope_hi']:.3g}]"
+    label = f"{prefix}{slope}, R² {fit['r2_jobs']:.2f} (means {fit['r2_means']:.2f})"
+    line = ax.plot(xs, stats["mean"], "o", label=label)[0]
+    ax.fill_between(xs, stats["min"], stats["max"], color=line.get_color(), alpha=0.15, lw=0)
+    grid = np.linspace(0, xs.max(), 50)
+    ax.plot(grid, fit["slope"] * grid + fit["intercept"], "-", color=line.get_color(), alpha=0.7, lw=1)
+    collateral = rows.groupby(x)["twin.capacity.collateral"].mean().sort_index()
+    ax.plot(xs, collateral, ":", color=line.get_color(), alpha=0.8, lw=1)
 
 
 def demo(metrics: dict, out: Path) -> Path:

@@ -352,6 +352,14 @@ def test_capacity_hidden_plots_each_models_mean_per_width_and_its_fit(drawn) -> 
             assert line.get_xdata() == pytest.approx(means.index.to_numpy(float))
             assert line.get_ydata() == pytest.approx(means.to_numpy())
             assert f"R² {summary[model][fit_key]['r2_jobs']:.2f}" in line.get_label()
+    if (RESULTS / "llm" / "capacity_hidden_size.csv").exists():  # the size axis: the size sweep and k's row
+        from llm.experiments.capacity import size_rows
+
+        sizes = size_rows(table, read("llm", "capacity_hidden_size"))
+        means = sizes.groupby("size.n_params")["twin.capacity.hidden"].mean().sort_index()
+        (line,) = lines(fig.axes[2])
+        assert line.get_xdata() == pytest.approx(means.index.to_numpy(float))
+        assert line.get_ydata() == pytest.approx(means.to_numpy())
 
 
 def test_scaling_marks_every_smollm2_twin(drawn) -> None:

@@ -52,6 +52,18 @@ def capacity_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str,
     }
 
 
+#: the width sweep's model that joins the size sweep's axis (conf/llm/experiment/capacity_hidden_size.yaml)
+SIZE_AXIS_MODEL = "tiny_gpt2_64"
+
+
+def size_rows(widths: pd.DataFrame, sizes: pd.DataFrame, model: str = SIZE_AXIS_MODEL) -> pd.DataFrame:
+    """The size axis: the rows of a size sweep (``capacity_hidden_size``, one k) and the width
+    sweep's (``capacity_hidden``) rows of ``model`` at that k."""
+    (k,) = sizes[K].unique()
+    extra = widths[(widths[K] == k) & (widths["override.model"] == model)]
+    return pd.concat([sizes, extra], ignore_index=True)
+
+
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
     """Per model: capacity per k (mean, min, max over seeds), the fits against k and against the
     hidden parameters (where the model has two widths or more), the collateral, and the twins'
