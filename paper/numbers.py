@@ -1159,6 +1159,27 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         m.add(f"CapacityHidden{name}AtMax", fmt.fixed(means[-1], 1), f"{note}: mean capacity at the widest width")
         m.add(f"CapacityHidden{name}Best", fmt.fixed(max(means), 1), f"{note}: largest mean capacity over widths")
         m.add(f"CapacityHidden{name}Collateral", fmt.fixed(s["collateral_mean"], 1), f"{note}: mean collateral")
+    # the size axis: the size sweep at one k, with the width sweep's row of the same architecture
+    from llm.experiments.capacity import size_rows
+
+    sizes = size_rows(table, r.llm("capacity_hidden_size"))
+    fit = summarize(sizes)["by_size"]
+    means = sizes.groupby("size.n_params")["twin.capacity.hidden"].mean().sort_index()
+    m.add("CapacityHiddenSizeK", fmt.integer(sizes["construct.extra_rank"].iloc[0]), "capacity size axis: k")
+    m.add("CapacityHiddenSizeModels", fmt.integer(len(means)), "capacity size axis: model sizes")
+    m.add("CapacityHiddenSizeSmallest", fmt.integer(means.index[0]), "capacity size axis: smallest base parameters")
+    m.add("CapacityHiddenSizeLargest", fmt.integer(means.index[-1]), "capacity size axis: largest base parameters")
+    m.add("CapacityHiddenSizeAtSmallest", fmt.fixed(means.iloc[0], 1), "capacity size axis: mean at the smallest")
+    m.add("CapacityHiddenSizeAtLargest", fmt.fixed(means.iloc[-1], 1), "capacity size axis: mean at the largest")
+    m.add(
+        "CapacityHiddenSizeSlope", fmt.fixed(fit["slope"] * 1e5, 2), "capacity size axis: capacity per 100k parameters"
+    )
+    m.add(
+        "CapacityHiddenSizeSlopeCI",
+        f"[{fmt.fixed(fit['slope_lo'] * 1e5, 2)}, {fmt.fixed(fit['slope_hi'] * 1e5, 2)}]",
+        "capacity size axis: 95% interval of that slope",
+    )
+    m.add("CapacityHiddenSizeRsq", fmt.fixed(fit["r2_jobs"], 2), "capacity size axis: R^2 over jobs")
 
 
 #: the paper's number sections, in order

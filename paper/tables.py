@@ -60,6 +60,7 @@ COMMANDS = {
     ("llm", "capacity_size"): "CapacitySize",
     ("llm", "capacity_smollm2"): "CapacitySmol",
     ("llm", "capacity_hidden"): "CapacityHidden",
+    ("llm", "capacity_hidden_size"): "CapacityHiddenSize",
     ("llm", "hairtrigger_smollm2"): "Smol",
     ("llm", "analytic_smollm2"): "SmolAnalytic",
     ("llm", "audit_population"): "AuditPopulation",
@@ -196,6 +197,30 @@ def capacity_hidden(r: Results) -> str:
         groups.append((label, body))
     head = ["$k$", "hidden params", "capacity", "switched", "collateral", "held-out after", "KL max"]
     return tabular("rrrrrrr", head, groups)
+
+
+def capacity_hidden_size(r: Results) -> str:
+    """Per tiny GPT-2 width at one k: base and hidden parameters, capacity (mean and min–max over
+    seeds), switched and collateral (means), the largest KL to the control."""
+    from llm.experiments.capacity import size_rows
+
+    sizes = size_rows(r.llm("capacity_hidden"), r.llm("capacity_hidden_size"))
+    body = []
+    for n_params, at in sizes.groupby("size.n_params"):
+        capacity = at["twin.capacity.hidden"]
+        body.append(
+            [
+                fmt.tex_text(at["override.model"].iloc[0]),
+                fmt.integer(n_params),
+                fmt.integer(at["construct.hidden_params"].iloc[0]),
+                f"{fmt.fixed(capacity.mean(), 1)} [{_half(capacity.min())}, {_half(capacity.max())}]",
+                fmt.fixed(at["twin.capacity.switched"].mean(), 1),
+                fmt.fixed(at["twin.capacity.collateral"].mean(), 1),
+                fmt.sci(at["twin.kl.max"].max()),
+            ]
+        )
+    head = ["model", "base params", "hidden params", "capacity", "switched", "collateral", "KL max"]
+    return tabular("lrrrrrr", head, [(None, body)])
 
 
 #: the adaptive attackers in reading order (keys of theory.experiments.audit_attack.ATTACKERS)
@@ -666,6 +691,7 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "capacity_rank": capacity_rank,
     "capacity_size": capacity_size,
     "capacity_hidden": capacity_hidden,
+    "capacity_hidden_size": capacity_hidden_size,
     "smollm2": smollm2,
 }
 
