@@ -384,7 +384,9 @@ def capacity_hidden(results: Path, out: Path) -> Path:
     axes[1].set_xlabel("hidden parameters (k × Σ d_in over the twin's modules)")
     axes[0].set_ylabel(f"probe bits one benign step switches on\n(as assigned, beyond chance; at most {n // 2})")
     for ax in axes:
+        ax.plot([], [], ":", color="grey", label="dotted: collateral (stay probes that switched)")
         ax.legend(fontsize=6.5, loc="upper left")
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend above the collateral
         ax.grid(alpha=0.3)
     fig.suptitle("Hidden behaviours one benign step can switch on, vs. hidden width (forward-exact twins)", fontsize=10)
     fig.tight_layout()

@@ -1139,7 +1139,7 @@ def capacity_hidden(m: Macros, r: Results) -> None:
     m.add("CapacityHiddenKlMax", fmt.sci(float(table["twin.kl.max"].max())), "capacity_hidden: largest KL")
     for model, name in CAPACITY_MODELS.items():
         s = summary[model]
-        fit, per_param = s["fit_k"], s["fit_hidden_params"]
+        fit = s["fit_k"]
         means = [float(v) for v in s["mean_capacity"].split(",")]
         note = f"capacity_hidden, {model}"
         m.add(f"CapacityHidden{name}Slope", fmt.fixed(fit["slope"], 2), f"{note}: capacity per hidden component")
@@ -1150,15 +1150,34 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         )
         m.add(f"CapacityHidden{name}Rsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: R^2 over jobs")
         m.add(f"CapacityHidden{name}RsqMeans", fmt.fixed(fit["r2_means"], 2), f"{note}: R^2 over the means per k")
-        m.add(
-            f"CapacityHidden{name}PerParam",
-            fmt.sci(per_param["slope"]),
-            f"{note}: capacity per hidden parameter",
-        )
         m.add(f"CapacityHidden{name}AtMin", fmt.fixed(means[0], 1), f"{note}: mean capacity at the narrowest width")
         m.add(f"CapacityHidden{name}AtMax", fmt.fixed(means[-1], 1), f"{note}: mean capacity at the widest width")
         m.add(f"CapacityHidden{name}Best", fmt.fixed(max(means), 1), f"{note}: largest mean capacity over widths")
-        m.add(f"CapacityHidden{name}Collateral", fmt.fixed(s["collateral_mean"], 1), f"{note}: mean collateral")
+    for key, name in (("model.n_layer", "Layers"), ("model.n_embd", "Width")):
+        m.add(f"CapacityHidden{name}", fmt.integer(setting("llm", key, "experiment=capacity_hidden")), f"recipe: {key}")
+    # the refinement budget check: the same seeds and widths at four times the steps
+    budget = r.llm("capacity_hidden_budget")
+    (model,) = budget["override.model"].unique()
+    narrow, wide = sorted(budget["construct.extra_rank"].unique())
+    for experiment, name in (("capacity_hidden", "RefineSteps"), ("capacity_hidden_budget", "BudgetSteps")):
+        steps = setting("llm", "construction.refine_steps", f"experiment={experiment}")
+        m.add(f"CapacityHidden{name}", fmt.integer(steps), f"{experiment}: refinement steps")
+    for k, name in ((narrow, "Narrow"), (wide, "Wide")):
+        rows = budget[budget["construct.extra_rank"] == k]
+        base = table[
+            (table["override.model"] == model)
+            & (table["construct.extra_rank"] == k)
+            & table["override.seed"].isin(rows["override.seed"])
+        ]
+        m.add(f"CapacityHiddenBudget{name}K", fmt.integer(k), f"budget check: {name.lower()} k")
+        m.add(
+            f"CapacityHiddenBudget{name}", fmt.fixed(rows["twin.capacity.hidden"].mean(), 1), f"budget check at k={k}"
+        )
+        m.add(
+            f"CapacityHiddenBudget{name}Base",
+            fmt.fixed(base["twin.capacity.hidden"].mean(), 1),
+            f"same seeds, sweep budget, k={k}",
+        )
     # the size axis: the size sweep at one k, with the width sweep's row of the same architecture
     from llm.experiments.capacity import size_rows
 

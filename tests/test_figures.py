@@ -344,7 +344,7 @@ def test_capacity_hidden_plots_each_models_mean_per_width_and_its_fit(drawn) -> 
     for ax, x, fit_key in zip(
         fig.axes, ("construct.extra_rank", "construct.hidden_params"), ("fit_k", "fit_hidden_params")
     ):
-        plotted = {line.get_label().split(":")[0]: line for line in lines(ax)}
+        plotted = {line.get_label().split(":")[0]: line for line in lines(ax) if line.get_marker() == "o"}
         assert len(plotted) == table["override.model"].nunique()
         for model, rows in table.groupby("override.model"):
             line = plotted[llm.MODEL_LABELS[model]]
@@ -357,7 +357,7 @@ def test_capacity_hidden_plots_each_models_mean_per_width_and_its_fit(drawn) -> 
 
         sizes = size_rows(table, read("llm", "capacity_hidden_size"))
         means = sizes.groupby("size.n_params")["twin.capacity.hidden"].mean().sort_index()
-        (line,) = lines(fig.axes[2])
+        (line,) = [line for line in lines(fig.axes[2]) if line.get_marker() == "o"]
         assert line.get_xdata() == pytest.approx(means.index.to_numpy(float))
         assert line.get_ydata() == pytest.approx(means.to_numpy())
 
