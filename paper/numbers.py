@@ -1171,12 +1171,12 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         ]
         m.add(f"CapacityHiddenBudget{name}K", fmt.integer(k), f"budget check: {name.lower()} k")
         m.add(
-            f"CapacityHiddenBudget{name}", fmt.fixed(rows["twin.capacity.hidden"].mean(), 1), f"budget check at k={k}"
+            f"CapacityHiddenBudget{name}", fmt.fixed(rows["twin.capacity.hidden"].mean(), 1), f"budget check at k={int(k)}"
         )
         m.add(
             f"CapacityHiddenBudget{name}Base",
             fmt.fixed(base["twin.capacity.hidden"].mean(), 1),
-            f"same seeds, sweep budget, k={k}",
+            f"same seeds, sweep budget, k={int(k)}",
         )
     # the size axis: the size sweep at one k, with the width sweep's row of the same architecture
     from llm.experiments.capacity import size_rows
