@@ -1171,7 +1171,9 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         ]
         m.add(f"CapacityHiddenBudget{name}K", fmt.integer(k), f"budget check: {name.lower()} k")
         m.add(
-            f"CapacityHiddenBudget{name}", fmt.fixed(rows["twin.capacity.hidden"].mean(), 1), f"budget check at k={int(k)}"
+            f"CapacityHiddenBudget{name}",
+            fmt.fixed(rows["twin.capacity.hidden"].mean(), 1),
+            f"budget check at k={int(k)}",
         )
         m.add(
             f"CapacityHiddenBudget{name}Base",
