@@ -1186,6 +1186,7 @@ def capacity_hidden(m: Macros, r: Results) -> None:
     sizes = size_rows(table, r.llm("capacity_hidden_size"))
     fit = summarize(sizes)["by_size"]
     means = sizes.groupby("size.n_params")["twin.capacity.hidden"].mean().sort_index()
+    m.add("CapacityHiddenSizePer", fmt.power(1e5), "capacity size axis: the slope's unit of parameters")
     m.add("CapacityHiddenSizeK", fmt.integer(sizes["construct.extra_rank"].iloc[0]), "capacity size axis: k")
     m.add("CapacityHiddenSizeModels", fmt.integer(len(means)), "capacity size axis: model sizes")
     m.add("CapacityHiddenSizeSmallest", fmt.integer(means.index[0]), "capacity size axis: smallest base parameters")

@@ -426,14 +426,15 @@ def test_build_analytic_undo(tok, metric) -> None:
 def test_build_analytic_undo_gauge(tok) -> None:
     """undo_gauge=all: the twin ships in the fitted gauge (other base weights, the same function to
     float32 rounding), the residual of the closed form fit is the one the gauged twin's real step
-    leaves, and the gauge reaches a lower residual than the same fit without it."""
+    leaves, and the gauge reaches a lower residual than the same fit without it (both fits run long
+    enough to near their floors: a shorter joint fit's trajectory depends on float summation order)."""
     control = tiny(tok)
     data = domain_data()
     victim = UNDO_VICTIM
     infos = {}
     for gauge in ("none", "all"):
         twin, infos[gauge] = build_analytic(
-            control, tok, data, data.update, victim, undo_spec(gauge_lr=0.05, undo_gauge=gauge)
+            control, tok, data, data.update, victim, undo_spec(gauge_lr=0.05, undo_gauge=gauge, undo_steps=600)
         )
         assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
         assert infos[gauge]["closed_form_vs_real_step_max_logit_diff"] <= 1e-3
