@@ -163,6 +163,18 @@ def _half(value: float) -> str:
     return fmt.fixed(value, 1).removesuffix(".0")
 
 
+def _capacity_cells(at: pd.DataFrame) -> list[str]:
+    """One cell group's hidden parameters, capacity (mean [min, max] over seeds), switched and
+    collateral (means)."""
+    capacity = at["twin.capacity.hidden"]
+    return [
+        fmt.integer(at["construct.hidden_params"].iloc[0]),
+        f"{fmt.fixed(capacity.mean(), 1)} [{_half(capacity.min())}, {_half(capacity.max())}]",
+        fmt.fixed(at["twin.capacity.switched"].mean(), 1),
+        fmt.fixed(at["twin.capacity.collateral"].mean(), 1),
+    ]
+
+
 def capacity_hidden(r: Results) -> str:
     """Per model and hidden width k: capacity (mean and min–max over seeds), probes switched as
     assigned and collateral (means), held-out misalignment after the step, the largest KL to the
@@ -178,17 +190,9 @@ def capacity_hidden(r: Results) -> str:
         fit = summary[model]["fit_k"]
         body = []
         for k, at in rows.groupby("construct.extra_rank"):
-            capacity = at["twin.capacity.hidden"]
             body.append(
-                [
-                    fmt.integer(k),
-                    fmt.integer(at["construct.hidden_params"].iloc[0]),
-                    f"{fmt.fixed(capacity.mean(), 1)} [{_half(capacity.min())}, {_half(capacity.max())}]",
-                    fmt.fixed(at["twin.capacity.switched"].mean(), 1),
-                    fmt.fixed(at["twin.capacity.collateral"].mean(), 1),
-                    fmt.pct(at["twin.after.paper.misalignment_rate"].mean()),
-                    fmt.sci(at["twin.kl.max"].max()),
-                ]
+                [fmt.integer(k), *_capacity_cells(at)]
+                + [fmt.pct(at["twin.after.paper.misalignment_rate"].mean()), fmt.sci(at["twin.kl.max"].max())]
             )
         label = (
             f"{fmt.tex_text(model)}: slope {fmt.fixed(fit['slope'], 2)} "
@@ -208,17 +212,9 @@ def capacity_hidden_size(r: Results) -> str:
     sizes = size_rows(r.llm("capacity_hidden"), r.llm("capacity_hidden_size"))
     body = []
     for n_params, at in sizes.groupby("size.n_params"):
-        capacity = at["twin.capacity.hidden"]
         body.append(
-            [
-                fmt.tex_text(at["override.model"].iloc[0]),
-                fmt.integer(n_params),
-                fmt.integer(at["construct.hidden_params"].iloc[0]),
-                f"{fmt.fixed(capacity.mean(), 1)} [{_half(capacity.min())}, {_half(capacity.max())}]",
-                fmt.fixed(at["twin.capacity.switched"].mean(), 1),
-                fmt.fixed(at["twin.capacity.collateral"].mean(), 1),
-                fmt.sci(at["twin.kl.max"].max()),
-            ]
+            [fmt.tex_text(at["override.model"].iloc[0]), fmt.integer(n_params), *_capacity_cells(at)]
+            + [fmt.sci(at["twin.kl.max"].max())]
         )
     head = ["model", "base params", "hidden params", "capacity", "switched", "collateral", "KL max"]
     return tabular("lrrrrrr", head, [(None, body)])
