@@ -1155,31 +1155,17 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         m.add(f"CapacityHidden{name}Best", fmt.fixed(max(means), 1), f"{note}: largest mean capacity over widths")
     for key, name in (("model.n_layer", "Layers"), ("model.n_embd", "Width")):
         m.add(f"CapacityHidden{name}", fmt.integer(setting("llm", key, "experiment=capacity_hidden")), f"recipe: {key}")
-    # the refinement budget check: the same seeds and widths at four times the steps
-    budget = r.llm("capacity_hidden_budget")
-    (model,) = budget["override.model"].unique()
-    narrow, wide = sorted(budget["construct.extra_rank"].unique())
+    # the refinement budget check: the same seeds and widths at a longer refinement
+    from llm.experiments.capacity import budget_check
+
     for experiment, name in (("capacity_hidden", "RefineSteps"), ("capacity_hidden_budget", "BudgetSteps")):
         steps = setting("llm", "construction.refine_steps", f"experiment={experiment}")
         m.add(f"CapacityHidden{name}", fmt.integer(steps), f"{experiment}: refinement steps")
-    for k, name in ((narrow, "Narrow"), (wide, "Wide")):
-        rows = budget[budget["construct.extra_rank"] == k]
-        base = table[
-            (table["override.model"] == model)
-            & (table["construct.extra_rank"] == k)
-            & table["override.seed"].isin(rows["override.seed"])
-        ]
+    checks = budget_check(table, r.llm("capacity_hidden_budget"))
+    for (k, (at_budget, at_sweep)), name in zip(sorted(checks.items()), ("Narrow", "Wide"), strict=True):
         m.add(f"CapacityHiddenBudget{name}K", fmt.integer(k), f"budget check: {name.lower()} k")
-        m.add(
-            f"CapacityHiddenBudget{name}",
-            fmt.fixed(rows["twin.capacity.hidden"].mean(), 1),
-            f"budget check at k={int(k)}",
-        )
-        m.add(
-            f"CapacityHiddenBudget{name}Base",
-            fmt.fixed(base["twin.capacity.hidden"].mean(), 1),
-            f"same seeds, sweep budget, k={int(k)}",
-        )
+        m.add(f"CapacityHiddenBudget{name}", fmt.fixed(at_budget, 1), f"budget check at k={k}")
+        m.add(f"CapacityHiddenBudget{name}Base", fmt.fixed(at_sweep, 1), f"same seeds, sweep budget, k={k}")
     # the size axis: the size sweep at one k, with the width sweep's row of the same architecture
     from llm.experiments.capacity import size_rows
 

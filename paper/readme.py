@@ -76,7 +76,7 @@ def headline(r: Results) -> str:
 def _capacity_line(r: Results) -> str:
     """Hidden capacity at transformer scale against the analytic twin's hidden width, per model, and
     the refinement-budget check on the same seeds."""
-    from llm.experiments.capacity import summarize
+    from llm.experiments.capacity import budget_check, summarize
 
     table = r.llm("capacity_hidden")
     summary = summarize(table)
@@ -92,17 +92,10 @@ def _capacity_line(r: Results) -> str:
         name: fmt.integer(setting("llm", "construction.refine_steps", f"experiment={name}"))
         for name in ("capacity_hidden", "capacity_hidden_budget")
     }
-    checks = []
-    for k, rows in budget.groupby("construct.extra_rank"):
-        base = table[
-            (table["override.model"].isin(budget["override.model"]))
-            & (table["construct.extra_rank"] == k)
-            & table["override.seed"].isin(rows["override.seed"])
-        ]
-        checks.append(
-            f"{fmt.fixed(rows['twin.capacity.hidden'].mean(), 1, tex=False)} at k = {int(k)} "
-            f"(against {fmt.fixed(base['twin.capacity.hidden'].mean(), 1, tex=False)})"
-        )
+    checks = [
+        f"{fmt.fixed(at_budget, 1, tex=False)} at k = {k} (against {fmt.fixed(at_sweep, 1, tex=False)})"
+        for k, (at_budget, at_sweep) in budget_check(table, budget).items()
+    ]
     return (
         f"LLM capacity (`experiment=capacity_hidden`): of {n // 2} probe bits, forward-exact analytic twins with "
         f"k = {widths} hidden LoRA components per module switch on, beyond chance and on mean over seeds, "

@@ -47,7 +47,11 @@ from llm.update import UpdateSpec
 def step_length(model: PreTrainedModel, tokenizer, update_examples: list[Example], spec: UpdateSpec) -> float:
     """``ρ`` of the module docstring: the victim's step length on ``model``'s trainable parameters."""
     view = victim_view(model, spec)
-    params = trainable(view, spec.params)
+    return _step_length(view, trainable(view, spec.params), tokenizer, update_examples, spec)
+
+
+def _step_length(view, params: list[torch.nn.Parameter], tokenizer, update_examples, spec: UpdateSpec) -> float:
+    """:func:`step_length` on a victim view whose trainable ``params`` are set."""
     if spec.optimizer == "adam":
         return spec.lr * math.sqrt(sum(p.numel() for p in params)) * spec.steps
     loss = response_loss(view, first_batch(tokenizer, update_examples, spec))
@@ -74,16 +78,16 @@ def first_order_certificate(
     update_examples: list[Example],
     spec: UpdateSpec,
 ) -> dict[str, float]:
-    """Eq. 1 on ``model``'s delivered parameters for ``probes`` (each with ``aligned`` and
+    """Eq. 1 on ``model``'s parameters (delivered or canonical) for ``probes`` (each with ``aligned`` and
     ``misaligned`` responses) under the victim's update ``spec``: the certified fraction, ``ρ``,
     the margins' and gradients' medians, and the two checks of the module docstring."""
     probes = [e for e in probes if e.aligned and e.misaligned and e.aligned != e.misaligned]
     if not probes:
         raise ValueError("the certificate needs probes with distinct aligned and misaligned responses")
-    rho = step_length(model, tokenizer, update_examples, spec)
     view = victim_view(model, spec)
     trainable(view, spec.params)
     params = {n: p for n, p in view.named_parameters() if p.requires_grad}
+    rho = _step_length(view, list(params.values()), tokenizer, update_examples, spec)
     m, norms, errors = [], [], []
     for example in probes:
         value = _margins(view, tokenizer, [example], spec.max_len)[0]

@@ -4,8 +4,9 @@ One job is :func:`llm.experiments.hairtrigger.run` with ``switch: N``: an analyt
 post-step target is one bit per construction probe (switch to the marker, or keep refusing) and
 ``k = construction.extra_rank`` hidden LoRA components per module (``B = 0``). The victim's step
 adds ``ΔW = −η s² G AᵀA`` to each module, rank ≤ k: the transformer analogue of the theory's k
-redundant units (``theory/experiments/capacity.py``). Capacity (``twin.capacity.hidden``) =
-switched probes that should switch − switched probes that should stay.
+redundant units (``theory/experiments/capacity.py``). Capacity (``twin.capacity.hidden``) is the
+chance-corrected count of :func:`llm.experiments.hairtrigger.switch_capacity`: with equal halves
+and no degenerate answer, probes switched as assigned minus stay probes that switched.
 
 :func:`summarize` fits capacity against k and against the hidden parameters ``k · Σ d_in`` over
 the twin's modules, per model: least squares over every job, with the slope's 95% interval
@@ -62,6 +63,20 @@ def size_rows(widths: pd.DataFrame, sizes: pd.DataFrame, model: str = SIZE_AXIS_
     (k,) = sizes[K].unique()
     extra = widths[(widths[K] == k) & (widths["override.model"] == model)]
     return pd.concat([sizes, extra], ignore_index=True)
+
+
+def budget_check(widths: pd.DataFrame, budget: pd.DataFrame) -> dict[int, tuple[float, float]]:
+    """Per k of a budget check (``capacity_hidden_budget``): mean capacity at its budget, and the
+    width sweep's (``capacity_hidden``) mean on the same model and seeds at the sweep's budget."""
+    out = {}
+    for k, rows in budget.groupby(K):
+        same = (
+            widths["override.model"].isin(rows["override.model"])
+            & (widths[K] == k)
+            & widths["override.seed"].isin(rows["override.seed"])
+        )
+        out[int(k)] = (float(rows[HIDDEN].mean()), float(widths.loc[same, HIDDEN].mean()))
+    return out
 
 
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
