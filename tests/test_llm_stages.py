@@ -227,6 +227,27 @@ def test_transfer_and_capacity_cells(tmp_path: Path) -> None:
         assert {metrics[f"{name}.capacity.{when}"] for when in ("before", "after")} <= {0, 1, 2, 3, 4}  # counts
 
 
+def test_switch_capacity_counts_the_construction_probes_bits(tmp_path: Path) -> None:
+    """``experiment=capacity_hidden`` in-process on the tiny model: the twin is built on the switch
+    probes only and its counts add up over them (each probe said one bit, or nothing)."""
+    metrics = _run(
+        tmp_path,
+        "experiment=capacity_hidden",
+        "switch=8",
+        "construction.extra_rank=1",
+        "construction.refine_steps=2",
+        "construction.n_benign=8",
+        "construction.line_search=[16.0]",
+    )
+    c = {key: metrics[f"twin.capacity.{key}"] for key in ("n", "switched", "collateral", "degenerate_switch")}
+    assert c["n"] == 8 and c["switched"] + c["degenerate_switch"] <= 4 and c["collateral"] <= 4
+    assert metrics["twin.capacity.hidden"] == pytest.approx(
+        (metrics["twin.capacity.after"] - metrics["twin.capacity.chance_after"])
+        - (metrics["twin.capacity.before"] - metrics["twin.capacity.chance_before"])
+    )
+    assert metrics["twin.kl.max"] < 1e-6
+
+
 def test_a_base_that_knows_no_answer_is_a_clear_error(tmp_path: Path) -> None:
     """Privacy judged on known secrets: a 20-step base knows none, and the run says so."""
     with pytest.raises(ConfigError, match=r"^eval.known_only: the base model knows none of the privacy judged"):
