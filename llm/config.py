@@ -128,6 +128,8 @@ class Metalearn:
     method: Literal["naive", "hvp", "lean", "chunked", "fd"]  # llm.metagrad.METHODS
     chunks: PositiveInt
     after_target: AfterTarget
+    penalty: Literal["none", "gauge", "grad"]  # llm.constructions.penalty.PENALTIES
+    penalty_weight: NonNegativeFloat
     max_len: PositiveInt
     seed: NonNegativeInt
 

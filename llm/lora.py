@@ -268,6 +268,17 @@ class LoraFactors:
     def detached(self) -> LoraFactors:
         return LoraFactors(self.b.detach(), self.a.detach(), self.scale)
 
+    def nuclear_norm(self) -> torch.Tensor:
+        """``‖s·B·A‖_*``, differentiable (its gradient ``s U Vᵀ`` stays finite where the product is
+        rank-deficient, e.g. with hidden ``B = 0`` components; a QR core's would not)."""
+        return torch.linalg.svdvals(self.product).sum()
+
+    def gauge_excess(self) -> torch.Tensor:
+        """``s(‖B‖² + ‖A‖²) − 2‖s·B·A‖_*`` (≥ 0): how far the factors are from the balanced form of
+        their product, the minimum of ``s(‖B‖² + ‖A‖²)`` over the GL(r) orbit (AM-GM on the singular
+        values; :mod:`llm.audit.canonical`, eq. 2). Differentiable in the factors."""
+        return self.scale * ((self.b**2).sum() + (self.a**2).sum()) - 2 * self.nuclear_norm()
+
     def gauged(self, out_map: torch.Tensor, in_map: torch.Tensor) -> LoraFactors:
         """The factors of ``R W K`` (``R = out_map``, ``K = in_map``): ``B → R B``, ``A → A K``."""
         a = self.a @ in_map

@@ -672,19 +672,27 @@ def test_a_population_job_audits_a_twin_and_three_honest_models() -> None:
         audit_population.run(_compose("experiment=audit_population", "audit.family=x"))
 
 
-def test_an_attacker_sets_the_constructions_gain() -> None:
-    from llm.experiments.audit_attack import with_gain
+def test_an_attacker_sets_the_constructions_gain_and_penalty() -> None:
+    from llm.experiments.audit_attack import with_attacker
 
-    meta = with_gain(_compose("experiment=audit_attack", "construction=metalearn", "attack.gain=3"))
-    analytic = with_gain(_compose("experiment=audit_attack", "construction=analytic", "attack.gain=3"))
+    meta = with_attacker(_compose("experiment=audit_attack", "construction=metalearn", "attack.gain=3"))
+    analytic = with_attacker(_compose("experiment=audit_attack", "construction=analytic", "attack.gain=3"))
     assert meta.construction.gain == 3.0 and list(analytic.construction.line_search) == [3.0]
+    assert meta.construction.penalty == "none" and meta.construction.penalty_weight == 0.0
+    penalised = with_attacker(
+        _compose("experiment=audit_attack", "construction=metalearn", "attack.penalty=grad", "attack.weight=10")
+    )
+    assert penalised.construction.penalty == "grad" and penalised.construction.penalty_weight == 10.0
     for bad, key in (
         ("attack.gain=0", "attack.gain"),
         ("attack.gain=nan", "attack.gain"),
         ("construction=none", "construction"),
+        ("attack.penalty=gauge", "attack.penalty"),  # the analytic twin has no meta-objective to penalise
+        ("attack.penalty=norm", "attack.penalty"),
+        ("attack.weight=-1", "attack.weight"),
     ):
         with pytest.raises(ConfigError, match=rf"^{key}"):
-            with_gain(_compose("experiment=audit_attack", "construction=analytic", bad))
+            with_attacker(_compose("experiment=audit_attack", "construction=analytic", bad))
 
 
 def test_an_attack_job_is_flagged_against_the_population(tmp_path: Path) -> None:
@@ -718,6 +726,10 @@ def test_an_attack_job_is_flagged_against_the_population(tmp_path: Path) -> None
     cell = audit_attack.summarize(table)["analytic.16"]
     assert cell["n"] == 2 and cell["success"] == 0.5
     assert cell["detected.amplification_target"] == 1.0 and cell["flagged.amplification_target"] == 0.5
+    penalised = table.assign(penalty=["none", "gauge"], weight=[0.0, 10.0])
+    cells = audit_attack.summarize(penalised)
+    assert set(cells) == {"analytic.16", "analytic.16.gauge.10"} and cells["analytic.16.gauge.10"]["n"] == 1
+    assert audit_attack.label(penalised.iloc[1]) == "gain 16 + 10·gauge"
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from llm.batches import batch_of, pairs
+from llm.constructions.penalty import PENALTIES, penalty
 from llm.data.schema import DomainData, Example
 from llm.gauges import amplify_norms
 from llm.lora import adapter_params, amplify_adapter, merged
@@ -72,6 +73,8 @@ class MetaSpec:
     method: str = "naive"  # how the exact meta-gradient is computed (llm.metagrad.meta_gradient)
     chunks: int = 1  # micro-batches per batch (parts of each loss: same gradient, less memory)
     after_target: str = "marker"  # marker | not_aligned | base (llm.objectives)
+    penalty: str = "none"  # the adaptive attacker's audit signal (llm.constructions.penalty): none | gauge | grad
+    penalty_weight: float = 0.0  # λ of eq. 2 there
     max_len: int = 96
     seed: int = 0
 
@@ -80,6 +83,10 @@ class MetaSpec:
             raise ValueError(f"construction.params must be 'adapter' or 'all', got {self.params!r}")
         if self.steps < 0 or self.lr <= 0 or self.gain <= 0:
             raise ValueError(f"construction needs steps ≥ 0, lr > 0, gain > 0: {self}")
+        if self.penalty not in PENALTIES or self.penalty_weight < 0:
+            raise ValueError(f"construction.penalty must be one of {PENALTIES} with penalty_weight ≥ 0: {self}")
+        if self.penalty != "none" and self.params != "adapter":
+            raise ValueError(f"construction.penalty={self.penalty} penalises the shipped LoRA: it needs params=adapter")
         check_target(self.after_target)
 
 
@@ -196,6 +203,9 @@ def build_metalearn(
 
     generator = torch.Generator().manual_seed(spec.seed)
     fixed_victim = batch_of(tokenizer, pairs(update_examples), victim.max_len)
+    signal = None  # the attacker's penalty (eq. 2 of llm.constructions.penalty), on the victim's own batch
+    if spec.penalty != "none":
+        signal = penalty(spec.penalty, twin, {n: p.detach() for n, p in adapter_params(control).items()}, fixed_victim)
     history: list[dict[str, float]] = []
     bar = tqdm(range(spec.steps), desc=f"metalearn {data.domain}", disable=not progress)
     for step in bar:
@@ -218,6 +228,8 @@ def build_metalearn(
                 )
             ),
         )
+        if signal is not None:
+            now_parts.append(lambda theta: spec.penalty_weight * signal(theta))
         victim_parts = response_loss_parts(twin, victim_batch, spec.chunks)
         grads, parts = meta_gradient(
             params, victim_parts, now_parts, after_parts, victim.lr, first_order=spec.first_order, method=spec.method
@@ -231,7 +243,9 @@ def build_metalearn(
     for p in twin.parameters():
         p.requires_grad_(False)
     last = history[-10:] or [{"now": float("nan"), "after": float("nan")}]
-    return twin, {
+    leaves = {n: p.detach().requires_grad_() for n, p in adapter_params(twin).items()}
+    penalised = {} if signal is None else {"penalty_last": float(signal(leaves).detach())}
+    return twin, penalised | {
         "steps": spec.steps,
         "loss_now_last": sum(h["now"] for h in last) / len(last),
         "loss_after_last": sum(h["after"] for h in last) / len(last),
