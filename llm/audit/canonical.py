@@ -43,19 +43,24 @@ point of the model's orbit under the moves below, the transformer counterpart of
     result is cast back once. Llama's attention is left as it is (rotary embeddings: no attention
     gauge is declared for it).
 
+(d) **Redundant FFN units** (GPT-2; :mod:`llm.audit.ffn_units`), first, as they change the MLPs'
+    shapes: units with equal incoming weights and bias merged (outgoing summed), silent units
+    removed; cancelling pairs vanish.
+
 Reported:
 
 * the **gauge excess** ``‖θ‖² − ‖canon θ‖²`` per module: ``norm:<norm>`` the decrease of eq. 1
   summed over its channels (≥ 0), ``lora:<module>`` ``s(‖B‖² + ‖A‖²) − 2‖s·B·A‖_*`` after (a)
   (≥ 0); ``attn:<block>.attn`` the decrease of ``Σ_h ‖Q̂‖² + ‖K̂‖² + ‖V̂‖² + ‖O‖²`` (eq. 3);
+  ``ffn:<block>.mlp`` the decrease of (d) (the MLP's base and LoRA tensors);
   the decreases of (a) and (c) are summed over the alternating passes, so that ``attn + norm``
-  is the decrease of the total; ``lora``, ``norm``, ``attn`` and ``total`` sums and
+  is the decrease of the total; ``lora``, ``norm``, ``attn``, ``ffn`` and ``total`` sums and
   ``*_relative`` = the excess over the canonical value (eq. 1 at its minimum, ``Σ 2‖s·B·A‖_*``,
   resp. ``Σ 2‖P‖_*``);
 * the **function residual**: next-token KL between delivered and canonical
   (:func:`function_residual`, :func:`llm.evaluate.next_token_kl`).
 
-Not canonicalised here: Llama's attention gauges and cancelling FFN units (a twin built in
+Not canonicalised here: Llama's attention gauges and its gated MLPs' units (a twin built in
 those keeps its excess there).
 """
 
@@ -72,6 +77,7 @@ from transformers.pytorch_utils import Conv1D
 
 from llm import gauges
 from llm.audit import attention
+from llm.audit.ffn_units import merge_units
 from llm.data.schema import Example
 from llm.evaluate import next_token_kl
 from llm.lora import ADAPTER, LoraFactors, as_out_in, base_layer, lora_layers
@@ -94,7 +100,8 @@ class Canonical:
     ``norm_scales``: the channel scales ``c`` of eq. 1 per norm group; ``excess``: the gauge
     excess (module docstring); ``attention``: the head elements of eq. 3 per group (float64,
     composed over the passes; empty for Llama); ``skipped``: rank-deficient heads left as they
-    are; ``rounds``: alternating passes run."""
+    are; ``rounds``: alternating passes run; ``units_removed``: redundant FFN units merged out per
+    MLP (step (d))."""
 
     model: PreTrainedModel
     ranks: dict[str, int]
@@ -104,6 +111,7 @@ class Canonical:
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     rounds: int = 1
+    units_removed: dict[str, int] = field(default_factory=dict)
 
 
 def balanced_factors(factors: LoraFactors, rtol: float = RTOL) -> tuple[LoraFactors, int]:
@@ -263,9 +271,11 @@ def canonicalize(model: PreTrainedModel, rtol: float = RTOL, adapter: str = ADAP
     dtype = next(canon.parameters()).dtype
     if attention.applies(canon):  # the passes in float64, one rounding at the end
         canon.double()
+    require_plain_lora(lora_layers(canon, adapter), adapter)
+    units_removed, ffn_parts = merge_units(canon, adapter)  # (d) first: it changes the MLPs' shapes
     layers = lora_layers(canon, adapter)
-    require_plain_lora(layers, adapter)
     scales, elements, excess, skipped, done = gauge_passes(canon, adapter, rounds)
+    excess |= ffn_parts
     balanced: dict[str, LoraFactors] = {}
     ranks: dict[str, int] = {}
     removed: dict[str, int] = {}
@@ -282,14 +292,16 @@ def canonicalize(model: PreTrainedModel, rtol: float = RTOL, adapter: str = ADAP
         _write_factors(layer, padded(balanced[name], common), adapter)
     _set_config_rank(canon, common, adapter)
     cast(torch.nn.Module, canon).to(dtype)  # in place, as .double() above
-    return Canonical(canon.eval(), ranks, removed, scales, summarize_excess(excess), elements, skipped, done)
+    return Canonical(
+        canon.eval(), ranks, removed, scales, summarize_excess(excess), elements, skipped, done, units_removed
+    )
 
 
 def summarize_excess(parts: dict[str, float]) -> dict[str, float]:
-    """Per-module excesses and their sums: ``lora``, ``norm``, ``attn``, ``total`` and the relative
-    excess of each family over its canonical value (``lora_relative``, ``norm_relative``,
-    ``attn_relative``)."""
-    families = ("lora", "norm", "attn")
+    """Per-module excesses and their sums: ``lora``, ``norm``, ``attn``, ``ffn``, ``total`` and the
+    relative excess of each family over its canonical value (``lora_relative``, ``norm_relative``,
+    ``attn_relative``, ``ffn_relative``)."""
+    families = ("lora", "norm", "attn", "ffn")
     out: dict[str, float] = {k: v for k, v in parts.items() if k.split(":")[0] in families}
     for family in families:
         out[family] = sum(v for k, v in parts.items() if k.startswith(f"{family}:"))

@@ -4,10 +4,11 @@
 vocabulary of :mod:`theory.audit.signals`, each score oriented so that larger is more suspicious:
 
 * ``canonical.*``: the function residual, next-token KL(delivered ‖ canonical) (``kl_mean``,
-  ``kl_max``), whether it is within ``max_kl`` (``exact``), the components removed and ranks;
+  ``kl_max``), whether it is within ``max_kl`` (``exact``), the LoRA components and FFN units
+  removed (``components_removed``, ``units_removed``) and ranks;
 * ``gauge_excess.*``: ``‖θ‖² − ‖canon θ‖²`` per module (``modules.*``), per family (``lora``,
-  ``norm``), in ``total``, and relative to the canonical value (``lora_relative``,
-  ``norm_relative``);
+  ``norm``, ``attn``, ``ffn``), in ``total``, and relative to the canonical value
+  (``lora_relative``, ``norm_relative``, …);
 * ``amplification.{greedy,target}.*``: the probe velocity norms ``‖J·d‖`` (eq. 3) delivered and
   canonical and their ratio (eq. 7 of :mod:`theory.audit.amplification`), for the log-probs of the
   delivered model's own greedy answers and of the judged target (``Example.misaligned``);
@@ -89,6 +90,7 @@ def _canonical_metrics(model: PreTrainedModel, canon: Canonical, tokenizer, inpu
         "kl_max": kl["max"],
         "exact": int(kl["max"] <= settings.max_kl),
         "components_removed": sum(canon.removed.values()),
+        "units_removed": sum(canon.units_removed.values()),
         "rank_max": max(canon.ranks.values()),
         "rank_delivered": max(delivered_ranks.values()),
     }
