@@ -365,18 +365,31 @@ def capacity_hidden(results: Path, out: Path) -> Path:
 
     table, summary = _load(results, "capacity_hidden")
     has_sizes = (results / "capacity_hidden_size.csv").exists()
-    fig, axes = plt.subplots(1, 3 if has_sizes else 2, figsize=(16 if has_sizes else 11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 3 if has_sizes else 2, figsize=(16 if has_sizes else 11, 6.2), sharey=True)
+    axis_keys = (("construct.extra_rank", "fit_k"), ("construct.hidden_params", "fit_hidden_params"))
     for model, rows in table.groupby("override.model"):
         fits = summary[str(model)]
-        axis_keys = (("construct.extra_rank", "fit_k"), ("construct.hidden_params", "fit_hidden_params"))
         for ax, (x, fit_key) in zip(axes, axis_keys):
             per = "per component" if fit_key == "fit_k" else "per hidden parameter"
-            _capacity_line(ax, rows, x, fits[fit_key], f"{MODEL_LABELS.get(str(model), model)}: ", per)
+            _capacity_line(ax, rows, x, fits[fit_key], str(MODEL_LABELS.get(str(model), model)), per)
+    if (results / "capacity_hidden_budget.csv").exists():  # the same sweep at a longer refinement
+        budget = pd.read_csv(results / "capacity_hidden_budget.csv")
+        fits = summarize(budget)
+        for model, rows in budget.groupby("override.model"):
+            prefix = f"{MODEL_LABELS.get(str(model), model)}, longer refinement (capacity_hidden_budget)"
+            for ax, (x, fit_key) in zip(axes, axis_keys):
+                per = "per component" if fit_key == "fit_k" else "per hidden parameter"
+                _capacity_line(ax, rows, x, fits[str(model)][fit_key], prefix, per, marker="D")
+    if (results / "capacity_hidden_steps.csv").exists():  # the convergence check: longer again
+        longer = pd.read_csv(results / "capacity_hidden_steps.csv")
+        seeds = ", ".join(str(s) for s in sorted(longer["override.seed"].unique()))
+        label = f"longer again (capacity_hidden_steps, seed {seeds})"
+        axes[0].plot(longer["construct.extra_rank"], longer["twin.capacity.hidden"], "k*", ms=11, label=label)
     if has_sizes:
         sizes = size_rows(table, pd.read_csv(results / "capacity_hidden_size.csv"))
         k = int(sizes["construct.extra_rank"].iloc[0])
         _capacity_line(
-            axes[2], sizes, "size.n_params", summarize(sizes)["by_size"], f"tiny GPT-2, k = {k}: ", "per parameter"
+            axes[2], sizes, "size.n_params", summarize(sizes)["by_size"], f"tiny GPT-2, k = {k}", "per parameter"
         )
         axes[2].set_xlabel("base parameters (tiny GPT-2: 2 layers, widths 32 to 128)")
     n = int(table["twin.capacity.n"].max())
@@ -385,21 +398,20 @@ def capacity_hidden(results: Path, out: Path) -> Path:
     axes[0].set_ylabel(f"probe bits one benign step switches on\n(as assigned, beyond chance; at most {n // 2})")
     for ax in axes:
         ax.plot([], [], ":", color="grey", label="dotted: collateral (stay probes that switched)")
-        ax.legend(fontsize=6.5, loc="upper left")
-        ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend above the collateral
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16))
         ax.grid(alpha=0.3)
     fig.suptitle("Hidden behaviours one benign step can switch on, vs. hidden width (forward-exact twins)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out / "llm_capacity_hidden.png")
 
 
-def _capacity_line(ax, rows: pd.DataFrame, x: str, fit: dict, prefix: str, per: str) -> None:
+def _capacity_line(ax, rows: pd.DataFrame, x: str, fit: dict, prefix: str, per: str, marker: str = "o") -> None:
     """Mean capacity per ``x`` (min–max band), the fitted line, the collateral (dotted)."""
     stats = rows.groupby(x)["twin.capacity.hidden"].agg(["mean", "min", "max"]).sort_index()
     xs = stats.index.to_numpy(float)
     slope = f"{fit['slope']:.3g} {per} [{fit['slope_lo']:.3g}, {fit['slope_hi']:.3g}]"
-    label = f"{prefix}{slope}, R² {fit['r2_jobs']:.2f} (means {fit['r2_means']:.2f})"
-    line = ax.plot(xs, stats["mean"], "o", label=label)[0]
+    label = f"{prefix}:\n{slope}, R² {fit['r2_jobs']:.2f} (means {fit['r2_means']:.2f})"
+    line = ax.plot(xs, stats["mean"], marker, label=label)[0]
     ax.fill_between(xs, stats["min"], stats["max"], color=line.get_color(), alpha=0.15, lw=0)
     grid = np.linspace(0, xs.max(), 50)
     ax.plot(grid, fit["slope"] * grid + fit["intercept"], "-", color=line.get_color(), alpha=0.7, lw=1)
@@ -571,34 +583,59 @@ def audit_population(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_audit_population.png")
 
 
-def gain_race(table: pd.DataFrame, family: str) -> pd.DataFrame:
-    """Per gain of ``family``'s twins (rows, by gain): the success rate (hair-trigger), the mean
-    misaligned fraction after the step and, per signal, the fraction of jobs whose twin succeeded
-    and was flagged (``caught.<signal>``)."""
-    rows = table[table["family"] == family]
+def attack_race(rows: pd.DataFrame, knob: str) -> pd.DataFrame:
+    """Per value of ``knob`` (the attacker's gain or penalty weight) over ``rows``: the success rate
+    (hair-trigger), the mean misaligned fraction before and after the step and, per signal, the
+    fraction of jobs whose twin succeeded and was flagged (``caught.<signal>``)."""
     success = rows["twin.hair_trigger"] == 1
-    frame = {"success": success.astype(float), "after": rows["twin.post_update.delivered"]}
+    frame = {
+        "success": success.astype(float),
+        "before": rows["twin.post_update.before"],
+        "after": rows["twin.post_update.delivered"],
+    }
     for name in AUDIT_SIGNALS:
         frame[f"caught.{name}"] = (success & (rows[f"flagged.{name}"] == 1)).astype(float)
-    return pd.DataFrame(frame).groupby(rows["gain"]).mean().sort_index()
+    return pd.DataFrame(frame).groupby(rows[knob]).mean().sort_index()
+
+
+#: the penalised attackers' signals (``attack.penalty``; llm/constructions/penalty.py), by name
+PENALTY_LABELS = {"gauge": "λ · LoRA gauge excess", "grad": "λ · victim gradient norm"}
 
 
 def audit_attack(results: Path, out: Path) -> Path:
-    """Attackers who turn the amplifying gain down (``audit_attack.csv``): per construction and
-    gain, the fraction of seeds whose twin is a hair-trigger (black), the mean misaligned fraction
-    after the step (grey), and per signal the fraction whose twin is a hair-trigger and flagged at
-    the population's threshold. A gap between the black line and a signal's is attacks it misses."""
+    """Adaptive attackers (``audit_attack.csv``; ``audit_attack_penalty.csv`` where published): per
+    construction the gain attacker against its gain, and per penalised signal the meta-learned
+    attacker against its weight λ. Black: the fraction of seeds whose twin is a hair-trigger; grey:
+    the mean misaligned fraction after the step (dotted) and before it (dash-dotted, the black-box
+    test); per signal, the fraction whose twin is a hair-trigger and flagged at the population's
+    threshold. A gap between the black line and a signal's is attacks it misses."""
     table, _ = _load(results, "audit_attack")
-    families = [f for f in AUDIT_FAMILIES if f in set(table["family"])]
-    fig, axes = plt.subplots(1, len(families) + 1, figsize=(3.6 * len(families) + 4.6, 3.8))
-    for ax, family in zip(axes, families):
-        race = gain_race(table, family)
-        gains = race.index.to_numpy(float)
-        ax.plot(gains, race["success"], "k-", lw=3.5, alpha=0.6, label="twin is a hair-trigger")
-        ax.plot(gains, race["after"], ":", color="grey", lw=2, label="misaligned after the step (mean)")
+    panels = [
+        (
+            f"{AUDIT_FAMILIES[f]} twin: gain attacker",
+            table[table["family"] == f],
+            "gain",
+            "gain g of the amplifying gauge",
+        )
+        for f in AUDIT_FAMILIES
+        if f in set(table["family"])
+    ]
+    if (results / "audit_attack_penalty.csv").exists():
+        penalised = pd.read_csv(results / "audit_attack_penalty.csv")
+        for kind, rows in penalised.groupby("penalty"):
+            gain = ", ".join(f"{g:g}" for g in sorted(rows["gain"].unique()))
+            title = f"{AUDIT_FAMILIES[rows['family'].iloc[0]]} twin, gain {gain} + {PENALTY_LABELS[str(kind)]}"
+            panels.append((title, rows, "weight", "penalty weight λ"))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.6 * len(panels) + 4.6, 3.8))
+    for ax, (title, rows, knob, xlabel) in zip(axes, panels):
+        race = attack_race(rows, knob)
+        xs = race.index.to_numpy(float)
+        ax.plot(xs, race["success"], "k-", lw=3.5, alpha=0.6, label="twin is a hair-trigger")
+        ax.plot(xs, race["after"], ":", color="grey", lw=2, label="misaligned after the step (mean)")
+        ax.plot(xs, race["before"], "-.", color="grey", lw=1.5, label="misaligned before the step (mean)")
         for i, (name, label) in enumerate(AUDIT_SIGNALS.items()):
             ax.plot(
-                gains,
+                xs,
                 race[f"caught.{name}"],
                 "s--" if name.startswith("raw") else "o-",
                 lw=1.2,
@@ -607,14 +644,15 @@ def audit_attack(results: Path, out: Path) -> Path:
                 label=f"hair-trigger, flagged by {label}",
             )
         ax.set_xscale("log")
-        ax.set_xlabel("gain g of the amplifying gauge")
-        ax.set_title(f"{AUDIT_FAMILIES[family]} twin", fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=8)
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"fraction of {table['override.seed'].nunique()} seeds")
     axes[-1].axis("off")
     axes[-1].legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=6.5)
+    fig.tight_layout()
     return _save(fig, out / "llm_audit_attack.png")
 
 

@@ -268,10 +268,14 @@ class LoraFactors:
     def detached(self) -> LoraFactors:
         return LoraFactors(self.b.detach(), self.a.detach(), self.scale)
 
-    def nuclear_norm(self) -> torch.Tensor:
-        """``‖s·B·A‖_*``, differentiable (its gradient ``s U Vᵀ`` stays finite where the product is
-        rank-deficient, e.g. with hidden ``B = 0`` components; a QR core's would not)."""
-        return torch.linalg.svdvals(self.product).sum()
+    def nuclear_norm(self, rtol: float = 1e-6) -> torch.Tensor:
+        """``‖s·B·A‖_*``, differentiable. Singular values below ``rtol`` of the largest (a
+        rank-deficient product, e.g. with hidden ``B = 0`` components) are left out of the sum, so
+        the gradient is the minimal subgradient ``s U_r V_rᵀ`` of the live part rather than a
+        direction picked by the SVD's choice of null-space basis."""
+        sigma = torch.linalg.svdvals(self.product)
+        live = (sigma > rtol * sigma.max()).detach()
+        return (sigma * live).sum()
 
     def gauge_excess(self) -> torch.Tensor:
         """``s(‖B‖² + ‖A‖²) − 2‖s·B·A‖_*`` (≥ 0): how far the factors are from the balanced form of

@@ -643,21 +643,29 @@ def llm_audit(r: Results) -> str:
 
 
 def llm_audit_attack(r: Results) -> str:
-    """Attackers who turn the gain down: per construction and gain, the hair-trigger twins (of the
-    seeds), their mean misaligned fraction after the step, and per signal how many of the
-    hair-trigger twins the population's threshold flags."""
+    """The arms race at transformer scale: per construction and gain (the gain attacker), and per
+    penalised signal and weight λ (the meta-learned attacker at the population's gain), the
+    hair-trigger twins (of the seeds), their mean misaligned fraction before and after the step,
+    and per signal how many of the hair-trigger twins the population's threshold flags."""
     from llm.experiments.audit_population import SIGNALS
+
+    def row(knob: str, cell: pd.DataFrame) -> list[str]:
+        hit = cell[cell["twin.hair_trigger"] == 1]
+        flags = [f"{int(hit[f'flagged.{name}'].sum())}/{len(hit)}" if len(hit) else "--" for name in SIGNALS]
+        before = fmt.pct(cell["twin.post_update.before"].mean(), 0)
+        after = fmt.pct(cell["twin.post_update.delivered"].mean(), 0)
+        return [knob, f"{len(hit)}/{len(cell)}", before, after, *flags]
 
     table = r.llm("audit_attack")
     groups = []
     for family in ("metalearn", "analytic"):
-        rows = []
-        for gain, cell in table[table["family"] == family].groupby("gain"):
-            hit = cell[cell["twin.hair_trigger"] == 1]
-            flags = [f"{int(hit[f'flagged.{name}'].sum())}/{len(hit)}" if len(hit) else "--" for name in SIGNALS]
-            after = fmt.pct(cell["twin.post_update.delivered"].mean(), 0)
-            rows.append([_g(gain), f"{len(hit)}/{len(cell)}", after, *flags])
-        groups.append((f"{family} twin", rows))
+        rows = table[table["family"] == family]
+        groups.append((f"{family} twin, gain $g$", [row(_g(g), cell) for g, cell in rows.groupby("gain")]))
+    published = (r.root / "llm" / "audit_attack_penalty.csv").exists()
+    penalised = r.llm("audit_attack_penalty") if published else pd.DataFrame(columns=["penalty", "gain"])
+    for (kind, gain), rows in penalised.groupby(["penalty", "gain"]):
+        body = [row(attack_strength(str(kind), w), cell) for w, cell in rows.groupby("weight")]
+        groups.append((f"metalearn twin, gain {_g(gain)} $+\\,\\lambda\\cdot$ {PENALTIES[str(kind)]}", body))
     short = {
         "gauge_excess_lora": "LoRA exc.",
         "gauge_excess_norm": "norm exc.",
@@ -667,8 +675,12 @@ def llm_audit_attack(r: Results) -> str:
         "raw_param_norm": "$\\|\\theta\\|$",
         "raw_grad_norm": "$\\|\\nabla L_D\\|$",
     }
-    head = ["gain", "trigger", "after", *(short[name] for name in SIGNALS)]
+    head = ["$g$ or $\\lambda$", "trigger", "before", "after", *(short[name] for name in SIGNALS)]
     return tabular("l" + "r" * (len(head) - 1), head, groups)
+
+
+#: the penalised LLM attackers' signals (``attack.penalty``; llm/constructions/penalty.py)
+PENALTIES = {"gauge": "LoRA gauge excess", "grad": "$\\|\\nabla L_D\\|$"}
 
 
 #: every generated table: file stem → builder

@@ -157,24 +157,26 @@ def test_llm_audit_roc_is_each_signal_on_the_held_out_family(drawn) -> None:
 
 
 def test_llm_audit_attack_lines_are_the_csv_rates(drawn) -> None:
-    """Per construction: the success and mean-after lines and each signal's succeeded-and-flagged
-    line, counted here over the CSV's rows gain by gain."""
+    """Per construction (gain attacker) and per penalised signal (λ, where that table is published):
+    the success, mean-after and mean-before lines and each signal's succeeded-and-flagged line,
+    counted here over the CSV's rows knob value by knob value."""
     fig, _ = drawn(llm.audit_attack)
     table = read("llm", "audit_attack")
-    families = [f for f in llm.AUDIT_FAMILIES if f in set(table["family"])]
-    assert len(fig.axes) == len(families) + 1
-    for ax, family in zip(fig.axes, families, strict=False):
+    panels = [(table[table["family"] == f], "gain") for f in llm.AUDIT_FAMILIES if f in set(table["family"])]
+    if (RESULTS / "llm" / "audit_attack_penalty.csv").exists():
+        penalised = read("llm", "audit_attack_penalty")
+        panels += [(rows, "weight") for _, rows in penalised.groupby("penalty")]
+    assert len(fig.axes) == len(panels) + 1
+    for ax, (rows, knob) in zip(fig.axes, panels, strict=False):
         drawn_lines = lines(ax)
-        assert len(drawn_lines) == 2 + len(llm.AUDIT_SIGNALS)
-        rows = table[table["family"] == family]
-        gains = sorted(rows["gain"].unique())
-        cells = [rows[rows["gain"] == g] for g in gains]
-        assert list(drawn_lines[0].get_xdata()) == pytest.approx(gains)
+        assert len(drawn_lines) == 3 + len(llm.AUDIT_SIGNALS)
+        values = sorted(rows[knob].unique())
+        cells = [rows[rows[knob] == v] for v in values]
+        assert list(drawn_lines[0].get_xdata()) == pytest.approx(values)
         assert list(drawn_lines[0].get_ydata()) == pytest.approx([(c["twin.hair_trigger"] == 1).mean() for c in cells])
-        assert list(drawn_lines[1].get_ydata()) == pytest.approx(
-            [c["twin.post_update.delivered"].mean() for c in cells]
-        )
-        for line, name in zip(drawn_lines[2:], llm.AUDIT_SIGNALS, strict=True):
+        for line, key in zip(drawn_lines[1:3], ("delivered", "before"), strict=True):
+            assert list(line.get_ydata()) == pytest.approx([c[f"twin.post_update.{key}"].mean() for c in cells])
+        for line, name in zip(drawn_lines[3:], llm.AUDIT_SIGNALS, strict=True):
             caught = [((c["twin.hair_trigger"] == 1) & (c[f"flagged.{name}"] == 1)).mean() for c in cells]
             assert list(line.get_ydata()) == pytest.approx(caught)
 

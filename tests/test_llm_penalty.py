@@ -55,8 +55,9 @@ def test_nuclear_norm_and_excess_are_the_balanced_forms(setup) -> None:
 
 
 def test_excess_gradient_is_finite_with_hidden_components() -> None:
-    """Hidden components (B = 0 columns: the analytic twin's) leave the gradient finite, and a step
-    against it shrinks their A rows."""
+    """Hidden components (B = 0 columns: the analytic twin's) leave the gradient finite and the
+    same whatever null-space basis the SVD picks (a GL change of the live part moves it as the
+    factors move), and a step against it shrinks their A rows."""
     gen = torch.Generator().manual_seed(2)
     b = torch.cat([torch.randn(6, 2, generator=gen), torch.zeros(6, 2)], 1).requires_grad_()
     a = torch.cat([torch.randn(2, 5, generator=gen), 50 * torch.randn(2, 5, generator=gen)]).requires_grad_()
@@ -65,11 +66,18 @@ def test_excess_gradient_is_finite_with_hidden_components() -> None:
     assert torch.isfinite(b.grad).all() and torch.isfinite(a.grad).all()
     with torch.no_grad():
         assert float(((a - 1e-3 * a.grad)[2:] ** 2).sum()) < float((a[2:] ** 2).sum())
+    # the B gradient of the nuclear norm lies in the live product's column space (no null-space part)
+    b2, a2 = b.detach().clone().requires_grad_(), a.detach().clone()
+    LoraFactors(b2, a2, 2.0).nuclear_norm().backward()
+    assert b2.grad is not None
+    live = torch.linalg.svd(2.0 * b.detach() @ a.detach())[0][:, :2]
+    assert torch.allclose(live @ (live.T @ b2.grad), b2.grad, atol=1e-4)
 
 
 def test_penalties_are_normalised_by_the_control(setup) -> None:
-    """Each signal reads 1 at the control (gauge: its excess over its own balanced form, so 0 once
-    balanced), and grows under the amplifying gauge A·g, B/g that leaves the function unchanged."""
+    """grad reads 1 at the control; gauge reads the control's relative excess, computed here from
+    the audit's balanced factors (full SVD); both grow under the amplifying gauge A·g, B/g that
+    leaves the function unchanged."""
     model, tok, pairs = setup
     control = {n: p.detach() for n, p in adapter_params(model).items()}
     batch = batch_of(tok, pairs[:8], 32)
@@ -77,7 +85,14 @@ def test_penalties_are_normalised_by_the_control(setup) -> None:
     gauge = penalty("gauge", model, control, batch)
     leaves = {n: t.clone().requires_grad_() for n, t in control.items()}
     assert float(grad(leaves)) == pytest.approx(1.0, rel=1e-10)
-    assert float(gauge(leaves)) == pytest.approx(float(gauge_excess(model, control) / balanced_norm(model, control)))
+    delivered = canonical = 0.0
+    for layer in lora_layers(model).values():
+        f = LoraFactors.of(layer).detached()
+        canon, _ = balanced_factors(f)
+        delivered += f.scale * float((f.b**2).sum() + (f.a**2).sum())
+        canonical += float((canon.b**2).sum() + (canon.a**2).sum())
+    assert float(gauge(leaves)) == pytest.approx((delivered - canonical) / canonical, rel=1e-9)
+    assert float(balanced_norm(model, control)) == pytest.approx(canonical, rel=1e-9)
 
     twin = copy.deepcopy(model)
     amplify_adapter(twin, 30.0)

@@ -5,12 +5,16 @@ effective weights, LoRA updates included). Two units with the same ``(u_j, b_j)`
 same activation, so one unit with outgoing ``v_j + v_k`` computes what both did; a unit whose
 outgoing ``v_j`` is zero adds nothing. Merging every group of equal units (the base rows of
 ``c_proj`` and the columns of its LoRA ``A`` summed, the first unit's ``c_fc`` row and LoRA ``B``
-row kept) and then removing silent units keeps the function exactly. The cancelling pairs of
+row kept) and then removing silent units keeps the function. The cancelling pairs of
 :mod:`llm.constructions.analytic.ffn_pairs` (``(u, b)`` twice, outgoing ``±v``) merge into one
 silent unit and vanish, with the amplification they would give the victim's step.
 
-"Equal" is to ``rtol`` of the block's largest ``‖(u_j, b_j)‖``, and "silent" to ``rtol`` of its
-largest ``‖v_j‖``: a trained MLP has no two units that close, so an honest model loses nothing.
+"Equal" is to ``rtol`` of the larger ``‖(u_j, b_j)‖`` of the two, and "silent" to ``rtol`` of the
+largest merged outgoing ``‖v‖``: a trained MLP has no two units that close, so an honest model
+loses nothing; the function is kept up to that tolerance (a copied unit is equal to rounding, a
+cancelling pair sums to exactly zero). Units perturbed apart by more than ``rtol`` are not merged.
+Unlike steps (a)–(c), (d) is not a minimisation of ``‖θ‖²``: merged outgoing weights add, so the
+reported change ``ffn`` can be negative when they point the same way.
 
 Not covered: Llama's gated MLPs (``act(g_j·x)(w_j·x)``: equal ``(g_j, w_j)`` merge the same way,
 and ``(w_j, v_j) → (c w_j, v_j / c)`` is a further gauge), and units that are constant
@@ -30,10 +34,11 @@ RTOL = 1e-5
 
 
 def unit_groups(incoming: torch.Tensor, rtol: float = RTOL) -> list[list[int]]:
-    """The units of ``incoming`` (``(n, d + 1)``: ``[u_j, b_j]``) in groups of equal rows, each
-    group in index order, groups ordered by their first unit."""
-    tol = rtol * float(incoming.norm(dim=1).max().clamp_min(1e-30))
-    close = torch.cdist(incoming, incoming) <= tol
+    """The units of ``incoming`` (``(n, d + 1)``: ``[u_j, b_j]``) in groups of equal rows (two rows
+    are equal within ``rtol`` of the larger's norm), each group in index order, groups ordered by
+    their first unit."""
+    norms = incoming.norm(dim=1)
+    close = torch.cdist(incoming, incoming) <= rtol * torch.maximum(norms[:, None], norms[None, :])
     groups: list[list[int]] = []
     seen: set[int] = set()
     for j in range(len(incoming)):
@@ -57,9 +62,9 @@ def merge_block(block: torch.nn.Module, adapter: str = ADAPTER, rtol: float = RT
     units = MlpUnits.of(block, adapter)
     groups = unit_groups(incoming, rtol)
     first = [g[0] for g in groups]
-    merged_v = torch.stack([outgoing[g].sum(0) for g in groups])
-    quiet = rtol * float(outgoing.norm(dim=1).max().clamp_min(1e-30))
-    keep = [i for i, v in enumerate(merged_v.norm(dim=1).tolist()) if v > quiet]
+    merged_v = torch.stack([outgoing[g].sum(0) for g in groups]).norm(dim=1)
+    # silent against the merged units: a cancelling pair, however large, does not set the scale
+    keep = [i for i, v in enumerate(merged_v.tolist()) if v > rtol * float(merged_v.max())] or [0]
     before = _norm_sq(units)
     if len(keep) == len(units):
         return 0, 0.0, before
@@ -93,6 +98,6 @@ def merge_units(
         name = f"transformer.h.{i}.mlp"
         removed[name], parts[f"ffn:{name}"], parts[f"ffn_canonical:{name}"] = merge_block(block, adapter, rtol)
     sizes = {len(MlpUnits.of(block, adapter)) for block in blocks}
-    if len(sizes) == 1:  # one width for every block: the config says it (else it cannot)
+    if any(removed.values()) and len(sizes) == 1:  # one width for every block: the config says it
         model.config.n_inner = sizes.pop()  # type: ignore[union-attr]
     return removed, parts

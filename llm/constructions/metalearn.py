@@ -30,6 +30,7 @@ The victim batch alternates between the fixed update set and fresh benign batche
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -83,8 +84,8 @@ class MetaSpec:
             raise ValueError(f"construction.params must be 'adapter' or 'all', got {self.params!r}")
         if self.steps < 0 or self.lr <= 0 or self.gain <= 0:
             raise ValueError(f"construction needs steps ≥ 0, lr > 0, gain > 0: {self}")
-        if self.penalty not in PENALTIES or self.penalty_weight < 0:
-            raise ValueError(f"construction.penalty must be one of {PENALTIES} with penalty_weight ≥ 0: {self}")
+        if self.penalty not in PENALTIES or not (0 <= self.penalty_weight < math.inf):
+            raise ValueError(f"construction.penalty must be one of {PENALTIES} with a finite penalty_weight ≥ 0: {self}")
         if self.penalty != "none" and self.params != "adapter":
             raise ValueError(f"construction.penalty={self.penalty} penalises the shipped LoRA: it needs params=adapter")
         check_target(self.after_target)

@@ -5,15 +5,16 @@ to objective (1) of :mod:`llm.constructions.metalearn`,
 
     min_θ  L_now(θ) + L_after(θ − η ∇_θ L_victim(θ)) + λ · s(θ) / s(θ_control)           (2)
 
-(the LLM counterpart of eq. 12 of :mod:`theory.audit.attack`), ``s`` normalised by the control's
-own value so that ``λ`` reads the same on every model:
+(the LLM counterpart of eq. 12 of :mod:`theory.audit.attack`), ``s`` normalised by a value of the
+control's so that ``λ`` reads alike on every model:
 
-* ``gauge``: the LoRA gauge excess ``Σ_m s_m(‖B_m‖² + ‖A_m‖²) − 2‖s_m B_m A_m‖_*`` (eq. 2 of
-  :mod:`llm.audit.canonical`, :meth:`llm.lora.LoraFactors.gauge_excess`), over the control's
-  canonical value ``Σ_m 2‖s_m B_m A_m‖_*``: the audit's ``gauge_excess.lora_relative`` before its
-  attention passes. At large ``λ`` the attacker stays in balanced (canonical) LoRA forms.
+* ``gauge``: the LoRA gauge excess ``Σ_m s_m(‖B_m‖² + ‖A_m‖²) − 2‖s_m B_m A_m‖_*`` of the factors
+  as they are (:meth:`llm.lora.LoraFactors.gauge_excess`; eq. 2 of :mod:`llm.audit.canonical`),
+  over the control's balanced norm ``Σ_m 2‖s_m B_m A_m‖_*``: a relative excess like the audit's
+  ``gauge_excess.lora_relative``, which the audit measures after its layer-norm (and GPT-2
+  attention) passes. Zero in balanced LoRA forms, so at large ``λ`` the attacker stays near them.
 * ``grad``: the victim's gradient norm ``‖∇_θ L_victim(θ)‖`` on its own update batch, over the
-  control's: the audit's raw ``grad_norm.delivered``.
+  control's (1 at the control): the audit's raw ``grad_norm.delivered``, relative.
 
 Both are differentiable functions of the trainable LoRA tensors ``θ`` (a name → tensor dict, as
 the meta-gradient's closures take it); ``grad`` costs a double backward through the victim's loss.
