@@ -690,6 +690,7 @@ def test_an_attacker_sets_the_constructions_gain_and_penalty() -> None:
         ("attack.penalty=gauge", "attack.penalty"),  # the analytic twin has no meta-objective to penalise
         ("attack.penalty=norm", "attack.penalty"),
         ("attack.weight=-1", "attack.weight"),
+        ("attack.weight=1", "attack.weight"),  # a weight without a penalty would weigh nothing
     ):
         with pytest.raises(ConfigError, match=rf"^{key}"):
             with_attacker(_compose("experiment=audit_attack", "construction=analytic", bad))

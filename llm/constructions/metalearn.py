@@ -85,7 +85,7 @@ class MetaSpec:
         if self.steps < 0 or self.lr <= 0 or self.gain <= 0:
             raise ValueError(f"construction needs steps ≥ 0, lr > 0, gain > 0: {self}")
         if self.penalty not in PENALTIES or not (0 <= self.penalty_weight < math.inf):
-            raise ValueError(f"construction.penalty must be one of {PENALTIES} with a finite penalty_weight ≥ 0: {self}")
+            raise ValueError(f"construction.penalty must be one of {PENALTIES}, penalty_weight finite ≥ 0: {self}")
         if self.penalty != "none" and self.params != "adapter":
             raise ValueError(f"construction.penalty={self.penalty} penalises the shipped LoRA: it needs params=adapter")
         check_target(self.after_target)

@@ -66,7 +66,7 @@ def attacker(cfg: DictConfig) -> tuple[float, str, float]:
         raise ConfigError("attack.penalty", f"must be one of {', '.join(PENALTIES)}, not {kind!r}")
     weight = _number(cfg, "weight", 0.0, positive=False)
     if kind == "none" and weight != 0:
-        raise ConfigError("attack.weight", f"{weight:g} weighs no penalty: set attack.penalty, or leave the weight at 0")
+        raise ConfigError("attack.weight", f"{weight:g} weighs no penalty: set attack.penalty, or the weight to 0")
     if kind != "none" and cfg.construction.name != "metalearn":
         name = cfg.construction.name
         raise ConfigError("attack.penalty", f"a penalised attacker meta-learns: construction=metalearn, not {name!r}")
