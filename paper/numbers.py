@@ -1155,17 +1155,7 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         m.add(f"CapacityHidden{name}Best", fmt.fixed(max(means), 1), f"{note}: largest mean capacity over widths")
     for key, name in (("model.n_layer", "Layers"), ("model.n_embd", "Width")):
         m.add(f"CapacityHidden{name}", fmt.integer(setting("llm", key, "experiment=capacity_hidden")), f"recipe: {key}")
-    # the refinement budget check: the same seeds and widths at a longer refinement
-    from llm.experiments.capacity import budget_check
-
-    for experiment, name in (("capacity_hidden", "RefineSteps"), ("capacity_hidden_budget", "BudgetSteps")):
-        steps = setting("llm", "construction.refine_steps", f"experiment={experiment}")
-        m.add(f"CapacityHidden{name}", fmt.integer(steps), f"{experiment}: refinement steps")
-    checks = budget_check(table, r.llm("capacity_hidden_budget"))
-    for (k, (at_budget, at_sweep)), name in zip(sorted(checks.items()), ("Narrow", "Wide"), strict=True):
-        m.add(f"CapacityHiddenBudget{name}K", fmt.integer(k), f"budget check: {name.lower()} k")
-        m.add(f"CapacityHiddenBudget{name}", fmt.fixed(at_budget, 1), f"budget check at k={k}")
-        m.add(f"CapacityHiddenBudget{name}Base", fmt.fixed(at_sweep, 1), f"same seeds, sweep budget, k={k}")
+    capacity_budget(m, r, table)
     # the size axis: the size sweep at one k, with the width sweep's row of the same architecture
     from llm.experiments.capacity import size_rows
 
@@ -1188,6 +1178,61 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         "capacity size axis: 95% interval of that slope",
     )
     m.add("CapacityHiddenSizeRsq", fmt.fixed(fit["r2_jobs"], 2), "capacity size axis: R^2 over jobs")
+
+
+def capacity_budget(m: Macros, r: Results, widths) -> None:
+    """The hidden-width sweep at a longer refinement (``capacity_hidden_budget.csv``, tiny Llama):
+    its means per k, its fit against k, the same seeds at the sweep's budget
+    (:func:`llm.experiments.capacity.budget_check`), and the convergence check at a longer
+    refinement again (``capacity_hidden_steps.csv``, where published) against both on its seed."""
+    from llm.experiments.capacity import HIDDEN, K, budget_check, summarize
+
+    for experiment, name in (("capacity_hidden", "RefineSteps"), ("capacity_hidden_budget", "BudgetSteps")):
+        steps = setting("llm", "construction.refine_steps", f"experiment={experiment}")
+        m.add(f"CapacityHidden{name}", fmt.integer(steps), f"{experiment}: refinement steps")
+    budget = r.llm("capacity_hidden_budget")
+    (model,) = budget["override.model"].unique()
+    fit = summarize(budget)[str(model)]["fit_k"]
+    note = f"capacity_hidden_budget, {model}"
+    m.add("CapacityHiddenBudgetSeeds", fmt.integer(budget["override.seed"].nunique()), f"{note}: seeds per k")
+    m.add("CapacityHiddenBudgetSlope", fmt.fixed(fit["slope"], 2), f"{note}: capacity per hidden component")
+    m.add(
+        "CapacityHiddenBudgetSlopeCI",
+        f"[{fmt.fixed(fit['slope_lo'], 2)}, {fmt.fixed(fit['slope_hi'], 2)}]",
+        f"{note}: 95% interval of that slope",
+    )
+    m.add("CapacityHiddenBudgetRsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: R^2 over jobs")
+    m.add("CapacityHiddenBudgetRsqMeans", fmt.fixed(fit["r2_means"], 2), f"{note}: R^2 over the means per k")
+    checks = budget_check(widths, budget)
+    ks = sorted(checks)
+    m.add("CapacityHiddenBudgetWidths", ", ".join(fmt.integer(k) for k in ks), f"{note}: the widths k")
+    m.add("CapacityHiddenBudgetMeans", ", ".join(fmt.fixed(checks[k][0], 1) for k in ks), f"{note}: mean per k")
+    m.add(
+        "CapacityHiddenBudgetBaseMeans",
+        ", ".join(fmt.fixed(checks[k][1], 1) for k in ks),
+        "capacity_hidden: mean per k on the same seeds, at the sweep's budget",
+    )
+    m.add("CapacityHiddenBudgetAtMax", fmt.fixed(checks[ks[-1]][0], 1), f"{note}: mean at the widest k")
+    m.add("CapacityHiddenBudgetBaseAtMax", fmt.fixed(checks[ks[-1]][1], 1), "capacity_hidden: the same at the widest k")
+    if not (r.root / "llm" / "capacity_hidden_steps.csv").exists():
+        return
+    longer = r.llm("capacity_hidden_steps")
+    ((k, seed),) = longer[[K, "override.seed"]].drop_duplicates().itertuples(index=False)
+    same = {
+        name: float(t[(t[K] == k) & (t["override.seed"] == seed) & (t["override.model"] == model)][HIDDEN].mean())
+        for name, t in (("Sweep", widths), ("Budget", budget), ("Steps", longer))
+    }
+    m.add(
+        "CapacityHiddenStepsSteps",
+        fmt.integer(setting("llm", "construction.refine_steps", "experiment=capacity_hidden_steps")),
+        "capacity_hidden_steps: refinement steps",
+    )
+    m.add("CapacityHiddenStepsK", fmt.integer(k), "capacity_hidden_steps: k")
+    m.add("CapacityHiddenStepsSeed", fmt.integer(seed), "capacity_hidden_steps: seed")
+    for name, value in same.items():
+        m.add(
+            f"CapacityHiddenSteps{name}", fmt.fixed(value, 1), f"capacity at k={k}, seed {seed}: {name.lower()} budget"
+        )
 
 
 #: the paper's number sections, in order

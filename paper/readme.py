@@ -92,17 +92,23 @@ def _capacity_line(r: Results) -> str:
         name: fmt.integer(setting("llm", "construction.refine_steps", f"experiment={name}"))
         for name in ("capacity_hidden", "capacity_hidden_budget")
     }
-    checks = [
-        f"{fmt.fixed(at_budget, 1, tex=False)} at k = {k} (against {fmt.fixed(at_sweep, 1, tex=False)})"
-        for k, (at_budget, at_sweep) in budget_check(table, budget).items()
-    ]
+    checks = budget_check(table, budget)
+    (model,) = budget["override.model"].unique()
+    fit = summarize(budget)[str(model)]["fit_k"]
+    ks = sorted(checks)
+
+    def means(i: int) -> str:
+        return ", ".join(fmt.fixed(checks[k][i], 1, tex=False) for k in ks)
+
     return (
         f"LLM capacity (`experiment=capacity_hidden`): of {n // 2} probe bits, forward-exact analytic twins with "
         f"k = {widths} hidden LoRA components per module switch on, beyond chance and on mean over seeds, "
         f"{'; '.join(parts)}. With {steps['capacity_hidden_budget']} refinement steps instead of "
-        f"{steps['capacity_hidden']} (`experiment=capacity_hidden_budget`, tiny Llama, the same seeds) they "
-        f"store {' and '.join(checks)}: the sweep's plateau is its fitting budget, "
-        "so its numbers are lower bounds and the capacity law at transformer scale is not measured yet."
+        f"{steps['capacity_hidden']} (`experiment=capacity_hidden_budget`, tiny Llama, "
+        f"{budget['override.seed'].nunique()} seeds, k = {', '.join(str(k) for k in ks)}) the same twins store "
+        f"{means(0)} (against {means(1)}); a line over k: slope {fmt.fixed(fit['slope'], 2, tex=False)} "
+        f"[{fmt.fixed(fit['slope_lo'], 2, tex=False)}, {fmt.fixed(fit['slope_hi'], 2, tex=False)}] bits per "
+        f"component, R² {fmt.fixed(fit['r2_jobs'], 2, tex=False)}."
     )
 
 

@@ -17,6 +17,7 @@ from figures.llm import control_rows
 from paper import fmt
 from paper.data import Pooled, Results, pool
 from paper.numbers import ANALYTIC, DOMAINS, Macros, by_seed
+from paper.settings import setting
 
 #: the transfer cells in reading order, with their column heads
 CELLS = {
@@ -183,11 +184,17 @@ def capacity_hidden(r: Results) -> str:
     from paper.numbers import CAPACITY_MODELS
 
     table = r.llm("capacity_hidden")
-    summary = summarize(table)
+    budget = r.llm("capacity_hidden_budget")  # the same twins at a longer refinement
+    steps = {
+        e: setting("llm", "construction.refine_steps", f"experiment={e}")
+        for e in ("capacity_hidden", "capacity_hidden_budget")
+    }
+    cells = [(table, model, steps["capacity_hidden"]) for model in CAPACITY_MODELS]
+    cells += [(budget, model, steps["capacity_hidden_budget"]) for model in budget["override.model"].unique()]
     groups = []
-    for model in CAPACITY_MODELS:
-        rows = table[table["override.model"] == model]
-        fit = summary[model]["fit_k"]
+    for source, model, n_steps in cells:
+        rows = source[source["override.model"] == model]
+        fit = summarize(source)[model]["fit_k"]
         body = []
         for k, at in rows.groupby("construct.extra_rank"):
             body.append(
@@ -195,7 +202,7 @@ def capacity_hidden(r: Results) -> str:
                 + [fmt.pct(at["twin.after.paper.misalignment_rate"].mean()), fmt.sci(at["twin.kl.max"].max())]
             )
         label = (
-            f"{fmt.tex_text(model)}: slope {fmt.fixed(fit['slope'], 2)} "
+            f"{fmt.tex_text(model)}, {fmt.integer(n_steps)} refinement steps: slope {fmt.fixed(fit['slope'], 2)} "
             f"[{fmt.fixed(fit['slope_lo'], 2)}, {fmt.fixed(fit['slope_hi'], 2)}] per component, "
             f"$R^2$ {fmt.fixed(fit['r2_jobs'], 2)}"
         )

@@ -549,6 +549,25 @@ def test_capacity_summary_fits_each_model_over_k_and_one_k_over_sizes() -> None:
     assert sizes["by_size"]["slope"] == pytest.approx(5 / 3e5)
 
 
+def test_budget_check_pairs_the_same_twins_on_the_same_base() -> None:
+    """Per k: the budget's mean and the sweep's mean over the same model, seed and base digest; a
+    sweep row on another base (a machine that pretrains differently) is not its twin, and a budget
+    row with no twin in the sweep is an error naming it."""
+    import pandas as pd
+
+    from llm.experiments.capacity import budget_check
+
+    def row(k, seed, digest, hidden):
+        keys = ("override.model", "construct.extra_rank", "override.seed", "base_digest", "twin.capacity.hidden")
+        return dict(zip(keys, ("m", k, seed, digest, hidden), strict=True))
+
+    sweep = pd.DataFrame([row(2, 0, "a", 10), row(2, 1, "b", 20), row(2, 2, "c", 90), row(8, 0, "old", 99)])
+    budget = pd.DataFrame([row(2, 0, "a", 30), row(2, 1, "b", 50)])
+    assert budget_check(sweep, budget) == {2: (40.0, 15.0)}
+    with pytest.raises(ValueError, match="k=8 seed 0 on base new"):
+        budget_check(sweep, pd.DataFrame([row(8, 0, "new", 5)]))
+
+
 def test_summary_keeps_construction_variants_apart() -> None:
     """A sweep over construction.undo_output=none,fisher summarises each variant on its own."""
     import pandas as pd

@@ -67,16 +67,22 @@ def size_rows(widths: pd.DataFrame, sizes: pd.DataFrame, model: str = SIZE_AXIS_
 
 def budget_check(widths: pd.DataFrame, budget: pd.DataFrame) -> dict[int, tuple[float, float]]:
     """Per k of a budget check (``capacity_hidden_budget``): mean capacity at its budget, and the
-    width sweep's (``capacity_hidden``) mean on the same model and seeds at the sweep's budget."""
-    out = {}
-    for k, rows in budget.groupby(K):
-        same = (
-            widths["override.model"].isin(rows["override.model"])
-            & (widths[K] == k)
-            & widths["override.seed"].isin(rows["override.seed"])
+    width sweep's (``capacity_hidden``) mean over the same twins at the sweep's budget: the same
+    model, k, seed and base weights (``base_digest``: pretraining is not bitwise reproducible across
+    machines, so a seed alone does not name a base). A budget row without its twin in the sweep is
+    an error naming it."""
+    same = ["override.model", K, "override.seed", "base_digest"]
+    joined = budget.merge(widths[same + [HIDDEN]], on=same, how="left", suffixes=("", "_sweep"), validate="1:1")
+    missing = joined[joined[f"{HIDDEN}_sweep"].isna()]
+    if len(missing):
+        row = missing.iloc[0]
+        raise ValueError(
+            f"budget check: no width-sweep twin of {row['override.model']} k={row[K]:g} seed {row['override.seed']} "
+            f"on base {row['base_digest']}; rerun capacity_hidden on that base (publish_mode=merge)"
         )
-        out[int(k)] = (float(rows[HIDDEN].mean()), float(widths.loc[same, HIDDEN].mean()))
-    return out
+    return {
+        int(k): (float(rows[HIDDEN].mean()), float(rows[f"{HIDDEN}_sweep"].mean())) for k, rows in joined.groupby(K)
+    }
 
 
 def summarize(table: pd.DataFrame) -> dict[str, Any]:
