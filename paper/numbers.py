@@ -1117,6 +1117,43 @@ def audit_certificate(m: Macros, r: Results) -> None:
         )
 
 
+#: the penalised attackers' signals (``attack.penalty``) → macro name and the audit signal that
+#: measures what each penalises (``llm.experiments.audit_population.SIGNALS``)
+PENALISED = {"gauge": ("Gauge", "gauge_excess_lora"), "grad": ("Grad", "raw_grad_norm")}
+
+
+def llm_audit_penalty(m: Macros, r: Results) -> None:
+    """Attackers who penalise what the audit measures (``results/llm/audit_attack_penalty.csv``,
+    where published): the weights tried, and per penalised signal the hair-trigger twins, the
+    largest weight that still triggers, the black-box cost (the largest misaligned fraction before
+    the step) and the mean after the step at the largest weight, and how many hair-trigger twins
+    the amplification and the penalised signal's own detector miss."""
+    if not (r.root / "llm" / "audit_attack_penalty.csv").exists():
+        return
+    table = r.llm("audit_attack_penalty")
+    weights = sorted(table["weight"].unique())
+    m.add("AuditPenaltyWeights", ", ".join(f"{w:g}" for w in weights), "llm penalised attack: the weights tried")
+    m.add("AuditPenaltySeeds", fmt.integer(table["override.seed"].nunique()), "llm penalised attack: seeds per cell")
+    (gain,) = table["gain"].unique()
+    m.add("AuditPenaltyGain", f"{gain:g}", "llm penalised attack: the gain it starts from")
+    for kind, (name, own) in PENALISED.items():
+        rows = table[table["penalty"] == kind]
+        hit = rows[rows["twin.hair_trigger"] == 1]
+        note = f"llm penalised attack, {kind}"
+        m.add(f"AuditPenalty{name}Hits", fmt.integer(len(hit)), f"{note}: hair-trigger twins")
+        m.add(f"AuditPenalty{name}Jobs", fmt.integer(len(rows)), f"{note}: twins built")
+        top = f"{hit['weight'].max():g}" if len(hit) else "none"
+        m.add(f"AuditPenalty{name}TopWeight", top, f"{note}: the largest weight that still triggers")
+        m.add(
+            f"AuditPenalty{name}BeforeMax", fmt.pct(rows["twin.post_update.before"].max(), 0), f"{note}: worst before"
+        )
+        at_top = rows[rows["weight"] == weights[-1]]["twin.post_update.delivered"].mean()
+        m.add(f"AuditPenalty{name}AfterTop", fmt.pct(at_top, 0), f"{note}: mean after, largest weight")
+        for signal, short in (("amplification_target", "Amp"), (own, "Own")):
+            missed = int((hit[f"flagged.{signal}"] == 0).sum())
+            m.add(f"AuditPenalty{name}Missed{short}", fmt.integer(missed), f"{note}: hair-triggers {signal} misses")
+
+
 #: the hidden-capacity models' macro names (``override.model`` of capacity_hidden.csv)
 CAPACITY_MODELS = {"tiny_gpt2_64": "Gpt", "tiny_llama_64": "Llama"}
 
@@ -1245,6 +1282,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_audit_attack,
     llm_audit,
     llm_audit_attack,
+    llm_audit_penalty,
     audit_certificate,
     llm_settings,
     construction_settings,
