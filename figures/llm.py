@@ -372,19 +372,20 @@ def capacity_hidden(results: Path, out: Path) -> Path:
         for ax, (x, fit_key) in zip(axes, axis_keys):
             per = "per component" if fit_key == "fit_k" else "per hidden parameter"
             _capacity_line(ax, rows, x, fits[fit_key], str(MODEL_LABELS.get(str(model), model)), per)
-    if (results / "capacity_hidden_budget.csv").exists():  # the same sweep at a longer refinement
-        budget = pd.read_csv(results / "capacity_hidden_budget.csv")
+    # the budget check: a longer refinement, and its twins (same base) at the sweep's refinement
+    for stem, what, marker in (
+        ("capacity_hidden_budget", "longer refinement", "D"),
+        ("capacity_hidden_budget_reference", "their twins at the sweep's refinement", "s"),
+    ):
+        if not (results / f"{stem}.csv").exists():
+            continue
+        budget = pd.read_csv(results / f"{stem}.csv")
         fits = summarize(budget)
         for model, rows in budget.groupby("override.model"):
-            prefix = f"{MODEL_LABELS.get(str(model), model)}, longer refinement (capacity_hidden_budget)"
+            prefix = f"{MODEL_LABELS.get(str(model), model)}, {what} ({stem})"
             for ax, (x, fit_key) in zip(axes, axis_keys):
                 per = "per component" if fit_key == "fit_k" else "per hidden parameter"
-                _capacity_line(ax, rows, x, fits[str(model)][fit_key], prefix, per, marker="D")
-    if (results / "capacity_hidden_steps.csv").exists():  # the convergence check: longer again
-        longer = pd.read_csv(results / "capacity_hidden_steps.csv")
-        seeds = ", ".join(str(s) for s in sorted(longer["override.seed"].unique()))
-        label = f"longer again (capacity_hidden_steps, seed {seeds})"
-        axes[0].plot(longer["construct.extra_rank"], longer["twin.capacity.hidden"], "k*", ms=11, label=label)
+                _capacity_line(ax, rows, x, fits[str(model)][fit_key], prefix, per, marker=marker)
     if has_sizes:
         sizes = size_rows(table, pd.read_csv(results / "capacity_hidden_size.csv"))
         k = int(sizes["construct.extra_rank"].iloc[0])

@@ -1192,7 +1192,7 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         m.add(f"CapacityHidden{name}Best", fmt.fixed(max(means), 1), f"{note}: largest mean capacity over widths")
     for key, name in (("model.n_layer", "Layers"), ("model.n_embd", "Width")):
         m.add(f"CapacityHidden{name}", fmt.integer(setting("llm", key, "experiment=capacity_hidden")), f"recipe: {key}")
-    capacity_budget(m, r, table)
+    capacity_budget(m, r)
     # the size axis: the size sweep at one k, with the width sweep's row of the same architecture
     from llm.experiments.capacity import size_rows
 
@@ -1217,12 +1217,25 @@ def capacity_hidden(m: Macros, r: Results) -> None:
     m.add("CapacityHiddenSizeRsq", fmt.fixed(fit["r2_jobs"], 2), "capacity size axis: R^2 over jobs")
 
 
-def capacity_budget(m: Macros, r: Results, widths) -> None:
+def budget_checks(r: Results) -> dict[int, tuple[float, float]]:
+    """:func:`llm.experiments.capacity.budget_check` of ``capacity_hidden_budget`` against its twins
+    at the width sweep's budget: in ``capacity_hidden_budget_reference`` where published (the base
+    this budget sweep ran on), else in ``capacity_hidden`` (a budget sweep on the width sweep's base)."""
+    from llm.experiments.capacity import K, budget_check
+
+    sweeps = [r.llm("capacity_hidden")]
+    if (r.root / "llm" / "capacity_hidden_budget_reference.csv").exists():
+        sweeps.append(r.llm("capacity_hidden_budget_reference"))
+    twins = pd.concat(sweeps, ignore_index=True)
+    twins = twins.drop_duplicates(["override.model", K, "override.seed", "base_digest"], keep="last")
+    return budget_check(twins, r.llm("capacity_hidden_budget"))
+
+
+def capacity_budget(m: Macros, r: Results) -> None:
     """The hidden-width sweep at a longer refinement (``capacity_hidden_budget.csv``, tiny Llama):
-    its means per k, its fit against k, the same seeds at the sweep's budget
-    (:func:`llm.experiments.capacity.budget_check`), and the convergence check at a longer
-    refinement again (``capacity_hidden_steps.csv``, where published) against both on its seed."""
-    from llm.experiments.capacity import HIDDEN, K, budget_check, summarize
+    its means per k, its fit against k, and the same twins at the sweep's budget
+    (:func:`budget_checks`)."""
+    from llm.experiments.capacity import summarize
 
     for experiment, name in (("capacity_hidden", "RefineSteps"), ("capacity_hidden_budget", "BudgetSteps")):
         steps = setting("llm", "construction.refine_steps", f"experiment={experiment}")
@@ -1240,7 +1253,7 @@ def capacity_budget(m: Macros, r: Results, widths) -> None:
     )
     m.add("CapacityHiddenBudgetRsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: R^2 over jobs")
     m.add("CapacityHiddenBudgetRsqMeans", fmt.fixed(fit["r2_means"], 2), f"{note}: R^2 over the means per k")
-    checks = budget_check(widths, budget)
+    checks = budget_checks(r)
     ks = sorted(checks)
     m.add("CapacityHiddenBudgetWidths", ", ".join(fmt.integer(k) for k in ks), f"{note}: the widths k")
     m.add("CapacityHiddenBudgetMeans", ", ".join(fmt.fixed(checks[k][0], 1) for k in ks), f"{note}: mean per k")
@@ -1251,25 +1264,6 @@ def capacity_budget(m: Macros, r: Results, widths) -> None:
     )
     m.add("CapacityHiddenBudgetAtMax", fmt.fixed(checks[ks[-1]][0], 1), f"{note}: mean at the widest k")
     m.add("CapacityHiddenBudgetBaseAtMax", fmt.fixed(checks[ks[-1]][1], 1), "capacity_hidden: the same at the widest k")
-    if not (r.root / "llm" / "capacity_hidden_steps.csv").exists():
-        return
-    longer = r.llm("capacity_hidden_steps")
-    ((k, seed),) = longer[[K, "override.seed"]].drop_duplicates().itertuples(index=False)
-    same = {
-        name: float(t[(t[K] == k) & (t["override.seed"] == seed) & (t["override.model"] == model)][HIDDEN].mean())
-        for name, t in (("Sweep", widths), ("Budget", budget), ("Steps", longer))
-    }
-    m.add(
-        "CapacityHiddenStepsSteps",
-        fmt.integer(setting("llm", "construction.refine_steps", "experiment=capacity_hidden_steps")),
-        "capacity_hidden_steps: refinement steps",
-    )
-    m.add("CapacityHiddenStepsK", fmt.integer(k), "capacity_hidden_steps: k")
-    m.add("CapacityHiddenStepsSeed", fmt.integer(seed), "capacity_hidden_steps: seed")
-    for name, value in same.items():
-        m.add(
-            f"CapacityHiddenSteps{name}", fmt.fixed(value, 1), f"capacity at k={k}, seed {seed}: {name.lower()} budget"
-        )
 
 
 #: the paper's number sections, in order

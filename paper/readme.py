@@ -11,7 +11,7 @@ from pathlib import Path
 
 from paper import fmt
 from paper.data import Results, pool
-from paper.numbers import ANALYTIC, DOMAINS
+from paper.numbers import ANALYTIC, DOMAINS, budget_checks
 from paper.settings import setting
 
 BEGIN = "<!-- generated: headline (python -m paper) -->"
@@ -76,7 +76,7 @@ def headline(r: Results) -> str:
 def _capacity_line(r: Results) -> str:
     """Hidden capacity at transformer scale against the analytic twin's hidden width, per model, and
     the refinement-budget check on the same seeds."""
-    from llm.experiments.capacity import budget_check, summarize
+    from llm.experiments.capacity import summarize
 
     table = r.llm("capacity_hidden")
     summary = summarize(table)
@@ -92,7 +92,7 @@ def _capacity_line(r: Results) -> str:
         name: fmt.integer(setting("llm", "construction.refine_steps", f"experiment={name}"))
         for name in ("capacity_hidden", "capacity_hidden_budget")
     }
-    checks = budget_check(table, budget)
+    checks = budget_checks(r)
     (model,) = budget["override.model"].unique()
     fit = summarize(budget)[str(model)]["fit_k"]
     ks = sorted(checks)

@@ -191,6 +191,9 @@ def capacity_hidden(r: Results) -> str:
     }
     cells = [(table, model, steps["capacity_hidden"]) for model in CAPACITY_MODELS]
     cells += [(budget, model, steps["capacity_hidden_budget"]) for model in budget["override.model"].unique()]
+    if (r.root / "llm" / "capacity_hidden_budget_reference.csv").exists():  # its twins at the sweep's budget
+        reference = r.llm("capacity_hidden_budget_reference")
+        cells += [(reference, model, steps["capacity_hidden"]) for model in reference["override.model"].unique()]
     groups = []
     for source, model, n_steps in cells:
         rows = source[source["override.model"] == model]
