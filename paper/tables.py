@@ -63,6 +63,7 @@ COMMANDS = {
     ("llm", "capacity_hidden"): "CapacityHidden",
     ("llm", "capacity_hidden_size"): "CapacityHiddenSize",
     ("llm", "capacity_hidden_budget"): "CapacityHiddenBudget",
+    ("llm", "capacity_hidden_budget_reference"): "CapacityHiddenBudgetReference",
     ("llm", "hairtrigger_smollm2"): "Smol",
     ("llm", "analytic_smollm2"): "SmolAnalytic",
     ("llm", "audit_population"): "AuditPopulation",
