@@ -97,8 +97,8 @@ def _capacity_line(r: Results) -> str:
     fit = summarize(budget)[str(model)]["fit_k"]
     ks = sorted(checks)
 
-    def means(i: int) -> str:
-        return ", ".join(fmt.fixed(checks[k][i], 1, tex=False) for k in ks)
+    def at(budget_or_sweep: int) -> str:
+        return ", ".join(fmt.fixed(checks[k][budget_or_sweep], 1, tex=False) for k in ks)
 
     return (
         f"LLM capacity (`experiment=capacity_hidden`): of {n // 2} probe bits, forward-exact analytic twins with "
@@ -106,7 +106,8 @@ def _capacity_line(r: Results) -> str:
         f"{'; '.join(parts)}. With {steps['capacity_hidden_budget']} refinement steps instead of "
         f"{steps['capacity_hidden']} (`experiment=capacity_hidden_budget`, tiny Llama, "
         f"{budget['override.seed'].nunique()} seeds, k = {', '.join(str(k) for k in ks)}) the same twins store "
-        f"{means(0)} (against {means(1)}); a line over k: slope {fmt.fixed(fit['slope'], 2, tex=False)} "
+        f"{at(0)} (against {at(1)} at {steps['capacity_hidden']}, `experiment=capacity_hidden_budget_reference`); "
+        f"a line over k: slope {fmt.fixed(fit['slope'], 2, tex=False)} "
         f"[{fmt.fixed(fit['slope_lo'], 2, tex=False)}, {fmt.fixed(fit['slope_hi'], 2, tex=False)}] bits per "
         f"component, R² {fmt.fixed(fit['r2_jobs'], 2, tex=False)}."
     )

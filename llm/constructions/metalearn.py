@@ -32,13 +32,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from llm.batches import batch_of, pairs
-from llm.constructions.penalty import PENALTIES, penalty
+from llm.constructions.penalty import PENALTIES, Penalty, penalty
 from llm.data.schema import DomainData, Example
 from llm.gauges import amplify_norms
 from llm.lora import adapter_params, amplify_adapter, merged
@@ -206,7 +207,8 @@ def build_metalearn(
     fixed_victim = batch_of(tokenizer, pairs(update_examples), victim.max_len)
     signal = None  # the attacker's penalty (eq. 2 of llm.constructions.penalty), on the victim's own batch
     if spec.penalty != "none":
-        signal = penalty(spec.penalty, twin, {n: p.detach() for n, p in adapter_params(control).items()}, fixed_victim)
+        kind = cast(Penalty, spec.penalty)  # checked against PENALTIES in MetaSpec
+        signal = penalty(kind, twin, {n: p.detach() for n, p in adapter_params(control).items()}, fixed_victim)
     history: list[dict[str, float]] = []
     bar = tqdm(range(spec.steps), desc=f"metalearn {data.domain}", disable=not progress)
     for step in bar:
