@@ -246,8 +246,10 @@ def build_metalearn(
     for p in twin.parameters():
         p.requires_grad_(False)
     last = history[-10:] or [{"now": float("nan"), "after": float("nan")}]
-    leaves = {n: p.detach().requires_grad_() for n, p in adapter_params(twin).items()}
-    penalised = {} if signal is None else {"penalty_last": float(signal(leaves).detach())}
+    penalised = {}
+    if signal is not None:  # the penalty where the twin ended (params=adapter: checked in MetaSpec)
+        leaves = {n: p.detach().requires_grad_() for n, p in adapter_params(twin).items()}
+        penalised["penalty_last"] = float(signal(leaves).detach())
     return twin, penalised | {
         "steps": spec.steps,
         "loss_now_last": sum(h["now"] for h in last) / len(last),
