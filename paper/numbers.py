@@ -1136,6 +1136,16 @@ def llm_audit_penalty(m: Macros, r: Results) -> None:
     m.add("AuditPenaltySeeds", fmt.integer(table["override.seed"].nunique()), "llm penalised attack: seeds per cell")
     (gain,) = table["gain"].unique()
     m.add("AuditPenaltyGain", f"{gain:g}", "llm penalised attack: the gain it starts from")
+    recipe = ("experiment=audit_attack_penalty", "variant=audit_population/gpt2_metalearn")
+    m.add("AuditPenaltySteps", fmt.integer(setting("llm", "construction.steps", *recipe)), "llm penalised: meta-steps")
+    m.add("AuditPenaltyLr", f"{setting('llm', 'construction.lr', *recipe):g}", "llm penalised: relative Adam rate")
+    from llm.experiments import audit_population
+
+    summary = audit_population.summarize(r.llm("audit_population"))
+    threshold = summary["signals"]["amplification_target"]["threshold_all_honest"]
+    hits = table[table["twin.hair_trigger"] == 1]
+    closest = hits["twin.amplification.target.ratio"].min() / threshold if len(hits) else math.nan
+    m.add("AuditPenaltyAmpMargin", fmt.fixed(closest, 0), "llm penalised: least amplification / threshold, hits")
     for kind, (name, own) in PENALISED.items():
         rows = table[table["penalty"] == kind]
         hit = rows[rows["twin.hair_trigger"] == 1]

@@ -68,6 +68,7 @@ COMMANDS = {
     ("llm", "analytic_smollm2"): "SmolAnalytic",
     ("llm", "audit_population"): "AuditPopulation",
     ("llm", "audit_attack"): "AuditAttack",
+    ("llm", "audit_attack_penalty"): "AuditAttackPenalty",
     ("llm", "audit_certificate"): "AuditCertificate",
 }
 
