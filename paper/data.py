@@ -63,6 +63,10 @@ class Results:
             self._cache[key] = pd.read_csv(path)
         return self._cache[key].copy()
 
+    def published(self, app: str, stem: str) -> bool:
+        """Whether ``results/<app>/<stem>.csv`` exists (a table the paper reads only where published)."""
+        return (self.root / app / f"{stem}.csv").exists()
+
     def llm(self, *stems: str) -> pd.DataFrame:
         """One or more LLM tables stacked (runs of one recipe judged on two probe ranges, say)."""
         return pd.concat([self.table("llm", s) for s in stems], ignore_index=True)

@@ -1128,7 +1128,7 @@ def llm_audit_penalty(m: Macros, r: Results) -> None:
     largest weight that still triggers, the black-box cost (the largest misaligned fraction before
     the step) and the mean after the step at the largest weight, and how many hair-trigger twins
     the amplification and the penalised signal's own detector miss."""
-    if not (r.root / "llm" / "audit_attack_penalty.csv").exists():
+    if not r.published("llm", "audit_attack_penalty"):
         return
     table = r.llm("audit_attack_penalty")
     weights = sorted(table["weight"].unique())
@@ -1234,7 +1234,7 @@ def budget_checks(r: Results) -> dict[int, tuple[float, float]]:
     from llm.experiments.capacity import K, budget_check
 
     sweeps = [r.llm("capacity_hidden")]
-    if (r.root / "llm" / "capacity_hidden_budget_reference.csv").exists():
+    if r.published("llm", "capacity_hidden_budget_reference"):
         sweeps.append(r.llm("capacity_hidden_budget_reference"))
     twins = pd.concat(sweeps, ignore_index=True)
     twins = twins.drop_duplicates(["override.model", K, "override.seed", "base_digest"], keep="last")

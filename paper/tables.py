@@ -193,7 +193,7 @@ def capacity_hidden(r: Results) -> str:
     }
     cells = [(table, model, steps["capacity_hidden"]) for model in CAPACITY_MODELS]
     cells += [(budget, model, steps["capacity_hidden_budget"]) for model in budget["override.model"].unique()]
-    if (r.root / "llm" / "capacity_hidden_budget_reference.csv").exists():  # its twins at the sweep's budget
+    if r.published("llm", "capacity_hidden_budget_reference"):  # its twins at the sweep's budget
         reference = r.llm("capacity_hidden_budget_reference")
         cells += [(reference, model, steps["capacity_hidden"]) for model in reference["override.model"].unique()]
     groups = []
@@ -673,7 +673,7 @@ def llm_audit_attack(r: Results) -> str:
     for family in ("metalearn", "analytic"):
         rows = table[table["family"] == family]
         groups.append((f"{family} twin, gain $g$", [row(_g(g), cell) for g, cell in rows.groupby("gain")]))
-    published = (r.root / "llm" / "audit_attack_penalty.csv").exists()
+    published = r.published("llm", "audit_attack_penalty")
     penalised = r.llm("audit_attack_penalty") if published else pd.DataFrame(columns=["penalty", "gain"])
     for (kind, gain), rows in penalised.groupby(["penalty", "gain"]):
         body = [row(attack_strength(str(kind), w), cell) for w, cell in rows.groupby("weight")]
