@@ -36,6 +36,7 @@ from transformers import PreTrainedModel
 
 from llm.audit.signals import audit_model
 from llm.audit.verdict import calibrated
+from llm.constructions.penalty import PENALTIES  # the signals attack.penalty names ("none": gain only)
 from llm.experiments.audit import settings
 from llm.experiments.audit_population import SIGNALS, hair_trigger, population_settings, prepare
 from llm.experiments.hairtrigger import require_finite_metrics
@@ -44,10 +45,6 @@ from sweeps.jobs import flatten
 
 #: the construction knob that ``attack.gain`` sets, per construction
 KNOBS = {"metalearn": "construction.gain", "analytic": "construction.line_search"}
-
-
-#: the signals a penalised attacker can add to its objective (``attack.penalty``; "none": gain only)
-PENALTIES = ("none", "gauge", "grad")
 
 
 def _number(cfg: DictConfig, key: str, default: float, positive: bool) -> float:
