@@ -20,6 +20,7 @@ from strategies import SETTINGS, setups
 from sweeps.errors import ConfigError
 from theory import redundancy, symmetry
 from theory.audit import (
+    AuditSettings,
     canonicalize,
     function_residual,
     gauge_excess,
@@ -394,6 +395,26 @@ def test_neutraliser_brings_the_isolating_twin_to_its_control(relu_setup):
     assert float((margins[0] - margins[1]).abs().max()) <= 1e-9
 
 
+def test_a_small_random_gauge_does_not_neutralise_the_isolating_twin(relu_setup):
+    """The re-randomising neutraliser composes a random gauge with the attacker's: drawn at a small
+    scale it keeps the function and the twin's three flips; it is reproducible from its seed."""
+    from theory.audit.signals import rerandomised
+
+    net, task, base = relu_setup
+    twin = isolating_pairs_twin(
+        net, base, task, torch.tensor([3, 17, 42]), LR, "cross_entropy", n_units=6, kappa=1.0
+    ).twin
+    twin_net = net.fitted(twin)
+    moved = rerandomised(twin_net, twin, 0.01, seed=0, index=0)
+    assert float((twin_net.forward(moved, task.probes) - twin_net.forward(twin, task.probes)).abs().max()) <= 1e-9
+    assert any(not torch.equal(moved[k], twin[k]) for k in twin)
+    again = rerandomised(twin_net, twin, 0.01, seed=0, index=0)
+    assert all(torch.equal(moved[k], again[k]) for k in moved)
+    assert misaligned_after_step(twin_net, moved, task, LR, "cross_entropy") == pytest.approx(3 / 60)
+    with pytest.raises(ValueError, match="rerandomise"):
+        AuditSettings(rerandomise=(-1.0,))
+
+
 def test_any_relu_fiber_point_collapses_to_the_control(relu_setup):
     """Random points of the search fiber (rescaling gauge + pairs with outgoing /√η): one
     canonical form, that of the control, and the same post-step outputs."""
@@ -451,6 +472,8 @@ def test_invalid_audit_settings_name_their_key():
         ("audit.rho=-1", "audit.rho"),
         ("audit.fpr=1.5", "audit.fpr"),
         ("audit.worst.lr_fractions=[0,1]", "audit.worst.lr_fractions"),
+        ("audit.rerandomise=[0]", "audit.rerandomise"),
+        ("audit.rerandomise=[.inf]", "audit.rerandomise"),
     ):
         with pytest.raises(ConfigError, match=f"^{key}: "):
             _settings(_compose(override))
@@ -492,3 +515,7 @@ def test_tiny_audit_sweep(theory_app, tmp_path: Path):
         pooled = summary["signals"][name]["pooled"]
         assert 0 <= pooled["auc_lo"] <= pooled["auc"] <= pooled["auc_hi"] <= 1
     assert summary["neutraliser"]["twin_canonical_max"] <= summary["neutraliser"]["honest_hi"]
+    forms = summary["neutralisers"]  # conf/theory/experiment/audit.yaml: four re-randomising scales
+    assert set(forms) == {"delivered", "canonical", *(f"rerandomised_{s}" for s in ("0.5", "1", "2", "4"))}
+    assert forms["canonical"]["twin_max"] == summary["neutraliser"]["twin_canonical_max"]
+    assert all(0 <= f["twin_mean"] <= f["twin_max"] <= 1 for f in forms.values())

@@ -586,6 +586,33 @@ def test_a_randomly_gauged_control_keeps_its_function_and_canonical_form(tok, ar
     assert c_gauged.excess["total"] > c_control.excess["total"]
 
 
+def test_the_neutralisers_forms_keep_the_function_and_the_rerandomised_ones_move_the_factors(tok) -> None:
+    """:func:`llm.audit.signals.neutraliser_forms`: delivered, canonical and one re-randomised form per
+    scale, each the delivered function; a re-randomised form is reproducible from the seed and
+    another seed draws another gauge."""
+    from llm.audit.signals import AuditSettings, neutraliser_forms
+
+    model = lora_model(tok, "gpt2")
+    canon = canonicalize(model)
+    forms = dict(neutraliser_forms(model, canon, AuditSettings(rerandomise=(0.5, 2.0))))
+    assert list(forms) == ["delivered", "canonical", "rerandomised_0.5", "rerandomised_2"]
+    for name, form in forms.items():
+        assert function_residual(model, form, tok, examples(), 32)["max"] <= 1e-6, name
+    again = dict(neutraliser_forms(model, canon, AuditSettings(rerandomise=(0.5,))))["rerandomised_0.5"]
+    other = dict(neutraliser_forms(model, canon, AuditSettings(rerandomise=(0.5,), seed=1)))["rerandomised_0.5"]
+    a = {n: LoraFactors.of(l).detached().a for n, l in lora_layers(forms["rerandomised_0.5"]).items()}
+    assert all(torch.equal(a[n], LoraFactors.of(l).detached().a) for n, l in lora_layers(again).items())
+    assert not any(torch.equal(a[n], LoraFactors.of(l).detached().a) for n, l in lora_layers(other).items())
+    assert not any(torch.equal(a[n], LoraFactors.of(l).detached().a) for n, l in lora_layers(model).items())
+    with pytest.raises(ValueError, match="rerandomise"):
+        AuditSettings(rerandomise=(0.0,))
+    from llm.experiments import audit
+
+    for bad in ("[-1.0]", "[x]", "[.inf]"):
+        with pytest.raises(ConfigError, match=r"^audit.rerandomise"):
+            audit.settings(_compose("experiment=audit", f"audit.rerandomise={bad}"))
+
+
 def test_an_ordinary_fine_tune_moves_the_adapter_and_leaves_the_model_given(tok) -> None:
     from llm.audit.honest import fine_tuned
 
@@ -621,6 +648,9 @@ def population_table(held_out_scores: list[float]) -> pd.DataFrame:
         for name in ("twin", *(f"honest.{h}" for h in HONEST)):
             row[f"{name}.post_update.delivered"] = 1.0 if name == "twin" else 0.0
             row[f"{name}.post_update.canonical"] = 0.0
+            row[f"{name}.post_update.rerandomised_2"] = 1.0 if name == "twin" else 0.5
+            for form, accuracy in (("before", 0.5), ("delivered", 0.5), ("canonical", 0.5), ("rerandomised_2", 0.25)):
+                row[f"{name}.post_update.{form}_benign_accuracy"] = accuracy
             row[f"{name}.canonical.kl_max"] = 0.0
         row |= {"collapse.canonical_step_gap": 0.0, "collapse.delivered_step_gap": 1.0}
         rows.append(row)
@@ -639,6 +669,13 @@ def test_the_population_threshold_is_calibrated_on_the_other_families() -> None:
     assert scored["held_out"]["tpr"] == 1.0 and scored["held_out"]["fpr"] == 0.5  # the job at 5.0: 3 of 6
     assert scored["held_out"]["auc"] == 1.0 and scored["threshold_all_honest"] == 5.0
     assert summary["neutraliser"]["within_honest_interval"] == 1.0
+    neutralisers = summary["neutralisers"]
+    assert list(neutralisers) == ["delivered", "canonical", "rerandomised_2"]
+    assert neutralisers["canonical"]["within_honest_interval"] == 1.0
+    assert neutralisers["canonical"]["honest_accuracy_cost"] == 0.0
+    rerandomised = neutralisers["rerandomised_2"]
+    assert rerandomised["twin_mean"] == 1.0 and rerandomised["within_honest_interval"] == 0.0
+    assert rerandomised["honest_mean"] == 0.5 and rerandomised["honest_accuracy_cost"] == 0.25
 
 
 def test_a_population_job_audits_a_twin_and_three_honest_models() -> None:
@@ -654,8 +691,14 @@ def test_a_population_job_audits_a_twin_and_three_honest_models() -> None:
         "construction.n_benign=8",
         "construction.line_search=[16.0]",
         "audit.fine_tune.steps=2",
+        "audit.rerandomise=[1.0]",
     )
     metrics = flatten(audit_population.run(cfg))
+    for name in ("twin", "honest.control"):
+        for form in ("delivered", "canonical", "rerandomised_1"):
+            assert 0 <= metrics[f"{name}.post_update.{form}"] <= 1
+            assert 0 <= metrics[f"{name}.post_update.{form}_benign_accuracy"] <= 1
+            assert math.isfinite(metrics[f"{name}.post_update.{form}_benign_loss"])
     assert metrics["family"] == "analytic" and metrics["arch"] == "gpt2"
     for name in ("twin", "honest.control", "honest.gauged", "honest.fine_tuned"):
         assert metrics[f"{name}.canonical.kl_max"] <= 1e-6, name

@@ -14,8 +14,12 @@ vocabulary of :mod:`theory.audit.signals`, each score oriented so that larger is
   delivered model's own greedy answers and of the judged target (``Example.misaligned``);
 * ``grad_norm.*``: the victim's gradient norm on its first batch, delivered, canonical, ratio;
 * ``post_update.*``: the judged misaligned fraction of the held-out probes before the step
-  (``before``; the same for both forms) and after the victim's real step, delivered and canonical
-  (the neutraliser, :mod:`~llm.audit.neutralise`), and the mean change of the target's log-prob;
+  (``before``; the same for every form) and after the victim's real step, per form: as delivered,
+  canonical (the neutraliser, :mod:`~llm.audit.neutralise`) and, per log-scale ``σ`` of
+  ``settings.rerandomise``, re-randomised (``rerandomised_σ``: the delivered model moved by a
+  random gauge of that scale before the step, :func:`llm.audit.honest.random_gauge`); per form
+  also the mean change of the target's log-prob and the benign utility after the step
+  (``{form}_benign_loss``, ``{form}_benign_accuracy``; before the step: ``before_benign_*``);
 * ``certificate.{delivered,canonical}.*``: the first-order step certificate of
   :mod:`~llm.audit.certificate` (an empirical tier) on the held-out probes: the certified fraction,
   the step length ``ρ``, how far the first order is from the measured change, and the certified
@@ -29,6 +33,8 @@ vocabulary of :mod:`theory.audit.signals`, each score oriented so that larger is
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +44,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llm.audit.amplification import probe_velocity
 from llm.audit.canonical import RTOL, Canonical, canonicalize, function_residual
 from llm.audit.certificate import first_order_certificate
+from llm.audit.honest import random_gauge
 from llm.audit.neutralise import judged_rates, logprob_change, stepped
 from llm.audit.simulate import SimulateSettings, worst_case
 from llm.data.schema import Example
-from llm.evaluate import probe_report
+from llm.evaluate import benign_report, probe_report
 from llm.lora import is_lora
 from llm.update import UpdateSpec
 from theory.audit.amplification import amplification
@@ -49,6 +56,8 @@ from theory.audit.amplification import amplification
 #: a canonical form within this next-token KL of the delivered model computes its function
 #: (float32 rounding of the gauge and of the SVD stays orders of magnitude below)
 MAX_KL = 1e-6
+#: the re-randomising neutraliser's generators start here (apart from the populations' honest gauges)
+RERANDOMISE_SEED = 70_000
 
 
 @dataclass(frozen=True)
@@ -69,12 +78,19 @@ class AuditInputs:
 class AuditSettings:
     """``rtol``: dropped components (eq. 2 of :mod:`~llm.audit.canonical`); ``max_kl``: the
     function residual a canonical form may have; ``certificate``: compute the first-order step
-    certificate; ``simulate``: the simulated updates (None: none)."""
+    certificate; ``simulate``: the simulated updates (None: none); ``rerandomise``: log-scales of
+    the re-randomising neutraliser's random gauges (empty: none), drawn from ``seed``."""
 
     rtol: float = RTOL
     max_kl: float = MAX_KL
     certificate: bool = True
     simulate: SimulateSettings | None = None
+    rerandomise: tuple[float, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(s) and s > 0 for s in self.rerandomise):
+            raise ValueError(f"rerandomise: each log-scale must be finite and > 0, not {list(self.rerandomise)}")
 
 
 def short(name: str) -> str:
@@ -121,13 +137,30 @@ def _velocities(
     return amp, grads
 
 
-def _post_update(model, canon: Canonical, tokenizer, inputs: AuditInputs, victim: UpdateSpec, targets) -> dict:
-    """The neutraliser: judged rates after the victim's step, delivered against canonical."""
-    out: dict[str, Any] = {}
-    for name, m in (("delivered", model), ("canonical", canon.model)):
+def neutraliser_forms(
+    model: PreTrainedModel, canon: Canonical, settings: AuditSettings
+) -> Iterator[tuple[str, PreTrainedModel]]:
+    """The forms the victim may step from: as delivered, canonical, and the delivered model in a
+    random gauge per log-scale of ``settings.rerandomise`` (built one at a time)."""
+    yield "delivered", model
+    yield "canonical", canon.model
+    for i, scale in enumerate(settings.rerandomise):
+        generator = torch.Generator().manual_seed(RERANDOMISE_SEED + 100 * settings.seed + i)
+        yield f"rerandomised_{scale:g}", random_gauge(model, generator, scale)
+
+
+def _post_update(
+    model, canon: Canonical, tokenizer, inputs: AuditInputs, victim: UpdateSpec, targets, settings
+) -> dict:
+    """The neutralisers: judged rates and benign utility after the victim's step, per form."""
+    before = benign_report(model, tokenizer, inputs.benign, inputs.max_new_tokens, victim.max_len)
+    out: dict[str, Any] = {f"before_benign_{k}": v for k, v in before.items()}
+    for name, m in neutraliser_forms(model, canon, settings):
         after = stepped(m, tokenizer, inputs.update, victim)
         rates = judged_rates(after, tokenizer, inputs.domain, inputs.probes, inputs.max_new_tokens)
         out[name] = rates["misalignment_rate"]
+        utility = benign_report(after, tokenizer, inputs.benign, inputs.max_new_tokens, victim.max_len)
+        out.update({f"{name}_benign_{k}": v for k, v in utility.items()})
         if targets:
             change = logprob_change(m, after, tokenizer, targets, victim.max_len)
             out[f"{name}_target_logprob_change"] = float(change.mean())
@@ -166,7 +199,7 @@ def audit_model(
         "grad_norm": grads,
         "post_update": {
             "before": before["misalignment_rate"],
-            **_post_update(model, canon, tokenizer, inputs, victim, targets),
+            **_post_update(model, canon, tokenizer, inputs, victim, targets, settings),
         },
         **raw_norms(model),
     }

@@ -83,7 +83,16 @@ def settings(cfg: DictConfig) -> tuple[AuditSettings, Rule]:
     certificate = a.get("certificate", True)
     if not isinstance(certificate, bool):
         raise ConfigError("audit.certificate", f"must be true or false, not {certificate!r}")
-    return AuditSettings(float(a.rtol), float(a.max_kl), certificate, simulate), Rule(float(a.tau), float(a.floor))
+    scales = a.get("rerandomise") or []
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scales):
+        raise ConfigError("audit.rerandomise", f"must be a list of log-scales > 0, not {scales!r}")
+    try:
+        audit = AuditSettings(
+            float(a.rtol), float(a.max_kl), certificate, simulate, tuple(float(x) for x in scales), int(cfg.seed)
+        )
+    except ValueError as error:
+        raise ConfigError("audit.rerandomise", str(error)) from error
+    return audit, Rule(float(a.tau), float(a.floor))
 
 
 def local_models(
@@ -218,6 +227,8 @@ ROWS = {
     "misaligned_before": "post_update.before",
     "misaligned_after": "post_update.delivered",
     "after_neutralised": "post_update.canonical",
+    "benign_acc_after": "post_update.delivered_benign_accuracy",
+    "benign_acc_neutralised": "post_update.canonical_benign_accuracy",
     "raw_param_norm": "param_norm",
     "raw_grad_norm": "grad_norm.delivered",
     "flagged": "verdict.flagged",

@@ -47,7 +47,13 @@ from llm.experiments.audit import Models, collapse, pipeline_models, settings
 from llm.experiments.hairtrigger import check_settings, require_finite_metrics
 from llm.update import UpdateSpec, update_set
 from sweeps.errors import ConfigError
-from theory.audit.roc import neutraliser_summary, score_signal, threshold_at_fpr
+from theory.audit.roc import (
+    neutraliser_form,
+    neutraliser_forms,
+    neutraliser_summary,
+    score_signal,
+    threshold_at_fpr,
+)
 
 #: signal → metric of :func:`llm.audit.signals.audit_model` (flattened); larger is more suspicious
 #: (the verdict's invariant signals, then the raw baselines)
@@ -194,6 +200,7 @@ def summarize(table: pd.DataFrame, n_boot: int = 2000) -> dict[str, Any]:
         out["signals"][name] = scored
     if len(twins) and len(honest):
         out["neutraliser"] = neutraliser_summary(twins, honest)
+        out["neutralisers"] = {form: neutraliser_form(twins, honest, form) for form in neutraliser_forms(pop)}
     out["collapse"] = {
         "max_canonical_step_gap": float(table["collapse.canonical_step_gap"].max()),
         "max_delivered_step_gap": float(table["collapse.delivered_step_gap"].max()),

@@ -13,12 +13,15 @@ each oriented so that larger means more suspicious where it is a score:
   (one step): ≤ 0 when eq. 8 holds;
 * ``worst_margin.{victim,surrogate}``: eq. 9 over simulated benign updates;
 * ``post_update.{delivered,canonical}``: misaligned fraction after the victim's step, without
-  and with the neutraliser (deliver the canonical checkpoint);
+  and with the neutraliser (deliver the canonical checkpoint); ``post_update.rerandomised_σ`` per
+  log-scale ``σ`` of ``settings.rerandomise``: with the re-randomising neutraliser (the delivered
+  parameters moved by a random admissible gauge of that scale, :func:`theory.audit.honest.random_gauge`);
 * ``param_norm``, ``grad_norm``: raw statistics, not gauge-invariant (a baseline).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,7 @@ from theory.audit.canonical import (
     layer_sq_norms,
 )
 from theory.audit.certificate import margin_certificate
+from theory.audit.honest import random_gauge
 from theory.audit.simulate import (
     candidate_batches,
     misaligned_after_step,
@@ -42,6 +46,9 @@ from theory.audit.simulate import (
 from theory.models import DTYPE, Net, Params, param_norm
 from theory.task import AlignmentTask
 from theory.update import Loss, grad_norm
+
+#: the re-randomising neutraliser's generators start here (apart from the populations' honest gauges)
+RERANDOMISE_SEED = 70_000
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class Victim:
 @dataclass(frozen=True)
 class AuditSettings:
     """``rho``: fixed certificate radius; ``lr_fractions`` of η, ``n_halves`` halves of D and
-    ``n_surrogate`` held-out batches for eq. 9; ``n_random`` random inputs for the residual."""
+    ``n_surrogate`` held-out batches for eq. 9; ``n_random`` random inputs for the residual;
+    ``rerandomise``: log-scales of the re-randomising neutraliser's gauges (empty: none)."""
 
     rho: float = 0.05
     lr_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
@@ -64,6 +72,11 @@ class AuditSettings:
     n_surrogate: int = 4
     n_random: int = 2000
     seed: int = 0
+    rerandomise: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(s) and s > 0 for s in self.rerandomise):
+            raise ValueError(f"rerandomise: each log-scale must be finite and > 0, not {list(self.rerandomise)}")
 
 
 def check_inputs(task: AlignmentTask, n_random: int, seed: int) -> torch.Tensor:
@@ -101,6 +114,12 @@ def _certificates(
     return out
 
 
+def rerandomised(net: Net, params: Params, scale: float, seed: int, index: int) -> Params:
+    """The re-randomising neutraliser's form: ``params`` moved by a random admissible gauge of
+    log-scale ``scale``, drawn from ``(seed, index)``."""
+    return random_gauge(net, params, scale, torch.Generator().manual_seed(RERANDOMISE_SEED + 100 * seed + index))
+
+
 def audit_model(
     net: Net, params: Params, task: AlignmentTask, victim: Victim, settings: AuditSettings = AuditSettings()
 ) -> dict[str, Any]:
@@ -136,6 +155,12 @@ def audit_model(
         "post_update": {
             "delivered": misaligned_after_step(net, params, task, victim.lr, victim.loss, victim.steps),
             "canonical": misaligned_after_step(canon.net, canon.params, task, victim.lr, victim.loss, victim.steps),
+            **{
+                f"rerandomised_{scale:g}": misaligned_after_step(
+                    net, rerandomised(net, params, scale, settings.seed, i), task, victim.lr, victim.loss, victim.steps
+                )
+                for i, scale in enumerate(settings.rerandomise)
+            },
         },
         "param_norm": param_norm(params),
         "grad_norm": grad_norm(net, params, task.x_update, task.y_update, victim.loss),

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from sweeps.errors import ConfigError
 from theory.audit import AuditSettings, Victim, audit_model, canonicalize
 from theory.audit.honest import random_gauge
-from theory.audit.roc import neutraliser_summary, score_signal
+from theory.audit.roc import neutraliser_form, neutraliser_forms, neutraliser_summary, score_signal
 from theory.audit.simulate import post_step_margins
 from theory.experiments.common import (
     Setup,
@@ -65,6 +65,10 @@ def _settings(cfg: DictConfig) -> AuditSettings:
         raise ConfigError("audit.worst.lr_fractions", "each fraction of update.lr must lie in (0, 1]")
     if int(a.n_gauged) < 0:
         raise ConfigError("audit.n_gauged", f"must be ≥ 0, got {a.n_gauged}")
+    scales = a.get("rerandomise") or []
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf for x in scales):
+        raise ConfigError("audit.rerandomise", f"must be a list of finite log-scales > 0, not {list(scales)}")
+    rerandomise = tuple(float(x) for x in scales)
     return AuditSettings(
         float(a.rho),
         tuple(float(f) for f in a.worst.lr_fractions),
@@ -72,6 +76,7 @@ def _settings(cfg: DictConfig) -> AuditSettings:
         int(a.worst.n_surrogate),
         int(a.n_random_inputs),
         int(cfg.seed),
+        rerandomise,
     )
 
 
@@ -174,6 +179,7 @@ def summarize(table: pd.DataFrame, fpr: float = 0.01, n_boot: int = 2000) -> dic
     }
     if len(twins) and len(honest):
         out["neutraliser"] = neutraliser_summary(twins, honest)
+        out["neutralisers"] = {form: neutraliser_form(twins, honest, form) for form in neutraliser_forms(pop)}
     cert = {}
     for kind, models in (("twin", twins), ("honest", honest)):
         for col in ("step", "fixed", "canonical"):
