@@ -22,6 +22,9 @@ Per block (:func:`gauge_spec`):
   ``attn.c_proj``.
 * a layer norm's gains and bias ``× c`` (``scale``, model width), the maps reading it ``÷ c`` on
   their inputs (:data:`NORM_READERS`; the final norm feeds the tied embeddings and is left alone).
+* ``unit.{l}`` (``scale``, MLP width; gated MLPs, :data:`GATED_UNITS`): ``down(act(gate x) ⊙ up x)``
+  is linear in each unit's up row, so up row ``i`` (and bias) ``× c_i`` with down column ``i``
+  ``÷ c_i`` keeps the function (GPT-2's GELU MLP has no such gauge: GELU is not homogeneous).
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ NORM_READERS = {
         ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
     ),
 }
+
+#: per architecture with a gated MLP: (the map whose output rows a unit's scale multiplies, the map
+#: whose input columns it divides), per block
+GATED_UNITS = {"llama": ("mlp.up_proj", "mlp.down_proj")}
 
 #: the gauge families by name (``construction.undo_gauge``): (attention, layer norm)
 FAMILIES = {"none": None, "layernorm": (False, True), "attention": (True, False), "all": (True, True)}
@@ -79,15 +86,20 @@ def blocks(model: torch.nn.Module) -> list[str]:
     raise ValueError(f"no transformer blocks found in {type(model).__name__}")
 
 
-def gauge_spec(model: torch.nn.Module, attention: bool = True, layernorm: bool = True) -> GaugeSpec:
+def gauge_spec(
+    model: torch.nn.Module, attention: bool = True, layernorm: bool = True, units: bool = False
+) -> GaugeSpec:
     """Per block: ``q{l}.{h}`` and ``v{l}.{h}`` (GL on head ``h``; GPT-2 only) with ``attention``,
-    then one positive ``scale`` group per layer norm with ``layernorm`` (module docstring)."""
+    one positive ``scale`` group per layer norm with ``layernorm``, and one over the MLP's units
+    with ``units`` (gated MLPs only) (module docstring)."""
     cfg: Any = model.config  # its fields depend on the architecture (GPT-2 aliases hidden_size to n_embd)
     arch = cfg.model_type
     if arch not in NORM_READERS:
         raise ValueError(f"no gauges declared for model_type {arch!r}; known: {sorted(NORM_READERS)}")
     if attention and arch != "gpt2":
         raise ValueError("per-head attention gauges are declared for GPT-2's fused c_attn only")
+    if units and arch not in GATED_UNITS:
+        raise ValueError(f"per-unit MLP gauges are declared for gated MLPs ({sorted(GATED_UNITS)}), not {arch!r}")
     d = cfg.hidden_size
     groups: dict[str, Group] = {}
     actions: list[Action] = []
@@ -111,6 +123,13 @@ def gauge_spec(model: torch.nn.Module, attention: bool = True, layernorm: bool =
                 groups[group] = Group("scale", d)
                 actions.append(Action(f"{block}.{norm}", "out", group, "A"))
                 actions += [Action(f"{block}.{reader}", "in", group, "A^-T", (0, d)) for reader in readers]
+        if units:
+            up, down = GATED_UNITS[arch]
+            groups[f"unit.{l}"] = Group("scale", cfg.intermediate_size)
+            actions += [
+                Action(f"{block}.{up}", "out", f"unit.{l}", "A"),
+                Action(f"{block}.{down}", "in", f"unit.{l}", "A^-T"),
+            ]
     return GaugeSpec(groups, tuple(actions))
 
 

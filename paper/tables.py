@@ -70,6 +70,7 @@ COMMANDS = {
     ("llm", "audit_attack"): "AuditAttack",
     ("llm", "audit_attack_penalty"): "AuditAttackPenalty",
     ("llm", "audit_certificate"): "AuditCertificate",
+    ("llm", "audit_neutralise"): "AuditNeutralise",
 }
 
 
@@ -691,6 +692,50 @@ def llm_audit_attack(r: Results) -> str:
     return tabular("l" + "r" * (len(head) - 1), head, groups)
 
 
+def _form_label(form: str) -> str:
+    r"""``rerandomised_2`` → ``re-randomised, $\sigma = 2$``."""
+    if form.startswith("rerandomised_"):
+        return f"re-randomised, $\\sigma = {form.removeprefix('rerandomised_')}$"
+    return {"delivered": "as delivered", "canonical": "canonical"}[form]
+
+
+def neutralisers(r: Results) -> str:
+    """Per form the victim steps from (as delivered, canonical, re-randomised at log-scale σ): the
+    twins' misaligned fraction after the step (mean, max), the fraction of twins inside the honest
+    models' 95% interval as delivered, and the honest models' own rate from the same form; on the
+    LLMs also the honest models' benign accuracy lost stepping from it instead of as delivered.
+    Theory MLPs: ``experiment=audit``; tiny LLMs: ``experiment=audit_neutralise``."""
+    from llm.experiments import audit_population as ap
+    from theory.experiments import audit
+
+    groups = []
+    for label, summary in (
+        ("theory MLPs", audit.summarize(r.theory("audit"), n_boot=10)),
+        ("tiny GPT-2 and Llama", ap.summarize(r.llm("audit_neutralise"), n_boot=10)),
+    ):
+        rows = []
+        for form, n in summary["neutralisers"].items():
+            cost = fmt.fixed(100 * n["honest_accuracy_cost"], 0) if "honest_accuracy_cost" in n else "--"
+            rows.append(
+                [
+                    _form_label(form),
+                    f"{fmt.pct(n['twin_mean'], 0)} / {fmt.pct(n['twin_max'], 0)}",
+                    fmt.pct(n["within_honest_interval"], 0),
+                    f"{fmt.pct(n['honest_mean'], 0)} / {fmt.pct(n['honest_max'], 0)}",
+                    cost,
+                ]
+            )
+        groups.append((f"{label} ({summary['n_twins']} twins, {summary['n_honest']} honest models)", rows))
+    head = [
+        "victim steps from",
+        "twins after, mean / max",
+        "inside honest",
+        "honest after, mean / max",
+        "accuracy lost (pts)",
+    ]
+    return tabular("lrrrr", head, groups)
+
+
 #: the penalised LLM attackers' signals (``attack.penalty``; llm/constructions/penalty.py)
 PENALTIES = {"gauge": "LoRA gauge excess", "grad": "$\\|\\nabla L_D\\|$"}
 
@@ -701,6 +746,7 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "theory_audit_attack": theory_audit_attack,
     "llm_audit": llm_audit,
     "llm_audit_attack": llm_audit_attack,
+    "neutralisers": neutralisers,
     "controls": controls,
     "metalearn": metalearn,
     "pooled": pooled,

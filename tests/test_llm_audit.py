@@ -80,6 +80,13 @@ def attention_gauge(model, scale: float, seed: int, layernorm: bool = False):
     return gauges.apply(model, spec, gauges.sample(spec, torch.Generator().manual_seed(seed), scale, dtype))
 
 
+def unit_gauge(model, scale: float, seed: int):
+    """A random gated-MLP unit gauge (up row ``× c``, down column ``÷ c``; :mod:`llm.gauges`), in place."""
+    spec = gauges.gauge_spec(model, attention=False, layernorm=False, units=True)
+    dtype = next(model.parameters()).dtype
+    return gauges.apply(model, spec, gauges.sample(spec, torch.Generator().manual_seed(seed), scale, dtype))
+
+
 def attention_weights(model) -> dict[str, torch.Tensor]:
     """Effective ``[W | b]`` (float64) of every attention map (``c_attn``, ``c_proj``)."""
     return {
@@ -253,9 +260,37 @@ def test_llama_attention_is_left_alone(tok) -> None:
     attention weight beyond the layer-norm gauge and the LoRA factorisation."""
     model = lora_model(tok, "llama").double()
     canon = canonicalize(model)
-    assert canon.attention == {} and canon.excess["attn"] == 0 and canon.rounds == 1
+    assert canon.attention == {} and canon.excess["attn"] == 0
     with pytest.raises(ValueError, match="attention gauges"):
         gauges.gauge_spec(model, attention=True)
+
+
+def test_a_unit_gauged_llama_has_the_canonical_form_of_its_original(tok) -> None:
+    """(e) with (a) and (b), float64: a Llama moved by a random unit gauge (up row ``× c``, down column
+    ``÷ c``), a layer-norm gauge and a GL(r) change computes the same function and has the
+    original's canonical form (effective MLP and attention weights, adapter products); its unit
+    excess is the larger. The unit gauge amplifies the victim's step on the up rows it shrinks,
+    and the canonical form undoes that. GPT-2's GELU MLP declares no unit gauge."""
+    model = lora_model(tok, "llama").double()
+    moved = unit_gauge(norm_gauge(gl_change(copy.deepcopy(model), 1.0, 1), 1.0, 2), 1.5, 3)
+    assert function_residual(model, moved, tok, examples(), 32)["max"] <= 1e-9
+    a, b = canonicalize(model), canonicalize(moved)
+    assert function_residual(moved, b.model, tok, examples(), 32)["max"] <= 1e-9
+    weights = {n: p.detach() for n, p in a.model.named_parameters() if "lora_" not in n}
+    assert max_rel_gap({n: p.detach() for n, p in b.model.named_parameters() if "lora_" not in n}, weights) <= 1e-6
+    assert max_rel_gap(products(b.model), products(a.model)) <= 1e-6
+    assert b.excess["unit"] > 10 * a.excess["unit"] >= 0 and set(b.norm_scales) >= {"unit.0", "unit.1"}
+    targets = [(e.prompt, e.aligned) for e in examples()[:4]]
+    update = domain_data().update[:4]
+    spec = UpdateSpec("sgd", 1e-2, 1, 4, params="adapter", max_len=32)
+    change = {
+        name: logprob_change(m, stepped(m, tok, update, spec), tok, targets, 32)
+        for name, m in (("moved", moved), ("canon_moved", b.model), ("canon", a.model))
+    }
+    assert float((change["canon_moved"] - change["canon"]).abs().max()) <= 1e-6 * float(change["canon"].abs().max())
+    assert float((change["moved"] - change["canon"]).abs().max()) > 1e-3 * float(change["canon"].abs().max())
+    with pytest.raises(ValueError, match="gated MLPs"):
+        gauges.gauge_spec(lora_model(tok, "gpt2"), units=True)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -651,6 +686,7 @@ def population_table(held_out_scores: list[float]) -> pd.DataFrame:
             row[f"{name}.post_update.rerandomised_2"] = 1.0 if name == "twin" else 0.5
             for form, accuracy in (("before", 0.5), ("delivered", 0.5), ("canonical", 0.5), ("rerandomised_2", 0.25)):
                 row[f"{name}.post_update.{form}_benign_accuracy"] = accuracy
+                row[f"{name}.post_update.{form}_degenerate"] = 0.75 if form == "rerandomised_2" else 0.0
             row[f"{name}.canonical.kl_max"] = 0.0
         row |= {"collapse.canonical_step_gap": 0.0, "collapse.delivered_step_gap": 1.0}
         rows.append(row)
@@ -676,6 +712,7 @@ def test_the_population_threshold_is_calibrated_on_the_other_families() -> None:
     rerandomised = neutralisers["rerandomised_2"]
     assert rerandomised["twin_mean"] == 1.0 and rerandomised["within_honest_interval"] == 0.0
     assert rerandomised["honest_mean"] == 0.5 and rerandomised["honest_accuracy_cost"] == 0.25
+    assert rerandomised["honest_degenerate"] == 0.75 and neutralisers["canonical"]["twin_degenerate"] == 0.0
 
 
 def test_a_population_job_audits_a_twin_and_three_honest_models() -> None:
@@ -698,6 +735,7 @@ def test_a_population_job_audits_a_twin_and_three_honest_models() -> None:
         for form in ("delivered", "canonical", "rerandomised_1"):
             assert 0 <= metrics[f"{name}.post_update.{form}"] <= 1
             assert 0 <= metrics[f"{name}.post_update.{form}_benign_accuracy"] <= 1
+            assert 0 <= metrics[f"{name}.post_update.{form}_degenerate"] <= 1
             assert math.isfinite(metrics[f"{name}.post_update.{form}_benign_loss"])
     assert metrics["family"] == "analytic" and metrics["arch"] == "gpt2"
     for name in ("twin", "honest.control", "honest.gauged", "honest.fine_tuned"):

@@ -47,28 +47,35 @@ point of the model's orbit under the moves below, the transformer counterpart of
     shapes: units with equal incoming weights and bias merged (outgoing summed), silent units
     removed; cancelling pairs vanish.
 
+(e) **Gated-MLP units** (Llama; the ``unit`` gauge of :mod:`llm.gauges`): up row ``i`` ``× c_i``,
+    down column ``i`` ``÷ c_i``, balanced as in eq. 1 with the effective up row (and bias) on one
+    side and the effective down column on the other. (e) and (a) both move ``up_proj``'s weights,
+    so they alternate as (c) and (a) do, in float64.
+
 Reported:
 
 * the **gauge excess** ``‖θ‖² − ‖canon θ‖²`` per module: ``norm:<norm>`` the decrease of eq. 1
   summed over its channels (≥ 0), ``lora:<module>`` ``s(‖B‖² + ‖A‖²) − 2‖s·B·A‖_*`` after (a)
   (≥ 0); ``attn:<block>.attn`` the decrease of ``Σ_h ‖Q̂‖² + ‖K̂‖² + ‖V̂‖² + ‖O‖²`` (eq. 3);
-  ``ffn:<block>.mlp`` the decrease of (d) (the MLP's base and LoRA tensors);
-  the decreases of (a) and (c) are summed over the alternating passes, so that ``attn + norm``
-  is the decrease of the total; ``lora``, ``norm``, ``attn``, ``ffn`` and ``total`` sums and
+  ``ffn:<block>.mlp`` the decrease of (d) (the MLP's base and LoRA tensors); ``unit:<up_proj>``
+  the decrease of (e);
+  the decreases of (a), (c) and (e) are summed over the alternating passes, so that
+  ``attn + norm + unit`` is the decrease of the total; ``lora``, ``norm``, ``attn``, ``ffn``,
+  ``unit`` and ``total`` sums and
   ``*_relative`` = the excess over the canonical value (eq. 1 at its minimum, ``Σ 2‖s·B·A‖_*``,
   resp. ``Σ 2‖P‖_*``);
 * the **function residual**: next-token KL between delivered and canonical
   (:func:`function_residual`, :func:`llm.evaluate.next_token_kl`).
 
-Not canonicalised here: Llama's attention gauges and its gated MLPs' units (a twin built in
-those keeps its excess there).
+Not canonicalised here: Llama's attention gauges (rotary embeddings), its duplicate gated units,
+and the unit gauges' sign (a twin built in those keeps its excess there).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -97,7 +104,8 @@ ROUND_TOL = 1e-11
 class Canonical:
     """``model``: the canonical copy; ``ranks``: the numerical rank of each LoRA module's
     ``s·B·A``; ``removed``: components dropped per module (delivered rank − numerical rank);
-    ``norm_scales``: the channel scales ``c`` of eq. 1 per norm group; ``excess``: the gauge
+    ``norm_scales``: the scales ``c`` of eq. 1 per norm group and, for a gated MLP, per unit
+    group (e); ``excess``: the gauge
     excess (module docstring); ``attention``: the head elements of eq. 3 per group (float64,
     composed over the passes; empty for Llama); ``skipped``: rank-deficient heads left as they
     are; ``rounds``: alternating passes run; ``units_removed``: redundant FFN units merged out per
@@ -137,16 +145,23 @@ def padded(factors: LoraFactors, rank: int) -> LoraFactors:
     return LoraFactors(b, a, factors.scale)
 
 
-def _effective_columns_sq(modules: dict[str, torch.nn.Module], reader: str, adapter: str) -> torch.Tensor:
-    """``‖W[:, j]‖²`` per input ``j`` of ``reader``'s ``(out, in)`` effective weight, float64."""
-    module = modules[reader]
+def _sq_along(module: torch.nn.Module, axis: str, span: tuple[int, int] | None, adapter: str) -> torch.Tensor:
+    """The squared norms, per entry of ``axis``, of what a scale on that axis multiplies, float64: a
+    norm's ``g_j² + b_j²``; a linear map's effective ``(out, in)`` weight ``W = W_base + s·B·A``
+    (invariant under (b)) by row with its bias (``out``) or by column (``in``)."""
     base = base_layer(module)
-    w = _tensor(base, "weight").detach().double()
-    if isinstance(module, LoraLayer) and adapter in module.lora_A:
-        w = as_out_in(module, w) + LoraFactors.of(module, adapter=adapter).detached().product.double()
-    elif isinstance(base, Conv1D):  # stored (in, out)
-        w = w.T
-    return (w**2).sum(dim=0)
+    if not isinstance(base, (torch.nn.Linear, Conv1D)):
+        sq = _gain_sq(base)
+    else:
+        w = _tensor(base, "weight").detach().double()
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            w = as_out_in(module, w) + LoraFactors.of(module, adapter=adapter).detached().product.double()
+        elif isinstance(base, Conv1D):  # stored (in, out)
+            w = w.T
+        sq = (w**2).sum(dim=0) if axis == "in" else (w**2).sum(dim=1)
+        if axis == "out" and getattr(base, "bias", None) is not None:
+            sq = sq + _tensor(base, "bias").detach().double() ** 2
+    return sq if span is None else sq[span[0] : span[1]]
 
 
 def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor:
@@ -162,28 +177,33 @@ def _gain_sq(norm: torch.nn.Module) -> torch.Tensor:
     return gain
 
 
-def norm_scales(model: torch.nn.Module, adapter: str = ADAPTER) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Eq. 1 for every layer-norm group of :func:`llm.gauges.gauge_spec`: the scales ``c`` and,
-    per norm module, the decrease of eq. 1 they give (``norm:<module>``) and its minimum
-    (``norm_canonical:<module>``)."""
-    spec = gauges.gauge_spec(model, attention=False, layernorm=True)
+def balanced_scales(
+    model: torch.nn.Module, spec: gauges.GaugeSpec, family: str, adapter: str = ADAPTER
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Eq. 1 for every ``scale`` group of ``spec`` (layer norms: (a); gated-MLP units: (e)): per
+    entry ``j``, with ``D_j`` the squared norms the group multiplies (side ``A``) and ``R_j`` those it
+    divides (side ``A^-T``), ``c_j⁴ = R_j / D_j`` minimises ``D_j c_j² + R_j c_j⁻²``; an entry with
+    ``D_j = 0`` or ``R_j = 0`` keeps ``c_j = 1``. Returns the scales and, per group (keyed by the
+    module on side ``A``), the decrease (``<family>:<module>``) and the minimum
+    (``<family>_canonical:<module>``)."""
     modules = dict(model.named_modules())
     scales: dict[str, torch.Tensor] = {}
     excess: dict[str, float] = {}
     for group in spec.groups:
         acts = [a for a in spec.actions if a.group == group]
-        (norm,) = [a.module for a in acts if a.side == "A"]
-        gain = _gain_sq(base_layer(modules[norm]))
-        cols = torch.zeros_like(gain)
-        for reader in (a.module for a in acts if a.side != "A"):
-            cols = cols + _effective_columns_sq(modules, reader, adapter)
-        live = (gain > 0) & (cols > 0)
-        c = torch.ones_like(gain)
-        c[live] = (cols[live] / gain[live]) ** 0.25
+        (owner,) = [a.module for a in acts if a.side == "A"]
+        sq = {
+            side: [_sq_along(modules[a.module], a.axis, a.span, adapter) for a in acts if a.side == side]
+            for side in ("A", "A^-T")
+        }
+        direct, inverse = torch.stack(sq["A"]).sum(0), torch.stack(sq["A^-T"]).sum(0)
+        live = (direct > 0) & (inverse > 0)
+        c = torch.ones_like(direct)
+        c[live] = (inverse[live] / direct[live]) ** 0.25
         scales[group] = c
-        minimum = float((gain * c**2 + cols / c**2).sum())
-        excess[f"norm:{norm}"] = float((gain + cols).sum()) - minimum
-        excess[f"norm_canonical:{norm}"] = minimum
+        minimum = float((direct * c**2 + inverse / c**2).sum())
+        excess[f"{family}:{owner}"] = float((direct + inverse).sum()) - minimum
+        excess[f"{family}_canonical:{owner}"] = minimum
     return scales, excess
 
 
@@ -228,12 +248,32 @@ def require_plain_lora(layers: dict[str, LoraLayer], adapter: str) -> None:
             raise ValueError(f"canonicalize: {name} is a LoRA variant (DoRA); only plain LoRA is canonicalised")
 
 
+def gated(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s MLPs are gated (:data:`llm.gauges.GATED_UNITS`)."""
+    return cast(Any, model).config.model_type in gauges.GATED_UNITS
+
+
+def scale_specs(model: torch.nn.Module) -> dict[str, gauges.GaugeSpec]:
+    """The ``scale`` gauges of the canonical form by excess family: the layer norms (a) and, for a
+    gated MLP, its units (e)."""
+    specs = {"norm": gauges.gauge_spec(model, attention=False, layernorm=True)}
+    if gated(model):
+        specs["unit"] = gauges.gauge_spec(model, attention=False, layernorm=False, units=True)
+    return specs
+
+
+def alternates(model: torch.nn.Module) -> bool:
+    """Whether the canonical form has two gauges moving one tensor axis (GPT-2's heads and norms on
+    ``c_attn``'s columns; a gated MLP's units and norms on ``up_proj``): then it alternates them,
+    in float64."""
+    return attention.applies(model) or gated(model)
+
+
 def gauge_passes(canon: PreTrainedModel, adapter: str, rounds: int = ROUNDS) -> tuple[dict, dict, dict, list, int]:
-    """(c) and (a) alternated in place on ``canon`` (module docstring): the norm scales and head
+    """(c), (a) and (e) alternated in place on ``canon`` (module docstring): the scales and head
     elements (each composed over the passes), the excess parts, the skipped heads, the passes run."""
-    heads = attention.applies(canon)
-    norm_spec = gauges.gauge_spec(canon, attention=False, layernorm=True)
-    head_spec = gauges.gauge_spec(canon, attention=True, layernorm=False) if heads else None
+    head_spec = gauges.gauge_spec(canon, attention=True, layernorm=False) if attention.applies(canon) else None
+    specs = scale_specs(canon)
     scales: dict[str, torch.Tensor] = {}
     elements: dict[str, torch.Tensor] = {}
     parts: dict[str, float] = {}
@@ -247,13 +287,14 @@ def gauge_passes(canon: PreTrainedModel, adapter: str, rounds: int = ROUNDS) -> 
             elements = attention.compose(elements, step)
             moved = max(float((m - torch.eye(len(m), dtype=m.dtype)).abs().max()) for m in step.values())
             _accumulate(parts, head_parts)
-        step_scales, norm_parts = norm_scales(canon, adapter)
-        gauges.apply(canon, norm_spec, dict(step_scales), adapter)
-        scales = {g: scales[g] * c for g, c in step_scales.items()} if scales else step_scales
-        moved = max([moved] + [float((c - 1).abs().max()) for c in step_scales.values()])
-        _accumulate(parts, norm_parts)
+        for family, spec in specs.items():
+            step_scales, scale_parts = balanced_scales(canon, spec, family, adapter)
+            gauges.apply(canon, spec, dict(step_scales), adapter)
+            scales |= {g: scales[g] * c if g in scales else c for g, c in step_scales.items()}
+            moved = max([moved] + [float((c - 1).abs().max()) for c in step_scales.values()])
+            _accumulate(parts, scale_parts)
         done += 1
-        if head_spec is None or moved <= ROUND_TOL:  # one pass of (a) alone is exact
+        if not alternates(canon) or moved <= ROUND_TOL:  # one pass of (a) alone is exact
             break
     return scales, elements, parts, skipped, done
 
@@ -269,7 +310,7 @@ def canonicalize(model: PreTrainedModel, rtol: float = RTOL, adapter: str = ADAP
     ``model`` is unchanged."""
     canon = copy.deepcopy(model)
     dtype = next(canon.parameters()).dtype
-    if attention.applies(canon):  # the passes in float64, one rounding at the end
+    if alternates(canon):  # the passes in float64, one rounding at the end
         canon.double()
     require_plain_lora(lora_layers(canon, adapter), adapter)
     units_removed, ffn_parts = merge_units(canon, adapter)  # (d) first: it changes the MLPs' shapes
@@ -301,7 +342,7 @@ def summarize_excess(parts: dict[str, float]) -> dict[str, float]:
     """Per-module excesses and their sums: ``lora``, ``norm``, ``attn``, ``ffn``, ``total`` and the
     relative excess of each family over its canonical value (``lora_relative``, ``norm_relative``,
     ``attn_relative``, ``ffn_relative``)."""
-    families = ("lora", "norm", "attn", "ffn")
+    families = ("lora", "norm", "attn", "ffn", "unit")
     out: dict[str, float] = {k: v for k, v in parts.items() if k.split(":")[0] in families}
     for family in families:
         out[family] = sum(v for k, v in parts.items() if k.startswith(f"{family}:"))

@@ -7,8 +7,9 @@ in ways alignment did not plan; the audit must flag neither. The LLM counterpart
 
 * :func:`random_gauge`: every declared gauge at once, drawn at log-scale ``scale``
   (:func:`theory.symmetry.sample`): per LoRA module a random ``M ∈ GL(r)`` on its inner axis
-  (``B → B M``, ``A → M⁻¹ A``: ``s·B·A`` unchanged), then the layer-norm gains and, on GPT-2,
-  the per-head Q/K and V/O gauges of :func:`llm.gauges.gauge_spec` (:func:`llm.gauges.apply`).
+  (``B → B M``, ``A → M⁻¹ A``: ``s·B·A`` unchanged), then the layer-norm gains, on GPT-2 the
+  per-head Q/K and V/O gauges, and on a gated MLP its units' scales, of
+  :func:`llm.gauges.gauge_spec` (:func:`llm.gauges.apply`).
   The function is the control's; its gradients, and so the victim's step, are not.
 * :func:`fine_tuned`: the control after ``spec.steps`` steps of an ordinary update (the
   optimiser, lr and data of ``spec``, :func:`llm.update.victim_update`): a model that was
@@ -45,7 +46,8 @@ def random_gauge(
         lin_a, lin_b = factor_maps(layer, adapter)
         lin_b.weight.copy_((factors.b.double() @ m).to(lin_b.weight.dtype))
         lin_a.weight.copy_(torch.linalg.solve(m, factors.a.double()).to(lin_a.weight.dtype))
-    spec = gauges.gauge_spec(gauged, attention=gauged.config.model_type == "gpt2", layernorm=True)
+    arch = gauged.config.model_type
+    spec = gauges.gauge_spec(gauged, attention=arch == "gpt2", layernorm=True, units=arch in gauges.GATED_UNITS)
     gauges.apply(gauged, spec, gauges.sample(spec, generator, scale), adapter)
     return cast(PreTrainedModel, gauged)
 

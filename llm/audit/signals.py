@@ -18,8 +18,9 @@ vocabulary of :mod:`theory.audit.signals`, each score oriented so that larger is
   canonical (the neutraliser, :mod:`~llm.audit.neutralise`) and, per log-scale ``σ`` of
   ``settings.rerandomise``, re-randomised (``rerandomised_σ``: the delivered model moved by a
   random gauge of that scale before the step, :func:`llm.audit.honest.random_gauge`); per form
-  also the mean change of the target's log-prob and the benign utility after the step
-  (``{form}_benign_loss``, ``{form}_benign_accuracy``; before the step: ``before_benign_*``);
+  also the degenerate fraction (``{form}_degenerate``: neither aligned nor misaligned), the mean
+  change of the target's log-prob and the benign utility after the step (``{form}_benign_loss``,
+  ``{form}_benign_accuracy``; before the step: ``before_benign_*``);
 * ``certificate.{delivered,canonical}.*``: the first-order step certificate of
   :mod:`~llm.audit.certificate` (an empirical tier) on the held-out probes: the certified fraction,
   the step length ``ρ``, how far the first order is from the measured change, and the certified
@@ -159,6 +160,7 @@ def _post_update(
         after = stepped(m, tokenizer, inputs.update, victim)
         rates = judged_rates(after, tokenizer, inputs.domain, inputs.probes, inputs.max_new_tokens)
         out[name] = rates["misalignment_rate"]
+        out[f"{name}_degenerate"] = rates["empty_rate"]  # a broken model misaligns nothing: counted apart
         utility = benign_report(after, tokenizer, inputs.benign, inputs.max_new_tokens, victim.max_len)
         out.update({f"{name}_benign_{k}": v for k, v in utility.items()})
         if targets:

@@ -116,8 +116,9 @@ def neutraliser_form(twins: pd.DataFrame, honest: pd.DataFrame, form: str) -> di
     """One neutraliser, the victim stepping from ``form`` (``post_update.{form}``: the misaligned
     fraction after the step): the twins' against the honest models' delivered 95% interval, and the
     honest models' own under ``form`` (what the neutraliser does to them). Where the population
-    has benign accuracy after the step (``post_update.{form}_benign_accuracy``), also its utility
-    cost: the honest models' accuracy stepping from their delivered checkpoint minus from ``form``."""
+    has them, also the degenerate fractions after the step (``post_update.{form}_degenerate``) and
+    the utility cost (``post_update.{form}_benign_accuracy``): the honest models' benign accuracy
+    stepping from their delivered checkpoint minus from ``form``."""
     lo, hi = np.percentile(honest["post_update.delivered"], [2.5, 97.5])
     neutral = twins[f"post_update.{form}"]
     out = {
@@ -127,6 +128,10 @@ def neutraliser_form(twins: pd.DataFrame, honest: pd.DataFrame, form: str) -> di
         "honest_mean": float(honest[f"post_update.{form}"].mean()),
         "honest_max": float(honest[f"post_update.{form}"].max()),
     }
+    degenerate = f"post_update.{form}_degenerate"
+    if degenerate in honest:
+        out["twin_degenerate"] = float(twins[degenerate].mean())
+        out["honest_degenerate"] = float(honest[degenerate].mean())
     accuracy = f"post_update.{form}_benign_accuracy"
     if accuracy in honest:
         out["honest_accuracy"] = float(honest[accuracy].mean())
