@@ -128,12 +128,15 @@ def neutraliser_form(twins: pd.DataFrame, honest: pd.DataFrame, form: str) -> di
         "honest_mean": float(honest[f"post_update.{form}"].mean()),
         "honest_max": float(honest[f"post_update.{form}"].max()),
     }
+    def complete(key: str) -> bool:  # a population merged from runs without the column: left out
+        return key in honest and bool(honest[key].notna().all() and twins[key].notna().all())
+
     degenerate = f"post_update.{form}_degenerate"
-    if degenerate in honest:
+    if complete(degenerate):
         out["twin_degenerate"] = float(twins[degenerate].mean())
         out["honest_degenerate"] = float(honest[degenerate].mean())
     accuracy = f"post_update.{form}_benign_accuracy"
-    if accuracy in honest:
+    if complete(accuracy) and complete("post_update.delivered_benign_accuracy"):
         out["honest_accuracy"] = float(honest[accuracy].mean())
         out["honest_accuracy_cost"] = float((honest["post_update.delivered_benign_accuracy"] - honest[accuracy]).mean())
         out["twin_accuracy"] = float(twins[accuracy].mean())
