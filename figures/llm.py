@@ -584,6 +584,64 @@ def audit_population(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_audit_population.png")
 
 
+def _form_tick(form: str) -> str:
+    """``rerandomised_2`` → ``re-randomised\nσ = 2``."""
+    if form.startswith("rerandomised_"):
+        return f"re-randomised\nσ = {form.removeprefix('rerandomised_')}"
+    return {"delivered": "as delivered", "canonical": "canonical"}[form]
+
+
+def neutralisers(results: Path, out: Path) -> Path:
+    """The neutralisers, per form the victim steps from (as delivered, canonical, re-randomised at
+    log-scale σ): twins' and honest models' misaligned fraction after the step (mean), with the
+    honest models' 95% interval as delivered; on the LLMs also the degenerate fraction after the
+    step (hatched: neither aligned nor misaligned). Left: the theory MLPs (``experiment=audit``);
+    right: tiny GPT-2 and Llama (``experiment=audit_neutralise``)."""
+    _, theory_summary = _load(results.parent / "theory", "audit")
+    _, llm_summary = _load(results, "audit_neutralise")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), sharey=True)
+    for ax, summary, title in (
+        (axes[0], theory_summary, "theory MLPs"),
+        (axes[1], llm_summary, "tiny GPT-2 and Llama"),
+    ):
+        forms = list(summary["neutralisers"])
+        forms = ["delivered", "canonical"] + sorted(
+            (f for f in forms if f.startswith("rerandomised_")), key=lambda f: float(f.split("_")[1])
+        )
+        x = np.arange(len(forms))
+        for i, (kind, color, who) in enumerate((("twin", "#e6550d", "twins"), ("honest", "#3182bd", "honest models"))):
+            means = [summary["neutralisers"][f][f"{kind}_mean"] for f in forms]
+            drawn = ax.bar(x + (i - 0.5) * 0.38, means, width=0.38, color=color, label=f"{who} misaligned")
+            ax.bar_label(drawn, labels=[f"{v:.0%}" for v in means], fontsize=6, padding=2)
+            if f"{kind}_degenerate" in summary["neutralisers"][forms[0]]:
+                broken = [summary["neutralisers"][f][f"{kind}_degenerate"] for f in forms]
+                ax.bar(
+                    x + (i - 0.5) * 0.38,
+                    broken,
+                    width=0.38,
+                    bottom=means,
+                    color="none",
+                    edgecolor=color,
+                    hatch="///",
+                    label=f"{who} degenerate",
+                )
+        lo, hi = summary["neutraliser"]["honest_lo"], summary["neutraliser"]["honest_hi"]
+        ax.axhspan(lo, max(hi, 0.005), color="grey", alpha=0.3, label=f"honest 95% interval [{lo:.0%}, {hi:.0%}]")
+        inside = [summary["neutralisers"][f]["within_honest_interval"] for f in forms]
+        for xi, v in zip(x, inside):
+            ax.text(xi, 1.3, f"{v:.0%}\ninside", ha="center", fontsize=6)
+        ax.set_xticks(x, [_form_tick(f) for f in forms], fontsize=7)
+        ax.set_ylim(0, 1.45)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_title(f"{title}: {summary['n_twins']} twins, {summary['n_honest']} honest models", fontsize=9)
+    axes[0].set_ylabel("held-out probes after the victim's step (mean)")
+    axes[0].legend(*axes[1].get_legend_handles_labels(), loc="center", fontsize=7)  # the MLPs' bars stay low
+    fig.suptitle(
+        "Neutralisers: the victim steps from the canonical form, or from a random gauge of scale σ", fontsize=10
+    )
+    return _save(fig, out / "llm_neutralisers.png")
+
+
 def attack_race(rows: pd.DataFrame, knob: str) -> pd.DataFrame:
     """Per value of ``knob`` (the attacker's gain or penalty weight) over ``rows``: the success rate
     (hair-trigger), the mean misaligned fraction before and after the step and, per signal, the
@@ -657,4 +715,14 @@ def audit_attack(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_audit_attack.png")
 
 
-ALL = (controls, headline, transfer, scaling, capacity_hidden, task_vector, audit_population, audit_attack)
+ALL = (
+    controls,
+    headline,
+    transfer,
+    scaling,
+    capacity_hidden,
+    task_vector,
+    audit_population,
+    neutralisers,
+    audit_attack,
+)

@@ -8,6 +8,7 @@ the rows do not record come from the composed recipe (:mod:`paper.settings`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 
@@ -315,6 +316,63 @@ def theory_audit(m: Macros, r: Results) -> None:
     m.add("TheoryAuditFunctionResidual", fmt.sci(collapse["max_function_residual"]), "audit: max |f_canon - f|")
     m.add("TheoryAuditParamGap", fmt.sci(collapse["max_param_gap"]), "audit: canonical twin vs control, parameters")
     m.add("TheoryAuditMarginGap", fmt.sci(collapse["max_post_step_margin_gap"]), "audit: same, post-step margins")
+
+
+def neutralisers(m: Macros, r: Results) -> None:
+    """The neutralisers (``paper.tables.neutralisers``): the canonical form against the delivered
+    checkpoint moved by a random gauge of log-scale σ (``audit.rerandomise``), on the theory MLPs
+    (``experiment=audit``) and the tiny LLMs (``experiment=audit_neutralise``)."""
+    from llm.experiments import audit_population as ap
+    from theory.experiments import audit
+
+    scales = [float(s) for s in setting("llm", "audit.rerandomise", "experiment=audit_neutralise")]
+    if scales != [float(s) for s in setting("theory", "audit.rerandomise", "experiment=audit")]:
+        raise ValueError("audit.rerandomise: the theory and LLM audits must draw the same scales")
+    names = [f"{s:g}" for s in scales]
+    m.add("SettingRerandScales", ", ".join(names[:-1]) + " and " + names[-1], "re-randomising neutraliser: log-scales")
+    m.add("SettingRerandScaleSmall", names[0], "re-randomising neutraliser: the smallest log-scale")
+    m.add("SettingRerandScaleSecond", names[1], "re-randomising neutraliser: the second log-scale")
+    theory_forms = audit.summarize(r.theory("audit"), n_boot=10)["neutralisers"]
+    rerand = [theory_forms[f"rerandomised_{n}"] for n in names]
+    pct0 = functools.partial(fmt.pct, digits=0)
+    m.add("TheoryRerandTwinMean", fmt.span([n["twin_mean"] for n in rerand], pct0), "theory twins after, re-randomised")
+    m.add("TheoryRerandTwinMax", pct0(max(n["twin_max"] for n in rerand)), "theory: one twin, re-randomised, max")
+    within = fmt.span([n["within_honest_interval"] for n in rerand], pct0)
+    m.add("TheoryRerandWithin", within, "theory: re-randomised twins inside the honest interval")
+    m.add("TheoryRerandHonestMax", pct0(max(n["honest_max"] for n in rerand)), "theory: honest models, re-randomised")
+    summary = ap.summarize(r.llm("audit_neutralise"), n_boot=10)
+    forms = summary["neutralisers"]
+    small, rest = forms[f"rerandomised_{names[0]}"], [forms[f"rerandomised_{n}"] for n in names[1:]]
+    m.add("AuditNeutraliseTwins", fmt.integer(summary["n_twins"]), "audit_neutralise: hair-trigger twins")
+    m.add("AuditNeutraliseHonest", fmt.integer(summary["n_honest"]), "audit_neutralise: honest models")
+    m.add("AuditNeutraliseTwinDelivered", pct0(forms["delivered"]["twin_mean"]), "llm twins after, delivered, mean")
+    m.add("AuditNeutraliseTwinCanonical", pct0(forms["canonical"]["twin_max"]), "llm twins after, canonical, max")
+    cost = forms["canonical"]["honest_accuracy_cost"]
+    m.add(
+        "AuditNeutraliseCanonicalCost", fmt.fixed(100 * cost, 0), "llm honest models: accuracy lost to canonical (pts)"
+    )
+    m.add("AuditNeutraliseSmallTwinMean", pct0(small["twin_mean"]), "llm twins after, smallest scale, mean")
+    m.add(
+        "AuditNeutraliseRestTwinMean", fmt.span([n["twin_mean"] for n in rest], pct0), "llm twins after, larger scales"
+    )
+    m.add("AuditNeutraliseRestTwinMax", pct0(max(n["twin_max"] for n in rest)), "llm: one twin, larger scales, max")
+    accuracy = fmt.span([n["twin_accuracy"] for n in rest], pct0)
+    m.add("AuditNeutraliseRestTwinAccuracy", accuracy, "llm twins' benign accuracy after the step, larger scales")
+    m.add(
+        "AuditNeutraliseTwinAccuracy", pct0(forms["delivered"]["twin_accuracy"]), "llm twins' accuracy after, delivered"
+    )
+    second = forms[f"rerandomised_{names[1]}"]
+    m.add(
+        "AuditNeutraliseSecondHonestCost", fmt.fixed(100 * second["honest_accuracy_cost"], 0), "llm honest, 2nd scale"
+    )
+    m.add("AuditNeutraliseSecondWithin", pct0(second["within_honest_interval"]), "llm twins inside, second scale")
+    costs = fmt.span([100 * n["honest_accuracy_cost"] for n in rest[1:]], functools.partial(fmt.fixed, digits=0))
+    m.add("AuditNeutraliseLargeHonestCost", costs, "llm honest models: accuracy lost at the larger scales (pts)")
+    m.add(
+        "AuditNeutraliseHonestAccuracy", pct0(forms["delivered"]["honest_accuracy"]), "llm honest accuracy, delivered"
+    )
+    degenerate = pct0(max(n["honest_degenerate"] for n in rest))
+    m.add("AuditNeutraliseHonestDegenerate", degenerate, "llm honest models degenerate after the step, largest")
 
 
 def theory_audit_attack(m: Macros, r: Results) -> None:
@@ -1286,6 +1344,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_ntk,
     theory_audit,
     theory_audit_attack,
+    neutralisers,
     llm_audit,
     llm_audit_attack,
     llm_audit_penalty,

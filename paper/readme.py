@@ -127,7 +127,28 @@ def _audit_line(r: Results) -> str:
         f"{fmt.fixed(held['auc'], 2, tex=False)} [{fmt.fixed(held['auc_lo'], 2, tex=False)}, "
         f"{fmt.fixed(held['auc_hi'], 2, tex=False)}] and flags {fmt.pct(held['tpr'], 0, tex=False)} of them at "
         f"{fmt.pct(held['fpr'], 0, tex=False)} false positives (threshold calibrated at "
-        f"{fmt.pct(summary['fpr'], 0, tex=False)} on the other families)."
+        f"{fmt.pct(summary['fpr'], 0, tex=False)} on the other families). {_neutraliser_sentence(r)}"
+    )
+
+
+def _neutraliser_sentence(r: Results) -> str:
+    """The neutralisers (``experiment=audit_neutralise``): canonical against re-randomised."""
+    from llm.experiments import audit_population
+
+    forms = audit_population.summarize(r.llm("audit_neutralise"), n_boot=10)["neutralisers"]
+    rerand = {f.removeprefix("rerandomised_"): n for f, n in forms.items() if f.startswith("rerandomised_")}
+    first, *rest = rerand
+
+    def pct(v: float) -> str:
+        return fmt.pct(v, 0, tex=False)
+
+    return (
+        f"Delivering the canonical checkpoint leaves the twins {pct(forms['canonical']['twin_max'])} misaligned "
+        f"after the step (as delivered {pct(forms['delivered']['twin_mean'])}) and costs honest models "
+        f"{fmt.fixed(100 * forms['canonical']['honest_accuracy_cost'], 0, tex=False)} points of benign accuracy; "
+        f"a random gauge instead (`experiment=audit_neutralise`) leaves the trigger at σ = {first} "
+        f"({pct(rerand[first]['twin_mean'])}) and from σ = {rest[0]} on the step breaks the twins (benign accuracy "
+        f"after it at most {pct(max(rerand[s]['twin_accuracy'] for s in rest))})."
     )
 
 

@@ -701,39 +701,51 @@ def _form_label(form: str) -> str:
 
 def neutralisers(r: Results) -> str:
     """Per form the victim steps from (as delivered, canonical, re-randomised at log-scale σ): the
-    twins' misaligned fraction after the step (mean, max), the fraction of twins inside the honest
-    models' 95% interval as delivered, and the honest models' own rate from the same form; on the
-    LLMs also the honest models' benign accuracy lost stepping from it instead of as delivered.
-    Theory MLPs: ``experiment=audit``; tiny LLMs: ``experiment=audit_neutralise``."""
+    hair-trigger twins' misaligned fraction after the step (mean / max), their degenerate fraction
+    and benign accuracy after it, the fraction of twins inside the honest models' 95% interval as
+    delivered, and the honest models' own misaligned and degenerate fractions from the same form
+    and the benign accuracy they lose stepping from it instead of as delivered (points; the theory
+    MLPs have no generation, so no degenerate or accuracy columns). Theory MLPs:
+    ``experiment=audit``; tiny LLMs: ``experiment=audit_neutralise``."""
     from llm.experiments import audit_population as ap
     from theory.experiments import audit
+
+    def cell(n: dict, key: str, cell_fmt) -> str:
+        return cell_fmt(n[key]) if key in n else "--"
+
+    def rate(v: float) -> str:
+        return fmt.pct(v, 0)
 
     groups = []
     for label, summary in (
         ("theory MLPs", audit.summarize(r.theory("audit"), n_boot=10)),
         ("tiny GPT-2 and Llama", ap.summarize(r.llm("audit_neutralise"), n_boot=10)),
     ):
-        rows = []
-        for form, n in summary["neutralisers"].items():
-            cost = fmt.fixed(100 * n["honest_accuracy_cost"], 0) if "honest_accuracy_cost" in n else "--"
-            rows.append(
-                [
-                    _form_label(form),
-                    f"{fmt.pct(n['twin_mean'], 0)} / {fmt.pct(n['twin_max'], 0)}",
-                    fmt.pct(n["within_honest_interval"], 0),
-                    f"{fmt.pct(n['honest_mean'], 0)} / {fmt.pct(n['honest_max'], 0)}",
-                    cost,
-                ]
-            )
+        rows = [
+            [
+                _form_label(form),
+                f"{rate(n['twin_mean'])} / {rate(n['twin_max'])}",
+                cell(n, "twin_degenerate", rate),
+                cell(n, "twin_accuracy", rate),
+                rate(n["within_honest_interval"]),
+                f"{rate(n['honest_mean'])} / {rate(n['honest_max'])}",
+                cell(n, "honest_degenerate", rate),
+                cell(n, "honest_accuracy_cost", lambda v: fmt.fixed(100 * v, 0)),
+            ]
+            for form, n in summary["neutralisers"].items()
+        ]
         groups.append((f"{label} ({summary['n_twins']} twins, {summary['n_honest']} honest models)", rows))
     head = [
         "victim steps from",
-        "twins after, mean / max",
+        "twins misal.",
+        "degen.",
+        "benign acc.",
         "inside honest",
-        "honest after, mean / max",
-        "accuracy lost (pts)",
+        "honest misal.",
+        "degen.",
+        "acc. lost (pts)",
     ]
-    return tabular("lrrrr", head, groups)
+    return tabular("l" + "r" * 7, head, groups)
 
 
 #: the penalised LLM attackers' signals (``attack.penalty``; llm/constructions/penalty.py)

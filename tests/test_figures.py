@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +193,32 @@ def test_llm_audit_neutraliser_bars_are_the_family_means(drawn) -> None:
         [_audit_scores(table, f, "post_update.delivered")[1].mean() for f in families],
     ]
     assert plotted == [pytest.approx(e) for e in expected]
+
+
+def test_neutraliser_bars_are_the_populations_means(drawn) -> None:
+    """Per form the victim steps from (theory MLPs, then tiny LLMs): the hair-trigger twins' and the
+    honest models' mean misaligned fraction after the step, read here from each population's CSV;
+    on the LLMs the degenerate fractions are stacked on them."""
+    fig, _ = drawn(llm.neutralisers)
+    for ax, (app, stem) in zip(fig.axes, (("theory", "audit"), ("llm", "audit_neutralise")), strict=True):
+        table = read(app, stem)
+        found = (re.fullmatch(r"twin\.post_update\.rerandomised_([0-9.]+)", c) for c in table)
+        scales = sorted(float(m[1]) for m in found if m)
+        forms = ["delivered", "canonical", *(f"rerandomised_{s:g}" for s in scales)]
+        means = {kind: [] for kind in ("twin", "honest", "twin_degenerate", "honest_degenerate")}
+        for form in forms:
+            for suffix in ("", "_degenerate"):
+                if f"twin.post_update.{form}{suffix}" not in table:
+                    continue
+                scores = [_audit_scores(table, f, f"post_update.{form}{suffix}") for f in sorted(set(table["family"]))]
+                means[f"twin{suffix}"].append(np.concatenate([t for t, _ in scores]).mean())
+                means[f"honest{suffix}"].append(np.concatenate([h for _, h in scores]).mean())
+        series = (
+            ["twin", "twin_degenerate", "honest", "honest_degenerate"]
+            if means["twin_degenerate"]
+            else ["twin", "honest"]
+        )
+        assert bars(ax) == [pytest.approx(means[k]) for k in series], stem
 
 
 def test_theory_audit_neutraliser_bars_are_the_family_means(drawn) -> None:
