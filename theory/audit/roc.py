@@ -128,6 +128,7 @@ def neutraliser_form(twins: pd.DataFrame, honest: pd.DataFrame, form: str) -> di
         "honest_mean": float(honest[f"post_update.{form}"].mean()),
         "honest_max": float(honest[f"post_update.{form}"].max()),
     }
+
     def complete(key: str) -> bool:  # a population merged from runs without the column: left out
         return key in honest and bool(honest[key].notna().all() and twins[key].notna().all())
 
