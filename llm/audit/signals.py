@@ -34,7 +34,6 @@ vocabulary of :mod:`theory.audit.signals`, each score oriented so that larger is
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,12 +52,11 @@ from llm.evaluate import benign_report, probe_report
 from llm.lora import is_lora
 from llm.update import UpdateSpec
 from theory.audit.amplification import amplification
+from theory.audit.signals import RERANDOMISE_SEED, check_scales
 
 #: a canonical form within this next-token KL of the delivered model computes its function
 #: (float32 rounding of the gauge and of the SVD stays orders of magnitude below)
 MAX_KL = 1e-6
-#: the re-randomising neutraliser's generators start here (apart from the populations' honest gauges)
-RERANDOMISE_SEED = 70_000
 
 
 @dataclass(frozen=True)
@@ -90,8 +88,7 @@ class AuditSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not all(math.isfinite(s) and s > 0 for s in self.rerandomise):
-            raise ValueError(f"rerandomise: each log-scale must be finite and > 0, not {list(self.rerandomise)}")
+        check_scales(self.rerandomise)
 
 
 def short(name: str) -> str:

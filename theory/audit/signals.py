@@ -51,6 +51,12 @@ from theory.update import Loss, grad_norm
 RERANDOMISE_SEED = 70_000
 
 
+def check_scales(scales: tuple[float, ...]) -> None:
+    """The re-randomising neutraliser's log-scales: each finite and > 0 (ValueError naming them)."""
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"rerandomise: each log-scale must be finite and > 0, not {list(scales)}")
+
+
 @dataclass(frozen=True)
 class Victim:
     """The update the audit protects against: ``steps`` exact GD steps at ``lr`` on ``task``'s D."""
@@ -75,8 +81,7 @@ class AuditSettings:
     rerandomise: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if not all(math.isfinite(s) and s > 0 for s in self.rerandomise):
-            raise ValueError(f"rerandomise: each log-scale must be finite and > 0, not {list(self.rerandomise)}")
+        check_scales(self.rerandomise)
 
 
 def check_inputs(task: AlignmentTask, n_random: int, seed: int) -> torch.Tensor:
