@@ -1336,6 +1336,23 @@ def capacity_budget(m: Macros, r: Results) -> None:
     m.add("CapacityHiddenBudgetBaseAtMax", fmt.fixed(checks[ks[-1]][1], 1), "the same twins, widest k, sweep's budget")
 
 
+def capacity_steps(m: Macros, r: Results) -> None:
+    """The convergence check (``capacity_hidden_steps.csv``): one twin (the budget sweep's widest k,
+    seed 0) at three refinement budgets on one base; its capacity and collateral at each."""
+    table = r.llm("capacity_hidden_steps").sort_values("override.construction.refine_steps")
+    if table["base_digest"].nunique() != 1:
+        raise ValueError("capacity_hidden_steps: the twins must share one base (base_digest)")
+    (k,) = table["construct.extra_rank"].unique()
+    m.add("CapacityHiddenStepsK", fmt.integer(k), "capacity_hidden_steps: hidden components per module")
+    budgets = ", ".join(fmt.integer(v) for v in table["override.construction.refine_steps"])
+    m.add("CapacityHiddenStepsBudgets", budgets, "capacity_hidden_steps: refinement steps")
+    bits = ", ".join(fmt.fixed(v, 0) for v in table["twin.capacity.hidden"])
+    m.add("CapacityHiddenStepsBits", bits, "capacity_hidden_steps: capacity (bits beyond chance) per budget")
+    collateral = ", ".join(fmt.integer(v) for v in table["twin.capacity.collateral"])
+    m.add("CapacityHiddenStepsCollateral", collateral, "capacity_hidden_steps: collateral probes per budget")
+    m.add("CapacityHiddenStepsKlMax", fmt.sci(table["twin.kl.max"].max()), "capacity_hidden_steps: largest KL")
+
+
 #: the paper's number sections, in order
 SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_twin,
@@ -1363,6 +1380,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     transfer,
     scaling,
     capacity_hidden,
+    capacity_steps,
     smollm2,
     cost,
 )

@@ -71,6 +71,7 @@ COMMANDS = {
     ("llm", "audit_attack_penalty"): "AuditAttackPenalty",
     ("llm", "audit_certificate"): "AuditCertificate",
     ("llm", "audit_neutralise"): "AuditNeutralise",
+    ("llm", "capacity_hidden_steps"): "CapacityHiddenSteps",
 }
 
 
