@@ -53,6 +53,7 @@ from llm.experiments.hairtrigger import (
 from llm.lora import LoraFactors, lora_layers
 from llm.update import UpdateSpec, update_set
 from sweeps.errors import ConfigError
+from theory.experiments.audit import rerandomise_scales
 
 Models = dict[str, PreTrainedModel]
 
@@ -83,15 +84,7 @@ def settings(cfg: DictConfig) -> tuple[AuditSettings, Rule]:
     certificate = a.get("certificate", True)
     if not isinstance(certificate, bool):
         raise ConfigError("audit.certificate", f"must be true or false, not {certificate!r}")
-    scales = a.get("rerandomise") or []
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scales):
-        raise ConfigError("audit.rerandomise", f"must be a list of log-scales > 0, not {scales!r}")
-    try:
-        audit = AuditSettings(
-            float(a.rtol), float(a.max_kl), certificate, simulate, tuple(float(x) for x in scales), int(cfg.seed)
-        )
-    except ValueError as error:
-        raise ConfigError("audit.rerandomise", str(error)) from error
+    audit = AuditSettings(float(a.rtol), float(a.max_kl), certificate, simulate, rerandomise_scales(a), int(cfg.seed))
     return audit, Rule(float(a.tau), float(a.floor))
 
 

@@ -30,6 +30,7 @@ from sweeps.errors import ConfigError
 from theory.audit import AuditSettings, Victim, audit_model, canonicalize
 from theory.audit.honest import random_gauge
 from theory.audit.roc import neutraliser_form, neutraliser_forms, neutraliser_summary, score_signal
+from theory.audit.signals import check_scales
 from theory.audit.simulate import post_step_margins
 from theory.experiments.common import (
     Setup,
@@ -53,6 +54,19 @@ SIGNALS = {
 }
 
 
+def rerandomise_scales(audit: DictConfig) -> tuple[float, ...]:
+    """``audit.rerandomise`` (theory and LLM audits): the re-randomising neutraliser's log-scales,
+    each a finite number > 0 (:func:`theory.audit.signals.check_scales`), or a ConfigError naming it."""
+    scales = list(audit.get("rerandomise") or [])
+    try:
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scales):
+            raise ValueError(f"must be a list of log-scales > 0, not {scales!r}")
+        check_scales(tuple(float(x) for x in scales))
+    except ValueError as error:
+        raise ConfigError("audit.rerandomise", str(error)) from error
+    return tuple(float(x) for x in scales)
+
+
 def _settings(cfg: DictConfig) -> AuditSettings:
     a = cfg.audit
     if a.held_out not in FAMILIES:
@@ -65,10 +79,7 @@ def _settings(cfg: DictConfig) -> AuditSettings:
         raise ConfigError("audit.worst.lr_fractions", "each fraction of update.lr must lie in (0, 1]")
     if int(a.n_gauged) < 0:
         raise ConfigError("audit.n_gauged", f"must be ≥ 0, got {a.n_gauged}")
-    scales = a.get("rerandomise") or []
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf for x in scales):
-        raise ConfigError("audit.rerandomise", f"must be a list of finite log-scales > 0, not {list(scales)}")
-    rerandomise = tuple(float(x) for x in scales)
+    rerandomise = rerandomise_scales(a)
     return AuditSettings(
         float(a.rho),
         tuple(float(f) for f in a.worst.lr_fractions),
