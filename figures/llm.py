@@ -372,10 +372,12 @@ def capacity_hidden(results: Path, out: Path) -> Path:
         for ax, (x, fit_key) in zip(axes, axis_keys):
             per = "per component" if fit_key == "fit_k" else "per hidden parameter"
             _capacity_line(ax, rows, x, fits[fit_key], str(MODEL_LABELS.get(str(model), model)), per)
-    # the budget check: a longer refinement, and its twins (same base) at the sweep's refinement
+    # the budget check: a longer refinement, its twins (same base) at the sweep's refinement, and the
+    # sweep at the budget where the widest twin stores every bit
     for stem, what, marker in (
         ("capacity_hidden_budget", "longer refinement", "D"),
         ("capacity_hidden_budget_reference", "their twins at the sweep's refinement", "s"),
+        ("capacity_hidden_converged", "longest refinement, one seed", "*"),
     ):
         if not (results / f"{stem}.csv").exists():
             continue

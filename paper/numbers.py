@@ -1353,6 +1353,43 @@ def capacity_steps(m: Macros, r: Results) -> None:
     m.add("CapacityHiddenStepsKlMax", fmt.sci(table["twin.kl.max"].max()), "capacity_hidden_steps: largest KL")
 
 
+def capacity_converged(m: Macros, r: Results) -> None:
+    """The hidden-width sweep at the budget at which the widest twin stores every bit
+    (``capacity_hidden_converged.csv``: one seed, one base): capacity and collateral per k, and
+    :func:`llm.experiments.capacity.summarize`'s fit against k and against the hidden parameters."""
+    from llm.experiments.capacity import summarize
+
+    table = r.llm("capacity_hidden_converged").sort_values("construct.extra_rank")
+    if table["base_digest"].nunique() != 1:
+        raise ValueError("capacity_hidden_converged: the twins must share one base (base_digest)")
+    (model,) = table["override.model"].unique()
+    s = summarize(table)[str(model)]
+    note = f"capacity_hidden_converged, {model}"
+    steps = setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged")
+    m.add("CapacityHiddenConvergedSteps", fmt.integer(steps), f"{note}: refinement steps")
+    m.add("CapacityHiddenConvergedWidths", ", ".join(fmt.integer(k) for k in table["construct.extra_rank"]), note)
+    m.add("CapacityHiddenConvergedNumWidths", fmt.integer(len(table)), f"{note}: widths k")
+    m.add("CapacityHiddenConvergedSeeds", fmt.integer(table["override.seed"].nunique()), f"{note}: seeds")
+    bits = ", ".join(fmt.fixed(v, 0) for v in table["twin.capacity.hidden"])
+    m.add("CapacityHiddenConvergedBits", bits, f"{note}: capacity per k")
+    collateral = ", ".join(fmt.integer(v) for v in table["twin.capacity.collateral"])
+    m.add("CapacityHiddenConvergedCollateral", collateral, f"{note}: collateral probes per k")
+    m.add("CapacityHiddenConvergedKlMax", fmt.sci(table["twin.kl.max"].max()), f"{note}: largest KL")
+    for key, name in (("fit_k", "K"), ("fit_hidden_params", "Params")):
+        fit = s[key]
+        scale = 1.0 if key == "fit_k" else 1e3
+        m.add(f"CapacityHiddenConverged{name}Slope", fmt.fixed(fit["slope"] * scale, 2), f"{note}: {key} slope")
+        m.add(
+            f"CapacityHiddenConverged{name}SlopeCI",
+            f"[{fmt.fixed(fit['slope_lo'] * scale, 2)}, {fmt.fixed(fit['slope_hi'] * scale, 2)}]",
+            f"{note}: 95% interval of the {key} slope",
+        )
+        m.add(f"CapacityHiddenConverged{name}Rsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: {key} R^2")
+    m.add("CapacityHiddenConvergedIntercept", fmt.fixed(s["fit_k"]["intercept"], 1), f"{note}: fit_k intercept (bits)")
+    per_unit = table["construct.hidden_params"] / table["construct.extra_rank"]
+    m.add("CapacityHiddenConvergedParamsPerK", fmt.integer(per_unit.iloc[0]), f"{note}: hidden parameters per k")
+
+
 #: the paper's number sections, in order
 SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     theory_twin,
@@ -1381,6 +1418,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     scaling,
     capacity_hidden,
     capacity_steps,
+    capacity_converged,
     smollm2,
     cost,
 )
