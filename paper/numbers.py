@@ -1359,6 +1359,8 @@ def capacity_converged(m: Macros, r: Results) -> None:
     :func:`llm.experiments.capacity.summarize`'s fit against k and against the hidden parameters."""
     from llm.experiments.capacity import summarize
 
+    if not r.published("llm", "capacity_hidden_converged"):
+        return
     table = r.llm("capacity_hidden_converged").sort_values("construct.extra_rank")
     if table["base_digest"].nunique() != 1:
         raise ValueError("capacity_hidden_converged: the twins must share one base (base_digest)")

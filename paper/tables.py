@@ -72,7 +72,6 @@ COMMANDS = {
     ("llm", "audit_certificate"): "AuditCertificate",
     ("llm", "audit_neutralise"): "AuditNeutralise",
     ("llm", "capacity_hidden_steps"): "CapacityHiddenSteps",
-    ("llm", "capacity_hidden_converged"): "CapacityHiddenConverged",
 }
 
 
