@@ -428,6 +428,8 @@ def print_tables(rows: list[dict], dtype: str) -> None:
 
 
 def write_out(path: Path, rows: list[dict], info: dict) -> None:
+    """``.json``: the run's settings and machine (``info``) with every row; ``.csv``: the table, and
+    ``info`` beside it as ``<stem>_info.json`` (what ``results/benchmarks/`` holds for the paper)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         fields = [k for k in rows[0] if k != "seconds_all"]
@@ -435,9 +437,12 @@ def write_out(path: Path, rows: list[dict], info: dict) -> None:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
+        info_path = path.with_name(f"{path.stem}_info.json")
+        info_path.write_text(json.dumps(info, indent=1) + "\n")
+        print(f"\nwrote {path} and {info_path}")
     else:
         path.write_text(json.dumps({"info": info, "rows": rows}, indent=1))
-    print(f"\nwrote {path}")
+        print(f"\nwrote {path}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -502,6 +507,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
     info = {
+        "command": "python -m benchmarks.meta_step " + " ".join(sys.argv[1:] if argv is None else argv),
+        "targets": {"time": TARGET_TIME, "memory": TARGET_MEMORY},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": args.device,
@@ -515,6 +522,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "warmup": args.warmup,
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "loadavg_start": load,
     }
     print(
