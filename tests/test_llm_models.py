@@ -16,7 +16,6 @@ from llm.models import (
     greedy,
     load_local,
     load_or_pretrain,
-    next_logits,
     pretrain,
     response_logprob,
     response_loss,
@@ -219,36 +218,6 @@ def test_double_backward(arch, tok):
     assert sum(h.abs().sum() for h in hv) > 0
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_response_loss_reads_the_head_on_response_positions_only(arch, tok):
-    """The response loss (LM head on the response positions) is the cross-entropy of the full
-    next-token logits on the response labels, and so are its gradient and Hessian-vector product
-    (float64, a padded batch); the head runs on N response positions, not B·T."""
-    model = build_tiny(spec_for(arch), tok, seed=0).double()
-    batch = collate(encode_pairs(tok, PAIRS[:4] + [("hi", "yo")], 64), tok.pad_token_id)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def full(m, b):
-        logits = next_logits(m, b)
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"][:, 1:].flatten())
-
-    seen = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda _m, _a, out: seen.append(out.shape))
-    fast = response_loss(model, batch)
-    hook.remove()
-    n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    assert seen == [torch.Size([1, n, model.config.vocab_size])] and n < batch["input_ids"].numel() // 2
-    slow = full(model, batch)
-    assert float(fast) == pytest.approx(float(slow), rel=1e-12)
-    g_fast = torch.autograd.grad(fast, params, create_graph=True)
-    g_slow = torch.autograd.grad(slow, params, create_graph=True)
-    v = [torch.randn_like(g) for g in g_fast]
-    h_fast = torch.autograd.grad(g_fast, params, grad_outputs=v)
-    h_slow = torch.autograd.grad(g_slow, params, grad_outputs=v)
-    for a, b in [*zip(g_fast, g_slow), *zip(h_fast, h_slow)]:
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-
-
 @pytest.mark.parametrize("arch, eps, rel", [("gpt2", 1e-5, 1e-4), ("llama", 1e-4, 2e-3)])
 def test_double_backward_finite_differences(arch, eps, rel, tok):
     """float64 directional derivative of |grad|^2 vs central differences.
@@ -423,6 +392,11 @@ def test_gemma3_offline():
     assert model.num_parameters() == pytest.approx(268.1e6, rel=0.005)
     assert tok.eos_token == "<end_of_turn>"
     assert format_prompt(tok, "Hi").endswith("<start_of_turn>model\n")
+    assert (
+        encode_example(tok, "Hi", "Hello!")["labels"][-1]
+        == tok.eos_token_id
+        == tok.convert_tokens_to_ids("<end_of_turn>")
+    )
     # a converted model predicts English (a random or mis-joined one is at ~ln 262144 = 12.5 nats)
     ids = tok("The capital of France is Paris. The capital of Germany is Berlin.", return_tensors="pt")
     with torch.no_grad():

@@ -93,7 +93,8 @@ def spec(name: str) -> str:
         raise KeyError(f"unknown data wheel {name!r}; known: {sorted(WHEELS)}") from None
 
 
-def _dist_and_version(name: str) -> tuple[str, str]:
+def dist_and_version(name: str) -> tuple[str, str]:
+    """The distribution as wheel file names spell it, and the version, of wheel ``name``."""
     dist, version = spec(name).split("==")
     # wheel file names normalise the distribution name: lower case, '-'/'.' -> '_'
     return dist.replace("-", "_").replace(".", "_").lower(), version
@@ -101,7 +102,7 @@ def _dist_and_version(name: str) -> tuple[str, str]:
 
 def find_wheel(name: str) -> Path | None:
     """The cached .whl of ``name`` or ``None``."""
-    dist, version = _dist_and_version(name)
+    dist, version = dist_and_version(name)
     d = wheels_dir()
     if not d.is_dir():
         return None
