@@ -361,7 +361,7 @@ def capacity_hidden(results: Path, out: Path) -> Path:
     right (with ``capacity_hidden_size.csv``): against the base parameters at one k. Mean over
     seeds, min–max band, the least-squares line with its slope's 95% interval
     (``llm.experiments.capacity.summarize``); dotted: the collateral (stay probes that switched)."""
-    from llm.experiments.capacity import size_rows, summarize
+    from llm.experiments.capacity import capacity_fit, size_rows, summarize
 
     table, summary = _load(results, "capacity_hidden")
     has_sizes = (results / "capacity_hidden_size.csv").exists()
@@ -372,12 +372,10 @@ def capacity_hidden(results: Path, out: Path) -> Path:
         for ax, (x, fit_key) in zip(axes, axis_keys):
             per = "per component" if fit_key == "fit_k" else "per hidden parameter"
             _capacity_line(ax, rows, x, fits[fit_key], str(MODEL_LABELS.get(str(model), model)), per)
-    # the budget check: a longer refinement, its twins (same base) at the sweep's refinement, and the
-    # sweep at the budget where the widest twin stores every bit
+    # the budget check: a longer refinement, and its twins (same base) at the sweep's refinement
     for stem, what, marker in (
         ("capacity_hidden_budget", "longer refinement", "D"),
         ("capacity_hidden_budget_reference", "their twins at the sweep's refinement", "s"),
-        ("capacity_hidden_converged", "longest refinement, one seed", "*"),
     ):
         if not (results / f"{stem}.csv").exists():
             continue
@@ -388,6 +386,15 @@ def capacity_hidden(results: Path, out: Path) -> Path:
             for ax, (x, fit_key) in zip(axes, axis_keys):
                 per = "per component" if fit_key == "fit_k" else "per hidden parameter"
                 _capacity_line(ax, rows, x, fits[str(model)][fit_key], prefix, per, marker=marker)
+    # the sweep at the budget where the widest twin stores every bit: capacity grows by a number of
+    # bits per doubling, so its line is over log2 k (log2 of the hidden parameters)
+    if (results / "capacity_hidden_converged.csv").exists():
+        converged = pd.read_csv(results / "capacity_hidden_converged.csv")
+        for model, rows in converged.groupby("override.model"):
+            prefix = f"{MODEL_LABELS.get(str(model), model)}, longest refinement, one seed (capacity_hidden_converged)"
+            for ax, (x, _) in zip(axes, axis_keys):
+                fit = capacity_fit(np.log2(rows[x].to_numpy(float)), rows["twin.capacity.hidden"].to_numpy(float))
+                _capacity_line(ax, rows, x, fit, prefix, "per doubling", marker="*", log2=True)
     if has_sizes:
         sizes = size_rows(table, pd.read_csv(results / "capacity_hidden_size.csv"))
         k = int(sizes["construct.extra_rank"].iloc[0])
@@ -408,16 +415,24 @@ def capacity_hidden(results: Path, out: Path) -> Path:
     return _save(fig, out / "llm_capacity_hidden.png")
 
 
-def _capacity_line(ax, rows: pd.DataFrame, x: str, fit: dict, prefix: str, per: str, marker: str = "o") -> None:
-    """Mean capacity per ``x`` (min–max band), the fitted line, the collateral (dotted)."""
+def _capacity_line(
+    ax, rows: pd.DataFrame, x: str, fit: dict, prefix: str, per: str, marker: str = "o", log2: bool = False
+) -> None:
+    """Mean capacity per ``x`` (min–max band), the fitted line (``log2``: a line over log2 x, drawn
+    as the curve it is), the collateral (dotted)."""
     stats = rows.groupby(x)["twin.capacity.hidden"].agg(["mean", "min", "max"]).sort_index()
     xs = stats.index.to_numpy(float)
     slope = f"{fit['slope']:.3g} {per} [{fit['slope_lo']:.3g}, {fit['slope_hi']:.3g}]"
-    label = f"{prefix}:\n{slope}, R² {fit['r2_jobs']:.2f} (means {fit['r2_means']:.2f})"
+    label = (
+        f"{prefix}:\n{slope}, R² {fit['r2_jobs']:.3f}"
+        if log2
+        else (f"{prefix}:\n{slope}, R² {fit['r2_jobs']:.2f} (means {fit['r2_means']:.2f})")
+    )
     line = ax.plot(xs, stats["mean"], marker, label=label)[0]
     ax.fill_between(xs, stats["min"], stats["max"], color=line.get_color(), alpha=0.15, lw=0)
-    grid = np.linspace(0, xs.max(), 50)
-    ax.plot(grid, fit["slope"] * grid + fit["intercept"], "-", color=line.get_color(), alpha=0.7, lw=1)
+    grid = np.linspace(xs.min() if log2 else 0, xs.max(), 50)
+    fitted = fit["slope"] * (np.log2(grid) if log2 else grid) + fit["intercept"]
+    ax.plot(grid, fitted, "-", color=line.get_color(), alpha=0.7, lw=1)
     collateral = rows.groupby(x)["twin.capacity.collateral"].mean().sort_index()
     ax.plot(xs, collateral, ":", color=line.get_color(), alpha=0.8, lw=1)
 

@@ -9,9 +9,11 @@ the rows do not record come from the composed recipe (:mod:`paper.settings`).
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import pandas as pd
 
 from figures.llm import SMOLLM2_TWIN, control_rows
@@ -1022,6 +1024,52 @@ def cost(m: Macros, r: Results) -> None:
     m.add("CostTinyRss", fmt.fixed(head["peak_rss_gb"].max(), 1), "metalearn, tiny GPT-2: peak RSS (GB)")
 
 
+#: the published runs of benchmarks/meta_step.py (results/benchmarks/<stem>.csv and <stem>_info.json) and
+#: their macro names
+BENCH_RUNS = {"meta_step": "Tiny", "meta_step_smollm2": "Smol"}
+
+
+def bench_runs(r: Results) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """Each published benchmark run's rows and settings (a run without memory or without every
+    method is an error: the paper compares them all)."""
+    out = {}
+    for stem in BENCH_RUNS:
+        rows = r.table("benchmarks", stem)
+        if rows[["time_ratio", "memory_ratio"]].isna().any().any() or not rows["variant"].eq("fd").any():
+            raise ValueError(f"results/benchmarks/{stem}.csv: publish a run with memory and every method")
+        out[stem] = rows, json.loads((r.root / "benchmarks" / f"{stem}_info.json").read_text())
+    return out
+
+
+def meta_step_bench(m: Macros, r: Results) -> None:
+    """The meta step's cost as ratios to a plain step (:data:`BENCH_RUNS`): each run's command and
+    settings, the targets, and which exact methods meet both targets at which sizes."""
+    runs = bench_runs(r)
+    for stem, (_, info) in runs.items():
+        name = BENCH_RUNS[stem]
+        m.add(f"CmdMetaStep{name}", fmt.tt(info["command"]), f"the command that makes results/benchmarks/{stem}.csv")
+        for key, label in (("batch", "Batch"), ("seq", "Seq"), ("chunks", "Chunks"), ("repeats", "Repeats")):
+            m.add(f"CostBench{name}{label}", fmt.integer(info[key]), f"{stem}: {key}")
+    infos = [info for _, info in runs.values()]
+    for key, label in (("threads", "Threads"), ("rank", "Rank")):
+        (value,) = {info[key] for info in infos}  # the runs must agree on it
+        m.add(f"CostBench{label}", fmt.integer(value), f"meta_step benchmarks: {key}")
+    ((time_target, memory_target),) = {(i["targets"]["time"], i["targets"]["memory"]) for i in infos}
+    m.add("CostBenchTargetTime", fmt.fixed(time_target, 1), "meta_step benchmark: time target (x plain)")
+    m.add("CostBenchTargetMemory", fmt.fixed(memory_target, 1), "meta_step benchmark: memory target")
+    rows = pd.concat([rows for rows, _ in runs.values()], ignore_index=True)
+    exact = rows[rows["variant"].isin(["hvp", "lean", "chunked"])]
+    meets = exact[(exact["time_ratio"] <= time_target) & (exact["memory_ratio"] <= memory_target)]
+    m.add("CostBenchExactCells", fmt.integer(len(exact)), "meta_step benchmark: (size, exact method) cells")
+    m.add("CostBenchExactMeets", fmt.integer(len(meets)), "meta_step benchmark: exact cells within both targets")
+    for column, name in (("time_ratio", "Time"), ("memory_ratio", "Memory")):
+        m.add(f"CostBenchExact{name}Lo", fmt.fixed(exact[column].min(), 2), f"meta_step: lowest exact {column}")
+        m.add(f"CostBenchExact{name}Hi", fmt.fixed(exact[column].max(), 2), f"meta_step: highest exact {column}")
+    fd = rows[rows["variant"] == "fd"]
+    m.add("CostBenchFdErrHi", fmt.sci(fd["rel_err_vs_naive"].max()), "meta_step benchmark: fd's largest error")
+    m.add("CostBenchExactErrHi", fmt.sci(exact["rel_err_vs_naive"].max()), "meta_step: exact methods' largest error")
+
+
 #: the LLM audit's signals as macro names (keys of llm.experiments.audit_population.SIGNALS)
 LLM_AUDIT_SIGNALS = {
     "gauge_excess_lora": "GaugeLora",
@@ -1356,11 +1404,9 @@ def capacity_steps(m: Macros, r: Results) -> None:
 def capacity_converged(m: Macros, r: Results) -> None:
     """The hidden-width sweep at the budget at which the widest twin stores every bit
     (``capacity_hidden_converged.csv``: one seed, one base): capacity and collateral per k, and
-    :func:`llm.experiments.capacity.summarize`'s fit against k and against the hidden parameters."""
-    from llm.experiments.capacity import summarize
+    :func:`llm.experiments.capacity.summarize`'s line over k, and a line over log2 k."""
+    from llm.experiments.capacity import capacity_fit, summarize
 
-    if not r.published("llm", "capacity_hidden_converged"):
-        return
     table = r.llm("capacity_hidden_converged").sort_values("construct.extra_rank")
     if table["base_digest"].nunique() != 1:
         raise ValueError("capacity_hidden_converged: the twins must share one base (base_digest)")
@@ -1370,24 +1416,35 @@ def capacity_converged(m: Macros, r: Results) -> None:
     steps = setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged")
     m.add("CapacityHiddenConvergedSteps", fmt.integer(steps), f"{note}: refinement steps")
     m.add("CapacityHiddenConvergedWidths", ", ".join(fmt.integer(k) for k in table["construct.extra_rank"]), note)
-    m.add("CapacityHiddenConvergedNumWidths", fmt.integer(len(table)), f"{note}: widths k")
     m.add("CapacityHiddenConvergedSeeds", fmt.integer(table["override.seed"].nunique()), f"{note}: seeds")
     bits = ", ".join(fmt.fixed(v, 0) for v in table["twin.capacity.hidden"])
     m.add("CapacityHiddenConvergedBits", bits, f"{note}: capacity per k")
     collateral = ", ".join(fmt.integer(v) for v in table["twin.capacity.collateral"])
     m.add("CapacityHiddenConvergedCollateral", collateral, f"{note}: collateral probes per k")
     m.add("CapacityHiddenConvergedKlMax", fmt.sci(table["twin.kl.max"].max()), f"{note}: largest KL")
-    for key, name in (("fit_k", "K"), ("fit_hidden_params", "Params")):
-        fit = s[key]
-        scale = 1.0 if key == "fit_k" else 1e3
-        m.add(f"CapacityHiddenConverged{name}Slope", fmt.fixed(fit["slope"] * scale, 2), f"{note}: {key} slope")
-        m.add(
-            f"CapacityHiddenConverged{name}SlopeCI",
-            f"[{fmt.fixed(fit['slope_lo'] * scale, 2)}, {fmt.fixed(fit['slope_hi'] * scale, 2)}]",
-            f"{note}: 95% interval of the {key} slope",
-        )
-        m.add(f"CapacityHiddenConverged{name}Rsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: {key} R^2")
+    fit = s["fit_k"]
+    m.add("CapacityHiddenConvergedKSlope", fmt.fixed(fit["slope"], 1), f"{note}: bits per hidden component")
+    m.add(
+        "CapacityHiddenConvergedKSlopeCI",
+        f"[{fmt.fixed(fit['slope_lo'], 1)}, {fmt.fixed(fit['slope_hi'], 1)}]",
+        f"{note}: 95% interval of the bits per hidden component",
+    )
+    m.add("CapacityHiddenConvergedKRsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: R^2 of the line over k")
     m.add("CapacityHiddenConvergedIntercept", fmt.fixed(s["fit_k"]["intercept"], 1), f"{note}: fit_k intercept (bits)")
+    k = table["construct.extra_rank"].to_numpy(float)
+    log_fit = capacity_fit(np.log2(k), table["twin.capacity.hidden"].to_numpy(float))
+    m.add("CapacityHiddenConvergedLogSlope", fmt.fixed(log_fit["slope"], 1), f"{note}: bits per doubling of k")
+    m.add(
+        "CapacityHiddenConvergedLogSlopeCI",
+        f"[{fmt.fixed(log_fit['slope_lo'], 1)}, {fmt.fixed(log_fit['slope_hi'], 1)}]",
+        f"{note}: 95% interval of the bits per doubling",
+    )
+    m.add("CapacityHiddenConvergedLogIntercept", fmt.fixed(log_fit["intercept"], 1), f"{note}: log fit at k = 1")
+    m.add("CapacityHiddenConvergedLogRsq", fmt.fixed(log_fit["r2_jobs"], 3), f"{note}: log2 k fit R^2")
+    steps_table = r.llm("capacity_hidden_steps")
+    same = set(steps_table["base_digest"]) == set(table["base_digest"])
+    m.add("CapacityHiddenConvergedBase", "the same base" if same else "another base", f"{note}: the steps check's base")
+    m.add("CapacityHiddenConvergedAtWidest", fmt.fixed(table["twin.capacity.hidden"].iloc[-1], 0), f"{note}: widest k")
     per_unit = table["construct.hidden_params"] / table["construct.extra_rank"]
     m.add("CapacityHiddenConvergedParamsPerK", fmt.integer(per_unit.iloc[0]), f"{note}: hidden parameters per k")
 
@@ -1421,6 +1478,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     capacity_hidden,
     capacity_steps,
     capacity_converged,
+    meta_step_bench,
     smollm2,
     cost,
 )

@@ -72,6 +72,7 @@ COMMANDS = {
     ("llm", "audit_certificate"): "AuditCertificate",
     ("llm", "audit_neutralise"): "AuditNeutralise",
     ("llm", "capacity_hidden_steps"): "CapacityHiddenSteps",
+    ("llm", "capacity_hidden_converged"): "CapacityHiddenConverged",
 }
 
 
@@ -198,6 +199,10 @@ def capacity_hidden(r: Results) -> str:
     if r.published("llm", "capacity_hidden_budget_reference"):  # its twins at the sweep's budget
         reference = r.llm("capacity_hidden_budget_reference")
         cells += [(reference, model, steps["capacity_hidden"]) for model in reference["override.model"].unique()]
+    if r.published("llm", "capacity_hidden_converged"):  # the budget at which the widest twin stores every bit
+        converged = r.llm("capacity_hidden_converged")
+        n_steps = setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged")
+        cells += [(converged, model, n_steps) for model in converged["override.model"].unique()]
     groups = []
     for source, model, n_steps in cells:
         rows = source[source["override.model"] == model]
@@ -753,6 +758,42 @@ def neutralisers(r: Results) -> str:
 PENALTIES = {"gauge": "LoRA gauge excess", "grad": "$\\|\\nabla L_D\\|$"}
 
 
+#: the meta step's methods as the benchmark table shows them (benchmarks/meta_step.py; fd: approximate)
+BENCH_METHODS = {"hvp": "hvp", "lean": "lean", "chunked": "chunked", "fd": "fd (approx.)"}
+
+
+def bench_size(size: str) -> str:
+    """A benchmark size label: ``2x64`` → tiny GPT-2 2×64; a real model's name → its shape."""
+    if "x" in size:
+        layers, width = size.split("x")
+        return f"tiny GPT-2 ${layers}\\times{width}$"
+    return {"smollm2": "SmolLM2-135M shape"}.get(size, size)
+
+
+def meta_step(r: Results) -> str:
+    """Each meta-step method's time and peak memory as ratios to a plain step, per model size and
+    batch (the runs of ``benchmarks/meta_step.py`` in ``results/benchmarks/``)."""
+    from paper.numbers import bench_runs
+
+    body = []
+    for rows, info in bench_runs(r).values():
+        for size, at in rows.groupby("size", sort=False):
+            by = at.set_index("variant")
+            plain = by.loc["plain"]
+            cells = [
+                bench_size(str(size)),
+                f"${fmt.integer(info['batch'])}\\times{fmt.integer(info['seq'])}$",
+                fmt.integer(plain["n_theta"]),
+                fmt.fixed(plain["seconds"], 2),
+            ]
+            for method in BENCH_METHODS:
+                row = by.loc[method]
+                cells.append(f"{fmt.fixed(row['time_ratio'], 2)} / {fmt.fixed(row['memory_ratio'], 2)}")
+            body.append(cells)
+    head = ["model", "batch", "LoRA $\\theta$", "plain (s)", *BENCH_METHODS.values()]
+    return tabular("llrr" + "r" * len(BENCH_METHODS), head, [(None, body)])
+
+
 #: every generated table: file stem → builder
 TABLES: dict[str, Callable[[Results], str]] = {
     "theory_capacity": theory_capacity,
@@ -773,6 +814,7 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "capacity_hidden": capacity_hidden,
     "capacity_hidden_size": capacity_hidden_size,
     "smollm2": smollm2,
+    "meta_step": meta_step,
 }
 
 
