@@ -202,8 +202,9 @@ def convert(name: str, cache_root: str | os.PathLike | None = None) -> Path:
     work = Path(tempfile.mkdtemp(prefix=".gguf-", dir=base))  # this process's own: removed below
     try:
         gguf = assemble_gguf(ckpt, root, work)
-        tok = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name, local_files_only=True)
-        tok = _with_chat_format(ckpt, tok)
+        tok = _with_chat_format(
+            ckpt, AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name, local_files_only=True)
+        )
         src = AutoModelForCausalLM.from_pretrained(
             str(work), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
         )
