@@ -1270,6 +1270,18 @@ def llm_audit_penalty(m: Macros, r: Results) -> None:
             m.add(f"AuditPenalty{name}Missed{short}", fmt.integer(missed), f"{note}: hair-triggers {signal} misses")
 
 
+def fit_macros(m: Macros, prefix: str, fit: dict, note: str, digits: int = 2, r2_digits: int = 2) -> None:
+    """``<prefix>Slope``, ``<prefix>SlopeCI`` (its 95% interval) and ``<prefix>Rsq`` (over the jobs) of
+    a :func:`llm.experiments.capacity.capacity_fit`."""
+    m.add(f"{prefix}Slope", fmt.fixed(fit["slope"], digits), f"{note}: slope")
+    m.add(
+        f"{prefix}SlopeCI",
+        f"[{fmt.fixed(fit['slope_lo'], digits)}, {fmt.fixed(fit['slope_hi'], digits)}]",
+        f"{note}: 95% interval of the slope",
+    )
+    m.add(f"{prefix}Rsq", fmt.fixed(fit["r2_jobs"], r2_digits), f"{note}: R^2 over jobs")
+
+
 #: the hidden-capacity models' macro names (``override.model`` of capacity_hidden.csv)
 CAPACITY_MODELS = {"tiny_gpt2_64": "Gpt", "tiny_llama_64": "Llama"}
 
@@ -1295,13 +1307,7 @@ def capacity_hidden(m: Macros, r: Results) -> None:
         fit = s["fit_k"]
         means = [float(v) for v in s["mean_capacity"].split(",")]
         note = f"capacity_hidden, {model}"
-        m.add(f"CapacityHidden{name}Slope", fmt.fixed(fit["slope"], 2), f"{note}: capacity per hidden component")
-        m.add(
-            f"CapacityHidden{name}SlopeCI",
-            f"[{fmt.fixed(fit['slope_lo'], 2)}, {fmt.fixed(fit['slope_hi'], 2)}]",
-            f"{note}: 95% interval of that slope",
-        )
-        m.add(f"CapacityHidden{name}Rsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: R^2 over jobs")
+        fit_macros(m, f"CapacityHidden{name}", fit, f"{note}, capacity per hidden component")
         m.add(f"CapacityHidden{name}RsqMeans", fmt.fixed(fit["r2_means"], 2), f"{note}: R^2 over the means per k")
         m.add(f"CapacityHidden{name}AtMin", fmt.fixed(means[0], 1), f"{note}: mean capacity at the narrowest width")
         m.add(f"CapacityHidden{name}AtMax", fmt.fixed(means[-1], 1), f"{note}: mean capacity at the widest width")
@@ -1361,13 +1367,7 @@ def capacity_budget(m: Macros, r: Results) -> None:
     fit = summarize(budget)[str(model)]["fit_k"]
     note = f"capacity_hidden_budget, {model}"
     m.add("CapacityHiddenBudgetSeeds", fmt.integer(budget["override.seed"].nunique()), f"{note}: seeds per k")
-    m.add("CapacityHiddenBudgetSlope", fmt.fixed(fit["slope"], 2), f"{note}: capacity per hidden component")
-    m.add(
-        "CapacityHiddenBudgetSlopeCI",
-        f"[{fmt.fixed(fit['slope_lo'], 2)}, {fmt.fixed(fit['slope_hi'], 2)}]",
-        f"{note}: 95% interval of that slope",
-    )
-    m.add("CapacityHiddenBudgetRsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: R^2 over jobs")
+    fit_macros(m, "CapacityHiddenBudget", fit, f"{note}, capacity per hidden component")
     m.add("CapacityHiddenBudgetRsqMeans", fmt.fixed(fit["r2_means"], 2), f"{note}: R^2 over the means per k")
     checks = budget_checks(r)
     ks = sorted(checks)
@@ -1422,25 +1422,12 @@ def capacity_converged(m: Macros, r: Results) -> None:
     collateral = ", ".join(fmt.integer(v) for v in table["twin.capacity.collateral"])
     m.add("CapacityHiddenConvergedCollateral", collateral, f"{note}: collateral probes per k")
     m.add("CapacityHiddenConvergedKlMax", fmt.sci(table["twin.kl.max"].max()), f"{note}: largest KL")
-    fit = s["fit_k"]
-    m.add("CapacityHiddenConvergedKSlope", fmt.fixed(fit["slope"], 1), f"{note}: bits per hidden component")
-    m.add(
-        "CapacityHiddenConvergedKSlopeCI",
-        f"[{fmt.fixed(fit['slope_lo'], 1)}, {fmt.fixed(fit['slope_hi'], 1)}]",
-        f"{note}: 95% interval of the bits per hidden component",
-    )
-    m.add("CapacityHiddenConvergedKRsq", fmt.fixed(fit["r2_jobs"], 2), f"{note}: R^2 of the line over k")
+    fit_macros(m, "CapacityHiddenConvergedK", s["fit_k"], f"{note}, bits per hidden component", digits=1)
     m.add("CapacityHiddenConvergedIntercept", fmt.fixed(s["fit_k"]["intercept"], 1), f"{note}: fit_k intercept (bits)")
     k = table["construct.extra_rank"].to_numpy(float)
     log_fit = capacity_fit(np.log2(k), table["twin.capacity.hidden"].to_numpy(float))
-    m.add("CapacityHiddenConvergedLogSlope", fmt.fixed(log_fit["slope"], 1), f"{note}: bits per doubling of k")
-    m.add(
-        "CapacityHiddenConvergedLogSlopeCI",
-        f"[{fmt.fixed(log_fit['slope_lo'], 1)}, {fmt.fixed(log_fit['slope_hi'], 1)}]",
-        f"{note}: 95% interval of the bits per doubling",
-    )
+    fit_macros(m, "CapacityHiddenConvergedLog", log_fit, f"{note}, bits per doubling of k", digits=1, r2_digits=3)
     m.add("CapacityHiddenConvergedLogIntercept", fmt.fixed(log_fit["intercept"], 1), f"{note}: log fit at k = 1")
-    m.add("CapacityHiddenConvergedLogRsq", fmt.fixed(log_fit["r2_jobs"], 3), f"{note}: log2 k fit R^2")
     steps_table = r.llm("capacity_hidden_steps")
     same = set(steps_table["base_digest"]) == set(table["base_digest"])
     m.add("CapacityHiddenConvergedBase", "the same base" if same else "another base", f"{note}: the steps check's base")
