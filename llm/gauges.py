@@ -20,6 +20,15 @@ Per block (:func:`gauge_spec`):
   outputs of ``attn.c_attn``), ``W_K → W_K M⁻ᵀ`` (``A^-1`` on its key outputs): ``qᵀk`` is unchanged.
 * ``v{l}.{h}`` (GL): ``W_V → W_V M`` on its value outputs, ``A^-1`` on the matching input rows of
   ``attn.c_proj``.
+* Llama (rotary embeddings, grouped-query attention: query head ``h`` reads key/value head
+  ``g = h // (n_heads / n_kv_heads)``), one pair of groups per key/value head ``g``:
+  ``q{l}.{g}`` (``rotary``, head size): the query rows of every head of ``g`` get ``Mᵀ``, the key
+  rows of ``g`` get ``M⁻¹``. The scores read ``(R_m Mᵀ q)ᵀ (R_n M⁻¹ k) = qᵀ M R_{n−m} M⁻¹ k``, which
+  is ``qᵀ R_{n−m} k`` for every offset exactly when ``M`` commutes with the rotations ``R``: the
+  scaled rotations of each frequency's pair (:func:`theory.symmetry.rotary_matrix`), a scale
+  ``c`` and an angle per (key head, frequency), not the GL of GPT-2's heads.
+  ``v{l}.{g}`` (GL): ``v_proj``'s rows of ``g`` get ``Mᵀ``, ``o_proj``'s input columns of every
+  head of ``g`` get ``M⁻¹`` (values are not rotated).
 * a layer norm's gains and bias ``× c`` (``scale``, model width), the maps reading it ``÷ c`` on
   their inputs (:data:`NORM_READERS`; the final norm feeds the tied embeddings and is left alone).
 * ``unit.{l}`` (``scale``, MLP width; gated MLPs, :data:`GATED_UNITS`): ``down(act(gate x) ⊙ up x)``
@@ -38,7 +47,7 @@ from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
 from llm.lora import ADAPTER, base_layer, factor_maps, weight_of
-from theory.symmetry import Group, Side, SymmetrySpec
+from theory.symmetry import Group, Side, SymmetrySpec, rotary_matrix
 from theory.symmetry import sample as sample_group
 
 Element = Mapping[str, "torch.Tensor | float"]
@@ -89,15 +98,15 @@ def blocks(model: torch.nn.Module) -> list[str]:
 def gauge_spec(
     model: torch.nn.Module, attention: bool = True, layernorm: bool = True, units: bool = False
 ) -> GaugeSpec:
-    """Per block: ``q{l}.{h}`` and ``v{l}.{h}`` (GL on head ``h``; GPT-2 only) with ``attention``,
+    """Per block: ``q{l}.{h}`` and ``v{l}.{h}`` (per head, :data:`ATTENTION`) with ``attention``,
     one positive ``scale`` group per layer norm with ``layernorm``, and one over the MLP's units
     with ``units`` (gated MLPs only) (module docstring)."""
     cfg: Any = model.config  # its fields depend on the architecture (GPT-2 aliases hidden_size to n_embd)
     arch = cfg.model_type
     if arch not in NORM_READERS:
         raise ValueError(f"no gauges declared for model_type {arch!r}; known: {sorted(NORM_READERS)}")
-    if attention and arch != "gpt2":
-        raise ValueError("per-head attention gauges are declared for GPT-2's fused c_attn only")
+    if attention and arch not in ATTENTION:
+        raise ValueError(f"per-head attention gauges are declared for {sorted(ATTENTION)}, not {arch!r}")
     if units and arch not in GATED_UNITS:
         raise ValueError(f"per-unit MLP gauges are declared for gated MLPs ({sorted(GATED_UNITS)}), not {arch!r}")
     d = cfg.hidden_size
@@ -105,18 +114,9 @@ def gauge_spec(
     actions: list[Action] = []
     for l, block in enumerate(blocks(model)):
         if attention:
-            hd = d // cfg.n_head
-            for h in range(cfg.n_head):
-                head = (h * hd, (h + 1) * hd)
-                q, k, v = ((part * d + head[0], part * d + head[1]) for part in range(3))
-                groups[f"q{l}.{h}"] = Group("GL", hd)
-                groups[f"v{l}.{h}"] = Group("GL", hd)
-                actions += [
-                    Action(f"{block}.attn.c_attn", "out", f"q{l}.{h}", "A^T", q),
-                    Action(f"{block}.attn.c_attn", "out", f"q{l}.{h}", "A^-1", k),
-                    Action(f"{block}.attn.c_attn", "out", f"v{l}.{h}", "A^T", v),
-                    Action(f"{block}.attn.c_proj", "in", f"v{l}.{h}", "A^-1", head),
-                ]
+            head_groups, head_actions = ATTENTION[arch](cfg, block, l)
+            groups |= head_groups
+            actions += head_actions
         if layernorm:
             for norm, readers in NORM_READERS[arch]:
                 group = f"{norm.replace('_', '')}.{l}"
@@ -131,6 +131,56 @@ def gauge_spec(
                 Action(f"{block}.{down}", "in", f"unit.{l}", "A^-T"),
             ]
     return GaugeSpec(groups, tuple(actions))
+
+
+def _gpt2_heads(cfg: Any, block: str, l: int) -> tuple[dict[str, Group], list[Action]]:
+    """GL ``q{l}.{h}`` and ``v{l}.{h}`` per head of GPT-2's fused ``c_attn`` (module docstring)."""
+    d = cfg.hidden_size
+    hd = d // cfg.n_head
+    groups: dict[str, Group] = {}
+    actions: list[Action] = []
+    for h in range(cfg.n_head):
+        head = (h * hd, (h + 1) * hd)
+        q, k, v = ((part * d + head[0], part * d + head[1]) for part in range(3))
+        groups[f"q{l}.{h}"] = Group("GL", hd)
+        groups[f"v{l}.{h}"] = Group("GL", hd)
+        actions += [
+            Action(f"{block}.attn.c_attn", "out", f"q{l}.{h}", "A^T", q),
+            Action(f"{block}.attn.c_attn", "out", f"q{l}.{h}", "A^-1", k),
+            Action(f"{block}.attn.c_attn", "out", f"v{l}.{h}", "A^T", v),
+            Action(f"{block}.attn.c_proj", "in", f"v{l}.{h}", "A^-1", head),
+        ]
+    return groups, actions
+
+
+def _llama_heads(cfg: Any, block: str, l: int) -> tuple[dict[str, Group], list[Action]]:
+    """``rotary`` ``q{l}.{g}`` and GL ``v{l}.{g}`` per key/value head ``g`` of a Llama block, acting
+    on every query head that reads ``g`` (module docstring). Refuses a partial rotary embedding: its
+    unrotated dimensions have another group."""
+    if getattr(cfg, "partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(
+            f"attention gauges: partial_rotary_factor={cfg.partial_rotary_factor}; declared for a full rotary embedding"
+        )
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    n_kv = cfg.num_key_value_heads
+    rep = cfg.num_attention_heads // n_kv
+    attn = f"{block}.self_attn"
+    groups: dict[str, Group] = {}
+    actions: list[Action] = []
+    for g in range(n_kv):
+        kv, q, v = (g * hd, (g + 1) * hd), f"q{l}.{g}", f"v{l}.{g}"
+        groups[q] = Group("rotary", hd)
+        groups[v] = Group("GL", hd)
+        heads = [(h * hd, (h + 1) * hd) for h in range(g * rep, (g + 1) * rep)]
+        actions += [Action(f"{attn}.q_proj", "out", q, "A^T", head) for head in heads]
+        actions.append(Action(f"{attn}.k_proj", "out", q, "A^-1", kv))
+        actions.append(Action(f"{attn}.v_proj", "out", v, "A^T", kv))
+        actions += [Action(f"{attn}.o_proj", "in", v, "A^-1", head) for head in heads]
+    return groups, actions
+
+
+#: per architecture with per-head attention gauges: the function declaring a block's groups and actions
+ATTENTION = {"gpt2": _gpt2_heads, "llama": _llama_heads}
 
 
 # ---------------------------------------------------------------------------- elements
@@ -148,17 +198,31 @@ def sample(
     }
 
 
+#: the shape of a group's log coordinates, by kind: GL ``M = exp(X)``; scale ``c = exp(u)``; rotary
+#: ``(u, φ)`` per pair (:func:`theory.symmetry.rotary_matrix`)
+LOG_SHAPES = {"GL": lambda n: (n, n), "scale": lambda n: (n,), "rotary": lambda n: (2, n // 2)}
+
+
 def identity_logs(spec: GaugeSpec, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The identity in log coordinates (zeros; leaves to fit): GL ``M = exp(X)``, scale ``c = exp(u)``."""
+    """The identity in log coordinates (zeros; leaves to fit), shaped by :data:`LOG_SHAPES`."""
     return {
-        name: torch.zeros((g.size, g.size) if g.kind == "GL" else (g.size,), dtype=dtype, requires_grad=True)
+        name: torch.zeros(LOG_SHAPES[g.kind](g.size), dtype=dtype, requires_grad=True)
         for name, g in spec.groups.items()
     }
 
 
-def exp(logs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def exp(logs: dict[str, torch.Tensor], spec: GaugeSpec) -> dict[str, torch.Tensor]:
     """Group elements from :func:`identity_logs` coordinates (differentiable)."""
-    return {name: torch.linalg.matrix_exp(x) if x.ndim == 2 else torch.exp(x) for name, x in logs.items()}
+    out = {}
+    for name, x in logs.items():
+        kind = spec.groups[name].kind
+        if kind == "GL":
+            out[name] = torch.linalg.matrix_exp(x)
+        elif kind == "rotary":
+            out[name] = rotary_matrix(x[0], x[1])
+        else:
+            out[name] = torch.exp(x)
+    return out
 
 
 def side_matrix(value: torch.Tensor, side: Side) -> torch.Tensor:

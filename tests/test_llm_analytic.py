@@ -291,7 +291,7 @@ def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
     hidden = Hidden({(n, "input"): a for n, a in inputs.items()} | {(n, "output"): b for n, b in outputs.items()})
     grads = weight_gradients(model, batch_of(tok, pairs(examples), 32), layers)
     spec = gauge_spec(model)
-    identity = gauge_exp({n: x.detach().double() for n, x in gauge_logs(spec).items()})
+    identity = gauge_exp({n: x.detach().double() for n, x in gauge_logs(spec).items()}, spec)
     results = {}
     for label, element in (("identity", identity), ("random", sample_gauge(spec, gen, 0.7, torch.float64))):
         maps = gauge_maps(spec, element, layers)
@@ -453,7 +453,7 @@ def test_build_analytic_undo_gauge(tok) -> None:
     spec = gauge_spec(control, layernorm=False)  # gauge_maps needs disjoint slices per side
     twice = GaugeSpec(spec.groups, spec.actions + spec.actions[:1])
     with pytest.raises(ValueError, match="overlap"):
-        gauge_maps(twice, gauge_exp(gauge_logs(spec)), lora_layers(control))
+        gauge_maps(twice, gauge_exp(gauge_logs(spec), spec), lora_layers(control))
 
 
 def test_input_weighted_residual_is_the_output_energy_on_those_inputs(tok) -> None:

@@ -41,7 +41,7 @@ from tests.test_llm_analytic import (  # noqa: F401  (tok is a fixture)
     tok,
     undo_spec,
 )
-from tests.test_llm_gauges import tiny_llama
+from tests.test_llm_gauges import gqa_llama, tiny_llama
 from tests.test_llm_honesty import _compose
 
 VICTIM = UpdateSpec(lr=1e-2, batch_size=8, n_samples=8, max_len=32)
@@ -255,14 +255,49 @@ def test_a_model_and_its_attention_gauged_copy_have_one_canonical_form(tok, laye
     assert next_token_kl(control, c_gauged.model, tok, examples(), 32)["max"] <= 1e-9
 
 
-def test_llama_attention_is_left_alone(tok) -> None:
-    """Rotary embeddings: no attention gauge is declared for Llama, and the canonical form moves no
-    attention weight beyond the layer-norm gauge and the LoRA factorisation."""
-    model = lora_model(tok, "llama").double()
-    canon = canonicalize(model)
-    assert canon.attention == {} and canon.excess["attn"] == 0
-    with pytest.raises(ValueError, match="attention gauges"):
-        gauges.gauge_spec(model, attention=True)
+def test_a_gqa_llama_and_its_gauged_copy_have_one_canonical_form(tok) -> None:
+    """(c) on Llama (eq. 4 and eq. 3 per key/value head, grouped-query attention), with (a), (e) and
+    (b), float64: a GQA Llama moved by a random rotary query/key gauge, value/output gauge, norm and
+    unit gauges and a GL(r) change computes the same function and has the original's canonical
+    form; in it every frequency pair's query rows weigh what its key rows do, the key pairs' Gram
+    matrices are diagonal, and the victim's SGD step moves the probes as the original's canonical
+    form does, while the delivered copy's step does not."""
+    model = gqa_llama(tok, lora=True).double()
+    spec = gauges.gauge_spec(model, attention=True, layernorm=True, units=True)
+    moved = gauges.apply(
+        gl_change(copy.deepcopy(model), 1.0, 1),
+        spec,
+        gauges.sample(spec, torch.Generator().manual_seed(2), 1.0, torch.float64),
+    )
+    assert function_residual(model, moved, tok, examples(), 32)["max"] <= 1e-9
+    a, b = canonicalize(model), canonicalize(moved)
+    assert function_residual(moved, b.model, tok, examples(), 32)["max"] <= 1e-9
+    assert (
+        not a.skipped
+        and not b.skipped
+        and set(b.attention) == {f"{qv}{l}.{g}" for qv in "qv" for l in range(2) for g in range(2)}
+    )
+    weights = {n: p.detach() for n, p in a.model.named_parameters() if "lora_" not in n}
+    assert max_rel_gap({n: p.detach() for n, p in b.model.named_parameters() if "lora_" not in n}, weights) <= 1e-6
+    assert max_rel_gap(products(b.model), products(a.model)) <= 1e-6
+    assert b.excess["attn"] > 10 * a.excess["attn"] > 0
+    attn = b.model.base_model.model.model.layers[0].self_attn
+    wq, wk = effective(attn.q_proj)[0], effective(attn.k_proj)[0]  # no biases
+    for g, heads in ((0, (0, 1)), (1, (2, 3))):  # head size 8: pairs (j, j + 4)
+        q = torch.cat([wq[h * 8 : (h + 1) * 8] for h in heads], 1)
+        k = wk[g * 8 : (g + 1) * 8]
+        pair_sq = lambda x: (x[:4] ** 2).sum(1) + (x[4:] ** 2).sum(1)  # noqa: E731
+        assert torch.allclose(pair_sq(q), pair_sq(k), rtol=1e-8)
+        assert float((k[:4] * k[4:]).sum(1).abs().max()) <= 1e-8 * float(pair_sq(k).max())
+    targets = [(e.prompt, e.aligned) for e in examples()[:4]]
+    update = domain_data().update[:4]
+    step = UpdateSpec("sgd", 1e-2, 1, 4, params="adapter", max_len=32)
+    change = {
+        name: logprob_change(m, stepped(m, tok, update, step), tok, targets, 32)
+        for name, m in (("moved", moved), ("canon_moved", b.model), ("canon", a.model))
+    }
+    assert float((change["canon_moved"] - change["canon"]).abs().max()) <= 1e-6 * float(change["canon"].abs().max())
+    assert float((change["moved"] - change["canon"]).abs().max()) > 1e-3 * float(change["canon"].abs().max())
 
 
 def test_a_unit_gauged_llama_has_the_canonical_form_of_its_original(tok) -> None:

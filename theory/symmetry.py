@@ -25,10 +25,12 @@ import torch
 
 from theory.models import DTYPE, Net, Params
 
-GroupKind = Literal["GL", "O", "scale", "perm"]
+GroupKind = Literal["GL", "O", "scale", "perm", "rotary"]
 Side = Literal["A", "A^T", "A^-1", "A^-T"]
 
-#: Groups that commute with each activation, hence preserve the function exactly.
+#: Groups that commute with each activation, hence preserve the function exactly. (``rotary``, the
+#: scaled rotations of :func:`rotary_matrix`, is the group that commutes with a rotary position
+#: embedding rather than with an activation: transformers' attention gauges, :mod:`llm.gauges`.)
 #: GL/O: σ linear. scale (positive diagonal): σ positively homogeneous. perm: any σ.
 ADMISSIBLE: dict[str, tuple[GroupKind, ...]] = {
     "linear": ("GL", "O", "scale", "perm"),
@@ -42,6 +44,19 @@ ADMISSIBLE: dict[str, tuple[GroupKind, ...]] = {
 class Group:
     kind: GroupKind
     size: int
+
+
+def rotary_matrix(log_scale: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """The ``(n, n)`` scaled rotation acting on the pairs ``(j, j + n/2)`` (``n/2`` = the length of
+    ``log_scale`` and ``angle``) as multiplication by ``z_j = e^{u_j + iφ_j}``:
+
+        M = [[diag(a), −diag(b)], [diag(b), diag(a)]],   a = e^u cos φ,  b = e^u sin φ.
+
+    These commute with every rotation of the same pairs, so with a rotary position embedding that
+    rotates pair ``j`` by ``pos·θ_j`` (transformers' ``rotate_half`` layout); differentiable."""
+    r = torch.exp(log_scale)
+    a, b = torch.diag(r * torch.cos(angle)), torch.diag(r * torch.sin(angle))
+    return torch.cat([torch.cat([a, -b], 1), torch.cat([b, a], 1)], 0)
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,11 @@ def sample(spec: SymmetrySpec, generator: torch.Generator, scale: float = 1.0) -
             m = torch.eye(n, dtype=DTYPE)[torch.randperm(n, generator=generator)]
         elif group.kind == "scale":
             m = torch.diag(torch.exp(scale * torch.randn(n, generator=generator, dtype=DTYPE)))
+        elif group.kind == "rotary":  # scale as for ``scale``; the angle uniform
+            half = n // 2
+            log_scale = scale * torch.randn(half, generator=generator, dtype=DTYPE)
+            angle = (2 * torch.rand(half, generator=generator, dtype=DTYPE) - 1) * torch.pi
+            m = rotary_matrix(log_scale, angle)
         elif group.kind == "O":
             q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=DTYPE))
             m = q * torch.sign(torch.diagonal(r))

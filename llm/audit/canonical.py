@@ -34,14 +34,16 @@ point of the model's orbit under the moves below, the transformer counterpart of
     ``s Bᵀ G`` are exactly zero, so SGD and Adam leave them at zero and the step is that of the
     unpadded form. Signs: the largest-|·| entry of each row of ``A'`` is positive.
 
-(c) **Attention head gauges** (GPT-2; :mod:`llm.audit.attention`, eq. 3): each head's query/key
-    and value/output factors are put in the balanced form of their products ``Q̂ᵀK̂`` and ``O V̂``
-    (biases included), with the element applied to base weights, biases and LoRA factors alike.
-    (c) and (a) both move the columns of ``c_attn``, so they alternate, each pass minimising the
-    same total ``‖θ‖²`` over its own group, until a pass moves no element by more than
-    :data:`ROUND_TOL` (at most :data:`ROUNDS` passes); on GPT-2 this runs in float64 and the
-    result is cast back once. Llama's attention is left as it is (rotary embeddings: no attention
-    gauge is declared for it).
+(c) **Attention head gauges** (:mod:`llm.audit.attention`): GPT-2's heads (eq. 3): each head's
+    query/key and value/output factors are put in the balanced form of their products ``Q̂ᵀK̂``
+    and ``O V̂`` (biases included); Llama's (eq. 4): value/output as eq. 3 per key/value head,
+    query/key by the scaled rotations that commute with the rotary embedding, a scale balancing
+    each frequency pair's query rows against its key rows and a rotation fixed by the key rows.
+    The element is applied to base weights, biases and LoRA factors alike.
+    (c) and (a) both move the weights of the maps reading a norm, so they alternate, each pass
+    minimising the same total ``‖θ‖²`` over its own group, until a pass moves no element by more
+    than :data:`ROUND_TOL` (at most :data:`ROUNDS` passes); this runs in float64 and the result
+    is cast back once.
 
 (d) **Redundant FFN units** (GPT-2; :mod:`llm.audit.ffn_units`), first, as they change the MLPs'
     shapes: units with equal incoming weights and bias merged (outgoing summed), silent units
@@ -67,8 +69,9 @@ Reported:
 * the **function residual**: next-token KL between delivered and canonical
   (:func:`function_residual`, :func:`llm.evaluate.next_token_kl`).
 
-Not canonicalised here: Llama's attention gauges (rotary embeddings), its duplicate gated units,
-and the unit gauges' sign (a twin built in those keeps its excess there).
+Not canonicalised here: Llama's duplicate gated units and the unit gauges' sign (a twin built in
+those keeps its excess there), and the attention of architectures :data:`llm.gauges.ATTENTION`
+does not declare (e.g. Gemma's normalised queries and keys).
 """
 
 from __future__ import annotations
@@ -105,11 +108,11 @@ class Canonical:
     """``model``: the canonical copy; ``ranks``: the numerical rank of each LoRA module's
     ``s·B·A``; ``removed``: components dropped per module (delivered rank − numerical rank);
     ``norm_scales``: the scales ``c`` of eq. 1 per norm group and, for a gated MLP, per unit
-    group (e); ``excess``: the gauge
-    excess (module docstring); ``attention``: the head elements of eq. 3 per group (float64,
-    composed over the passes; empty for Llama); ``skipped``: rank-deficient heads left as they
-    are; ``rounds``: alternating passes run; ``units_removed``: redundant FFN units merged out per
-    MLP (step (d))."""
+    group (e); ``excess``: the gauge excess (module docstring); ``attention``: the head elements of
+    eqs. 3–4 per group (float64, composed over the passes); ``skipped``: heads not fully
+    canonicalised (rank-deficient GL heads, rotary pairs without a determined rotation);
+    ``rounds``: alternating passes run; ``units_removed``: redundant FFN units merged out per MLP
+    (step (d))."""
 
     model: PreTrainedModel
     ranks: dict[str, int]
@@ -263,8 +266,8 @@ def scale_specs(model: torch.nn.Module) -> dict[str, gauges.GaugeSpec]:
 
 
 def alternates(model: torch.nn.Module) -> bool:
-    """Whether the canonical form has two gauges moving one tensor axis (GPT-2's heads and norms on
-    ``c_attn``'s columns; a gated MLP's units and norms on ``up_proj``): then it alternates them,
+    """Whether the canonical form has two gauges that change each other's balance (heads and norms
+    on the attention maps, a gated MLP's units and norms on ``up_proj``): then it alternates them,
     in float64."""
     return attention.applies(model) or gated(model)
 

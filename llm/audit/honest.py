@@ -47,7 +47,9 @@ def random_gauge(
         lin_b.weight.copy_((factors.b.double() @ m).to(lin_b.weight.dtype))
         lin_a.weight.copy_(torch.linalg.solve(m, factors.a.double()).to(lin_a.weight.dtype))
     arch = gauged.config.model_type
-    spec = gauges.gauge_spec(gauged, attention=arch == "gpt2", layernorm=True, units=arch in gauges.GATED_UNITS)
+    spec = gauges.gauge_spec(
+        gauged, attention=arch in gauges.ATTENTION, layernorm=True, units=arch in gauges.GATED_UNITS
+    )
     gauges.apply(gauged, spec, gauges.sample(spec, generator, scale), adapter)
     return cast(PreTrainedModel, gauged)
 

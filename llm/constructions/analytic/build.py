@@ -279,7 +279,7 @@ def fit_gauge(c: Construction) -> Hidden:
         c.shipped, c.layers, c.grads, c.hidden_shapes(), c.undo_objective, c.lr, c.spec, c.progress
     )
     with torch.no_grad():
-        element = gauges.exp(logs)
+        element = gauges.exp(logs, gspec)
         maps = gauges.gauge_maps(gspec, element, c.layers)
         c.info["undo_residual_gauge_fit"] = float(
             c.residual(gauged_step_products(c.layers, c.grads, hidden, maps, c.lr), c.fitted)

@@ -138,7 +138,7 @@ def fit_gauged_undo(
     logs = gauges.identity_logs(gspec)
 
     def gauged(hidden: Hidden) -> torch.Tensor:
-        maps = gauges.gauge_maps(gspec, gauges.exp(logs), layers)
+        maps = gauges.gauge_maps(gspec, gauges.exp(logs, gspec), layers)
         return objective(gauged_step_products(layers, grads, hidden, maps, lr))
 
     return fit_undo(shapes, gauged, spec, progress, list(logs.values())), gspec, logs
