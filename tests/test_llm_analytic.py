@@ -270,11 +270,15 @@ def test_gauges_float64_exact_and_change_the_gradient(tok) -> None:
     assert abs(norms[0] - norms[1]) > 1e-3 * norms[0]  # an amplifier: same function, other gradient
 
 
-def test_gauged_closed_form_matches_the_victims_step(tok) -> None:
-    """float64: ship the twin in a random gauge (W̃ = R W K), add B = 0 and A = 0 components, take
-    the victim's real SGD step, read the adapter back (R⁻¹ W̃' K⁻¹): gauged_step_products gives it
-    exactly; with the identity gauge it is the ungauged twin's step; and the gauge changes it."""
-    model = tiny(tok).double()
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_gauged_closed_form_matches_the_victims_step(tok, arch) -> None:
+    """float64: ship the twin in a random gauge (W̃ = R W K; on Llama with grouped-query attention
+    the rotary query/key gauge), add B = 0 and A = 0 components, take the victim's real SGD step,
+    read the adapter back (R⁻¹ W̃' K⁻¹): gauged_step_products gives it exactly; with the identity
+    gauge it is the ungauged twin's step; and the gauge changes it."""
+    from tests.test_llm_gauges import gqa_llama
+
+    model = tiny(tok).double() if arch == "gpt2" else gqa_llama(tok, lora=True).double()
     lr, k, k_left = 0.5, 2, 2
     examples = [Example(p, r) for p, r in BENIGN[:8]]
     victim = UpdateSpec(lr=lr, batch_size=8, n_samples=8, max_len=32)
