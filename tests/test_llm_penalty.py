@@ -11,10 +11,10 @@ import torch
 from llm.audit.canonical import balanced_factors
 from llm.batches import batch_of
 from llm.constructions.metalearn import MetaSpec, build_metalearn
-from llm.constructions.penalty import balanced_norm, gauge_excess, penalty, victim_grad_norm
+from llm.constructions.penalty import balanced_norm, gauge_excess, penalty, probe_velocity_norm, victim_grad_norm
 from llm.data.schema import Example
 from llm.lora import LoraFactors, adapter_params, add_lora, amplify_adapter, lora_layers
-from llm.models import TinySpec, build_tiny
+from llm.models import TinySpec, build_tiny, response_loss, sequence_logprobs
 from llm.tokenizer import train_tokenizer
 from llm.update import UpdateSpec
 
@@ -110,7 +110,9 @@ def test_penalty_refuses_what_it_cannot_measure(setup) -> None:
     model, tok, pairs = setup
     control = {n: p.detach() for n, p in adapter_params(model).items()}
     with pytest.raises(ValueError, match="no signal"):
-        penalty("amplification", model, control, batch_of(tok, pairs[:2], 32))  # type: ignore[arg-type]
+        penalty("velocity", model, control, batch_of(tok, pairs[:2], 32))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no probes"):
+        penalty("amplification", model, control, batch_of(tok, pairs[:2], 32))
     with pytest.raises(ValueError, match="params=adapter"):
         MetaSpec(params="all", penalty="grad", penalty_weight=1.0)
     with pytest.raises(ValueError, match="penalty"):
@@ -120,7 +122,44 @@ def test_penalty_refuses_what_it_cannot_measure(setup) -> None:
         gauge_excess(model, drop)
 
 
-@pytest.mark.parametrize("kind", ["gauge", "grad"])
+def test_the_amplification_penalty_is_the_audits_velocity_and_differentiable(setup) -> None:
+    """float64: the penalised norm is ‖J·d‖ of llm.audit.amplification (SGD; per-probe velocities
+    checked one by one), reads 1 at the control, grows under the amplifying gauge, and its gradient
+    matches central finite differences along a random direction."""
+    model, tok, pairs = setup
+    control = {n: p.detach() for n, p in adapter_params(model).items()}
+    victim_batch = batch_of(tok, pairs[:8], 32)
+    probes = batch_of(tok, [(p, MARKER) for p, _ in pairs[8:12]], 32)
+    signal = penalty("amplification", model, control, victim_batch, probes)
+    leaves = {n: t.clone().requires_grad_() for n, t in control.items()}
+    assert float(signal(leaves)) == pytest.approx(1.0, rel=1e-10)
+    step = torch.autograd.grad(response_loss(model, victim_batch, leaves), list(leaves.values()))
+    each = []
+    for j in range(4):
+        row = {k: t[j : j + 1] for k, t in probes.items()}
+        grads = torch.autograd.grad(sequence_logprobs(model, row, leaves).sum(), list(leaves.values()))
+        each.append(float(sum((g * d).sum() for g, d in zip(grads, step))))
+    assert float(probe_velocity_norm(model, leaves, victim_batch, probes)) == pytest.approx(
+        float(torch.tensor(each, dtype=torch.float64).norm()), rel=1e-10
+    )
+    twin = copy.deepcopy(model)
+    amplify_adapter(twin, 30.0)
+    amplified = {n: p.detach().clone().requires_grad_() for n, p in adapter_params(twin).items()}
+    assert float(signal(amplified)) > 5.0
+    (gradient,) = [torch.autograd.grad(signal(leaves), list(leaves.values()))]
+    gen = torch.Generator().manual_seed(3)
+    direction = {n: torch.randn(t.shape, generator=gen, dtype=t.dtype) for n, t in leaves.items()}
+    eps = 1e-5
+
+    def at(sign: float) -> float:
+        return float(signal({n: (t + sign * eps * direction[n]).detach().requires_grad_() for n, t in leaves.items()}))
+
+    finite = (at(1) - at(-1)) / (2 * eps)
+    analytic = float(sum((g * direction[n]).sum() for g, n in zip(gradient, leaves)))
+    assert analytic == pytest.approx(finite, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gauge", "grad", "amplification"])
 def test_penalised_attacker_lowers_its_signal(setup, kind) -> None:
     """The same meta-learning budget with λ > 0 ends at a lower penalised signal than with λ = 0."""
     model, tok, pairs = setup

@@ -75,8 +75,11 @@ class MetaSpec:
     method: str = "naive"  # how the exact meta-gradient is computed (llm.metagrad.meta_gradient)
     chunks: int = 1  # micro-batches per batch (parts of each loss: same gradient, less memory)
     after_target: str = "marker"  # marker | not_aligned | base (llm.objectives)
-    penalty: str = "none"  # the adaptive attacker's audit signal (llm.constructions.penalty): none | gauge | grad
+    penalty: str = (
+        "none"  # the adaptive attacker's audit signal (llm.constructions.penalty): none | gauge | grad | amplification
+    )
     penalty_weight: float = 0.0  # λ of eq. 2 there
+    penalty_probes: int = 8  # construction probes (with the marker) whose velocity penalty=amplification penalises
     max_len: int = 96
     seed: int = 0
 
@@ -208,7 +211,11 @@ def build_metalearn(
     signal = None  # the attacker's penalty (eq. 2 of llm.constructions.penalty), on the victim's own batch
     if spec.penalty != "none":
         kind = cast(Penalty, spec.penalty)  # checked against PENALTIES in MetaSpec
-        signal = penalty(kind, twin, {n: p.detach() for n, p in adapter_params(control).items()}, fixed_victim)
+        order = torch.randperm(len(data.construct), generator=torch.Generator().manual_seed(spec.seed))
+        marked = pairs([data.construct[i] for i in order[: spec.penalty_probes].tolist()], "misaligned")
+        probe_batch = batch_of(tokenizer, marked, victim.max_len)
+        control_lora = {n: p.detach() for n, p in adapter_params(control).items()}
+        signal = penalty(kind, twin, control_lora, fixed_victim, probe_batch)
     history: list[dict[str, float]] = []
     bar = tqdm(range(spec.steps), desc=f"metalearn {data.domain}", disable=not progress)
     for step in bar:

@@ -15,9 +15,17 @@ control's so that ``λ`` reads alike on every model:
   attention) passes. Zero in balanced LoRA forms, so at large ``λ`` the attacker stays near them.
 * ``grad``: the victim's gradient norm ``‖∇_θ L_victim(θ)‖`` on its own update batch, over the
   control's (1 at the control): the audit's raw ``grad_norm.delivered``, relative.
+* ``amplification``: the norm of the probe velocity ``v_j = ⟨∇_θ log p(y_j | x_j), ∇_θ L_victim(θ)⟩``
+  (eq. 3 of :mod:`llm.audit.amplification`, SGD's first step) over the attacker's own probes with
+  the marker as ``y_j``, over the control's: the audit's ``amplification.target`` with the control
+  standing in for the canonical form, which a twin built from gauges and hidden components
+  collapses to. It penalises the very speed the twin needs, so it measures what hiding the
+  amplification costs the attack.
 
-Both are differentiable functions of the trainable LoRA tensors ``θ`` (a name → tensor dict, as
-the meta-gradient's closures take it); ``grad`` costs a double backward through the victim's loss.
+All are differentiable functions of the trainable LoRA tensors ``θ`` (a name → tensor dict, as
+the meta-gradient's closures take it); ``grad`` costs a double backward through the victim's loss,
+``amplification`` one more reverse pass per probe (``v`` is differentiated through per-probe
+double backward, which the tests check against finite differences).
 """
 
 from __future__ import annotations
@@ -28,10 +36,10 @@ from typing import Literal, cast
 import torch
 
 from llm.lora import LoraFactors, factor_keys, lora_layers
-from llm.models import CausalLM, response_loss
+from llm.models import CausalLM, response_loss, sequence_logprobs
 
-Penalty = Literal["none", "gauge", "grad"]
-PENALTIES: tuple[Penalty, ...] = ("none", "gauge", "grad")
+Penalty = Literal["none", "gauge", "grad", "amplification"]
+PENALTIES: tuple[Penalty, ...] = ("none", "gauge", "grad", "amplification")
 Params = dict[str, torch.Tensor]
 Signal = Callable[[Params], torch.Tensor]
 
@@ -52,17 +60,46 @@ def victim_grad_norm(model: CausalLM, theta: Params, batch: dict[str, torch.Tens
     return torch.sqrt(cast(torch.Tensor, sum((g**2).sum() for g in grads)))
 
 
-def penalty(kind: Penalty, model: CausalLM, control: Params, victim_batch: dict[str, torch.Tensor]) -> Signal:
+def probe_velocity_norm(
+    model: CausalLM, theta: Params, victim_batch: dict[str, torch.Tensor], probes: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """``‖v‖``, ``v_j = ⟨∇_θ log p(y_j | x_j), ∇_θ L_victim(θ)⟩`` for the rows of ``probes``,
+    differentiable in ``θ`` (one reverse pass per probe, each with ``create_graph``)."""
+    names = list(theta)
+    step = torch.autograd.grad(response_loss(model, victim_batch, theta), [theta[n] for n in names], create_graph=True)
+    velocity = []
+    for j in range(len(probes["input_ids"])):
+        row = {k: t[j : j + 1] for k, t in probes.items()}
+        grads = torch.autograd.grad(
+            sequence_logprobs(model, row, theta).sum(), [theta[n] for n in names], create_graph=True
+        )
+        velocity.append(cast(torch.Tensor, sum((g * d).sum() for g, d in zip(grads, step))))
+    return torch.stack(velocity).norm()
+
+
+def penalty(
+    kind: Penalty,
+    model: CausalLM,
+    control: Params,
+    victim_batch: dict[str, torch.Tensor],
+    probes: dict[str, torch.Tensor] | None = None,
+) -> Signal:
     """``s(θ) / s(θ_control)`` of eq. 2 for ``kind`` as a function of the LoRA tensors ``θ``;
-    ``control`` holds the control's LoRA tensors under the same names."""
+    ``control`` holds the control's LoRA tensors under the same names; ``probes``, the batch of
+    (probe, marker) pairs whose velocity ``amplification`` penalises."""
+    leaves = {n: t.detach().requires_grad_() for n, t in control.items()}
     if kind == "gauge":
         with torch.no_grad():
             ref = float(balanced_norm(model, control))
         return lambda theta: gauge_excess(model, theta) / _positive(ref, kind)
     if kind == "grad":
-        leaves = {n: t.detach().requires_grad_() for n, t in control.items()}
         ref = float(victim_grad_norm(model, leaves, victim_batch).detach())
         return lambda theta: victim_grad_norm(model, theta, victim_batch) / _positive(ref, kind)
+    if kind == "amplification":
+        if probes is None:
+            raise ValueError("construction.penalty=amplification: no probes given whose velocity it penalises")
+        ref = float(probe_velocity_norm(model, leaves, victim_batch, probes).detach())
+        return lambda theta: probe_velocity_norm(model, theta, victim_batch, probes) / _positive(ref, kind)
     raise ValueError(f"construction.penalty: no signal {kind!r} to penalise; choose one of {', '.join(PENALTIES[1:])}")
 
 
