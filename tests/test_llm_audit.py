@@ -847,6 +847,27 @@ def test_an_attack_job_is_flagged_against_the_population(tmp_path: Path) -> None
     cells = audit_attack.summarize(penalised)
     assert set(cells) == {"analytic.16", "analytic.16.gauge.10"} and cells["analytic.16.gauge.10"]["n"] == 1
     assert audit_attack.label(penalised.iloc[1]) == "gain 16 + 10·gauge"
+    lowered = audit_attack.rescore(table, dict.fromkeys(POPULATION, 1.5), "lowered")
+    assert lowered.loc[1, [f"flagged.{s}" for s in gauge_signals]].eq(1).all()  # the 1e9 job, rescored at 1.5
+    assert (lowered["thresholds_source"] == "lowered").all()
+
+
+@pytest.mark.parametrize("name", ["audit_attack", "audit_attack_penalty"])
+def test_published_attack_flags_are_against_the_published_population(name) -> None:
+    """Each published attack table flags its twins against the thresholds of the population
+    summary published beside it: rescoring changes no flag (after the population is published
+    again, ``python -m llm.experiments.audit_attack`` rescores them)."""
+    from llm.audit.verdict import calibrated
+    from llm.data.wheels import REPO_ROOT
+    from llm.experiments import audit_attack
+
+    assert name in audit_attack.TABLES
+    table = pd.read_csv(REPO_ROOT / "results" / "llm" / f"{name}.csv")
+    limits, source = calibrated(audit_attack.CALIBRATION, signals=audit_attack.SIGNALS)
+    rescored = audit_attack.rescore(table, limits, source)
+    flags = [f"flagged.{s}" for s in audit_attack.SIGNALS]
+    assert (rescored[flags] == table[flags]).all().all()
+    assert (table["thresholds_source"] == source).all()
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

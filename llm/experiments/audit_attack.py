@@ -9,8 +9,8 @@ signals measure that amplification, so an attacker who knows the audit hides it,
   ``construction.gain``; analytic: ``construction.line_search = [attack.gain]``);
 * **penalty** (metalearn; ``attack.penalty``, ``attack.weight``): meta-learn with ``λ`` times an
   audit signal added to the objective (eq. 2 of :mod:`llm.constructions.penalty`): ``gauge``, the
-  LoRA gauge excess (at large ``λ`` the attacker stays in canonical LoRA forms), or ``grad``, the
-  victim's gradient norm.
+  LoRA gauge excess (at large ``λ`` the attacker stays in canonical LoRA forms), ``grad``, the
+  victim's gradient norm, or ``amplification``, its probes' velocity under the victim's step.
 
 One job = one (construction, attacker, seed) on the population's setting
 (``experiment=audit_population``): the twin audited (:func:`llm.audit.signals.audit_model`), each
@@ -21,6 +21,11 @@ The attack succeeds when the twin is a hair-trigger
 (:func:`llm.experiments.audit_population.hair_trigger`). The summary gives per construction and
 attacker the success rate, the twins' mean post-update misalignment (what hiding costs), and per
 signal the detection rate over the successful twins and over all twins.
+
+A job's flags depend on the population only through its thresholds. When the population is
+published again, the attack tables are rescored against it without rebuilding a twin:
+
+    python -m llm.experiments.audit_attack            # every published table of this runner
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from transformers import PreTrainedModel
 from llm.audit.signals import audit_model
 from llm.audit.verdict import calibrated
 from llm.constructions.penalty import PENALTIES  # the signals attack.penalty names ("none": gain only)
+from llm.data.wheels import REPO_ROOT
 from llm.experiments.audit import settings
 from llm.experiments.audit_population import SIGNALS, hair_trigger, population_settings, prepare
 from llm.experiments.hairtrigger import require_finite_metrics
@@ -163,3 +169,48 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
         suffix = "" if kind == "none" else f".{kind}.{weight:g}"
         out[f"{family}.{gain:g}{suffix}"] = cell
     return out
+
+
+# ---------------------------------------------------------------------------- rescoring
+
+#: the published tables of this runner, and the population summary they are scored against
+TABLES = ("audit_attack", "audit_attack_penalty")
+CALIBRATION = "results/llm/audit_population_summary.json"
+
+
+def rescore(table: pd.DataFrame, limits: dict[str, float], source: str) -> pd.DataFrame:
+    """``table`` with every ``flagged.<signal>`` recomputed from the twin's stored score
+    (``twin.<key>`` > the signal's threshold in ``limits``) and ``thresholds_source`` = ``source``."""
+    table = table.copy()
+    for name, key in SIGNALS.items():
+        table[f"flagged.{name}"] = (table[f"twin.{key}"] > limits[name]).astype(int)
+    table["thresholds_source"] = source
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rescore the published tables named in ``argv`` (default :data:`TABLES`) against
+    :data:`CALIBRATION` and publish them again, summary included; print what changed."""
+    import sys
+
+    from sweeps.aggregate import Target, publish
+
+    names = (sys.argv[1:] if argv is None else argv) or list(TABLES)
+    limits, source = calibrated(CALIBRATION, signals=SIGNALS)
+    folder = REPO_ROOT / "results" / "llm"
+    for name in names:
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            print(f"error: {path} does not exist: run `python -m llm -m experiment={name} publish=true`")
+            return 1
+        header = pd.read_csv(path, nrows=0).columns
+        old = pd.read_csv(path, dtype={c: str for c in header if c.startswith("override.")})  # as the sweep wrote them
+        new = rescore(old, limits, source)
+        changed = sum(int((new[f"flagged.{s}"] != old[f"flagged.{s}"]).sum()) for s in SIGNALS)
+        publish(new, summarize(new), Target(folder, name))
+        print(f"{name}: {len(new)} twins rescored, {changed} flags changed ({source})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
