@@ -45,9 +45,9 @@ point of the model's orbit under the moves below, the transformer counterpart of
     than :data:`ROUND_TOL` (at most :data:`ROUNDS` passes); this runs in float64 and the result
     is cast back once.
 
-(d) **Redundant FFN units** (GPT-2; :mod:`llm.audit.ffn_units`), first, as they change the MLPs'
-    shapes: units with equal incoming weights and bias merged (outgoing summed), silent units
-    removed; cancelling pairs vanish.
+(d) **Redundant FFN units** (GPT-2 and Llama; :mod:`llm.audit.ffn_units`), first, as they
+    change the MLPs' shapes: units with equal incoming weights and bias (gated: equal gate rows
+    and parallel up rows) merged, outgoing combined, silent units removed; cancelling pairs vanish.
 
 (e) **Gated-MLP units** (Llama; the ``unit`` gauge of :mod:`llm.gauges`): up row ``i`` ``× c_i``,
     down column ``i`` ``÷ c_i``, balanced as in eq. 1 with the effective up row (and bias) on one
@@ -69,9 +69,10 @@ Reported:
 * the **function residual**: next-token KL between delivered and canonical
   (:func:`function_residual`, :func:`llm.evaluate.next_token_kl`).
 
-Not canonicalised here: Llama's duplicate gated units and the unit gauges' sign (a twin built in
-those keeps its excess there), and the attention of architectures :data:`llm.gauges.ATTENTION`
-does not declare (e.g. Gemma's normalised queries and keys).
+Not canonicalised here: the sign of a gated unit (up row and down column both negated; an
+isometry, which commutes with SGD's and Adam's steps and so cannot amplify one), and the attention
+of architectures :data:`llm.gauges.ATTENTION` does not declare (e.g. Gemma's normalised queries
+and keys: a twin built there keeps its excess there).
 """
 
 from __future__ import annotations

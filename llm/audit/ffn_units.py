@@ -1,4 +1,4 @@
-"""Redundant FFN units merged out of GPT-2 MLPs: step (d) of the canonical form.
+"""Redundant FFN units merged out of GPT-2 and Llama MLPs: step (d) of the canonical form.
 
 A GPT-2 MLP computes ``Σ_j v_j gelu(u_j·x + b_j)`` (:mod:`llm.mlp_units`; ``u_j``, ``v_j`` the
 effective weights, LoRA updates included). Two units with the same ``(u_j, b_j)`` compute the
@@ -9,24 +9,31 @@ row kept) and then removing silent units keeps the function. The cancelling pair
 :mod:`llm.constructions.analytic.ffn_pairs` (``(u, b)`` twice, outgoing ``±v``) merge into one
 silent unit and vanish, with the amplification they would give the victim's step.
 
-"Equal" is to ``rtol`` of the larger ``‖(u_j, b_j)‖`` of the two, and "silent" to ``rtol`` of the
+A gated MLP (Llama) computes ``Σ_j v_j silu(g_j·x)(w_j·x)``, linear in each up row ``w_j``: two
+units with the same gate row and parallel up rows, ``w_k = α w_j``, compute ``silu(g·x)(w_j·x)``
+times ``v_j + α v_k``, so they merge into unit ``j`` with that down column (the base columns of
+``down_proj`` and the columns of its LoRA ``A`` combined alike); a unit with a zero gate row
+(``silu(0) = 0``), a zero up row or a zero merged down column is silent and removed. A cancelling
+pair (``(g, w)`` and ``(g, α w)`` with down columns ``v`` and ``−v/α``) vanishes.
+
+"Equal" is to ``rtol`` of the larger ``‖(u_j, b_j)‖`` of the two (gated: of the larger gate row,
+and up rows whose directions, sign fixed, are that close), and "silent" to ``rtol`` of the
 largest merged outgoing ``‖v‖``: a trained MLP has no two units that close, so an honest model
 loses nothing; the function is kept up to that tolerance (a copied unit is equal to rounding, a
 cancelling pair sums to exactly zero). Units perturbed apart by more than ``rtol`` are not merged.
 Unlike steps (a)–(c), (d) is not a minimisation of ``‖θ‖²``: merged outgoing weights add, so the
 reported change ``ffn`` can be negative when they point the same way.
 
-Not covered: Llama's gated MLPs (``act(g_j·x)(w_j·x)``: equal ``(g_j, w_j)`` merge the same way,
-and ``(w_j, v_j) → (c w_j, v_j / c)`` is a further gauge), and units that are constant
-(``u_j = 0``), whose output belongs in ``c_proj``'s bias.
+Not covered: units that are constant (``u_j = 0``), whose output belongs in ``c_proj``'s bias.
 """
 
 from __future__ import annotations
 
 import torch
 
+from llm.gauges import blocks
 from llm.lora import ADAPTER
-from llm.mlp_units import MlpUnits, effective_units, gpt2_blocks
+from llm.mlp_units import GatedUnits, MlpUnits, effective_units
 
 #: tolerance of "equal" and "silent", relative to the block's largest unit (float32 rounding of a
 #: copied unit is zero; of a trained unit's distance to its nearest other, order one)
@@ -83,21 +90,74 @@ def merge_block(block: torch.nn.Module, adapter: str = ADAPTER, rtol: float = RT
     return len(units) - len(new), before - after, after
 
 
+def _directions(rows: torch.Tensor) -> torch.Tensor:
+    """Each row over its norm, signed so that its largest-|·| entry is positive (zero rows stay zero)."""
+    norms = rows.norm(dim=1, keepdim=True)
+    unit = torch.where(norms > 0, rows / norms.clamp_min(1e-300), 0.0)
+    lead = unit.gather(1, unit.abs().argmax(dim=1, keepdim=True))
+    return unit * torch.where(lead < 0, -1.0, 1.0)
+
+
+def _gated_norm_sq(units: GatedUnits) -> float:
+    parts = [units.gate, units.up, units.down, units.gate_lora_b, units.up_lora_b, units.down_lora_a]
+    return sum(float((t.detach().double() ** 2).sum()) for t in parts if t is not None)
+
+
+@torch.no_grad()
+def merge_gated_block(block: torch.nn.Module, adapter: str = ADAPTER, rtol: float = RTOL) -> tuple[int, float, float]:
+    """Merge units with equal gate rows and parallel up rows, and remove silent ones, in one gated
+    MLP, in place (module docstring): the units removed, the decrease of the MLP's ``‖θ‖²`` and its
+    value after."""
+    units = GatedUnits.of(block, adapter)
+    g, w, v = units.effective(block, adapter)
+    groups = unit_groups(torch.cat([g, _directions(w)], 1), rtol)
+    # per group: the first unit j and each member's α_k = w_k·w_j / ‖w_j‖² (1 for j itself)
+    alphas = [(w[grp] @ w[grp[0]]) / (w[grp[0]] @ w[grp[0]]).clamp_min(1e-300) for grp in groups]
+    merged_v = torch.stack([a @ v[grp] for a, grp in zip(alphas, groups)]).norm(dim=1)
+    live = (g[[grp[0] for grp in groups]].norm(dim=1) > 0) & (w[[grp[0] for grp in groups]].norm(dim=1) > 0)
+    keep = [i for i, m in enumerate(merged_v.tolist()) if m > rtol * float(merged_v.max()) and live[i]] or [0]
+    before = _gated_norm_sq(units)
+    if len(keep) == len(units):
+        return 0, 0.0, before
+    rows = [groups[i][0] for i in keep]
+
+    def combine(t: torch.Tensor) -> torch.Tensor:  # columns of (·, n): Σ_k α_k t[:, k] per kept group
+        return torch.stack([t[:, groups[i]] @ alphas[i].to(t.dtype) for i in keep], 1)
+
+    new = GatedUnits(
+        units.gate[rows],
+        units.up[rows],
+        combine(units.down),
+        None if units.gate_lora_b is None else units.gate_lora_b[rows],
+        None if units.up_lora_b is None else units.up_lora_b[rows],
+        None if units.down_lora_a is None else combine(units.down_lora_a),
+    )
+    new.write(block, adapter)
+    after = _gated_norm_sq(new)
+    return len(units) - len(new), before - after, after
+
+
 def merge_units(
     model: torch.nn.Module, adapter: str = ADAPTER, rtol: float = RTOL
 ) -> tuple[dict[str, int], dict[str, float]]:
-    """:func:`merge_block` on every block of a GPT-2 model, in place (other architectures: nothing
-    done). Returns the units removed per block and the excess parts ``ffn:<block>.mlp`` (the
-    decrease of ``‖θ‖²``) and ``ffn_canonical:<block>.mlp`` (its value after)."""
-    if getattr(getattr(model, "config", None), "model_type", None) != "gpt2":
+    """:func:`merge_block` on every block of a GPT-2 model, :func:`merge_gated_block` on every block
+    of a Llama, in place (other architectures: nothing done). Returns the units removed per block
+    and the excess parts ``ffn:<block>.mlp`` (the decrease of ``‖θ‖²``) and
+    ``ffn_canonical:<block>.mlp`` (its value after)."""
+    arch = getattr(getattr(model, "config", None), "model_type", None)
+    if arch not in ("gpt2", "llama"):
         return {}, {}
+    names = blocks(model)
+    modules = [model.get_submodule(name) for name in names]
+    merge = merge_block if arch == "gpt2" else merge_gated_block
+    count = (lambda b: len(MlpUnits.of(b, adapter))) if arch == "gpt2" else (lambda b: len(GatedUnits.of(b, adapter)))
     removed: dict[str, int] = {}
     parts: dict[str, float] = {}
-    blocks = gpt2_blocks(model)
-    for i, block in enumerate(blocks):
-        name = f"transformer.h.{i}.mlp"
-        removed[name], parts[f"ffn:{name}"], parts[f"ffn_canonical:{name}"] = merge_block(block, adapter, rtol)
-    sizes = {len(MlpUnits.of(block, adapter)) for block in blocks}
+    for name, block in zip(names, modules):
+        short = name.removeprefix("base_model.model.")
+        key = f"{short}.mlp"
+        removed[key], parts[f"ffn:{key}"], parts[f"ffn_canonical:{key}"] = merge(block, adapter, rtol)
+    sizes = {count(block) for block in modules}
     if any(removed.values()) and len(sizes) == 1:  # one width for every block: the config says it
-        model.config.n_inner = sizes.pop()  # type: ignore[union-attr]
+        setattr(model.config, "n_inner" if arch == "gpt2" else "intermediate_size", sizes.pop())
     return removed, parts
