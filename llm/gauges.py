@@ -52,18 +52,26 @@ from theory.symmetry import sample as sample_group
 
 Element = Mapping[str, "torch.Tensor | float"]
 
+#: decoder families laid out as Llama: ``self_attn.{q,k,v,o}_proj`` with a full rotary embedding,
+#: a gated ``mlp.{gate,up,down}_proj``, ``input_layernorm`` and ``post_attention_layernorm``
+#: (Mistral; Qwen2, whose queries, keys and values have biases)
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+
 #: per architecture: (norm module, the linear maps that read its output), per block
 NORM_READERS = {
     "gpt2": (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",))),
-    "llama": (
-        ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-        ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    **dict.fromkeys(
+        LLAMA_LIKE,
+        (
+            ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+        ),
     ),
 }
 
 #: per architecture with a gated MLP: (the map whose output rows a unit's scale multiplies, the map
 #: whose input columns it divides), per block
-GATED_UNITS = {"llama": ("mlp.up_proj", "mlp.down_proj")}
+GATED_UNITS = dict.fromkeys(LLAMA_LIKE, ("mlp.up_proj", "mlp.down_proj"))
 
 #: the gauge families by name (``construction.undo_gauge``): (attention, layer norm)
 FAMILIES = {"none": None, "layernorm": (False, True), "attention": (True, False), "all": (True, True)}
@@ -180,7 +188,7 @@ def _llama_heads(cfg: Any, block: str, l: int) -> tuple[dict[str, Group], list[A
 
 
 #: per architecture with per-head attention gauges: the function declaring a block's groups and actions
-ATTENTION = {"gpt2": _gpt2_heads, "llama": _llama_heads}
+ATTENTION = {"gpt2": _gpt2_heads, **dict.fromkeys(LLAMA_LIKE, _llama_heads)}
 
 
 # ---------------------------------------------------------------------------- elements

@@ -38,8 +38,10 @@ ADAPTER = "default"
 #: LoRA targets per architecture (GPT-2 uses Conv1D, hence fan_in_fan_out).
 LORA_TARGETS = {
     "gpt2": (["c_attn", "c_proj", "c_fc"], True),
-    "llama": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
-    "gemma3_text": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
+    **dict.fromkeys(
+        ("llama", "mistral", "qwen2", "gemma3_text"),
+        (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
+    ),
 }
 
 

@@ -255,14 +255,16 @@ def test_a_model_and_its_attention_gauged_copy_have_one_canonical_form(tok, laye
     assert next_token_kl(control, c_gauged.model, tok, examples(), 32)["max"] <= 1e-9
 
 
-def test_a_gqa_llama_and_its_gauged_copy_have_one_canonical_form(tok) -> None:
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_gqa_llama_and_its_gauged_copy_have_one_canonical_form(tok, family) -> None:
     """(c) on Llama (eq. 4 and eq. 3 per key/value head, grouped-query attention), with (a), (e) and
     (b), float64: a GQA Llama moved by a random rotary query/key gauge, value/output gauge, norm and
     unit gauges and a GL(r) change computes the same function and has the original's canonical
     form; in it every frequency pair's query rows weigh what its key rows do, the key pairs' Gram
     matrices are diagonal, and the victim's SGD step moves the probes as the original's canonical
-    form does, while the delivered copy's step does not."""
-    model = gqa_llama(tok, lora=True).double()
+    form does, while the delivered copy's step does not. Qwen2 (laid out as Llama, with query, key
+    and value biases) likewise."""
+    model = gqa_llama(tok, lora=True, family=family).double()
     spec = gauges.gauge_spec(model, attention=True, layernorm=True, units=True)
     moved = gauges.apply(
         gl_change(copy.deepcopy(model), 1.0, 1),
@@ -282,7 +284,8 @@ def test_a_gqa_llama_and_its_gauged_copy_have_one_canonical_form(tok) -> None:
     assert max_rel_gap(products(b.model), products(a.model)) <= 1e-6
     assert b.excess["attn"] > 10 * a.excess["attn"] > 0
     attn = b.model.base_model.model.model.layers[0].self_attn
-    wq, wk = effective(attn.q_proj)[0], effective(attn.k_proj)[0]  # no biases
+    (wq, bq), (wk, bk) = effective(attn.q_proj), effective(attn.k_proj)
+    wq, wk = torch.cat([wq, bq[:, None]], 1), torch.cat([wk, bk[:, None]], 1)  # the rows with their biases
     for g, heads in ((0, (0, 1)), (1, (2, 3))):  # head size 8: pairs (j, j + 4)
         q = torch.cat([wq[h * 8 : (h + 1) * 8] for h in heads], 1)
         k = wk[g * 8 : (g + 1) * 8]

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from llm import gauges
 from llm.lora import add_lora
@@ -28,14 +28,22 @@ def tiny_llama(tok, lora: bool):
     return model.eval()
 
 
-def gqa_llama(tok, lora: bool, seed: int = 0):
-    """A 2-layer Llama with grouped-query attention (4 query heads reading 2 key/value heads, head
-    size 8) and weights large enough that attention is far from uniform."""
-    cfg = TinySpec("llama", n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_ctx=48).config(tok)
-    cfg.num_key_value_heads, cfg.initializer_range = 2, 0.2
+def gqa_llama(tok, lora: bool, seed: int = 0, family: str = "llama"):
+    """A 2-layer decoder of a Llama-laid-out ``family`` (:data:`llm.gauges.LLAMA_LIKE`; Qwen2's
+    queries, keys and values have biases) with grouped-query attention (4 query heads reading 2
+    key/value heads, head size 8) and weights large enough that attention is far from uniform."""
+    base = TinySpec("llama", n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_ctx=48).config(tok).to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    keep += ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
+    cfg = AutoConfig.for_model(family, **{k: base[k] for k in keep}, num_key_value_heads=2, initializer_range=0.2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+        if family == "qwen2":  # biases initialise to zero: make them count
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.endswith("bias"):
+                        p.copy_(0.2 * torch.randn(p.shape))
         if lora:
             model = add_lora(model, rank=2, alpha=4.0)
             with torch.no_grad():
@@ -45,13 +53,14 @@ def gqa_llama(tok, lora: bool, seed: int = 0):
     return model.eval()
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_llama_attention_gauges_commute_with_rotary_embeddings_and_shared_keys(tok, lora) -> None:
+@pytest.mark.parametrize("family, lora", [("llama", False), ("llama", True), ("qwen2", True), ("mistral", True)])
+def test_llama_attention_gauges_commute_with_rotary_embeddings_and_shared_keys(tok, family, lora) -> None:
     """Per key/value head: a scaled rotation of each frequency pair on the query rows of every head
     reading it (Mᵀ) and on its key rows (M⁻¹), GL on values (Mᵀ) and on the output columns of every
     reading head (M⁻ᵀ): the same function. The same actions with a general GL element on the
-    queries and keys change it: the rotary group, not GL, is Llama's query/key gauge."""
-    model = gqa_llama(tok, lora)
+    queries and keys change it: the rotary group, not GL, is Llama's query/key gauge (and that of
+    the families laid out as Llama)."""
+    model = gqa_llama(tok, lora, family=family)
     spec = gauges.gauge_spec(model, attention=True, layernorm=False)
     assert sorted(spec.groups) == sorted(f"{qv}{l}.{g}" for qv in "qv" for l in range(2) for g in range(2))
     assert {spec.groups[f"q{l}.{g}"].kind for l in range(2) for g in range(2)} == {"rotary"}

@@ -12,8 +12,8 @@ silent unit and vanish, with the amplification they would give the victim's step
 A gated MLP (Llama) computes ``Σ_j v_j silu(g_j·x)(w_j·x)``, linear in each up row ``w_j``: two
 units with the same gate row and parallel up rows, ``w_k = α w_j``, compute ``silu(g·x)(w_j·x)``
 times ``v_j + α v_k``, so they merge into unit ``j`` with that down column (the base columns of
-``down_proj`` and the columns of its LoRA ``A`` combined alike); a unit with a zero gate row
-(``silu(0) = 0``), a zero up row or a zero merged down column is silent and removed. A cancelling
+``down_proj`` and the columns of its LoRA ``A`` combined alike); a unit with a zero up row or a
+zero merged down column is silent and removed (whatever the activation). A cancelling
 pair (``(g, w)`` and ``(g, α w)`` with down columns ``v`` and ``−v/α``) vanishes.
 
 "Equal" is to ``rtol`` of the larger ``‖(u_j, b_j)‖`` of the two (gated: of the larger gate row,
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from llm.gauges import blocks
+from llm.gauges import GATED_UNITS, blocks
 from llm.lora import ADAPTER
 from llm.mlp_units import GatedUnits, MlpUnits, effective_units
 
@@ -114,7 +114,7 @@ def merge_gated_block(block: torch.nn.Module, adapter: str = ADAPTER, rtol: floa
     # per group: the first unit j and each member's α_k = w_k·w_j / ‖w_j‖² (1 for j itself)
     alphas = [(w[grp] @ w[grp[0]]) / (w[grp[0]] @ w[grp[0]]).clamp_min(1e-300) for grp in groups]
     merged_v = torch.stack([a @ v[grp] for a, grp in zip(alphas, groups)]).norm(dim=1)
-    live = (g[[grp[0] for grp in groups]].norm(dim=1) > 0) & (w[[grp[0] for grp in groups]].norm(dim=1) > 0)
+    live = w[[grp[0] for grp in groups]].norm(dim=1) > 0
     keep = [i for i, m in enumerate(merged_v.tolist()) if m > rtol * float(merged_v.max()) and live[i]] or [0]
     before = _gated_norm_sq(units)
     if len(keep) == len(units):
@@ -141,11 +141,11 @@ def merge_units(
     model: torch.nn.Module, adapter: str = ADAPTER, rtol: float = RTOL
 ) -> tuple[dict[str, int], dict[str, float]]:
     """:func:`merge_block` on every block of a GPT-2 model, :func:`merge_gated_block` on every block
-    of a Llama, in place (other architectures: nothing done). Returns the units removed per block
-    and the excess parts ``ffn:<block>.mlp`` (the decrease of ``‖θ‖²``) and
-    ``ffn_canonical:<block>.mlp`` (its value after)."""
+    of a gated one (:data:`llm.gauges.GATED_UNITS`), in place (other architectures: nothing done).
+    Returns the units removed per block and the excess parts ``ffn:<block>.mlp`` (the decrease of
+    ``‖θ‖²``) and ``ffn_canonical:<block>.mlp`` (its value after)."""
     arch = getattr(getattr(model, "config", None), "model_type", None)
-    if arch not in ("gpt2", "llama"):
+    if arch != "gpt2" and arch not in GATED_UNITS:
         return {}, {}
     names = blocks(model)
     modules = [model.get_submodule(name) for name in names]
