@@ -922,3 +922,33 @@ def test_a_random_move_has_the_given_length_along_the_trained_tensors(tok) -> No
         if params == "adapter":  # the base weights stay where they were
             fixed = {n: p for n, p in view.named_parameters() if n not in moved_tensors(view, params)}
             assert all(torch.equal(p, fixed[n]) for n, p in moved.named_parameters() if n in fixed)
+
+
+@pytest.mark.slow
+def test_smollm2_canonical_form_keeps_the_function() -> None:
+    """SmolLM2-135M-Instruct (30 blocks, 9 query heads on 3 key/value heads) with a LoRA adapter
+    (B ≠ 0), moved by a random rotary/value attention gauge, norm gauge and unit gauge: the canonical
+    form computes the delivered function (next-token KL ≤ 1e-6 in float32), balances every head
+    (none skipped) and removes no unit of the pretrained MLPs."""
+    from tests.test_llm_models import _smollm2_available
+
+    reason = _smollm2_available()
+    if reason:
+        pytest.skip(reason)
+    from llm.lora import add_lora
+    from llm.pretrained import load_pretrained
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model, tok = load_pretrained("smollm2")
+    torch.manual_seed(0)
+    model = add_lora(model, rank=4, alpha=8.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.01 * torch.randn(p.shape))
+    spec = gauges.gauge_spec(model, attention=True, layernorm=True, units=True)
+    gauges.apply(model, spec, gauges.sample(spec, torch.Generator().manual_seed(1), 0.5))
+    canon = canonicalize(model)
+    assert not canon.skipped and sum(canon.units_removed.values()) == 0
+    assert canon.excess["attn"] > 0 and canon.excess["norm"] > 0 and canon.excess["unit"] > 0
+    assert function_residual(model, canon.model, tok, examples(), 64)["max"] <= 1e-6
