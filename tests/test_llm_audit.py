@@ -952,3 +952,16 @@ def test_smollm2_canonical_form_keeps_the_function() -> None:
     assert not canon.skipped and sum(canon.units_removed.values()) == 0
     assert canon.excess["attn"] > 0 and canon.excess["norm"] > 0 and canon.excess["unit"] > 0
     assert function_residual(model, canon.model, tok, examples(), 64)["max"] <= 1e-6
+
+
+def test_the_audit_refuses_an_architecture_without_declared_symmetries() -> None:
+    """A checkpoint whose symmetries llm.gauges does not declare (Gemma 3: normalised queries and
+    keys, gains ``1 + w``) is refused in one line naming ``model``; the declared ones pass."""
+    from types import SimpleNamespace
+
+    from llm.experiments.audit import require_declared
+
+    with pytest.raises(ConfigError, match="model.*gemma3_text"):
+        require_declared(SimpleNamespace(config=SimpleNamespace(model_type="gemma3_text")))  # type: ignore[arg-type]
+    for arch in ("gpt2", "llama", "mistral", "qwen2"):
+        require_declared(SimpleNamespace(config=SimpleNamespace(model_type=arch)))  # type: ignore[arg-type]

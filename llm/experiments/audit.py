@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm import gauges
 from llm.audit.canonical import Canonical
 from llm.audit.checkpoint import load_adapter
 from llm.audit.neutralise import logprob_change, stepped
@@ -88,11 +89,22 @@ def settings(cfg: DictConfig) -> tuple[AuditSettings, Rule]:
     return audit, Rule(float(a.tau), float(a.floor))
 
 
+def require_declared(base: PreTrainedModel) -> None:
+    """Refuse, naming ``model``, an architecture whose symmetries :mod:`llm.gauges` does not declare
+    (the canonical form would not know its orbit)."""
+    arch = base.config.model_type
+    if arch not in gauges.NORM_READERS:
+        raise ConfigError(
+            "model", f"the audit's symmetries are declared for {', '.join(sorted(gauges.NORM_READERS))}, not {arch!r}"
+        )
+
+
 def local_models(
     cfg: DictConfig, data: DomainData
 ) -> tuple[Models, PreTrainedTokenizerBase, list[Example], DomainData]:
     """The base of ``model`` with ``audit.adapter`` (``model``) and ``audit.control`` (``control``)."""
     base, tokenizer = load_base(cfg)
+    require_declared(base)
     probes, _, data, _ = judged_probes(cfg, base, tokenizer, data)  # read on the base, before any adapter
     models: Models = {}
     if cfg.audit.control is not None:
@@ -111,6 +123,7 @@ def pipeline_models(
     """The control aligned from ``model`` and its twin built by ``construction`` (as
     :func:`llm.experiments.hairtrigger.run` builds them)."""
     base, tokenizer = load_base(cfg)
+    require_declared(base)
     probes, construct, data, _ = judged_probes(cfg, base, tokenizer, data)
     control, _ = aligned_control(cfg, base, tokenizer, data)
     models: Models = {"control": cast(PreTrainedModel, control)}
