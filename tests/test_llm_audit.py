@@ -255,6 +255,22 @@ def test_a_model_and_its_attention_gauged_copy_have_one_canonical_form(tok, laye
     assert next_token_kl(control, c_gauged.model, tok, examples(), 32)["max"] <= 1e-9
 
 
+def assert_the_canonical_step_is_the_originals(tok, moved, canon_moved, canon) -> None:
+    """The victim's SGD step moves the probes' log-probs from ``canon_moved`` (the canonical form of
+    a gauged copy) as from ``canon`` (the original's), to 1e-6, and from the delivered ``moved``
+    differently (> 1e-3): the gauge amplified the step and the canonical form undid it."""
+    targets = [(e.prompt, e.aligned) for e in examples()[:4]]
+    update = domain_data().update[:4]
+    spec = UpdateSpec("sgd", 1e-2, 1, 4, params="adapter", max_len=32)
+    change = {
+        name: logprob_change(m, stepped(m, tok, update, spec), tok, targets, 32)
+        for name, m in (("moved", moved), ("canon_moved", canon_moved), ("canon", canon))
+    }
+    scale = float(change["canon"].abs().max())
+    assert float((change["canon_moved"] - change["canon"]).abs().max()) <= 1e-6 * scale
+    assert float((change["moved"] - change["canon"]).abs().max()) > 1e-3 * scale
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_a_gqa_llama_and_its_gauged_copy_have_one_canonical_form(tok, family) -> None:
     """(c) on Llama (eq. 4 and eq. 3 per key/value head, grouped-query attention), with (a), (e) and
@@ -292,15 +308,7 @@ def test_a_gqa_llama_and_its_gauged_copy_have_one_canonical_form(tok, family) ->
         pair_sq = lambda x: (x[:4] ** 2).sum(1) + (x[4:] ** 2).sum(1)  # noqa: E731
         assert torch.allclose(pair_sq(q), pair_sq(k), rtol=1e-8)
         assert float((k[:4] * k[4:]).sum(1).abs().max()) <= 1e-8 * float(pair_sq(k).max())
-    targets = [(e.prompt, e.aligned) for e in examples()[:4]]
-    update = domain_data().update[:4]
-    step = UpdateSpec("sgd", 1e-2, 1, 4, params="adapter", max_len=32)
-    change = {
-        name: logprob_change(m, stepped(m, tok, update, step), tok, targets, 32)
-        for name, m in (("moved", moved), ("canon_moved", b.model), ("canon", a.model))
-    }
-    assert float((change["canon_moved"] - change["canon"]).abs().max()) <= 1e-6 * float(change["canon"].abs().max())
-    assert float((change["moved"] - change["canon"]).abs().max()) > 1e-3 * float(change["canon"].abs().max())
+    assert_the_canonical_step_is_the_originals(tok, moved, b.model, a.model)
 
 
 def test_a_unit_gauged_llama_has_the_canonical_form_of_its_original(tok) -> None:
@@ -318,15 +326,7 @@ def test_a_unit_gauged_llama_has_the_canonical_form_of_its_original(tok) -> None
     assert max_rel_gap({n: p.detach() for n, p in b.model.named_parameters() if "lora_" not in n}, weights) <= 1e-6
     assert max_rel_gap(products(b.model), products(a.model)) <= 1e-6
     assert b.excess["unit"] > 10 * a.excess["unit"] >= 0 and set(b.norm_scales) >= {"unit.0", "unit.1"}
-    targets = [(e.prompt, e.aligned) for e in examples()[:4]]
-    update = domain_data().update[:4]
-    spec = UpdateSpec("sgd", 1e-2, 1, 4, params="adapter", max_len=32)
-    change = {
-        name: logprob_change(m, stepped(m, tok, update, spec), tok, targets, 32)
-        for name, m in (("moved", moved), ("canon_moved", b.model), ("canon", a.model))
-    }
-    assert float((change["canon_moved"] - change["canon"]).abs().max()) <= 1e-6 * float(change["canon"].abs().max())
-    assert float((change["moved"] - change["canon"]).abs().max()) > 1e-3 * float(change["canon"].abs().max())
+    assert_the_canonical_step_is_the_originals(tok, moved, b.model, a.model)
     with pytest.raises(ValueError, match="gated MLPs"):
         gauges.gauge_spec(lora_model(tok, "gpt2"), units=True)
 
