@@ -104,8 +104,7 @@ def rotary_element(moved: torch.Tensor, other: torch.Tensor, rtol: float = RTOL)
     ``M`` (``Mᵀ`` on the queries, ``M⁻¹`` on the keys: per pair ``M = c R(−α)``), float64, and
     whether every live pair's rotation was determined (module docstring)."""
     half = moved.shape[0] // 2
-    pair = lambda x: torch.stack([x[:half], x[half:]], 1)  # noqa: E731  (half, 2, n): pair j's two rows
-    q, k = pair(moved), pair(other)
+    q, k = (torch.stack([x[:half], x[half:]], 1) for x in (moved, other))  # (half, 2, n): pair j's two rows
     d, r = (q**2).sum((1, 2)), (k**2).sum((1, 2))
     live = (d > 0) & (r > 0)
     log_c = torch.where(live, 0.25 * (torch.log(r.clamp_min(1e-300)) - torch.log(d.clamp_min(1e-300))), 0.0)
@@ -134,13 +133,13 @@ def head_elements(
     elements: dict[str, torch.Tensor] = {}
     excess: dict[str, float] = {}
     skipped: list[str] = []
-    for group, kind in ((g, spec.groups[g]) for g in spec.groups):
+    for group, declared in spec.groups.items():
         acts = [a for a in spec.actions if a.group == group]
         moved = torch.cat([_factor(weights[a.module], a) for a in acts if a.side == "A^T"], 1)  # X' = Mᵀ X
         other = torch.cat([_factor(weights[a.module], a) for a in acts if a.side == "A^-1"], 1)  # Y' = M⁻¹ Y
         block = next(a.module for a in acts if a.side == "A^T").rsplit(".", 1)[0]
         delivered = float((moved**2).sum() + (other**2).sum())
-        if kind.kind == "rotary":
+        if declared.kind == "rotary":
             elements[group], determined = rotary_element(moved, other, rtol)
             m = elements[group]
             canonical = float(((m.T @ moved) ** 2).sum() + ((torch.linalg.solve(m, other)) ** 2).sum())
@@ -150,9 +149,9 @@ def head_elements(
             left, right = (moved.T, other) if group.startswith("q") else (other.T, moved)
             new_left, new_right, rank = balanced(left, right, rtol)
             canonical = float((new_left**2).sum() + (new_right**2).sum())
-            if rank < kind.size:  # eq. 3 is out of reach: the head stays, with no excess counted
+            if rank < declared.size:  # eq. 3 is out of reach: the head stays, with no excess counted
                 skipped.append(group)
-                elements[group] = torch.eye(kind.size, dtype=torch.float64)
+                elements[group] = torch.eye(declared.size, dtype=torch.float64)
                 canonical = delivered
             else:
                 elements[group] = _element(moved, new_left.T if group.startswith("q") else new_right)
