@@ -110,7 +110,11 @@ def merge_gated_block(block: torch.nn.Module, adapter: str = ADAPTER, rtol: floa
     value after."""
     units = GatedUnits.of(block, adapter)
     g, w, v = units.effective(block, adapter)
-    groups = unit_groups(torch.cat([g, _directions(w)], 1), rtol)
+    directions = _directions(w)
+    groups = [  # equal gate rows, then within them parallel up rows, each to rtol of its own scale
+        [same[i] for i in sub] for same in unit_groups(g, rtol) for sub in unit_groups(directions[same], rtol)
+    ]
+    groups.sort(key=lambda grp: grp[0])
     # per group: the first unit j and each member's α_k = w_k·w_j / ‖w_j‖² (1 for j itself)
     alphas = [(w[grp] @ w[grp[0]]) / (w[grp[0]] @ w[grp[0]]).clamp_min(1e-300) for grp in groups]
     merged_v = torch.stack([a @ v[grp] for a, grp in zip(alphas, groups)]).norm(dim=1)
