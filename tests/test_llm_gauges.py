@@ -35,7 +35,13 @@ def gqa_llama(tok, lora: bool, seed: int = 0, family: str = "llama"):
     base = TinySpec("llama", n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_ctx=48).config(tok).to_dict()
     keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     keep += ("max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
-    cfg = AutoConfig.for_model(family, **{k: base[k] for k in keep}, num_key_value_heads=2, initializer_range=0.2)
+    # Gemma: head size 8 (its default is 256); an ε far below the tiny model's activations, so that
+    # a scale before its norms is a symmetry to float rounding (Gemma-3-270M: ε = 1e-6)
+    gemma = {"head_dim": 8, "query_pre_attn_scalar": 8, "rms_norm_eps": 1e-12}
+    extra = gemma if family == "gemma3_text" else {}
+    cfg = AutoConfig.for_model(
+        family, **{k: base[k] for k in keep}, num_key_value_heads=2, initializer_range=0.2, **extra
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
@@ -129,3 +135,37 @@ def test_a_scale_vector_acts_entrywise_as_its_diagonal_matrix() -> None:
     cols = w.T.clone()
     gauges._act(cols, 1, None, c, "A")
     assert torch.equal(cols, w.T @ torch.diag(c))
+
+
+@pytest.mark.parametrize(
+    "module", ["self_attn.o_proj", "self_attn.v_proj", "mlp.down_proj", "mlp.up_proj", "self_attn.q_proj"]
+)
+def test_gemma_normalised_outputs_hide_a_scale_no_gauge_declares(tok, module) -> None:
+    """Gemma 3 normalises each attention and MLP output (``post_attention_layernorm``,
+    ``post_feedforward_layernorm``) and each head's queries and keys (``q_norm``, ``k_norm``), so
+    any map the normalised vector is linear in (``o_proj`` and ``v_proj``; ``down_proj`` and
+    ``up_proj``; ``q_proj``) can be scaled by ``c`` with no tensor compensating: the function is
+    the same (to the norm's ε) and the map's gradient is divided by ``c``, so one SGD step moves it,
+    relative to its size, ``c⁻²`` as far. :mod:`llm.gauges` declares no such direction, and the
+    audit refuses Gemma for it (docs/audit.md, "What it does not cover")."""
+    from llm.experiments.audit import require_declared
+    from sweeps.errors import ConfigError
+
+    model = gqa_llama(tok, lora=False, family="gemma3_text")
+    with pytest.raises(ConfigError, match=r"^model: .*not 'gemma3_text'"):
+        require_declared(model)
+    c = 0.05
+    scaled = copy.deepcopy(model)
+    weight = f"model.layers.0.{module}.weight"
+    with torch.no_grad():
+        dict(scaled.named_parameters())[weight].mul_(c)
+    assert_same(logits(scaled, tok), logits(model, tok), 1e-4)
+
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3, 4]])
+
+    def grad(m) -> torch.Tensor:
+        m.zero_grad()
+        m(input_ids=ids).logits.logsumexp(-1).mean().backward()
+        return dict(m.named_parameters())[weight].grad
+
+    torch.testing.assert_close(grad(scaled), grad(model) / c, rtol=1e-3, atol=1e-6)

@@ -72,7 +72,9 @@ Reported:
 Not canonicalised here: the sign of a gated unit (up row and down column both negated; an
 isometry, which commutes with SGD's and Adam's steps and so cannot amplify one), and the attention
 of architectures :data:`llm.gauges.ATTENTION` does not declare (e.g. Gemma's normalised queries
-and keys: a twin built there keeps its excess there).
+and keys: a twin built there keeps its excess there), and the scale of a map before a norm of its
+output (Gemma's ``post_attention_layernorm``, ``post_feedforward_layernorm``, ``q_norm``,
+``k_norm``), which keeps the function with nothing compensating and has no minimum-norm form.
 """
 
 from __future__ import annotations
