@@ -675,7 +675,11 @@ def attack_race(rows: pd.DataFrame, knob: str) -> pd.DataFrame:
 
 
 #: the penalised attackers' signals (``attack.penalty``; llm/constructions/penalty.py), by name
-PENALTY_LABELS = {"gauge": "λ · LoRA gauge excess", "grad": "λ · victim gradient norm"}
+PENALTY_LABELS = {
+    "gauge": "λ · LoRA gauge excess",
+    "grad": "λ · victim gradient norm",
+    "amplification": "λ · probe velocity",
+}
 
 
 def audit_attack(results: Path, out: Path) -> Path:

@@ -13,7 +13,6 @@ import json
 import math
 from collections.abc import Callable, Iterable
 
-import numpy as np
 import pandas as pd
 
 from figures.llm import SMOLLM2_TWIN, control_rows
@@ -1225,7 +1224,11 @@ def audit_certificate(m: Macros, r: Results) -> None:
 
 #: the penalised attackers' signals (``attack.penalty``) → macro name and the audit signal that
 #: measures what each penalises (``llm.experiments.audit_population.SIGNALS``)
-PENALISED = {"gauge": ("Gauge", "gauge_excess_lora"), "grad": ("Grad", "raw_grad_norm")}
+PENALISED = {
+    "gauge": ("Gauge", "gauge_excess_lora"),
+    "grad": ("Grad", "raw_grad_norm"),
+    "amplification": ("Amp", "amplification_target"),
+}
 
 
 def llm_audit_penalty(m: Macros, r: Results) -> None:
@@ -1252,8 +1255,8 @@ def llm_audit_penalty(m: Macros, r: Results) -> None:
     hits = table[table["twin.hair_trigger"] == 1]
     closest = hits["twin.amplification.target.ratio"].min() / threshold if len(hits) else math.nan
     m.add("AuditPenaltyAmpMargin", fmt.fixed(closest, 0), "llm penalised: least amplification / threshold, hits")
-    for kind, (name, own) in PENALISED.items():
-        rows = table[table["penalty"] == kind]
+    for kind, rows in table.groupby("penalty"):
+        name, own = PENALISED[str(kind)]
         hit = rows[rows["twin.hair_trigger"] == 1]
         note = f"llm penalised attack, {kind}"
         m.add(f"AuditPenalty{name}Hits", fmt.integer(len(hit)), f"{note}: hair-trigger twins")
@@ -1403,37 +1406,38 @@ def capacity_steps(m: Macros, r: Results) -> None:
 
 def capacity_converged(m: Macros, r: Results) -> None:
     """The hidden-width sweep at the budget at which the widest twin stores every bit
-    (``capacity_hidden_converged.csv``: one seed, one base): capacity and collateral per k, and
-    :func:`llm.experiments.capacity.summarize`'s line over k, and a line over log2 k."""
-    from llm.experiments.capacity import capacity_fit, summarize
+    (``capacity_hidden_converged.csv``), per model (:data:`CAPACITY_MODELS` names its macros):
+    capacity and collateral per k (the mean over seeds), :func:`llm.experiments.capacity.summarize`'s
+    line over k, and a line over log2 k. Each seed's twins must share one base."""
+    from llm.experiments.capacity import K, log_width_fit, summarize
 
-    table = r.llm("capacity_hidden_converged").sort_values("construct.extra_rank")
-    if table["base_digest"].nunique() != 1:
-        raise ValueError("capacity_hidden_converged: the twins must share one base (base_digest)")
-    (model,) = table["override.model"].unique()
-    s = summarize(table)[str(model)]
-    note = f"capacity_hidden_converged, {model}"
+    table = r.llm("capacity_hidden_converged").sort_values(K)
+    if (table.groupby(["override.model", "override.seed"])["base_digest"].nunique() != 1).any():
+        raise ValueError("capacity_hidden_converged: each model's twins of one seed must share one base (base_digest)")
     steps = setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged")
-    m.add("CapacityHiddenConvergedSteps", fmt.integer(steps), f"{note}: refinement steps")
-    m.add("CapacityHiddenConvergedWidths", ", ".join(fmt.integer(k) for k in table["construct.extra_rank"]), note)
-    m.add("CapacityHiddenConvergedSeeds", fmt.integer(table["override.seed"].nunique()), f"{note}: seeds")
-    bits = ", ".join(fmt.fixed(v, 0) for v in table["twin.capacity.hidden"])
-    m.add("CapacityHiddenConvergedBits", bits, f"{note}: capacity per k")
-    collateral = ", ".join(fmt.integer(v) for v in table["twin.capacity.collateral"])
-    m.add("CapacityHiddenConvergedCollateral", collateral, f"{note}: collateral probes per k")
-    m.add("CapacityHiddenConvergedKlMax", fmt.sci(table["twin.kl.max"].max()), f"{note}: largest KL")
-    fit_macros(m, "CapacityHiddenConvergedK", s["fit_k"], f"{note}, bits per hidden component", digits=1)
-    m.add("CapacityHiddenConvergedIntercept", fmt.fixed(s["fit_k"]["intercept"], 1), f"{note}: fit_k intercept (bits)")
-    k = table["construct.extra_rank"].to_numpy(float)
-    log_fit = capacity_fit(np.log2(k), table["twin.capacity.hidden"].to_numpy(float))
-    fit_macros(m, "CapacityHiddenConvergedLog", log_fit, f"{note}, bits per doubling of k", digits=1, r2_digits=3)
-    m.add("CapacityHiddenConvergedLogIntercept", fmt.fixed(log_fit["intercept"], 1), f"{note}: log fit at k = 1")
-    steps_table = r.llm("capacity_hidden_steps")
-    same = set(steps_table["base_digest"]) == set(table["base_digest"])
-    m.add("CapacityHiddenConvergedBase", "the same base" if same else "another base", f"{note}: the steps check's base")
-    m.add("CapacityHiddenConvergedAtWidest", fmt.fixed(table["twin.capacity.hidden"].iloc[-1], 0), f"{note}: widest k")
-    per_unit = table["construct.hidden_params"] / table["construct.extra_rank"]
-    m.add("CapacityHiddenConvergedParamsPerK", fmt.integer(per_unit.iloc[0]), f"{note}: hidden parameters per k")
+    m.add("CapacityHiddenConvergedSteps", fmt.integer(steps), "capacity_hidden_converged: refinement steps")
+    summary = summarize(table)
+    for model, rows in table.groupby("override.model"):
+        name, s = f"CapacityHiddenConverged{CAPACITY_MODELS[str(model)]}", summary[str(model)]
+        note = f"capacity_hidden_converged, {model}"
+        m.add(f"{name}Widths", s["widths"].replace(",", ", "), note)
+        m.add(f"{name}Seeds", fmt.integer(rows["override.seed"].nunique()), f"{note}: seeds")
+        means = [float(v) for v in s["mean_capacity"].split(",")]
+        m.add(f"{name}Bits", ", ".join(fmt.fixed(v, 0) for v in means), f"{note}: capacity per k (mean over seeds)")
+        collateral = rows.groupby(K)["twin.capacity.collateral"].mean()
+        m.add(f"{name}Collateral", ", ".join(fmt.fixed(v, 0) for v in collateral), f"{note}: collateral per k")
+        m.add(f"{name}KlMax", fmt.sci(rows["twin.kl.max"].max()), f"{note}: largest KL")
+        fit_macros(m, f"{name}K", s["fit_k"], f"{note}, bits per hidden component", digits=1)
+        m.add(f"{name}Intercept", fmt.fixed(s["fit_k"]["intercept"], 1), f"{note}: fit_k intercept (bits)")
+        log_fit = log_width_fit(rows)
+        fit_macros(m, f"{name}Log", log_fit, f"{note}, bits per doubling of k", digits=1, r2_digits=3)
+        m.add(f"{name}LogIntercept", fmt.fixed(log_fit["intercept"], 1), f"{note}: log fit at k = 1")
+        m.add(f"{name}AtWidest", fmt.fixed(means[-1], 0), f"{note}: widest k")
+        per_unit = rows["construct.hidden_params"] / rows[K]
+        m.add(f"{name}ParamsPerK", fmt.integer(per_unit.iloc[0]), f"{note}: hidden parameters per k")
+    llama = table[table["override.model"] == "tiny_llama_64"]
+    same = set(r.llm("capacity_hidden_steps")["base_digest"]) == set(llama["base_digest"])
+    m.add("CapacityHiddenConvergedBase", "the same base" if same else "another base", "the steps check's base")
 
 
 #: the paper's number sections, in order

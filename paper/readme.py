@@ -73,6 +73,10 @@ def headline(r: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the capacity sweeps' models as the headline names them
+MODEL_NAMES = {"tiny_llama_64": "tiny Llama", "tiny_gpt2_64": "tiny GPT-2"}
+
+
 def _capacity_line(r: Results) -> str:
     """Hidden capacity at transformer scale against the analytic twin's hidden width, per model, and
     the refinement-budget check on the same seeds."""
@@ -81,7 +85,7 @@ def _capacity_line(r: Results) -> str:
     table = r.llm("capacity_hidden")
     summary = summarize(table)
     parts = []
-    for model, name in (("tiny_llama_64", "tiny Llama"), ("tiny_gpt2_64", "tiny GPT-2")):
+    for model, name in MODEL_NAMES.items():
         s, fit = summary[model], summary[model]["fit_k"]
         means = ", ".join(fmt.fixed(float(v), 1, tex=False) for v in s["mean_capacity"].split(","))
         parts.append(f"{name} {means} (a line over k: R² {fmt.fixed(fit['r2_jobs'], 2, tex=False)})")
@@ -109,7 +113,33 @@ def _capacity_line(r: Results) -> str:
         f"{at(0)} (against {at(1)} at {steps['capacity_hidden']}, `experiment=capacity_hidden_budget_reference`); "
         f"a line over k: slope {fmt.fixed(fit['slope'], 2, tex=False)} "
         f"[{fmt.fixed(fit['slope_lo'], 2, tex=False)}, {fmt.fixed(fit['slope_hi'], 2, tex=False)}] bits per "
-        f"component, R² {fmt.fixed(fit['r2_jobs'], 2, tex=False)}."
+        f"component, R² {fmt.fixed(fit['r2_jobs'], 2, tex=False)}.{_converged_sentence(r)}"
+    )
+
+
+def _converged_sentence(r: Results) -> str:
+    """Where ``capacity_hidden_converged`` is published: per model, bits per doubling of k at the
+    budget at which the widest twin stores every bit."""
+    from llm.experiments.capacity import log_width_fit, summarize
+
+    if not r.published("llm", "capacity_hidden_converged"):
+        return ""
+    table = r.llm("capacity_hidden_converged")
+    steps = fmt.integer(setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged"))
+    summary, parts = summarize(table), []
+    for model, rows in table.groupby("override.model"):
+        s, fit = summary[str(model)], log_width_fit(rows)
+        means = ", ".join(fmt.fixed(float(v), 0, tex=False) for v in s["mean_capacity"].split(","))
+        seeds = rows["override.seed"].nunique()
+        parts.append(
+            f"{MODEL_NAMES[str(model)]} (k = {s['widths'].replace(',', ', ')}, {seeds} seed{'s' * (seeds > 1)}) "
+            f"{means} bits, {fmt.fixed(fit['slope'], 1, tex=False)} "
+            f"[{fmt.fixed(fit['slope_lo'], 1, tex=False)}, {fmt.fixed(fit['slope_hi'], 1, tex=False)}] bits per "
+            f"doubling of k (R² {fmt.fixed(fit['r2_jobs'], 3, tex=False)})"
+        )
+    return (
+        f" At {steps} refinement steps (`experiment=capacity_hidden_converged`), where the widest twin stores every "
+        f"bit, capacity per k and its line over log2 k: {'; '.join(parts)}."
     )
 
 

@@ -755,7 +755,7 @@ def neutralisers(r: Results) -> str:
 
 
 #: the penalised LLM attackers' signals (``attack.penalty``; llm/constructions/penalty.py)
-PENALTIES = {"gauge": "LoRA gauge excess", "grad": "$\\|\\nabla L_D\\|$"}
+PENALTIES = {"gauge": "LoRA gauge excess", "grad": "$\\|\\nabla L_D\\|$", "amplification": "probe velocity"}
 
 
 #: the meta step's methods as the benchmark table shows them (benchmarks/meta_step.py; fd: approximate)

@@ -53,6 +53,12 @@ def capacity_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str,
     }
 
 
+def log_width_fit(rows: pd.DataFrame) -> dict[str, float]:
+    """:func:`capacity_fit` of capacity against ``log2 k``: bits per doubling of the hidden width,
+    the law the converged sweep follows (``experiment=capacity_hidden_converged``)."""
+    return capacity_fit(np.log2(rows[K].to_numpy(float)), rows[HIDDEN].to_numpy(float))
+
+
 #: the width sweep's model that joins the size sweep's axis (conf/llm/experiment/capacity_hidden_size.yaml)
 SIZE_AXIS_MODEL = "tiny_gpt2_64"
 
