@@ -1268,7 +1268,11 @@ def llm_audit_penalty(m: Macros, r: Results) -> None:
         )
         at_top = rows[rows["weight"] == weights[-1]]["twin.post_update.delivered"].mean()
         m.add(f"AuditPenalty{name}AfterTop", fmt.pct(at_top, 0), f"{note}: mean after, largest weight")
-        for signal, short in (("amplification_target", "Amp"), (own, "Own")):
+        least = rows["twin.amplification.target.ratio"].min() / threshold
+        m.add(
+            f"AuditPenalty{name}AmpLeast", fmt.fixed(least, 0), f"{note}: least amplification / threshold, every twin"
+        )
+        for signal, short in {own: "Own", "amplification_target": "Amp"}.items():  # Amp once where own is it
             missed = int((hit[f"flagged.{signal}"] == 0).sum())
             m.add(f"AuditPenalty{name}Missed{short}", fmt.integer(missed), f"{note}: hair-triggers {signal} misses")
 

@@ -66,6 +66,13 @@ def _job_value(value: Any) -> str:
         return text
 
 
+def read_published(path: Path) -> pd.DataFrame:
+    """A published table with its ``override.*`` columns read as the strings written (pandas would
+    make ``1`` an int and, once merged with a row's ``0.001``, write it back as ``1.0``)."""
+    columns = pd.read_csv(path, nrows=0).columns
+    return pd.read_csv(path, dtype={c: str for c in columns if c.startswith("override.")})
+
+
 def merge_rows(old: pd.DataFrame, new: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFrame:
     """``old`` published rows with those of the same job replaced by ``new``'s, then ``new``'s others.
 
@@ -129,7 +136,7 @@ def publish(
     table = table.drop(columns=["run_dir"], errors="ignore")
     with locked(folder):
         if target.merge and published.exists() and len(table):
-            table = merge_rows(pd.read_csv(published), table, target.exclude)
+            table = merge_rows(read_published(published), table, target.exclude)
             summary = summarize(table) if summarize is not None else summary
         write_csv_atomic(published, table)
         write_json_atomic(folder / f"{target.name}_summary.json", summary)

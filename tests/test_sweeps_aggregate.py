@@ -91,6 +91,22 @@ def test_concurrent_merges_keep_every_row(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "table_summary.json").read_text()) == {"rows": workers * rounds}
 
 
+def test_a_merge_writes_the_overrides_as_they_were_given(tmp_path: Path) -> None:
+    """Rows published with ``attack.weight=1,10`` merged with a sweep at ``0.001``: the earlier rows
+    keep ``1`` and ``10`` (a table is matched to its experiment's grid by these strings), and a
+    rerun of ``1`` replaces its row."""
+    target = Target(tmp_path, "table", merge=True)
+
+    def rows(weights: list[str], value: float) -> pd.DataFrame:
+        return pd.DataFrame({"override.attack.weight": weights, "score": [value] * len(weights)})
+
+    publish(rows(["1", "10"], 0.0), {}, Target(tmp_path, "table"))
+    publish(rows(["0.001"], 1.0), {}, target)
+    publish(rows(["1"], 2.0), {}, target)
+    written = (tmp_path / "table.csv").read_text().splitlines()
+    assert written[1:] == ["10,0.0", "0.001,1.0", "1,2.0"]
+
+
 def test_a_reused_sweep_folder_summarises_only_its_own_jobs(
     theory_app, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
