@@ -361,7 +361,7 @@ def capacity_hidden(results: Path, out: Path) -> Path:
     right (with ``capacity_hidden_size.csv``): against the base parameters at one k. Mean over
     seeds, min–max band, the least-squares line with its slope's 95% interval
     (``llm.experiments.capacity.summarize``); dotted: the collateral (stay probes that switched)."""
-    from llm.experiments.capacity import capacity_fit, size_rows, summarize
+    from llm.experiments.capacity import CONVERGED, capacity_fit, size_rows, summarize
 
     table, summary = _load(results, "capacity_hidden")
     has_sizes = (results / "capacity_hidden_size.csv").exists()
@@ -386,12 +386,17 @@ def capacity_hidden(results: Path, out: Path) -> Path:
             for ax, (x, fit_key) in zip(axes, axis_keys):
                 per = "per component" if fit_key == "fit_k" else "per hidden parameter"
                 _capacity_line(ax, rows, x, fits[str(model)][fit_key], prefix, per, marker=marker)
-    # the sweep at the budget where the widest twin stores every bit: capacity grows by a number of
-    # bits per doubling, so its line is over log2 k (log2 of the hidden parameters)
-    if (results / "capacity_hidden_converged.csv").exists():
-        converged = pd.read_csv(results / "capacity_hidden_converged.csv")
+    # the sweeps at the budget where the widest tiny Llama twin stores every bit: capacity grows by a
+    # number of bits per doubling, so their lines are over log2 k (log2 of the hidden parameters)
+    for name in CONVERGED:
+        if not (results / f"{name}.csv").exists():
+            continue
+        converged = pd.read_csv(results / f"{name}.csv")
         for model, rows in converged.groupby("override.model"):
-            prefix = f"{MODEL_LABELS.get(str(model), model)}, longest refinement, one seed (capacity_hidden_converged)"
+            seeds = rows["override.seed"].nunique()
+            prefix = (
+                f"{MODEL_LABELS.get(str(model), model)}, longest refinement, {seeds} seed{'s' * (seeds > 1)} ({name})"
+            )
             for ax, (x, _) in zip(axes, axis_keys):
                 fit = capacity_fit(np.log2(rows[x].to_numpy(float)), rows["twin.capacity.hidden"].to_numpy(float))
                 _capacity_line(ax, rows, x, fit, prefix, "per doubling", marker="*", log2=True)

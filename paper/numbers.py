@@ -1410,12 +1410,12 @@ def capacity_steps(m: Macros, r: Results) -> None:
 
 def capacity_converged(m: Macros, r: Results) -> None:
     """The hidden-width sweep at the budget at which the widest twin stores every bit
-    (``capacity_hidden_converged.csv``), per model (:data:`CAPACITY_MODELS` names its macros):
+    (:data:`llm.experiments.capacity.CONVERGED`), per model (:data:`CAPACITY_MODELS` names its macros):
     capacity and collateral per k (the mean over seeds), :func:`llm.experiments.capacity.summarize`'s
     line over k, and a line over log2 k. Each seed's twins must share one base."""
-    from llm.experiments.capacity import K, log_width_fit, summarize
+    from llm.experiments.capacity import CONVERGED, K, log_width_fit, summarize
 
-    table = r.llm("capacity_hidden_converged").sort_values(K)
+    table = pd.concat([r.llm(name) for name in CONVERGED if r.published("llm", name)]).sort_values(K)
     if (table.groupby(["override.model", "override.seed"])["base_digest"].nunique() != 1).any():
         raise ValueError("capacity_hidden_converged: each model's twins of one seed must share one base (base_digest)")
     steps = setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from paper import fmt
 from paper.data import Results, pool
 from paper.numbers import ANALYTIC, DOMAINS, budget_checks
@@ -120,11 +122,12 @@ def _capacity_line(r: Results) -> str:
 def _converged_sentence(r: Results) -> str:
     """Where ``capacity_hidden_converged`` is published: per model, bits per doubling of k at the
     budget at which the widest twin stores every bit."""
-    from llm.experiments.capacity import log_width_fit, summarize
+    from llm.experiments.capacity import CONVERGED, log_width_fit, summarize
 
-    if not r.published("llm", "capacity_hidden_converged"):
+    tables = [r.llm(name) for name in CONVERGED if r.published("llm", name)]
+    if not tables:
         return ""
-    table = r.llm("capacity_hidden_converged")
+    table = pd.concat(tables)
     steps = fmt.integer(setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged"))
     summary, parts = summarize(table), []
     for model, rows in table.groupby("override.model"):
@@ -138,8 +141,8 @@ def _converged_sentence(r: Results) -> str:
             f"doubling of k (R² {fmt.fixed(fit['r2_jobs'], 3, tex=False)})"
         )
     return (
-        f" At {steps} refinement steps (`experiment=capacity_hidden_converged`), where the widest twin stores every "
-        f"bit, capacity per k and its line over log2 k: {'; '.join(parts)}."
+        f" At {steps} refinement steps (`experiment=capacity_hidden_converged`, `…_gpt2`), where the widest tiny "
+        f"Llama twin stores every bit, capacity per k and its line over log2 k: {'; '.join(parts)}."
     )
 
 

@@ -73,6 +73,7 @@ COMMANDS = {
     ("llm", "audit_neutralise"): "AuditNeutralise",
     ("llm", "capacity_hidden_steps"): "CapacityHiddenSteps",
     ("llm", "capacity_hidden_converged"): "CapacityHiddenConverged",
+    ("llm", "capacity_hidden_converged_gpt2"): "CapacityHiddenConvergedGpt",
 }
 
 
@@ -185,7 +186,7 @@ def capacity_hidden(r: Results) -> str:
     """Per model and hidden width k: capacity (mean and min–max over seeds), probes switched as
     assigned and collateral (means), held-out misalignment after the step, the largest KL to the
     control, and the fit of capacity against k."""
-    from llm.experiments.capacity import summarize
+    from llm.experiments.capacity import CONVERGED, summarize
     from paper.numbers import CAPACITY_MODELS
 
     table = r.llm("capacity_hidden")
@@ -199,10 +200,11 @@ def capacity_hidden(r: Results) -> str:
     if r.published("llm", "capacity_hidden_budget_reference"):  # its twins at the sweep's budget
         reference = r.llm("capacity_hidden_budget_reference")
         cells += [(reference, model, steps["capacity_hidden"]) for model in reference["override.model"].unique()]
-    if r.published("llm", "capacity_hidden_converged"):  # the budget at which the widest twin stores every bit
-        converged = r.llm("capacity_hidden_converged")
-        n_steps = setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged")
-        cells += [(converged, model, n_steps) for model in converged["override.model"].unique()]
+    for name in CONVERGED:  # the budget at which the widest tiny Llama twin stores every bit
+        if r.published("llm", name):
+            converged = r.llm(name)
+            n_steps = setting("llm", "construction.refine_steps", f"experiment={name}")
+            cells += [(converged, model, n_steps) for model in converged["override.model"].unique()]
     groups = []
     for source, model, n_steps in cells:
         rows = source[source["override.model"] == model]

@@ -53,6 +53,10 @@ def capacity_fit(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> dict[str,
     }
 
 
+#: the converged sweeps' tables, one experiment per architecture (their grids of k differ)
+CONVERGED = ("capacity_hidden_converged", "capacity_hidden_converged_gpt2")
+
+
 def log_width_fit(rows: pd.DataFrame) -> dict[str, float]:
     """:func:`capacity_fit` of capacity against ``log2 k``: bits per doubling of the hidden width,
     the law the converged sweep follows (``experiment=capacity_hidden_converged``)."""
