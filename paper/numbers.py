@@ -1408,14 +1408,26 @@ def capacity_steps(m: Macros, r: Results) -> None:
     m.add("CapacityHiddenStepsKlMax", fmt.sci(table["twin.kl.max"].max()), "capacity_hidden_steps: largest KL")
 
 
+def converged_tables(r: Results) -> pd.DataFrame | None:
+    """The converged capacity sweeps' published tables (:data:`llm.experiments.capacity.CONVERGED`)
+    as one, or ``None`` where none is published."""
+    from llm.experiments.capacity import CONVERGED
+
+    tables = [r.llm(name) for name in CONVERGED if r.published("llm", name)]
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
 def capacity_converged(m: Macros, r: Results) -> None:
     """The hidden-width sweep at the budget at which the widest twin stores every bit
     (:data:`llm.experiments.capacity.CONVERGED`), per model (:data:`CAPACITY_MODELS` names its macros):
     capacity and collateral per k (the mean over seeds), :func:`llm.experiments.capacity.summarize`'s
     line over k, and a line over log2 k. Each seed's twins must share one base."""
-    from llm.experiments.capacity import CONVERGED, K, log_width_fit, summarize
+    from llm.experiments.capacity import K, log_width_fit, summarize
 
-    table = pd.concat([r.llm(name) for name in CONVERGED if r.published("llm", name)]).sort_values(K)
+    tables = converged_tables(r)
+    if tables is None:
+        raise ValueError("capacity_hidden_converged is not published")
+    table = tables.sort_values(K)
     if (table.groupby(["override.model", "override.seed"])["base_digest"].nunique() != 1).any():
         raise ValueError("capacity_hidden_converged: each model's twins of one seed must share one base (base_digest)")
     steps = setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from paper import fmt
 from paper.data import Results, pool
-from paper.numbers import ANALYTIC, DOMAINS, budget_checks
+from paper.numbers import ANALYTIC, DOMAINS, budget_checks, converged_tables
 from paper.settings import setting
 
 BEGIN = "<!-- generated: headline (python -m paper) -->"
@@ -122,12 +120,11 @@ def _capacity_line(r: Results) -> str:
 def _converged_sentence(r: Results) -> str:
     """Where ``capacity_hidden_converged`` is published: per model, bits per doubling of k at the
     budget at which the widest twin stores every bit."""
-    from llm.experiments.capacity import CONVERGED, log_width_fit, summarize
+    from llm.experiments.capacity import log_width_fit, summarize
 
-    tables = [r.llm(name) for name in CONVERGED if r.published("llm", name)]
-    if not tables:
+    table = converged_tables(r)
+    if table is None:
         return ""
-    table = pd.concat(tables)
     steps = fmt.integer(setting("llm", "construction.refine_steps", "experiment=capacity_hidden_converged"))
     summary, parts = summarize(table), []
     for model, rows in table.groupby("override.model"):
