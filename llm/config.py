@@ -55,19 +55,6 @@ class TinyModel:
 
 
 @dataclass(frozen=True)
-class PretrainedModel:
-    """A real pretrained model of ``llm.pretrained.CHECKPOINTS``, named by its kind."""
-
-    kind: Literal["smollm2", "gemma3"]
-
-
-@dataclass(frozen=True)
-class LocalModel:
-    kind: Literal["local"]
-    path: Annotated[str, Limits(pattern=r".+")]
-
-
-@dataclass(frozen=True)
 class Align:
     rank: PositiveInt
     alpha: PositiveFloat
@@ -77,6 +64,26 @@ class Align:
     benign_fraction: Fraction
     max_len: PositiveInt
     seed: NonNegativeInt
+
+
+@dataclass(frozen=True)
+class Prealign(Align):
+    steps: NonNegativeInt  # 0: the checkpoint as it is
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    """A real pretrained model of ``llm.pretrained.CHECKPOINTS``, named by its kind."""
+
+    kind: Literal["smollm2", "gemma3"]
+    prealign: Prealign
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    kind: Literal["local"]
+    path: Annotated[str, Limits(pattern=r".+")]
+    prealign: Prealign
 
 
 @dataclass(frozen=True)

@@ -364,7 +364,8 @@ def pretrain(
     return losses
 
 
-def _digest(obj) -> str:
+def json_digest(obj) -> str:
+    """sha256 (hex) of ``obj`` as sorted JSON: a cache key's parts."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -405,13 +406,13 @@ def tiny_cache_key(spec: PretrainSpec, device: str = "cpu") -> str:
     """16 hex digits of a sha256 over everything that changes a pretrained tiny model: the model
     shape, the training settings, the tokenizer texts and examples (:class:`PretrainSpec`), and
     :func:`training_environment`."""
-    return _digest(
+    return json_digest(
         {
             "version": CACHE_VERSION,
             "spec": dataclasses.asdict(spec.model),
             "settings": spec.settings(),
-            "texts": _digest(list(spec.texts)),
-            "examples": _digest([list(e) for e in spec.examples]),
+            "texts": json_digest(list(spec.texts)),
+            "examples": json_digest([list(e) for e in spec.examples]),
             "environment": training_environment(device),
         }
     )[:16]
@@ -440,8 +441,9 @@ def discard_folder(folder: Path, why: str) -> None:
     shutil.rmtree(gone, ignore_errors=True)
 
 
-def _cached_tiny(final: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
-    """The entry ``final`` if it exists and every file is as written (else it is discarded)."""
+def cached_entry(final: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
+    """The trained cache entry ``final`` (:func:`write_entry`) if it exists and every file is as
+    written (else it is discarded), its ``pretrain.json`` record as ``model.pretrain_info``."""
     if not final.is_dir():
         return None
     changed = changed_files(final)
@@ -453,7 +455,7 @@ def _cached_tiny(final: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]
     meta = json.loads((final / "pretrain.json").read_text())
     info = {"cached": True, "path": str(final), "losses": meta["losses"], "seconds": time.perf_counter() - t0}
     model.pretrain_info = info  # type: ignore[assignment]  # a plain attribute; nn.Module types them Tensor | Module
-    log.info("loaded cached tiny model %s (%.2f s)", final, info["seconds"])
+    log.info("loaded cached model %s (%.2f s)", final, info["seconds"])
     return model, tok
 
 
@@ -482,7 +484,7 @@ def load_or_pretrain(
 
         cache_root = cache_dir()
     final = Path(cache_root) / "tiny" / tiny_cache_key(spec, device)
-    cached = _cached_tiny(final)
+    cached = cached_entry(final)
     if cached is not None:
         return cached
 
@@ -495,7 +497,7 @@ def load_or_pretrain(
     require_finite_model(model, "base")
     seconds = time.perf_counter() - t0
     record = {**spec.record(), "environment": environment, "seconds": seconds, "losses": losses}
-    _write_tiny(to_device(model, "cpu"), tok, record, final)
+    write_entry(to_device(model, "cpu"), tok, record, final)
     log.info(
         "pretrained tiny model %s in %.1f s (loss %.3f -> %.3f)",
         final,
@@ -508,7 +510,7 @@ def load_or_pretrain(
     return model, tok
 
 
-def _write_tiny(model: PreTrainedModel, tok: PreTrainedTokenizerBase, record: dict, final: Path) -> None:
+def write_entry(model: PreTrainedModel, tok: PreTrainedTokenizerBase, record: dict, final: Path) -> None:
     """The cache entry ``final``: weights, tokenizer, ``record`` as ``pretrain.json`` and their
     hashes, written to a temporary sibling folder and published by renaming it."""
     final.parent.mkdir(parents=True, exist_ok=True)
