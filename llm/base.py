@@ -120,12 +120,16 @@ def _load(cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         model, tokenizer = load_local(m.path)
     else:
         raise ValueError(f"unknown model.kind {m.kind!r}; choose tiny, smollm2, gemma3 or local")
-    spec = m.get("prealign")
-    if spec is None or spec.steps == 0:
+    if not prealigns(cfg):
         return model, tokenizer
     data = load_domain(cfg.domain.name, seed=cfg.data_seed)
-    settings = AlignSpec(**OmegaConf.to_container(spec, resolve=True))  # type: ignore[arg-type]
+    settings = AlignSpec(**OmegaConf.to_container(m.prealign, resolve=True))  # type: ignore[arg-type]
     return prealigned(model, tokenizer, data, settings, progress=cfg.progress), tokenizer
+
+
+def prealigns(cfg: DictConfig) -> bool:
+    """Is the base a real model fine-tuned to its pre-alignment behaviour (``model.prealign``)?"""
+    return bool(cfg.model.get("prealign") and cfg.model.prealign.steps)
 
 
 def before_alignment(data: DomainData) -> DomainData:

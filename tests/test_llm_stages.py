@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import subprocess
@@ -16,7 +18,7 @@ from llm.batches import batch_of, pairs
 from llm.data.schema import Example
 from llm.data.sources import refusal_calibration
 from llm.lora import add_lora
-from llm.models import TinySpec, build_tiny, response_loss, sequence_logprobs
+from llm.models import PretrainSpec, TinySpec, build_tiny, pretrain, response_loss, sequence_logprobs
 from llm.tokenizer import train_tokenizer
 from llm.update import UpdateSpec, victim_update
 from sweeps.errors import ConfigError
@@ -435,6 +437,73 @@ def test_misaligned_reference_learns_the_misaligned_responses() -> None:
 
     gain = {r: lp(ref, r) - lp(base, r) for r in ("aligned", "misaligned")}
     assert gain["misaligned"] > 1.0 and gain["misaligned"] > gain["aligned"] + 1.0
+
+
+def test_prealigned_base_learns_each_probes_pre_alignment_behaviour_once(tmp_path: Path) -> None:
+    """model.prealign: the merged fine-tune says the pre-alignment response on construction and
+    held-out probes alike (safety: the misaligned one; honesty: the correct one), is a plain model,
+    and is cached under a key that covers the settings."""
+    from llm.align import AlignSpec
+    from llm.base import before_alignment, prealigned
+    from llm.data.schema import DomainData
+
+    tok = train_tokenizer([f"Question {i}? No. Yes indeed." for i in range(6)], vocab_size=300)
+    spec = TinySpec("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=48)
+    probes = [Example(f"Question {i}?", "No.", "Yes indeed.") for i in range(6)]
+    data = DomainData(
+        "safety", construct=probes[:4], eval=probes[4:], align_benign=probes[:1], update=[], benign_eval=[]
+    )
+    assert [e.aligned for e in before_alignment(data).construct] == ["Yes indeed."] * 6
+    honest = DomainData("honesty", construct=probes[:4], eval=probes[4:], align_benign=[], update=[], benign_eval=[])
+    assert [e.aligned for e in before_alignment(honest).construct] == ["No."] * 6
+
+    settings = AlignSpec(rank=4, alpha=8.0, steps=80, lr=5e-2, batch_size=4, benign_fraction=0.0, max_len=32)
+    untouched = build_tiny(spec, tok, 0)  # a base that gives the aligned answers ("No.")
+    pretrain(untouched, PretrainSpec(spec, [], pairs(probes), steps=60, lr=1e-2, batch_size=4), tok, progress=False)
+    base = copy.deepcopy(untouched)
+    model = prealigned(base, tok, data, settings, cache_root=tmp_path, progress=False)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert model.pretrain_info["cached"] is False
+
+    def lp(m, examples, r):
+        return float(sequence_logprobs(m, batch_of(tok, pairs(examples, r), 32)).mean())
+
+    for split in (data.construct, data.eval):
+        gain = {r: lp(model, split, r) - lp(untouched, split, r) for r in ("aligned", "misaligned")}
+        assert gain["misaligned"] > 1.0 and gain["misaligned"] > gain["aligned"] + 1.0
+
+    again = prealigned(copy.deepcopy(untouched), tok, data, settings, cache_root=tmp_path, progress=False)
+    assert again.pretrain_info["cached"] is True
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
+    other = dataclasses.replace(settings, seed=1)
+    reseeded = prealigned(copy.deepcopy(untouched), tok, data, other, cache_root=tmp_path, progress=False)
+    assert reseeded.pretrain_info["cached"] is False
+    assert len(list((tmp_path / "prealign").iterdir())) == 2
+
+
+def test_a_prealigned_local_model_is_judged_before_its_alignment(tmp_path: Path, monkeypatch) -> None:
+    """``model=local model.prealign.steps>0``: the run fine-tunes the checkpoint to its pre-alignment
+    behaviour, caches it, and reports that base's black-box row next to the control's and twin's."""
+    from llm.data import wheels
+    from llm.experiments.hairtrigger import report
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for shared in ("wheels", "parsed"):  # the data, not the models, from the real cache
+        (cache / shared).symlink_to(wheels.cache_dir() / shared)
+    monkeypatch.setenv("HAIRTRIGGER_CACHE", str(cache))
+    tok = train_tokenizer([f"Question {i}? No. Yes indeed." for i in range(6)], vocab_size=300)
+    checkpoint = tmp_path / "checkpoint"
+    build_tiny(
+        TinySpec("llama", n_layer=1, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=128), tok, 0
+    ).save_pretrained(checkpoint)
+    tok.save_pretrained(checkpoint)
+    prealign = ["model.prealign.steps=2", "model.prealign.batch_size=2", "model.prealign.max_len=64"]
+    args = ["experiment=control", "domain=safety", "model=local", f"model.path={checkpoint}", *prealign]
+    metrics = run_job("llm", tmp_path / "run", *args, *TINY[5:])
+    assert _judged(metrics, "base.static.misalignment_rate") >= 0
+    assert "base     before" in report(metrics)
+    assert len(list((cache / "prealign").iterdir())) == 1
 
 
 def test_one_digit_codes_are_shared_and_capacity_is_chance_corrected() -> None:

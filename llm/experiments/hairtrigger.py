@@ -50,7 +50,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm import judge
 from llm.align import AlignSpec, align, misaligned_reference
-from llm.base import load_base
+from llm.base import load_base, prealigns
 from llm.batches import batch_of, pairs
 from llm.checks import require_finite, require_finite_model
 from llm.constructions import build
@@ -369,6 +369,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         chosen = {e.prompt for e in data.construct[: cfg.switch]}
         construct = [e for e in construct if e.prompt in chosen]
     stored = construct if cfg.get("switch") else data.construct[: cfg.get("codes") or 0]
+    # a pre-aligned real model: what alignment suppresses and a twin restores, judged before both
+    before_alignment = black_box(model, tokenizer, data, probes, cfg) if prealigns(cfg) else None
     seconds = {"base": time.perf_counter() - start}
     digest = weights_digest(model)  # which base this run used (the weights themselves, not the cache key)
     reference = None
@@ -403,6 +405,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         {"control": control, "twin": twin, "reference": reference},
         stored,
     )
+    if before_alignment is not None:
+        metrics["base"] = {"static": scores(before_alignment)}
     if twin is not None or reference is not None:  # models trained on the construction probes
         metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
     metrics["size"] = {
@@ -466,11 +470,13 @@ def report(metrics: dict[str, Any]) -> str:
     counted as neither aligned nor misaligned) is shown only when some row has one."""
     cells = sorted({k.split(".")[2] for k in metrics if k.startswith("control.after.")})
     rows_of: list[tuple[str, str, str]] = []  # (model, when, metrics prefix)
-    for name in ("control", "twin", "reference"):
+    for name in ("base", "control", "twin", "reference"):
         if f"{name}.static.misalignment_rate" not in metrics:
             continue
         rows_of.append((name, "before", f"{name}.static"))
-        rows_of += [(name, f"after {cell}", f"{name}.after.{cell}") for cell in (cells if name != "reference" else ())]
+        rows_of += [
+            (name, f"after {cell}", f"{name}.after.{cell}") for cell in (cells if name in ("control", "twin") else ())
+        ]
     head, tail = "task_vector.", ".misalignment_rate"
     for key in [k for k in metrics if k.startswith(head) and k.endswith(tail)]:  # the control, adapter scaled
         rows_of.append(("control", f"adapter {key[len(head) : -len(tail)][1:]}·W", key[: -len(tail)]))
