@@ -549,6 +549,36 @@ def test_fisher_weighted_undo_reports_the_residual_the_real_step_leaves(tok) -> 
         AnalyticSpec(undo_output="kfac")
 
 
+def test_factored_residuals_equal_the_dense_ones() -> None:
+    """Products known by their factors (the construction's hot path) give the dense residuals, in
+    every metric (Frobenius, input moments, input and output factors) and for every c."""
+    from llm.lora import LoraFactors
+
+    gen = torch.Generator().manual_seed(1)
+
+    def factors(rank: int) -> LoraFactors:
+        return LoraFactors(
+            torch.randn(6, rank, generator=gen, dtype=torch.float64),
+            torch.randn(rank, 4, generator=gen, dtype=torch.float64),
+            0.7,
+        )
+
+    before = {n: factors(2) for n in ("a", "b")}
+    after = {n: factors(5) for n in before}
+    x, y = torch.randn(9, 4, generator=gen, dtype=torch.float64), torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    moments, outputs = {n: x.T @ x / 9 for n in before}, {n: y.T @ y / 9 for n in before}
+    dense = {n: f.product for n, f in before.items()}, {n: f.product for n, f in after.items()}
+    for c in (0.0, -2.0, 0.5):
+        for m, u in ((None, None), (moments, None), (moments, outputs)):
+            factored = float(undo_residual(after, before, m, c, u))
+            assert factored == pytest.approx(float(undo_residual(dense[1], dense[0], m, c, u)), rel=1e-10)
+            mixed = float(undo_residual(after, dense[0], m, c, u))  # a dense side: computed densely
+            assert mixed == pytest.approx(factored, rel=1e-10)
+        assert float(keep_residual(after, before, moments, c)) == pytest.approx(
+            float(keep_residual(dense[1], dense[0], moments, c)), rel=1e-10
+        )
+
+
 def test_scaled_undo_residual_measures_the_distance_to_c_times_w() -> None:
     """undo_residual(scale=c) = mean over layers of ‖W' − cW‖² / ‖(1 − c)W‖²: 1 for an untouched
     adapter, 0 on the target, and the unscaled residual at c = 0."""

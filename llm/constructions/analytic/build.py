@@ -42,7 +42,7 @@ from llm.constructions.analytic.step import (
     Mats,
     Params,
     Side,
-    adapter_products,
+    adapter_factors,
     gauged_step_products,
     post_step_params,
     read_back,
@@ -50,6 +50,8 @@ from llm.constructions.analytic.step import (
 from llm.constructions.analytic.target import TargetBatch, target_batch, target_loss
 from llm.constructions.analytic.weight_space import (
     Metric,
+    Product,
+    dense,
     input_moments,
     keep_residual,
     output_moments,
@@ -59,6 +61,7 @@ from llm.constructions.analytic.weight_space import (
 from llm.data.schema import DomainData, Example
 from llm.lora import (
     ADAPTER,
+    LoraFactors,
     adapter_state,
     extend_lora,
     factor_maps,
@@ -88,7 +91,7 @@ class Construction:
     benign: list[Example]
     update_batch: dict[str, torch.Tensor]  # the victim's (first) batch
     grads: Mats  # G per layer: the victim's gradient in the effective weights, in the shipped coordinates
-    before: Mats  # the alignment adapter s·B·A per layer, in the control's coordinates
+    before: dict[str, LoraFactors]  # the alignment adapter s·B·A per layer, in the control's coordinates
     fitted: Metric  # the metric the weight-space undo is fitted in
     keep_moments: Mats | None  # the benign inputs' second moments (undo_keep)
     probe_inputs: Metric | None  # the metric of the reported residual on every probe input
@@ -138,14 +141,16 @@ class Construction:
         _, twin_layers, stepped_old = self.stepped()
         return post_step_params(twin_layers, stepped_old, hidden, self.grads, self.lr)
 
-    def products_after(self, params: Params) -> Mats:
-        """The twin's adapter ``s·B·A`` after the step, in the control's coordinates."""
-        return read_back(adapter_products(self.stepped()[1], params), self.read_back)
+    def products_after(self, params: Params) -> dict[str, LoraFactors]:
+        """The twin's adapter ``s·B·A`` after the step, in the control's coordinates, by its factors."""
+        return read_back(adapter_factors(self.stepped()[1], params), self.read_back)
 
-    def residual(self, products: Mats, metric: Metric) -> torch.Tensor:
+    def residual(self, products: dict[str, Product], metric: Metric) -> torch.Tensor:
         return undo_residual(products, self.before, metric.inputs, self.spec.undo_scale, metric.outputs)
 
-    def undo_objective(self, products: Mats, keep_products: Mats | None = None) -> torch.Tensor:
+    def undo_objective(
+        self, products: dict[str, Product], keep_products: dict[str, Product] | None = None
+    ) -> torch.Tensor:
         spec = self.spec
         return undo_objective(
             products, self.before, self.fitted, spec.undo_scale, self.keep_moments, spec.undo_keep, keep_products
@@ -247,7 +252,10 @@ def prepare(
     full = target_batch(control, tokenizer, probes, benign, spec)
     update_batch = victim_batch(tokenizer, update_examples, victim)
     grads = weight_gradients(shipped, update_batch, layers)
-    before = {n: w.detach() for n, w in adapter_products(layers).items()}
+    # copies: a gauge later moves the shipped factors in place
+    before = {
+        n: LoraFactors(f.b.detach().clone(), f.a.detach().clone(), f.scale) for n, f in adapter_factors(layers).items()
+    }
     fitted, keep_moments, probe_inputs = undo_metrics(control, shipped, full, layers, spec)
     return Construction(
         spec,
@@ -343,12 +351,12 @@ def check_floor(c: Construction, hidden: Hidden) -> dict[str, float]:
     p0 = {n: output.detach().T @ output.detach() for n in twin_layers if (output := hidden.outputs(n)) is not None}
     move = hidden_move(c.grads, c.read_back, {n: layer.scaling[ADAPTER] for n, layer in twin_layers.items()}, c.lr)
     with torch.no_grad():
-        constant = c.products_after(c.post_params(hidden.map(torch.zeros_like)))
-        fitted = c.products_after(c.post_params(hidden))
+        constant = {n: f.product for n, f in c.products_after(c.post_params(hidden.map(torch.zeros_like))).items()}
+        fitted = {n: f.product for n, f in c.products_after(c.post_params(hidden)).items()}
         moved = move(p0, q0)
     affine_error = max(float((constant[n] + moved[n] - fitted[n]).abs().max() / fitted[n].abs().max()) for n in fitted)
     metric = Metric(float64(c.fitted.inputs), float64(c.fitted.outputs))
-    before, keep_moments, spec = float64(c.before), float64(c.keep_moments), c.spec
+    before, keep_moments, spec = float64({n: dense(f) for n, f in c.before.items()}), float64(c.keep_moments), c.spec
 
     def objective(products: Mats) -> torch.Tensor:
         return undo_objective(products, before, metric, spec.undo_scale, keep_moments, spec.undo_keep)

@@ -66,18 +66,25 @@ def post_step_params(
     return out
 
 
+def adapter_factors(layers: dict[str, LoraLayer], params: Params | None = None) -> dict[str, LoraFactors]:
+    """The adapter's factors per layer, from ``params`` (full adapter tensors, as
+    :func:`post_step_params` returns) or the layers' own."""
+    return {name: LoraFactors.of(layer, params, name) for name, layer in layers.items()}
+
+
 def adapter_products(layers: dict[str, LoraLayer], params: Params | None = None) -> Mats:
-    """``s·B·A`` (``(out, in)``) per layer: the adapter's share of the effective weight, from
-    ``params`` (full adapter tensors, as :func:`post_step_params` returns) or the layers' own."""
-    return {name: LoraFactors.of(layer, params, name).product for name, layer in layers.items()}
+    """``s·B·A`` (``(out, in)``) per layer: the adapter's share of the effective weight."""
+    return {name: factors.product for name, factors in adapter_factors(layers, params).items()}
 
 
-def read_back(products: Mats, maps: dict[str, tuple[torch.Tensor, torch.Tensor]] | None) -> Mats:
-    """``R⁻¹ W̃ K⁻¹`` per layer (``maps``: ``(R⁻¹, K⁻¹)``): a gauged twin's products in the control's
-    coordinates (None: no gauge, the products themselves)."""
+def read_back(
+    factors: dict[str, LoraFactors], maps: dict[str, tuple[torch.Tensor, torch.Tensor]] | None
+) -> dict[str, LoraFactors]:
+    """``R⁻¹ W̃ K⁻¹`` per layer (``maps``: ``(R⁻¹, K⁻¹)``), as the factors ``R⁻¹B̃``, ``ÃK⁻¹``: a gauged
+    twin's adapter in the control's coordinates (None: no gauge, the factors themselves)."""
     if maps is None:
-        return products
-    return {n: maps[n][0] @ w @ maps[n][1] for n, w in products.items()}
+        return factors
+    return {n: LoraFactors(maps[n][0] @ f.b, f.a @ maps[n][1], f.scale) for n, f in factors.items()}
 
 
 def gauged_step_products(

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import torch
 from peft.tuners.lora import LoraLayer
 
-from llm.lora import as_module
+from llm.lora import LoraFactors, as_module
 from llm.models import CausalLM, next_logits
 from llm.objectives import response_mask
 
 Mats = dict[str, torch.Tensor]
+#: an adapter's product ``s·B·A``, dense or known by its factors (then its energy costs ``r·in²``, not ``out·in²``)
+Product = torch.Tensor | LoraFactors
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,33 @@ class Metric:
     outputs: Mats | None = None
 
 
-def _energy(w: torch.Tensor, moments: torch.Tensor | None, outputs: torch.Tensor | None = None) -> torch.Tensor:
+def dense(w: Product) -> torch.Tensor:
+    """The ``(out, in)`` matrix of ``w``."""
+    return w.product if isinstance(w, LoraFactors) else w
+
+
+def scaled(w: Product, c: float) -> Product:
+    """``c·w``, factored when ``w`` is."""
+    return LoraFactors(c * w.b, w.a, w.scale) if isinstance(w, LoraFactors) else c * w
+
+
+def offset(after: Product, before: Product, c: float) -> Product:
+    """``after − c·before``: factored (their components side by side) when both are, else dense."""
+    if isinstance(after, LoraFactors) and isinstance(before, LoraFactors):
+        return after if c == 0 else LoraFactors.stack([after, scaled(before, -c)])
+    return dense(after) - c * dense(before)
+
+
+def _energy(w: Product, moments: torch.Tensor | None, outputs: torch.Tensor | None = None) -> torch.Tensor:
     """``‖w‖²_F``, or ``tr(w C wᵀ) = E‖w x‖²`` with ``C = E[x xᵀ]``, or with an output factor ``U``
     (:func:`output_moments`) ``tr(U w C wᵀ)``: the Kronecker-factored (K-FAC, Martens & Grosse 2015,
     eq. 1) estimate of ``E[(gᵀ w x)²]``, the first-order change of the log-likelihood that ``w``
-    makes at inputs ``x`` with output gradients ``g``."""
+    makes at inputs ``x`` with output gradients ``g``. For ``w = s·B·A`` known by its factors, the
+    same trace as ``s² ⟨BᵀUB, ACAᵀ⟩`` (``r × r`` matrices; ``U``, ``C`` the identity when absent)."""
+    if isinstance(w, LoraFactors):
+        left = w.b.T @ w.b if outputs is None else w.b.T @ outputs @ w.b
+        right = w.a @ w.a.T if moments is None else w.a @ moments @ w.a.T
+        return w.scale**2 * (left * right).sum()
     if moments is None:
         return (w**2).sum()
     wc = w @ moments
@@ -44,8 +68,8 @@ def _energy(w: torch.Tensor, moments: torch.Tensor | None, outputs: torch.Tensor
 
 
 def undo_residual(
-    after: dict[str, torch.Tensor],
-    before: dict[str, torch.Tensor],
+    after: dict[str, Product],
+    before: dict[str, Product],
     moments: dict[str, torch.Tensor] | None = None,
     scale: float = 0.0,
     outputs: dict[str, torch.Tensor] | None = None,
@@ -65,13 +89,16 @@ def undo_residual(
         return _energy(w, None if moments is None else moments[n], None if outputs is None else outputs[n])
 
     return torch.stack(
-        [size(after[n] - scale * before[n], n) / size((1 - scale) * before[n], n).clamp(min=1e-30) for n in before]
+        [
+            size(offset(after[n], before[n], scale), n) / size(scaled(before[n], 1 - scale), n).clamp(min=1e-30)
+            for n in before
+        ]
     ).mean()
 
 
 def keep_residual(
-    after: dict[str, torch.Tensor],
-    before: dict[str, torch.Tensor],
+    after: dict[str, Product],
+    before: dict[str, Product],
     moments: dict[str, torch.Tensor],
     scale: float = 0.0,
 ) -> torch.Tensor:
@@ -82,20 +109,21 @@ def keep_residual(
     compromise wherever the two sets of inputs share directions)."""
     return torch.stack(
         [
-            _energy(after[n] - before[n], moments[n]) / _energy((1 - scale) * before[n], moments[n]).clamp(min=1e-30)
+            _energy(offset(after[n], before[n], 1.0), moments[n])
+            / _energy(scaled(before[n], 1 - scale), moments[n]).clamp(min=1e-30)
             for n in before
         ]
     ).mean()
 
 
 def undo_objective(
-    products: Mats,
-    before: Mats,
+    products: dict[str, Product],
+    before: dict[str, Product],
     metric: Metric,
     scale: float,
     keep_moments: Mats | None = None,
     keep: float = 0.0,
-    keep_products: Mats | None = None,
+    keep_products: dict[str, Product] | None = None,
 ) -> torch.Tensor:
     """What the weight-space undo minimises: :func:`undo_residual` in ``metric`` plus ``keep`` ×
     :func:`keep_residual` on ``keep_moments`` (when given). ``keep_products``: the products the keep
