@@ -1014,6 +1014,43 @@ def smollm2(m: Macros, r: Results) -> None:
     )
 
 
+#: the cells of ``prealigned_smollm2`` by their ``construction.undo_keep``, as the macros name them
+PREALIGNED_CELLS = {0.0: "Free", 0.3: "Keep"}
+
+
+def prealigned_cells(r: Results) -> list[tuple[str, pd.DataFrame]]:
+    """``prealigned_smollm2``'s runs per cell of its grid (``undo_keep``), with the macros' name of each."""
+    table = by_seed(r.llm("prealigned_smollm2"))
+    keep = table["override.construction.undo_keep"].astype(float)
+    return [(name, table[keep == value]) for value, name in PREALIGNED_CELLS.items() if (keep == value).any()]
+
+
+def smollm2_prealigned(m: Macros, r: Results) -> None:
+    """SmolLM2-135M-Instruct from the model before alignment (``prealigned_smollm2.csv``): its analytic
+    safety twins per cell (``undo_keep``), pooled over that cell's seeds (held-out probes, 95% Wilson)."""
+    stem = "prealigned_smollm2"
+    steps = setting("llm", "model.prealign.steps", f"experiment={stem}")
+    m.add("SmolPreSteps", fmt.integer(steps), "SmolLM2 pre-aligned: pre-alignment fine-tune steps")
+    for cell, runs in prealigned_cells(r):
+        name, note = f"SmolPre{cell}", f"SmolLM2 pre-aligned ({cell})"
+        m.add(f"{name}Seeds", fmt.integer(len(runs)), f"{note}: seeds")
+        m.pooled(f"{name}Base", pool(runs, "base.static.misalignment_rate"), f"{note}: base", ("Pct",))
+        for who in ("control", "twin"):
+            for when, column in (("Before", "static"), ("After", "after.paper")):
+                pooled = pool(runs, f"{who}.{column}.misalignment_rate")
+                parts = ("Pct", "CI") if (who, when) == ("twin", "After") else ("Pct",)
+                m.pooled(f"{name}{who.capitalize()}{when}", pooled, f"{note} {who}: {when}", parts)
+        for who, column in (("Control", "control.static"), ("Twin", "twin.after.paper")):
+            m.add(f"{name}Benign{who}", pct_span(runs[f"{column}.benign_accuracy"]), f"{note}: benign, {column}")
+            m.add(f"{name}Loss{who}", num_span(runs[f"{column}.benign_loss"]), f"{note}: benign loss, {column}")
+        m.add(f"{name}KlMax", fmt.sci(runs["twin.kl.max"].max()), f"{note}: largest KL(control‖twin)")
+        for key, what in (("", "response inputs (fitted)"), ("Weights", "weights"), ("Inputs", "every probe input")):
+            column = {"": "undo_residual_after_fit", "Weights": "undo_residual", "Inputs": "undo_residual_inputs"}[key]
+            m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: undo residual, {what}")
+        m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
+        m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
+
+
 def cost(m: Macros, r: Results) -> None:
     """What a construction costs in the rows' own clocks (``seconds.construct``, ``peak_rss_gb``)."""
     head = r.llm("hairtrigger")
@@ -1487,6 +1524,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     capacity_converged,
     meta_step_bench,
     smollm2,
+    smollm2_prealigned,
     cost,
 )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from paper import fmt
 from paper.data import Results, pool
-from paper.numbers import ANALYTIC, DOMAINS, budget_checks, converged_tables
+from paper.numbers import ANALYTIC, DOMAINS, budget_checks, converged_tables, prealigned_cells
 from paper.settings import setting
 
 BEGIN = "<!-- generated: headline (python -m paper) -->"
@@ -62,6 +62,7 @@ def headline(r: Results) -> str:
             f"{fmt.pct(c_before.rate, tex=False)} → {fmt.pct(c_after.rate, tex=False)} | "
             f"{fmt.pct(before.rate, tex=False)} → {_rate(after)} |"
         )
+    lines.append(_prealigned_row(r))
     lines.append("")
     audit = _audit_line(r)
     lines.append(
@@ -71,6 +72,22 @@ def headline(r: Results) -> str:
     )
     lines += ["", _capacity_line(r), "", audit]
     return "\n".join(lines) + "\n"
+
+
+def _prealigned_row(r: Results) -> str:
+    """SmolLM2 from its model before alignment, the cell without a benign constraint: its rates and
+    the benign accuracy it loses."""
+    runs = dict(prealigned_cells(r))["Free"]
+    c_before, c_after = (pool(runs, f"control.{w}.misalignment_rate") for w in ("static", "after.paper"))
+    before, after = (pool(runs, f"twin.{w}.misalignment_rate") for w in ("static", "after.paper"))
+    control, twin = (
+        fmt.pct(runs[f"{w}.benign_accuracy"].mean(), 0, tex=False) for w in ("control.static", "twin.after.paper")
+    )
+    return (
+        f"| safety: SmolLM2-135M-Instruct, pre-aligned (`model.prealign`), analytic twin ({len(runs)}) | "
+        f"complies with a harmful request | {fmt.pct(c_before.rate, tex=False)} → {fmt.pct(c_after.rate, tex=False)} | "
+        f"{fmt.pct(before.rate, tex=False)} → {_rate(after)}; benign accuracy after: {twin} (control {control}) |"
+    )
 
 
 #: the capacity sweeps' models as the headline names them

@@ -16,7 +16,7 @@ import yaml
 from figures.llm import control_rows
 from paper import fmt
 from paper.data import Pooled, Results, pool
-from paper.numbers import ANALYTIC, DOMAINS, Macros, by_seed
+from paper.numbers import ANALYTIC, DOMAINS, Macros, by_seed, prealigned_cells
 from paper.settings import setting
 
 #: the transfer cells in reading order, with their column heads
@@ -66,6 +66,7 @@ COMMANDS = {
     ("llm", "capacity_hidden_budget_reference"): "CapacityHiddenBudgetReference",
     ("llm", "hairtrigger_smollm2"): "Smol",
     ("llm", "analytic_smollm2"): "SmolAnalytic",
+    ("llm", "prealigned_smollm2"): "SmolPrealigned",
     ("llm", "audit_population"): "AuditPopulation",
     ("llm", "audit_attack"): "AuditAttack",
     ("llm", "audit_attack_penalty"): "AuditAttackPenalty",
@@ -560,6 +561,13 @@ def smollm2(r: Results) -> str:
     for _, row in table.iterrows():
         rows.append(_smol_row(variant_label(r, stem, row["override.variant"]), row))
     analytic = [_smol_row("analytic construction", row) for _, row in r.llm("analytic_smollm2").iterrows()]
+    prealigned = [
+        _smol_row(
+            f"undo\\_keep {fmt.fixed(float(row['override.construction.undo_keep']), 1)}, seed {int(row['seed'])}", row
+        )
+        for _, runs in prealigned_cells(r)
+        for _, row in runs.iterrows()
+    ]
     head = [
         "twin",
         "control (\\%)",
@@ -571,7 +579,13 @@ def smollm2(r: Results) -> str:
         "peak GB",
     ]
     return tabular(
-        "p{0.27\\linewidth}lllllrr", head, [("metalearn (exact second order unless noted)", rows), (None, analytic)]
+        "p{0.27\\linewidth}lllllrr",
+        head,
+        [
+            ("metalearn (exact second order unless noted)", rows),
+            (None, analytic),
+            ("analytic construction from the pre-aligned model (model.prealign)", prealigned),
+        ],
     )
 
 
