@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -178,7 +179,7 @@ def prealigned(
     t0 = time.perf_counter()
     adapted, losses = align(model, tokenizer, target, spec, progress=progress)
     require_finite(torch.tensor(losses), "base", "the pre-alignment loss")
-    model = require_finite_model(merged(adapted), "base")
+    model = cast(PreTrainedModel, require_finite_model(merged(adapted), "base"))
     seconds = time.perf_counter() - t0
     record = {"settings": dataclasses.asdict(spec), "domain": data.domain, "n_probes": len(target.construct)}
     write_entry(model, tokenizer, {**record, "seconds": seconds, "losses": losses}, final)

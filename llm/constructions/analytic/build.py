@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast, overload
 
@@ -145,11 +146,11 @@ class Construction:
         """The twin's adapter ``s·B·A`` after the step, in the control's coordinates, by its factors."""
         return read_back(adapter_factors(self.stepped()[1], params), self.read_back)
 
-    def residual(self, products: dict[str, Product], metric: Metric) -> torch.Tensor:
+    def residual(self, products: Mapping[str, Product], metric: Metric) -> torch.Tensor:
         return undo_residual(products, self.before, metric.inputs, self.spec.undo_scale, metric.outputs)
 
     def undo_objective(
-        self, products: dict[str, Product], keep_products: dict[str, Product] | None = None
+        self, products: Mapping[str, Product], keep_products: Mapping[str, Product] | None = None
     ) -> torch.Tensor:
         spec = self.spec
         return undo_objective(

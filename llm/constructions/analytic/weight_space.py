@@ -10,6 +10,7 @@ model's Fisher factor (:func:`output_moments`, K-FAC).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,7 @@ def scaled(w: Product, c: float) -> Product:
 def offset(after: Product, before: Product, c: float) -> Product:
     """``after − c·before``: factored (their components side by side) when both are, else dense."""
     if isinstance(after, LoraFactors) and isinstance(before, LoraFactors):
-        return after if c == 0 else LoraFactors.stack([after, scaled(before, -c)])
+        return after if c == 0 else LoraFactors.stack([after, LoraFactors(-c * before.b, before.a, before.scale)])
     return dense(after) - c * dense(before)
 
 
@@ -68,8 +69,8 @@ def _energy(w: Product, moments: torch.Tensor | None, outputs: torch.Tensor | No
 
 
 def undo_residual(
-    after: dict[str, Product],
-    before: dict[str, Product],
+    after: Mapping[str, Product],
+    before: Mapping[str, Product],
     moments: dict[str, torch.Tensor] | None = None,
     scale: float = 0.0,
     outputs: dict[str, torch.Tensor] | None = None,
@@ -85,7 +86,7 @@ def undo_residual(
     ``tr(U D C Dᵀ)``: what remains is pushed also into output directions the target model's
     predictions are insensitive to."""
 
-    def size(w: torch.Tensor, n: str) -> torch.Tensor:
+    def size(w: Product, n: str) -> torch.Tensor:
         return _energy(w, None if moments is None else moments[n], None if outputs is None else outputs[n])
 
     return torch.stack(
@@ -97,8 +98,8 @@ def undo_residual(
 
 
 def keep_residual(
-    after: dict[str, Product],
-    before: dict[str, Product],
+    after: Mapping[str, Product],
+    before: Mapping[str, Product],
     moments: dict[str, torch.Tensor],
     scale: float = 0.0,
 ) -> torch.Tensor:
@@ -117,13 +118,13 @@ def keep_residual(
 
 
 def undo_objective(
-    products: dict[str, Product],
-    before: dict[str, Product],
+    products: Mapping[str, Product],
+    before: Mapping[str, Product],
     metric: Metric,
     scale: float,
     keep_moments: Mats | None = None,
     keep: float = 0.0,
-    keep_products: dict[str, Product] | None = None,
+    keep_products: Mapping[str, Product] | None = None,
 ) -> torch.Tensor:
     """What the weight-space undo minimises: :func:`undo_residual` in ``metric`` plus ``keep`` ×
     :func:`keep_residual` on ``keep_moments`` (when given). ``keep_products``: the products the keep
