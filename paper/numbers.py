@@ -1015,7 +1015,7 @@ def smollm2(m: Macros, r: Results) -> None:
 
 
 #: the cells of ``prealigned_smollm2`` by their ``construction.undo_keep``, as the macros name them
-PREALIGNED_CELLS = {0.0: "Free", 0.3: "Keep"}
+PREALIGNED_CELLS = {0.0: "Free"}
 
 
 def prealigned_cells(r: Results) -> list[tuple[str, pd.DataFrame]]:
