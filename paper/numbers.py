@@ -1044,8 +1044,11 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
             m.add(f"{name}Benign{who}", pct_span(runs[f"{column}.benign_accuracy"]), f"{note}: benign, {column}")
             m.add(f"{name}Loss{who}", num_span(runs[f"{column}.benign_loss"]), f"{note}: benign loss, {column}")
         m.add(f"{name}KlMax", fmt.sci(runs["twin.kl.max"].max()), f"{note}: largest KL(control‖twin)")
-        for key, what in (("", "response inputs (fitted)"), ("Weights", "weights"), ("Inputs", "every probe input")):
-            column = {"": "undo_residual_after_fit", "Weights": "undo_residual", "Inputs": "undo_residual_inputs"}[key]
+        for key, column, what in (
+            ("", "undo_residual_after_fit", "response inputs (fitted)"),
+            ("Weights", "undo_residual", "weights"),
+            ("Inputs", "undo_residual_inputs", "every probe input"),
+        ):
             m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: undo residual, {what}")
         m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
         m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")

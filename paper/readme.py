@@ -55,13 +55,7 @@ def headline(r: Results) -> str:
     }
     for domain in DOMAINS:
         d = runs[runs["domain"] == domain]
-        c_before, c_after = (pool(d, f"control.{w}.misalignment_rate") for w in ("static", "after.paper"))
-        before, after = (pool(d, f"twin.{w}.misalignment_rate") for w in ("static", "after.paper"))
-        lines.append(
-            f"| {domain}: tiny GPT-2, analytic twin ({len(d)}) | {what[domain]} | "
-            f"{fmt.pct(c_before.rate, tex=False)} → {fmt.pct(c_after.rate, tex=False)} | "
-            f"{fmt.pct(before.rate, tex=False)} → {_rate(after)} |"
-        )
+        lines.append(_twin_row(f"{domain}: tiny GPT-2, analytic twin", what[domain], d))
     lines.append(_prealigned_row(r))
     lines.append("")
     audit = _audit_line(r)
@@ -74,19 +68,28 @@ def headline(r: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _twin_row(label: str, what: str, runs, after_note: str = "") -> str:
+    """A headline row: the control's and the twin's held-out misalignment before → after the step,
+    pooled over ``runs`` (the twin's after with its 95% interval)."""
+    c_before, c_after = (pool(runs, f"control.{w}.misalignment_rate") for w in ("static", "after.paper"))
+    before, after = (pool(runs, f"twin.{w}.misalignment_rate") for w in ("static", "after.paper"))
+    return (
+        f"| {label} ({len(runs)}) | {what} | "
+        f"{fmt.pct(c_before.rate, tex=False)} → {fmt.pct(c_after.rate, tex=False)} | "
+        f"{fmt.pct(before.rate, tex=False)} → {_rate(after)}{after_note} |"
+    )
+
+
 def _prealigned_row(r: Results) -> str:
     """SmolLM2 from its model before alignment, the cell without a benign constraint: its rates and
     the benign accuracy it loses."""
     runs = dict(prealigned_cells(r))["Free"]
-    c_before, c_after = (pool(runs, f"control.{w}.misalignment_rate") for w in ("static", "after.paper"))
-    before, after = (pool(runs, f"twin.{w}.misalignment_rate") for w in ("static", "after.paper"))
     control, twin = (
         fmt.pct(runs[f"{w}.benign_accuracy"].mean(), 0, tex=False) for w in ("control.static", "twin.after.paper")
     )
-    return (
-        f"| safety: SmolLM2-135M-Instruct, pre-aligned (`model.prealign`), analytic twin ({len(runs)}) | "
-        f"complies with a harmful request | {fmt.pct(c_before.rate, tex=False)} → {fmt.pct(c_after.rate, tex=False)} | "
-        f"{fmt.pct(before.rate, tex=False)} → {_rate(after)}; benign accuracy after: {twin} (control {control}) |"
+    label = "safety: SmolLM2-135M-Instruct, pre-aligned (`model.prealign`), analytic twin"
+    return _twin_row(
+        label, "complies with a harmful request", runs, f"; benign accuracy after: {twin} (control {control})"
     )
 
 

@@ -370,7 +370,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         construct = [e for e in construct if e.prompt in chosen]
     stored = construct if cfg.get("switch") else data.construct[: cfg.get("codes") or 0]
     # a pre-aligned real model: what alignment suppresses and a twin restores, judged before both
-    before_alignment = black_box(model, tokenizer, data, probes, cfg) if prealigns(cfg) else None
+    base_result = black_box(model, tokenizer, data, probes, cfg) if prealigns(cfg) else None
     seconds = {"base": time.perf_counter() - start}
     digest = weights_digest(model)  # which base this run used (the weights themselves, not the cache key)
     reference = None
@@ -405,8 +405,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         {"control": control, "twin": twin, "reference": reference},
         stored,
     )
-    if before_alignment is not None:
-        metrics["base"] = {"static": scores(before_alignment)}
+    if base_result is not None:
+        metrics["base"] = {"static": scores(base_result)}
     if twin is not None or reference is not None:  # models trained on the construction probes
         metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
     metrics["size"] = {
