@@ -403,6 +403,9 @@ def test_the_first_order_certificate_is_the_margin_against_rho_times_its_gradien
     m = margins(model, tok, data.eval, 32)
     assert cert["margin_median"] == pytest.approx(float(m.median()))
     assert cert["certified"] == pytest.approx(float((m > 0).double().mean())) and cert["n"] == len(data.eval)
+    # the sound tier: a bound at least the first order's, never contradicted by the real step
+    assert cert["sound_covers_update"] == 1 and cert["sound_violations"] == 0
+    assert cert["sound_certified"] <= cert["certified"] and cert["sound_radius_median"] < 1.0
 
 
 def test_hidden_components_lose_the_certificate_the_canonical_form_keeps(tok) -> None:
@@ -436,7 +439,8 @@ def test_hidden_components_lose_the_certificate_the_canonical_form_keeps(tok) ->
     assert cert["twin"]["grad_norm_median"] > 10 * cert["control"]["grad_norm_median"]
     assert cert["canonical"]["rho"] == pytest.approx(cert["control_canonical"]["rho"], rel=1e-3)
     assert cert["canonical"]["certified"] == cert["control_canonical"]["certified"]
-    assert all(c["violations"] == 0 for c in cert.values())
+    assert all(c["violations"] == 0 and c["sound_violations"] == 0 for c in cert.values())
+    assert cert["twin"]["sound_radius_median"] < cert["control"]["sound_radius_median"]
 
 
 # ---------------------------------------------------------------------------- the neutraliser

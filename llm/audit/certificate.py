@@ -22,7 +22,14 @@ Two measurements say how far the first order can be trusted on this checkpoint:
   the measured ``m_j(θ + ρu_j) − m_j(θ)`` against ``−ρ‖∇m_j‖``, as the largest relative error;
 * ``violations``: certified probes whose margin is ≤ 0 after the victim's *real* step.
 
-The audit computes it on the delivered parameters, where the victim steps, and on the canonical
+A **sound tier** beside it (``sound_*``; GPT-2 and Llama blocks, adapter parameters): the bound of
+:mod:`llm.audit.perturbation` on ``|m_j(θ + Δ) − m_j(θ)|`` for every ``‖Δ‖ ≤ ρ``, no first order
+involved; a probe is certified when ``m_j`` exceeds it. The ball holds the victim's update when it
+takes one step (``sound_covers_update``; later steps have other lengths); then a certified probe
+that the real step turns (``sound_violations``) would contradict the bound. ``sound_radius_median``:
+the largest ball each probe is certified on (its median), to read against ``ρ``.
+
+The audit computes both on the delivered parameters, where the victim steps, and on the canonical
 form (the neutraliser's): under SGD a twin whose hidden components amplify the step has large
 ``‖∇m_j‖`` and a long step, and certifies little.
 """
@@ -30,12 +37,15 @@ form (the neutraliser's): under SGD a twin whose hidden components amplify the s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.audit.amplification import first_batch, victim_view
 from llm.audit.neutralise import stepped
+from llm.audit.perturbation import check_supported, float64_view, margin_bound
 from llm.batches import batch_of
 from llm.checks import require_finite
 from llm.data.schema import Example
@@ -111,6 +121,7 @@ def first_order_certificate(
     after = margins(stepped(model, tokenizer, update_examples, spec), tokenizer, probes, spec.max_len)
     require_finite(after, "evaluation", "the margins after the victim's step")
     return {
+        **sound_certificate(view, tokenizer, probes, margin, after, rho, spec),
         "certified": float(certified.double().mean()),
         "rho": rho,
         "n": float(len(probes)),
@@ -119,3 +130,52 @@ def first_order_certificate(
         "first_order_error": max(errors) if errors else 0.0,
         "violations": float((certified & (after <= 0)).sum()),
     }
+
+
+def sound_certificate(
+    view: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: list[Example],
+    margin: torch.Tensor,
+    after: torch.Tensor,
+    rho: float,
+    spec: UpdateSpec,
+) -> dict[str, float]:
+    """The sound tier of the module docstring for the victim ``view``, the probes' ``margin`` and their
+    margins ``after`` the real step; empty where :mod:`llm.audit.perturbation` does not cover the
+    model or the victim trains more than the adapter."""
+    if spec.params != "adapter":
+        return {}
+    try:
+        check_supported(view)
+    except ValueError:
+        return {}
+    exact = float64_view(view)
+    bounds, radii = [], []
+    for e, m in zip(probes, margin.tolist()):
+        bound = partial(margin_bound, exact, tokenizer, e.prompt, (e.aligned, e.misaligned), max_len=spec.max_len)
+        bounds.append(bound(rho))
+        radii.append(certified_radius(bound, m))
+    b, radius = torch.tensor(bounds), torch.tensor(radii)
+    require_finite(b, "evaluation", "the sound margin bounds")
+    certified = margin > b
+    return {
+        "sound_certified": float(certified.double().mean()),
+        "sound_bound_median": float(b.median()),
+        "sound_radius_median": float(radius.median()),
+        "sound_covers_update": float(spec.steps == 1),
+        "sound_violations": float((certified & (after <= 0)).sum()),
+    }
+
+
+def certified_radius(bound: Callable[[float], float], margin: float, lo: float = 1e-14, hi: float = 1.0) -> float:
+    """The largest ``ρ`` in ``[lo, hi]`` (to a factor 1.01, bisecting ``log ρ``) with ``bound(ρ) < margin``;
+    0 when not even ``lo`` is certified. ``bound`` increases with ``ρ`` (a larger ball holds more steps)."""
+    if margin <= 0 or bound(lo) >= margin:
+        return 0.0
+    if bound(hi) < margin:
+        return hi
+    while hi / lo > 1.01:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if bound(mid) < margin else (lo, mid)
+    return lo

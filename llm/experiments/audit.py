@@ -227,6 +227,8 @@ ROWS = {
     "worst_step_random": "worst_step.random",
     "certified_first_order": "certificate.delivered.certified",
     "certified_neutralised": "certificate.canonical.certified",
+    "certified_sound": "certificate.delivered.sound_certified",
+    "sound_radius": "certificate.delivered.sound_radius_median",
     "certificate_violations": "certificate.delivered.violations",
     "function_residual_kl": "canonical.kl_max",
     "components_removed": "canonical.components_removed",
