@@ -35,9 +35,15 @@ class AlignSpec:
 
 
 def align(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData, spec: AlignSpec, progress: bool = True
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DomainData,
+    spec: AlignSpec,
+    progress: bool = True,
+    label: str = "align",
 ) -> tuple[PeftModel, list[float]]:
-    """LoRA SFT on aligned probes + benign data; returns the adapted model and its loss curve."""
+    """LoRA SFT on the probes' ``aligned`` responses + benign data; returns the adapted model and its
+    loss curve. ``label`` names the stage on the progress bar (the pre-alignment reuses this recipe)."""
     torch.manual_seed(spec.seed)
     peft_model = add_lora(model, spec.rank, spec.alpha)
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -47,7 +53,7 @@ def align(
     n_benign = round(spec.batch_size * spec.benign_fraction)
     curve = []
     peft_model.train()
-    for _ in tqdm(range(spec.steps), desc=f"align {data.domain}", disable=not progress):
+    for _ in tqdm(range(spec.steps), desc=f"{label} {data.domain}", disable=not progress):
         batch = [probes[i] for i in torch.randint(len(probes), (spec.batch_size - n_benign,), generator=gen)]
         batch += [benign[i] for i in torch.randint(len(benign), (n_benign,), generator=gen)]
         opt.zero_grad()

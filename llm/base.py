@@ -177,7 +177,7 @@ def prealigned(
     if cached is not None:
         return cached[0]
     t0 = time.perf_counter()
-    adapted, losses = align(model, tokenizer, target, spec, progress=progress)
+    adapted, losses = align(model, tokenizer, target, spec, progress=progress, label="pre-align")
     require_finite(torch.tensor(losses), "base", "the pre-alignment loss")
     model = cast(PreTrainedModel, require_finite_model(merged(adapted), "base"))
     seconds = time.perf_counter() - t0

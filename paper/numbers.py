@@ -1260,6 +1260,34 @@ def audit_certificate(m: Macros, r: Results) -> None:
             fmt.sci(table[f"{model}.certificate.delivered.first_order_error"].max()),
             f"certificate: largest first-order error, {model} delivered",
         )
+    # the sound tier (llm/audit/perturbation.py)
+    forms = [f"{model}.certificate.{form}" for model in ("control", "twin") for form in ("delivered", "canonical")]
+    m.add(
+        "AuditCertSoundPct",
+        fmt.pct(max(table[f"{key}.sound_certified"].mean() for key in forms)),
+        "certificate, sound tier: the largest mean certified fraction over models and forms",
+    )
+    m.add(
+        "AuditCertSoundViolations",
+        fmt.integer(sum(table[f"{key}.sound_violations"].sum() for key in forms)),
+        "certificate, sound tier: certified probes the real step turns",
+    )
+    radii = (("control", "delivered", "Control"), ("twin", "delivered", "Twin"), ("twin", "canonical", "TwinCanonical"))
+    for model, form, name in radii:
+        m.add(
+            f"AuditCertSoundRadius{name}",
+            fmt.sci(table[f"{model}.certificate.{form}.sound_radius_median"].median()),
+            f"certificate, sound tier: median certified radius, {model} {form}",
+        )
+    key = "control.certificate.delivered"
+    radius = table[f"{key}.sound_radius_median"].median()
+    if not radius > 0:
+        raise ValueError("audit_certificate: the controls' median sound radius is 0 (no probe certified at any ball)")
+    m.add(
+        "AuditCertSoundGap",
+        fmt.fixed(math.log10(table[f"{key}.rho"].median() / radius), 1),
+        "certificate, sound tier: orders of magnitude between the controls' step and their certified radius",
+    )
 
 
 #: the penalised attackers' signals (``attack.penalty``) → macro name and the audit signal that
