@@ -1015,7 +1015,7 @@ def smollm2(m: Macros, r: Results) -> None:
 
 
 #: the cells of ``prealigned_smollm2`` by their ``construction.undo_keep``, as the macros name them
-PREALIGNED_CELLS = {0.0: "Free"}
+PREALIGNED_CELLS = {0.0: "Free", 0.3: "Keep"}
 
 
 def prealigned_cells(r: Results) -> list[tuple[str, pd.DataFrame]]:
@@ -1050,6 +1050,10 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
             ("Inputs", "undo_residual_inputs", "every probe input"),
         ):
             m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: undo residual, {what}")
+        keep = runs["override.construction.undo_keep"].astype(float)
+        if (keep > 0).all():  # the step is also asked to leave the adapter on benign inputs
+            m.add(f"{name}UndoKeep", fmt.fixed(keep.iloc[0], 1), f"{note}: construction.undo_keep")
+            m.add(f"{name}KeepResidual", num_span(runs["construct.keep_residual"], 2), f"{note}: keep residual")
         m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
         m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
 
