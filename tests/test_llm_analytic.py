@@ -205,11 +205,15 @@ def test_one_lora_step_is_psd_preconditioning_plus_curvature(shape, s, lr, seed)
 @SETTINGS
 @given(k=st.integers(1, 6), out_scale=st.floats(0.01, 100.0), seed=st.integers(0, 2**16), lora=st.booleans())
 def test_ffn_pairs_are_function_preserving(tok, k, out_scale, seed, lora) -> None:
-    """float32: the pair's ±v terms cancel up to rounding of their own size (∝ ‖v‖)."""
+    """float32: the pair's ±v terms cancel up to rounding of their own size (∝ ‖v‖), and the wider
+    matmuls sum in another order: rounding of the O(1) residual stream, so the tolerance does not
+    shrink with logits smaller than 1."""
     model = tiny(tok, lora=lora)
     wide = widen_mlps(copy.deepcopy(model), k, torch.Generator().manual_seed(seed), out_scale)
     assert wide.config.n_inner == 4 * 16 + 2 * k
-    assert_same(logits(wide, tok), logits(model, tok), 3e-6 * max(1.0, out_scale))
+    a, b = logits(wide, tok), logits(model, tok)
+    scale = max(1.0, out_scale) * max(1.0, float(b.abs().max()))
+    assert float((a - b).abs().max()) <= 3e-6 * scale, float((a - b).abs().max())
 
 
 def test_ffn_pairs_float64_and_visible_after_a_step(tok) -> None:
