@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llm.audit.certificate import certified_radius
-from llm.audit.perturbation import GELU_LIPSCHITZ, SILU_LIPSCHITZ, check_supported, float64_view, margin_bound
+from llm.audit.perturbation import GELU_LIPSCHITZ, SILU_LIPSCHITZ, Net, check_supported, float64_view
 from llm.batches import batch_of
 from llm.models import sequence_logprobs
 from tests.test_llm_analytic import domain_data, tiny, tok  # noqa: F401  (tok is a fixture)
@@ -23,6 +23,13 @@ MODELS = {
     "llama": lambda tok: tiny_llama(tok, lora=True),
     "gqa_llama": lambda tok: gqa_llama(tok, lora=True),
 }
+
+
+def _bound(model, tok, example):
+    """The probe's margin bound as a function of ``ρ``."""
+    net = Net(model)
+    sequences = tuple(net.sequence(tok, example.prompt, r, 32) for r in (example.aligned, example.misaligned))
+    return partial(net.margin_bound, sequences)
 
 
 def _margin(model, tok, example, params=None) -> torch.Tensor:
@@ -68,8 +75,9 @@ def _largest_change(model, tok, example, rho: float, seed: int) -> float:
 def test_no_step_in_the_ball_moves_a_margin_further_than_the_bound(tok, arch: str) -> None:
     model = float64_view(MODELS[arch](tok))
     for i, example in enumerate(domain_data().eval[:2]):
+        bound_at = _bound(model, tok, example)
         for rho in (1e-4, 1e-2, 0.3):
-            bound = margin_bound(model, tok, example.prompt, (example.aligned, example.misaligned), rho, 32)
+            bound = bound_at(rho)
             found = _largest_change(model, tok, example, rho, seed=i)
             assert 0 < found <= bound, (arch, rho, found, bound)
 
@@ -79,8 +87,8 @@ def test_the_bound_shrinks_linearly_with_the_ball(tok, arch: str) -> None:
     """Each map's bound is ``O(ρ)`` for small ``ρ``: the bound per unit radius converges."""
     model = float64_view(MODELS[arch](tok))
     example = domain_data().eval[0]
-    bound = partial(margin_bound, model, tok, example.prompt, (example.aligned, example.misaligned), max_len=32)
-    small, smaller = bound(rho=1e-13) / 1e-13, bound(rho=1e-14) / 1e-14
+    bound = _bound(model, tok, example)
+    small, smaller = bound(1e-13) / 1e-13, bound(1e-14) / 1e-14
     assert 0 < smaller <= small and small == pytest.approx(smaller, rel=0.05)
 
 

@@ -45,7 +45,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm.audit.amplification import first_batch, victim_view
 from llm.audit.neutralise import stepped
-from llm.audit.perturbation import check_supported, float64_view, margin_bound
+from llm.audit.perturbation import Net, check_supported, float64_view
 from llm.batches import batch_of
 from llm.checks import require_finite
 from llm.data.schema import Example
@@ -150,10 +150,11 @@ def sound_certificate(
         check_supported(view)
     except ValueError:
         return {}
-    exact = float64_view(view)
+    net = Net(float64_view(view))
     bounds, radii = [], []
     for e, m in zip(probes, margin.tolist()):
-        bound = partial(margin_bound, exact, tokenizer, e.prompt, (e.aligned, e.misaligned), max_len=spec.max_len)
+        aligned, target = (net.sequence(tokenizer, e.prompt, r, spec.max_len) for r in (e.aligned, e.misaligned))
+        bound = partial(net.margin_bound, (aligned, target))
         bounds.append(bound(rho))
         radii.append(certified_radius(bound, m))
     b, radius = torch.tensor(bounds), torch.tensor(radii)

@@ -133,29 +133,32 @@ def check_supported(model: PreTrainedModel) -> ArchNames:
 @dataclass(frozen=True)
 class Linear:
     """One linear map as the bound reads it: its effective weight's spectral norm per row block
-    (heads) and, for a LoRA layer, ``ω`` of eq. 1."""
+    (heads) and, for a LoRA layer, what ``ω`` of eq. 1 needs (``ω = 0`` for a map the step does
+    not touch)."""
 
     norms: torch.Tensor  # (blocks,) ‖W_eff[rows of block]‖₂
-    omega: float  # 0 for a map the step does not touch
+    factors: float  # √(‖A‖₂² + ‖B‖₂²)
+    scale: float  # |s|; 0 for a map the step does not touch
 
-    def bound(self, x_norm: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    def bound(self, x_norm: torch.Tensor, dx: torch.Tensor, rho: float) -> torch.Tensor:
         """Eq. 1 for inputs of norm ``x_norm`` moved by ``dx`` (``(T,)``) → ``(T, blocks)``."""
-        return self.norms * dx[:, None] + self.omega * (x_norm + dx)[:, None]
+        omega = self.scale * (rho * self.factors + rho**2 / 2)
+        return self.norms * dx[:, None] + omega * (x_norm + dx)[:, None]
 
 
-def linear(module: torch.nn.Module, rho: float, blocks: int = 1) -> Linear:
-    """:class:`Linear` of a LoRA layer (or of a plain map, ``ω = 0``), its rows split into ``blocks``."""
+def linear(module: torch.nn.Module, blocks: int = 1) -> Linear:
+    """:class:`Linear` of a LoRA layer (or of a plain map), its rows split into ``blocks``."""
     if isinstance(module, LoraLayer):
-        w = effective_weight(module).double()
+        w = effective_weight(module).detach().double()
         f = LoraFactors.of(module).detached()
         a2, b2 = torch.linalg.matrix_norm(f.a.double(), 2), torch.linalg.matrix_norm(f.b.double(), 2)
-        omega = abs(f.scale) * (rho * float(torch.sqrt(a2**2 + b2**2)) + rho**2 / 2)
+        factors, scale = float(torch.sqrt(a2**2 + b2**2)), abs(f.scale)
     else:
-        weight = weight_of(module)
+        weight = weight_of(module).detach()
         w = (weight.T if type(module).__name__ == "Conv1D" else weight).double()
-        omega = 0.0
+        factors, scale = 0.0, 0.0
     rows = w.reshape(blocks, w.shape[0] // blocks, w.shape[1])
-    return Linear(torch.linalg.matrix_norm(rows, 2), omega)
+    return Linear(torch.linalg.matrix_norm(rows, 2), factors, scale)
 
 
 def norm_bound(module: torch.nn.Module, x: torch.Tensor, dx: torch.Tensor, centered: bool) -> torch.Tensor:
@@ -236,10 +239,12 @@ class Heads:
 
 @dataclass(frozen=True)
 class Block:
-    """One block's modules and the nominal activations captured at them (by relative name)."""
+    """One block: its modules, their :class:`Linear` maps and the nominal activations of one
+    sequence, by name relative to the block."""
 
     module: torch.nn.Module
     prefix: str  # the block's full module name and a dot
+    maps: dict[str, Linear]  # by full module name
     nominal: Nominal
 
     def input(self, name: str) -> torch.Tensor:
@@ -251,6 +256,9 @@ class Block:
     def get(self, name: str) -> torch.nn.Module:
         return self.module.get_submodule(name)
 
+    def map(self, name: str) -> Linear:
+        return self.maps[self.prefix + name]
+
 
 def attention_branch(block: Block, names: BlockNames, heads: Heads, dx: torch.Tensor, rho: float) -> torch.Tensor:
     """Eqs. 2, 1, 3 and 1 again: the attention branch's output moved by at most this ``(T,)``."""
@@ -259,18 +267,17 @@ def attention_branch(block: Block, names: BlockNames, heads: Heads, dx: torch.Te
     n_in = block.input(first).norm(dim=-1)
     T = dx.shape[0]
     if len(names.qkv) == 1:  # fused q|k|v rows
-        dq, dk, dv = linear(block.get(first), rho, 3 * heads.query).bound(n_in, dn).split(heads.query, dim=1)
+        dq, dk, dv = block.map(first).bound(n_in, dn, rho).split(heads.query, dim=1)
         q, k, v = (p.reshape(T, heads.query, heads.size).norm(dim=-1) for p in block.output(first).chunk(3, -1))
     else:
-        dq = linear(block.get(first), rho, heads.query).bound(n_in, dn)
-        dk, dv = (linear(block.get(n), rho, heads.kv).bound(n_in, dn) for n in names.qkv[1:])
+        dq, dk, dv = (block.map(n).bound(n_in, dn, rho) for n in names.qkv)
         q = block.output(first).reshape(T, heads.query, heads.size).norm(dim=-1)
         k, v = (block.output(n).reshape(T, heads.kv, heads.size).norm(dim=-1) for n in names.qkv[1:])
         group = heads.query // heads.kv
         k, v, dk, dv = (t.repeat_interleave(group, dim=1) for t in (k, v, dk, dv))
     scale = 1.0 / math.sqrt(heads.size)
     do = attention_bound(q * scale, k, v, dq * scale, dk, dv)
-    return linear(block.get(names.attn_out), rho).bound(block.input(names.attn_out).norm(dim=-1), do)[:, 0]
+    return block.map(names.attn_out).bound(block.input(names.attn_out).norm(dim=-1), do, rho)[:, 0]
 
 
 def mlp_branch(block: Block, names: BlockNames, dx: torch.Tensor, rho: float) -> torch.Tensor:
@@ -278,60 +285,77 @@ def mlp_branch(block: Block, names: BlockNames, dx: torch.Tensor, rho: float) ->
     dn = norm_bound(block.get(names.norm_mlp), block.input(names.norm_mlp), dx, names.centered)
     m_in = block.input(names.mlp_in[0]).norm(dim=-1)
     if len(names.mlp_in) == 1:  # GELU
-        da = GELU_LIPSCHITZ * linear(block.get(names.mlp_in[0]), rho).bound(m_in, dn)[:, 0]
+        da = GELU_LIPSCHITZ * block.map(names.mlp_in[0]).bound(m_in, dn, rho)[:, 0]
     else:  # SwiGLU: silu(gate) ⊙ up
         gate, up = (block.output(n) for n in names.mlp_in)
-        dg, du = (linear(block.get(n), rho).bound(m_in, dn)[:, 0] for n in names.mlp_in)
+        dg, du = (block.map(n).bound(m_in, dn, rho)[:, 0] for n in names.mlp_in)
         silu = torch.nn.functional.silu(gate)
         da = SILU_LIPSCHITZ * dg * (up.abs().amax(-1) + du) + silu.abs().amax(-1) * du
-    return linear(block.get(names.mlp_out), rho).bound(block.input(names.mlp_out).norm(dim=-1), da)[:, 0]
+    return block.map(names.mlp_out).bound(block.input(names.mlp_out).norm(dim=-1), da, rho)[:, 0]
 
 
-@torch.no_grad()
-def logit_bounds(model: PreTrainedModel, batch: dict[str, torch.Tensor], rho: float) -> torch.Tensor:
-    """``max_v ‖W_U[v]‖ ‖Δy_t‖`` (a bound on ``‖Δz_t‖_∞``) at every position of ``batch`` (one row,
-    no padding) under any adapter step of norm ≤ ``rho``; ``model`` in float64, eval mode."""
-    arch = check_supported(model)
-    base = cast(PreTrainedModel, model.get_base_model()) if isinstance(model, PeftModel) else model
-    root = _prefix(model, base)
-    blocks = cast(torch.nn.ModuleList, base.get_submodule(arch.blocks))
-    b = arch.block
-    parts = (b.norm_attn, *b.qkv, b.attn_out, b.norm_mlp, *b.mlp_in, b.mlp_out)
-    names = [f"{root}{arch.final_norm}"]
-    names += [f"{root}{arch.blocks}.{i}.{n}" for i in range(len(blocks)) for n in parts]
-    nominal = capture(model, names, batch)
-    heads = Heads.of(base.config)
-    dx = torch.zeros(batch["input_ids"].shape[1], dtype=torch.float64)  # the embeddings do not move
-    for i, module in enumerate(blocks):
-        block = Block(module, f"{root}{arch.blocks}.{i}.", nominal)
-        dx = dx + attention_branch(block, b, heads, dx, rho)
-        dx = dx + mlp_branch(block, b, dx, rho)
-    final = nominal.inputs[f"{root}{arch.final_norm}"]
-    dy = norm_bound(base.get_submodule(arch.final_norm), final, dx, b.centered)
-    unembed = weight_of(cast(torch.nn.Module, base.get_output_embeddings())).double()
-    return unembed.norm(dim=-1).max() * dy
+@dataclass(frozen=True)
+class ScoredSequence:
+    """One ``(prompt, response)`` as the bound reads it: its nominal activations and the positions
+    whose logits predict a response token."""
+
+    nominal: Nominal
+    predicts: torch.Tensor  # (T,) bool
 
 
-def margin_bound(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
-    responses: tuple[str, str],
-    rho: float,
-    max_len: int,
-) -> float:
-    """Eq. 4: a bound on ``|Δm|`` for ``m = log p(responses[0]) − log p(responses[1])`` given
-    ``prompt``, under any adapter step of norm ≤ ``rho``. ``model``: float64, eval mode (:func:`float64_view`)."""
-    total = 0.0
-    for response in responses:
+class Net:
+    """A float64, eval-mode model (:func:`float64_view`) as the bound reads it: where its parts are
+    and every map's :class:`Linear`, computed once; :meth:`margin_bound` then costs one
+    propagation per ``ρ``."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model, self.arch = model, check_supported(model)
+        self.base = cast(PreTrainedModel, model.get_base_model()) if isinstance(model, PeftModel) else model
+        self.root = _prefix(model, self.base)
+        self.blocks = cast(torch.nn.ModuleList, self.base.get_submodule(self.arch.blocks))
+        self.heads = Heads.of(self.base.config)
+        b, h = self.arch.block, self.heads
+        counts = dict(zip(b.qkv, (3 * h.query,) if len(b.qkv) == 1 else (h.query, h.kv, h.kv)))
+        self.maps = {
+            f"{prefix}{n}": linear(module.get_submodule(n), counts.get(n, 1))
+            for prefix, module in self.named_blocks()
+            for n in (*b.qkv, b.attn_out, *b.mlp_in, b.mlp_out)
+        }
+        unembed = weight_of(cast(torch.nn.Module, self.base.get_output_embeddings())).detach().double()
+        self.unembed = float(unembed.norm(dim=-1).max())
+
+    def named_blocks(self) -> list[tuple[str, torch.nn.Module]]:
+        return [(f"{self.root}{self.arch.blocks}.{i}.", m) for i, m in enumerate(self.blocks)]
+
+    def sequence(self, tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_len: int) -> ScoredSequence:
+        """The nominal activations of ``(prompt, response)`` (one row, no padding)."""
         batch = batch_of(tokenizer, [(prompt, response)], max_len)
-        predicts = batch["labels"][0, 1:] != IGNORE_INDEX  # logits at t predict token t + 1
-        total += 2 * float(logit_bounds(model, batch, rho)[:-1][predicts].sum())
-    return total
+        b = self.arch.block
+        parts = (b.norm_attn, *b.qkv, b.attn_out, b.norm_mlp, *b.mlp_in, b.mlp_out)
+        names = [f"{self.root}{self.arch.final_norm}"] + [f"{p}{n}" for p, _ in self.named_blocks() for n in parts]
+        return ScoredSequence(capture(self.model, names, batch), batch["labels"][0, 1:] != IGNORE_INDEX)
+
+    @torch.no_grad()
+    def logit_bounds(self, nominal: Nominal, rho: float) -> torch.Tensor:
+        """``max_v ‖W_U[v]‖ ‖Δy_t‖`` (a bound on ``‖Δz_t‖_∞``) at every position of the sequence of
+        ``nominal`` under any adapter step of norm ≤ ``rho``."""
+        b = self.arch.block
+        final = nominal.inputs[f"{self.root}{self.arch.final_norm}"]
+        dx = torch.zeros(final.shape[0], dtype=torch.float64)  # the embeddings do not move
+        for prefix, module in self.named_blocks():
+            block = Block(module, prefix, self.maps, nominal)
+            dx = dx + attention_branch(block, b, self.heads, dx, rho)
+            dx = dx + mlp_branch(block, b, dx, rho)
+        return self.unembed * norm_bound(self.base.get_submodule(self.arch.final_norm), final, dx, b.centered)
+
+    def margin_bound(self, sequences: tuple[ScoredSequence, ScoredSequence], rho: float) -> float:
+        """Eq. 4: a bound on ``|Δm|``, ``m`` the difference of the two sequences' response
+        log-probabilities (:meth:`sequence`), under any adapter step of norm ≤ ``rho``."""
+        return sum(2 * float(self.logit_bounds(s.nominal, rho)[:-1][s.predicts].sum()) for s in sequences)
 
 
 def float64_view(model: PreTrainedModel) -> PreTrainedModel:
-    """A float64 copy of ``model`` in eval mode, as :func:`margin_bound` reads it."""
+    """A float64 copy of ``model`` in eval mode, as :class:`Net` reads it."""
     return copy.deepcopy(model).double().eval()
 
 
