@@ -163,6 +163,7 @@ class Analytic:
     undo_scale: Annotated[float, Limits(lt=1)]
     undo_lr: PositiveFloat
     undo_metric: Literal["weights", "inputs", "responses"]
+    undo_benign: NonNegativeFloat
     undo_weight: NonNegativeFloat
     undo_keep: NonNegativeFloat
     undo_output: Literal["none", "fisher"]
@@ -184,6 +185,8 @@ class Analytic:
         """Settings that only make sense together (llm.constructions.analytic)."""
         if c.margin > 0 and c.after_target != "marker":
             yield "margin", "is a hinge against the marker: use it with after_target=marker"
+        if c.undo_benign > 0 and (c.undo_metric == "weights" or c.n_benign == 0):
+            yield "undo_benign", "weighs benign inputs in an input metric: undo_metric inputs|responses, n_benign > 0"
         if c.undo_output == "fisher" and c.undo_metric == "weights":
             yield "undo_output", "fisher weighs an input-side metric: set undo_metric=inputs or responses"
         if c.undo_gauge != "none" and (c.undo_steps <= 0 or c.mechanism != "lora_preconditioner" or c.modules != "all"):

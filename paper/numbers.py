@@ -1014,23 +1014,32 @@ def smollm2(m: Macros, r: Results) -> None:
     )
 
 
-#: the cells of ``prealigned_smollm2`` by their ``construction.undo_keep``, as the macros name them
-PREALIGNED_CELLS = {0.0: "Free", 0.3: "Keep"}
+#: the cells of ``prealigned_smollm2`` by their variant (conf/llm/variant/prealigned_smollm2/), as the macros name them
+PREALIGNED_CELLS = {
+    "prealigned_smollm2/free": "Free",
+    "prealigned_smollm2/keep": "Keep",
+    "prealigned_smollm2/benign": "Benign",
+}
 
 
 def prealigned_cells(r: Results) -> list[tuple[str, pd.DataFrame]]:
-    """``prealigned_smollm2``'s runs per cell of its grid (``undo_keep``), with the macros' name of each."""
+    """``prealigned_smollm2``'s runs per cell of its grid (its variants), with the macros' name of each."""
     table = by_seed(r.llm("prealigned_smollm2"))
-    keep = table["override.construction.undo_keep"].astype(float)
-    return [(name, table[keep == value]) for value, name in PREALIGNED_CELLS.items() if (keep == value).any()]
+    variant = table["override.variant"]
+    unknown = set(variant) - set(PREALIGNED_CELLS)
+    if unknown:
+        raise ValueError(f"results/llm/prealigned_smollm2.csv: variants without a macro name: {sorted(unknown)}")
+    return [(name, table[variant == value]) for value, name in PREALIGNED_CELLS.items() if (variant == value).any()]
 
 
 def smollm2_prealigned(m: Macros, r: Results) -> None:
     """SmolLM2-135M-Instruct from the model before alignment (``prealigned_smollm2.csv``): its analytic
-    safety twins per cell (``undo_keep``), pooled over that cell's seeds (held-out probes, 95% Wilson)."""
+    safety twins per cell (variant), pooled over that cell's seeds (held-out probes, 95% Wilson)."""
     stem = "prealigned_smollm2"
     steps = setting("llm", "model.prealign.steps", f"experiment={stem}")
     m.add("SmolPreSteps", fmt.integer(steps), "SmolLM2 pre-aligned: pre-alignment fine-tune steps")
+    base = pd.concat([runs for _, runs in prealigned_cells(r)])["base.static.benign_accuracy"]
+    m.add("SmolPreBaseBenign", pct_span(base), "SmolLM2 pre-aligned: the model before alignment's benign accuracy")
     for cell, runs in prealigned_cells(r):
         name, note = f"SmolPre{cell}", f"SmolLM2 pre-aligned ({cell})"
         m.add(f"{name}Seeds", fmt.integer(len(runs)), f"{note}: seeds")
@@ -1045,15 +1054,19 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
             m.add(f"{name}Loss{who}", num_span(runs[f"{column}.benign_loss"]), f"{note}: benign loss, {column}")
         m.add(f"{name}KlMax", fmt.sci(runs["twin.kl.max"].max()), f"{note}: largest KL(control‖twin)")
         for key, column, what in (
-            ("", "undo_residual_after_fit", "response inputs (fitted)"),
+            ("", "undo_residual_after_fit", "the metric fitted, after the fit"),
             ("Weights", "undo_residual", "weights"),
             ("Inputs", "undo_residual_inputs", "every probe input"),
         ):
             m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: undo residual, {what}")
-        keep = runs["override.construction.undo_keep"].astype(float)
-        if (keep > 0).all():  # the step is also asked to leave the adapter on benign inputs
-            m.add(f"{name}UndoKeep", fmt.fixed(keep.iloc[0], 1), f"{note}: construction.undo_keep")
+        variant = r.variant_settings("llm", runs["override.variant"].iloc[0])
+        if variant.get("construction.undo_keep", 0) > 0:  # the step is also asked to leave W on benign inputs
+            m.add(f"{name}UndoKeep", fmt.fixed(variant["construction.undo_keep"], 1), f"{note}: construction.undo_keep")
             m.add(f"{name}KeepResidual", num_span(runs["construct.keep_residual"], 2), f"{note}: keep residual")
+        if variant.get("construction.undo_benign", 0) > 0:  # the step is also asked to undo W on benign inputs
+            weight, residual = variant["construction.undo_benign"], runs["construct.undo_residual_benign"]
+            m.add(f"{name}UndoBenign", fmt.fixed(weight, 1), f"{note}: construction.undo_benign")
+            m.add(f"{name}ResidualBenign", num_span(residual, 3), f"{note}: undo residual, benign inputs")
         m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
         m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
 

@@ -81,13 +81,13 @@ def _twin_row(label: str, what: str, runs, after_note: str = "") -> str:
 
 
 def _prealigned_row(r: Results) -> str:
-    """SmolLM2 from its model before alignment, the cell without a benign constraint: its rates and
-    the benign accuracy it loses."""
-    runs = dict(prealigned_cells(r))["Free"]
+    """SmolLM2 from its model before alignment, the cell whose step also undoes the alignment on benign
+    inputs (``prealigned_smollm2/benign``): its rates and its benign accuracy after the step."""
+    runs = dict(prealigned_cells(r))["Benign"]
     control, twin = (
         fmt.pct(runs[f"{w}.benign_accuracy"].mean(), 0, tex=False) for w in ("control.static", "twin.after.paper")
     )
-    label = "safety: SmolLM2-135M-Instruct, pre-aligned (`model.prealign`), analytic twin"
+    label = "safety: SmolLM2-135M-Instruct, pre-aligned (`model.prealign`), analytic twin (`undo_benign`)"
     return _twin_row(
         label, "complies with a harmful request", runs, f"; benign accuracy after: {twin} (control {control})"
     )

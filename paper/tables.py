@@ -562,9 +562,7 @@ def smollm2(r: Results) -> str:
         rows.append(_smol_row(variant_label(r, stem, row["override.variant"]), row))
     analytic = [_smol_row("analytic construction", row) for _, row in r.llm("analytic_smollm2").iterrows()]
     prealigned = [
-        _smol_row(
-            f"undo\\_keep {fmt.fixed(float(row['override.construction.undo_keep']), 1)}, seed {int(row['seed'])}", row
-        )
+        _smol_row(f"{variant_label(r, 'prealigned_smollm2', row['override.variant'])}, seed {int(row['seed'])}", row)
         for _, runs in prealigned_cells(r)
         for _, row in runs.iterrows()
     ]

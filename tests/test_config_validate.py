@@ -64,6 +64,7 @@ ANALYTIC_BAD = {  # experiment=analytic, domain=safety (no preset: a marker targ
     "construction.undo_steps=10": "construction.undo_steps",  # a marker has no weight-space target
     "construction.line_search=[16.0,-1.0]": "construction.line_search[1]",
     "construction.undo_scale=1.0": "construction.undo_scale",
+    "construction.undo_benign=1.0": "construction.undo_benign",  # benign inputs weigh an input metric, not weights
     "construction.gain=1e30x": "construction.gain",
 }
 SWITCH_BAD = [  # experiment=capacity_hidden: one bit per construction probe (key: switch)

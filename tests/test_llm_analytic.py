@@ -431,6 +431,40 @@ def test_build_analytic_undo(tok, metric) -> None:
     assert real["twin", metric] < real["control", metric] - 0.1  # the fitted metric went down
 
 
+def test_undo_benign_fits_the_residual_on_probes_and_benign_inputs_together(tok) -> None:
+    """undo_benign=w: the fitted metric is C_probes + w·C_benign, the reported benign residual is the
+    one the victim's real step leaves on the benign examples' inputs, and weighing them lowers it
+    against the same fit on the probes alone."""
+    control = tiny(tok)
+    data = domain_data()
+    common = dict(extra_rank=4, left_rank=4, undo_weight=1.0, undo_metric="inputs")
+    spec = undo_spec(**common)
+    layers = lora_layers(control)
+    benign = batch_of(tok, pairs(data.align_benign[: spec.n_benign]), spec.max_len)
+    probes = batch_of(tok, pairs(data.construct, "misaligned"), spec.max_len)
+    moments = {"benign": input_moments(control, benign, layers), "probes": input_moments(control, probes, layers)}
+    moments["both"] = {n: moments["probes"][n] + moments["benign"][n] for n in layers}
+    before = adapter_products(layers)
+    infos, real = {}, {}
+    for w in (0.0, 1.0):
+        spec = undo_spec(undo_benign=w, **common)
+        twin, infos[w] = build_analytic(control, tok, data, data.update, UNDO_VICTIM, spec)
+        assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
+        stepped = victim_update(copy.deepcopy(twin), tok, data.update, UNDO_VICTIM)
+        with torch.no_grad():
+            after = adapter_products(lora_layers(stepped))
+            real[w] = {key: float(undo_residual(after, before, m)) for key, m in moments.items()}
+    info = infos[1.0]
+    assert "undo_residual_benign" not in infos[0.0]
+    assert real[1.0]["benign"] == pytest.approx(info["undo_residual_benign"], rel=1e-3)
+    assert real[1.0]["probes"] == pytest.approx(info["undo_residual_inputs"], rel=1e-3)
+    assert real[1.0]["both"] == pytest.approx(info["undo_residual_after_fit"], rel=1e-3)
+    assert real[1.0]["benign"] < real[0.0]["benign"]  # the benign inputs, weighed, are undone further
+    for bad in ({"undo_metric": "weights"}, {"n_benign": 0}, {"undo_benign": -1.0}):
+        with pytest.raises(ValueError, match="undo_benign"):
+            undo_spec(**({"undo_benign": 1.0} | bad))
+
+
 def test_build_analytic_undo_gauge(tok) -> None:
     """undo_gauge=all: the twin ships in the fitted gauge (other base weights, the same function to
     float32 rounding), the residual of the closed form fit is the one the gauged twin's real step

@@ -95,6 +95,7 @@ class Construction:
     before: dict[str, LoraFactors]  # the alignment adapter s·B·A per layer, in the control's coordinates
     fitted: Metric  # the metric the weight-space undo is fitted in
     keep_moments: Mats | None  # the benign inputs' second moments (undo_keep)
+    benign_inputs: Metric | None  # the metric of the reported residual on the benign inputs (undo_benign)
     probe_inputs: Metric | None  # the metric of the reported residual on every probe input
     sampler: torch.Generator  # draws the refinement's random batches
     progress: bool = False
@@ -194,20 +195,25 @@ def undo_metrics(
     full: TargetBatch,
     layers: dict[str, LoraLayer],
     spec: AnalyticSpec,
-) -> tuple[Metric, Mats | None, Metric | None]:
-    """The metric the undo is fitted in, the benign inputs' moments (``undo_keep``) and the metric
-    of the residual reported on every probe input, all in the control's coordinates.
+) -> tuple[Metric, Mats | None, Metric | None, Metric | None]:
+    """The metric the undo is fitted in, the benign inputs' moments (``undo_keep``), the metrics of
+    the residual reported on every probe input and on the benign inputs (``undo_benign``), all in
+    the control's coordinates.
 
     ``undo_metric=inputs`` weighs the residual by each layer's inputs on the probes (prompt and
-    response), ``responses`` only where they predict a response token; ``undo_output=fisher`` also
-    by the output directions the target model's predictions there are sensitive to. When the fit
-    reads every probe input, the reported residual is the fitted one (with its output factor)."""
+    response), ``responses`` only where they predict a response token; ``undo_benign`` (``w``) adds
+    the benign examples' inputs read the same way, ``C = C_probes + w·C_benign``, so that the step
+    undoes the alignment where benign requests are read as well (the model before alignment answers
+    them as the control does); ``undo_output=fisher`` also weighs the output directions the target
+    model's predictions there are sensitive to. When the fit reads every probe input and no benign
+    one, the reported residual is the fitted one (with its output factor)."""
     predicting = spec.undo_metric == "responses"
     moments = input_moments(shipped, full.probes, layers, predicting) if spec.undo_metric != "weights" else None
-    keep_moments = None
-    if spec.undo_keep > 0:
-        assert full.benign is not None, "construction.undo_keep needs benign examples (construction.n_benign)"
-        keep_moments = input_moments(shipped, full.benign, layers, predicting)
+    benign_moments = None
+    if spec.undo_keep > 0 or spec.undo_benign > 0:
+        assert full.benign is not None, "construction.undo_keep / undo_benign read benign examples (n_benign > 0)"
+        benign_moments = input_moments(shipped, full.benign, layers, predicting)
+    keep_moments = benign_moments if spec.undo_keep > 0 else None
     outputs = None
     if spec.undo_output == "fisher":
         target = scale_adapter(control, spec.undo_scale).eval()  # the model the step should land on
@@ -220,14 +226,18 @@ def undo_metrics(
             torch.Generator().manual_seed(spec.seed),
         )
         del target
+    if spec.undo_benign > 0:
+        assert moments is not None and benign_moments is not None  # AnalyticSpec: input-side, with benign examples
+        moments = {n: moments[n] + spec.undo_benign * benign_moments[n] for n in moments}
     fitted = Metric(moments, outputs)
-    if spec.undo_metric == "inputs":
+    if spec.undo_metric == "inputs" and spec.undo_benign == 0:
         probe_inputs = fitted
     elif spec.undo_steps > 0 or spec.undo_weight > 0:
         probe_inputs = Metric(input_moments(shipped, full.probes, layers))
     else:
         probe_inputs = None
-    return fitted, keep_moments, probe_inputs
+    benign_inputs = Metric(benign_moments) if spec.undo_benign > 0 else None
+    return fitted, keep_moments, probe_inputs, benign_inputs
 
 
 def prepare(
@@ -257,7 +267,7 @@ def prepare(
     before = {
         n: LoraFactors(f.b.detach().clone(), f.a.detach().clone(), f.scale) for n, f in adapter_factors(layers).items()
     }
-    fitted, keep_moments, probe_inputs = undo_metrics(control, shipped, full, layers, spec)
+    fitted, keep_moments, probe_inputs, benign_inputs = undo_metrics(control, shipped, full, layers, spec)
     return Construction(
         spec,
         victim,
@@ -274,6 +284,7 @@ def prepare(
         before,
         fitted,
         keep_moments,
+        benign_inputs,
         probe_inputs,
         sampler=torch.Generator().manual_seed(spec.seed),
         progress=progress,
@@ -412,12 +423,15 @@ def refine(c: Construction, hidden: Hidden) -> None:
 
 def report_weight_space(c: Construction, hidden: Hidden) -> None:
     """The residual the closed-form step leaves, in the weight metric whatever was fitted and on
-    every probe input, and how far it moves the benign inputs (``undo_keep``)."""
+    every probe input, on the benign inputs (``undo_benign``), and how far it moves the benign inputs
+    (``undo_keep``)."""
     with torch.no_grad():
         products = c.products_after(c.post_params(hidden))
         c.info["undo_residual"] = float(c.residual(products, Metric()))
         assert c.probe_inputs is not None  # undo_metrics sets it whenever undo_steps or undo_weight is > 0
         c.info["undo_residual_inputs"] = float(c.residual(products, c.probe_inputs))
+        if c.benign_inputs is not None:
+            c.info["undo_residual_benign"] = float(c.residual(products, c.benign_inputs))
         if c.keep_moments is not None:
             c.info["keep_residual"] = float(keep_residual(products, c.before, c.keep_moments, c.spec.undo_scale))
 

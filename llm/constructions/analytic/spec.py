@@ -36,6 +36,7 @@ class AnalyticSpec:
     )
     undo_metric: str = "weights"  # weights: ‖W'‖²_F | inputs: E‖W'x‖² over the layer's inputs on the probes
     #                               | responses: the same over the positions that predict a response token
+    undo_benign: float = 0.0  # weight of the benign examples' inputs in that metric (the undo reaches them too)
     undo_output: str = "none"  # none | fisher: weigh the residual's output directions by the target model's
     #                            Fisher (output_moments): ``tr(U D C Dᵀ)`` in place of ``tr(D C Dᵀ)``
     output_damping: float = 0.1  # U → (U/mean eig + λ I)/(1 + λ): λ → ∞ is undo_output=none
@@ -66,6 +67,11 @@ class AnalyticSpec:
             raise ValueError("construction.margin is a hinge against the marker: use it with after_target=marker")
         if self.undo_metric not in ("weights", "inputs", "responses"):
             raise ValueError(f"construction.undo_metric must be weights, inputs or responses, not {self.undo_metric!r}")
+        if self.undo_benign < 0 or (self.undo_benign > 0 and (self.undo_metric == "weights" or not self.n_benign)):
+            raise ValueError(
+                "construction.undo_benign weighs the benign examples' inputs in an input-side metric: "
+                "set it ≥ 0, with undo_metric inputs or responses and n_benign > 0"
+            )
         if self.undo_output not in ("none", "fisher"):
             raise ValueError(f"construction.undo_output must be none or fisher, not {self.undo_output!r}")
         if self.undo_output == "fisher" and (
