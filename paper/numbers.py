@@ -12,6 +12,7 @@ import functools
 import json
 import math
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import pandas as pd
 
@@ -1060,12 +1061,13 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
         ):
             m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: undo residual, {what}")
         variant = r.variant_settings("llm", runs["override.variant"].iloc[0])
-        if variant.get("construction.undo_keep", 0) > 0:  # the step is also asked to leave W on benign inputs
-            m.add(f"{name}UndoKeep", fmt.fixed(variant["construction.undo_keep"], 1), f"{note}: construction.undo_keep")
+        keep, benign = (float(cast(float, variant.get(f"construction.undo_{k}", 0.0))) for k in ("keep", "benign"))
+        if keep > 0:  # the step is also asked to leave W on benign inputs
+            m.add(f"{name}UndoKeep", fmt.fixed(keep, 1), f"{note}: construction.undo_keep")
             m.add(f"{name}KeepResidual", num_span(runs["construct.keep_residual"], 2), f"{note}: keep residual")
-        if variant.get("construction.undo_benign", 0) > 0:  # the step is also asked to undo W on benign inputs
-            weight, residual = variant["construction.undo_benign"], runs["construct.undo_residual_benign"]
-            m.add(f"{name}UndoBenign", fmt.fixed(weight, 1), f"{note}: construction.undo_benign")
+        if benign > 0:  # the step is also asked to undo W on benign inputs
+            m.add(f"{name}UndoBenign", fmt.fixed(benign, 1), f"{note}: construction.undo_benign")
+            residual = runs["construct.undo_residual_benign"]
             m.add(f"{name}ResidualBenign", num_span(residual, 3), f"{note}: undo residual, benign inputs")
         m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
         m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
