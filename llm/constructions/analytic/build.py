@@ -205,8 +205,8 @@ def undo_metrics(
     the benign examples' inputs read the same way, ``C = C_probes + w·C_benign``, so that the step
     undoes the alignment where benign requests are read as well (the model before alignment answers
     them as the control does); ``undo_output=fisher`` also weighs the output directions the target
-    model's predictions there are sensitive to. When the fit reads every probe input and no benign
-    one, the reported residual is the fitted one (with its output factor)."""
+    model's predictions there are sensitive to. When the fit reads every probe input, the reported
+    residual there is measured as the fit measures it (with its output factor)."""
     predicting = spec.undo_metric == "responses"
     moments = input_moments(shipped, full.probes, layers, predicting) if spec.undo_metric != "weights" else None
     benign_moments = None
@@ -226,12 +226,13 @@ def undo_metrics(
             torch.Generator().manual_seed(spec.seed),
         )
         del target
+    probe_moments = moments
     if spec.undo_benign > 0:
         assert moments is not None and benign_moments is not None  # AnalyticSpec: input-side, with benign examples
         moments = {n: moments[n] + spec.undo_benign * benign_moments[n] for n in moments}
     fitted = Metric(moments, outputs)
-    if spec.undo_metric == "inputs" and spec.undo_benign == 0:
-        probe_inputs = fitted
+    if spec.undo_metric == "inputs":
+        probe_inputs = Metric(probe_moments, outputs)
     elif spec.undo_steps > 0 or spec.undo_weight > 0:
         probe_inputs = Metric(input_moments(shipped, full.probes, layers))
     else:
