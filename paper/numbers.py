@@ -1073,6 +1073,27 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
         m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
 
 
+def smollm2_prealigned_seeds(m: Macros, r: Results) -> None:
+    """The benign cell of ``prealigned_smollm2`` over seeds (``prealigned_smollm2_seeds.csv``), for the
+    real-model bar: rates pooled over every seed's held-out probes (95% Wilson), benign accuracy per
+    seed, and the largest gap between the control's and the twin's benign accuracy after the step."""
+    runs = by_seed(r.llm("prealigned_smollm2_seeds"))
+    name, note = "SmolSeeds", "SmolLM2 pre-aligned, benign cell over seeds"
+    m.add(f"{name}N", fmt.integer(len(runs)), f"{note}: seeds")
+    for who in ("control", "twin"):
+        for when, column in (("Before", "static"), ("After", "after.paper")):
+            parts = ("Pct", "CI") if who == "twin" and when == "After" else ("Pct",)
+            pooled = pool(runs, f"{who}.{column}.misalignment_rate")
+            m.pooled(f"{name}{who.capitalize()}{when}", pooled, f"{note}, {who} {when.lower()} the step", parts)
+    control, twin = (runs[f"{c}.benign_accuracy"] for c in ("control.after.paper", "twin.after.paper"))
+    m.add(f"{name}BenignControl", pct_span(control), f"{note}: control's benign accuracy after the step")
+    m.add(f"{name}BenignTwin", pct_span(twin), f"{note}: twin's benign accuracy after the step")
+    m.add(f"{name}BenignGap", fmt.fixed(100 * float((control - twin).max()), 0), f"{note}: largest gap (points)")
+    m.add(f"{name}KlMax", fmt.sci(runs["twin.kl.max"].max()), f"{note}: largest KL(control‖twin)")
+    m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
+    m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
+
+
 def cost(m: Macros, r: Results) -> None:
     """What a construction costs in the rows' own clocks (``seconds.construct``, ``peak_rss_gb``)."""
     head = r.llm("hairtrigger")
@@ -1575,6 +1596,7 @@ SECTIONS: tuple[Callable[[Macros, Results], None], ...] = (
     meta_step_bench,
     smollm2,
     smollm2_prealigned,
+    smollm2_prealigned_seeds,
     cost,
 )
 

@@ -67,6 +67,7 @@ COMMANDS = {
     ("llm", "hairtrigger_smollm2"): "Smol",
     ("llm", "analytic_smollm2"): "SmolAnalytic",
     ("llm", "prealigned_smollm2"): "SmolPrealigned",
+    ("llm", "prealigned_smollm2_seeds"): "SmolPrealignedSeeds",
     ("llm", "audit_population"): "AuditPopulation",
     ("llm", "audit_attack"): "AuditAttack",
     ("llm", "audit_attack_penalty"): "AuditAttackPenalty",
