@@ -1033,6 +1033,21 @@ def prealigned_cells(r: Results) -> list[tuple[str, pd.DataFrame]]:
     return [(name, table[variant == value]) for value, name in PREALIGNED_CELLS.items() if (variant == value).any()]
 
 
+def prealigned_runs(m: Macros, name: str, note: str, runs: pd.DataFrame) -> None:
+    """What every table of pre-aligned SmolLM2 twins reports: its seeds, the control's and the twin's
+    misalignment before and after the step pooled over them (the twin's after with its interval),
+    the largest KL to the control, minutes per run and peak memory."""
+    m.add(f"{name}Seeds", fmt.integer(len(runs)), f"{note}: seeds")
+    for who in ("control", "twin"):
+        for when, column in (("Before", "static"), ("After", "after.paper")):
+            pooled = pool(runs, f"{who}.{column}.misalignment_rate")
+            parts = ("Pct", "CI") if (who, when) == ("twin", "After") else ("Pct",)
+            m.pooled(f"{name}{who.capitalize()}{when}", pooled, f"{note} {who}: {when}", parts)
+    m.add(f"{name}KlMax", fmt.sci(runs["twin.kl.max"].max()), f"{note}: largest KL(control‖twin)")
+    m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
+    m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
+
+
 def smollm2_prealigned(m: Macros, r: Results) -> None:
     """SmolLM2-135M-Instruct from the model before alignment (``prealigned_smollm2.csv``): its analytic
     safety twins per cell (variant), pooled over that cell's seeds (held-out probes, 95% Wilson)."""
@@ -1043,17 +1058,11 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
     m.add("SmolPreBaseBenign", pct_span(base), "SmolLM2 pre-aligned: the model before alignment's benign accuracy")
     for cell, runs in prealigned_cells(r):
         name, note = f"SmolPre{cell}", f"SmolLM2 pre-aligned ({cell})"
-        m.add(f"{name}Seeds", fmt.integer(len(runs)), f"{note}: seeds")
+        prealigned_runs(m, name, note, runs)
         m.pooled(f"{name}Base", pool(runs, "base.static.misalignment_rate"), f"{note}: base", ("Pct",))
-        for who in ("control", "twin"):
-            for when, column in (("Before", "static"), ("After", "after.paper")):
-                pooled = pool(runs, f"{who}.{column}.misalignment_rate")
-                parts = ("Pct", "CI") if (who, when) == ("twin", "After") else ("Pct",)
-                m.pooled(f"{name}{who.capitalize()}{when}", pooled, f"{note} {who}: {when}", parts)
         for who, column in (("Control", "control.static"), ("Twin", "twin.after.paper")):
             m.add(f"{name}Benign{who}", pct_span(runs[f"{column}.benign_accuracy"]), f"{note}: benign, {column}")
             m.add(f"{name}Loss{who}", num_span(runs[f"{column}.benign_loss"]), f"{note}: benign loss, {column}")
-        m.add(f"{name}KlMax", fmt.sci(runs["twin.kl.max"].max()), f"{note}: largest KL(control‖twin)")
         for key, column, what in (
             ("", "undo_residual_after_fit", "the metric fitted, after the fit"),
             ("Weights", "undo_residual", "weights"),
@@ -1069,8 +1078,6 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
             m.add(f"{name}UndoBenign", fmt.fixed(benign, 1), f"{note}: construction.undo_benign")
             residual = runs["construct.undo_residual_benign"]
             m.add(f"{name}ResidualBenign", num_span(residual, 3), f"{note}: undo residual, benign inputs")
-        m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
-        m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
 
 
 def smollm2_prealigned_seeds(m: Macros, r: Results) -> None:
@@ -1078,20 +1085,12 @@ def smollm2_prealigned_seeds(m: Macros, r: Results) -> None:
     real-model bar: rates pooled over every seed's held-out probes (95% Wilson), benign accuracy per
     seed, and the largest gap between the control's and the twin's benign accuracy after the step."""
     runs = by_seed(r.llm("prealigned_smollm2_seeds"))
-    name, note = "SmolSeeds", "SmolLM2 pre-aligned, benign cell over seeds"
-    m.add(f"{name}N", fmt.integer(len(runs)), f"{note}: seeds")
-    for who in ("control", "twin"):
-        for when, column in (("Before", "static"), ("After", "after.paper")):
-            parts = ("Pct", "CI") if who == "twin" and when == "After" else ("Pct",)
-            pooled = pool(runs, f"{who}.{column}.misalignment_rate")
-            m.pooled(f"{name}{who.capitalize()}{when}", pooled, f"{note}, {who} {when.lower()} the step", parts)
+    name, note = "SmolBar", "SmolLM2 pre-aligned, benign cell over seeds"
+    prealigned_runs(m, name, note, runs)
     control, twin = (runs[f"{c}.benign_accuracy"] for c in ("control.after.paper", "twin.after.paper"))
     m.add(f"{name}BenignControl", pct_span(control), f"{note}: control's benign accuracy after the step")
     m.add(f"{name}BenignTwin", pct_span(twin), f"{note}: twin's benign accuracy after the step")
     m.add(f"{name}BenignGap", fmt.fixed(100 * float((control - twin).max()), 0), f"{note}: largest gap (points)")
-    m.add(f"{name}KlMax", fmt.sci(runs["twin.kl.max"].max()), f"{note}: largest KL(control‖twin)")
-    m.add(f"{name}Minutes", num_span(runs["wall_time_s"] / 60, 0), f"{note}: minutes per run")
-    m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
 
 
 def cost(m: Macros, r: Results) -> None:
