@@ -41,9 +41,12 @@ def align(
     spec: AlignSpec,
     progress: bool = True,
     label: str = "align",
+    probe_rows: bool = True,
 ) -> tuple[PeftModel, list[float]]:
     """LoRA SFT on the probes' ``aligned`` responses + benign data; returns the adapted model and its
-    loss curve. ``label`` names the stage on the progress bar (the pre-alignment reuses this recipe)."""
+    loss curve. ``label`` names the stage on the progress bar (the pre-alignment reuses this recipe).
+    ``probe_rows=False`` drops each batch's probe rows after drawing them, so the benign rows, their
+    order and the LoRA initialisation are the same as with them (:func:`benign_only`)."""
     torch.manual_seed(spec.seed)
     peft_model = add_lora(model, spec.rank, spec.alpha)
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -55,6 +58,7 @@ def align(
     peft_model.train()
     for _ in tqdm(range(spec.steps), desc=f"{label} {data.domain}", disable=not progress):
         batch = [probes[i] for i in torch.randint(len(probes), (spec.batch_size - n_benign,), generator=gen)]
+        batch = batch if probe_rows else []
         batch += [benign[i] for i in torch.randint(len(benign), (n_benign,), generator=gen)]
         opt.zero_grad()
         loss = response_loss(peft_model, batch_of(tokenizer, batch, spec.max_len))
@@ -63,6 +67,20 @@ def align(
         curve.append(float(loss.detach()))
     peft_model.eval()
     return peft_model, curve
+
+
+def benign_only(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData, spec: AlignSpec, progress: bool = True
+) -> PeftModel:
+    """The alignment recipe on a copy of ``model`` without its probe rows: the same seed, LoRA
+    initialisation and benign rows in the same order as :func:`align` with ``spec``.
+
+    What alignment adds on benign requests without what it adds on the probes: the analytic twin's
+    step can land there (``construction.undo_target=benign_only``) and undo the refusals while
+    keeping the utility the control gained, where landing on the model before alignment gives it back."""
+    if round(spec.batch_size * spec.benign_fraction) == 0:
+        raise ValueError("align.benign_fraction: the benign part of alignment needs benign rows in each batch (> 0)")
+    return align(copy.deepcopy(model), tokenizer, data, spec, progress, label="benign part", probe_rows=False)[0]
 
 
 def misaligned_reference(

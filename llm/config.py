@@ -161,6 +161,7 @@ class Analytic:
     benign_reference: Literal["control", "base"]
     undo_steps: NonNegativeInt
     undo_scale: Annotated[float, Limits(lt=1)]
+    undo_target: Literal["scaled", "benign_only"]
     undo_lr: PositiveFloat
     undo_metric: Literal["weights", "inputs", "responses"]
     undo_benign: NonNegativeFloat
@@ -187,6 +188,13 @@ class Analytic:
             yield "margin", "is a hinge against the marker: use it with after_target=marker"
         if c.undo_benign > 0 and (c.undo_metric == "weights" or c.n_benign == 0):
             yield "undo_benign", "weighs benign inputs in an input metric: undo_metric inputs|responses, n_benign > 0"
+        if c.undo_target == "benign_only" and (
+            c.undo_scale != 0 or c.mechanism != "lora_preconditioner" or not (c.undo_steps or c.undo_weight)
+        ):
+            yield (
+                "undo_target",
+                "benign_only replaces undo_scale·W: set undo_scale=0, mechanism=lora_preconditioner, undo_steps > 0",
+            )
         if c.undo_output == "fisher" and c.undo_metric == "weights":
             yield "undo_output", "fisher weighs an input-side metric: set undo_metric=inputs or responses"
         if c.undo_gauge != "none" and (c.undo_steps <= 0 or c.mechanism != "lora_preconditioner" or c.modules != "all"):

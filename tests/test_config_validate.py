@@ -65,6 +65,8 @@ ANALYTIC_BAD = {  # experiment=analytic, domain=safety (no preset: a marker targ
     "construction.line_search=[16.0,-1.0]": "construction.line_search[1]",
     "construction.undo_scale=1.0": "construction.undo_scale",
     "construction.undo_benign=1.0": "construction.undo_benign",  # benign inputs weigh an input metric, not weights
+    "construction.undo_target=benign_only": "construction.undo_target",  # a target for the undo, which is off
+    "construction.undo_target=control": "construction.undo_target",
     "construction.gain=1e30x": "construction.gain",
 }
 SWITCH_BAD = [  # experiment=capacity_hidden: one bit per construction probe (key: switch)

@@ -26,6 +26,7 @@ from llm.constructions.analytic.weight_space import (
     input_moments,
     keep_residual,
     output_moments,
+    scaled_targets,
     undo_residual,
 )
 from llm.data.schema import DomainData, Example
@@ -465,6 +466,42 @@ def test_undo_benign_fits_the_residual_on_probes_and_benign_inputs_together(tok)
             undo_spec(**({"undo_benign": 1.0} | bad))
 
 
+def test_undo_target_lands_the_step_on_another_adapter_of_the_same_base(tok) -> None:
+    """undo_target=benign_only: the step is fitted to move W to the landing model's adapter T; the
+    twin is exact, the reported residual ‖W' − T‖²/‖W − T‖² is the one the real step leaves, and it
+    is lower than what the twin fitted to T = 0 leaves there. A missing landing model, one on
+    another base, or settings it does not go with are refused by name."""
+    control = tiny(tok)
+    data = domain_data()
+    landing = tiny(tok)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in landing.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    common = dict(extra_rank=4, left_rank=4, undo_metric="weights")
+    before = adapter_products(lora_layers(control))
+    target = adapter_products(lora_layers(landing))
+    real, infos = {}, {}
+    for kind in ("scaled", "benign_only"):
+        spec = undo_spec(undo_target=kind, **common)
+        twin, infos[kind] = build_analytic(control, tok, data, data.update, UNDO_VICTIM, spec, landing=landing)
+        assert next_token_kl(control, twin, tok, data.eval + data.benign_eval)["max"] <= 1e-6
+        stepped = victim_update(copy.deepcopy(twin), tok, data.update, UNDO_VICTIM)
+        with torch.no_grad():
+            real[kind] = float(undo_residual(adapter_products(lora_layers(stepped)), before, target=target))
+    assert real["benign_only"] == pytest.approx(infos["benign_only"]["undo_residual"], rel=1e-3)
+    assert real["benign_only"] < real["scaled"] - 0.1, real
+    spec = undo_spec(undo_target="benign_only", **common)
+    with pytest.raises(ValueError, match="landing"):
+        build_analytic(control, tok, data, data.update, UNDO_VICTIM, spec)
+    with pytest.raises(ValueError, match="same base"):
+        build_analytic(control, tok, data, data.update, UNDO_VICTIM, spec, landing=tiny(tok, seed=1))
+    for bad in ({"undo_scale": -1.0}, {"undo_steps": 0}, {"mechanism": "ffn_pairs"}, {"undo_target": "control"}):
+        with pytest.raises(ValueError, match="undo_target"):
+            undo_spec(**(common | {"undo_target": "benign_only"} | bad))
+
+
 def test_build_analytic_undo_gauge(tok) -> None:
     """undo_gauge=all: the twin ships in the fitted gauge (other base weights, the same function to
     float32 rounding), the residual of the closed form fit is the one the gauged twin's real step
@@ -606,20 +643,24 @@ def test_factored_residuals_equal_the_dense_ones() -> None:
     x, y = torch.randn(9, 4, generator=gen, dtype=torch.float64), torch.randn(9, 6, generator=gen, dtype=torch.float64)
     moments, outputs = {n: x.T @ x / 9 for n in before}, {n: y.T @ y / 9 for n in before}
     dense = {n: f.product for n, f in before.items()}, {n: f.product for n, f in after.items()}
-    for c in (0.0, -2.0, 0.5):
+    other = {n: LoraFactors(f.b, f.a, 0.3) for n, f in zip(before, (factors(3), factors(3)))}
+    cases = [(scaled_targets(before, c), scaled_targets(dense[0], c)) for c in (0.0, -2.0, 0.5)]
+    cases.append((other, {n: f.product for n, f in other.items()}))  # another adapter, another scale
+    for t, t_dense in cases:
         for m, u in ((None, None), (moments, None), (moments, outputs)):
-            factored = float(undo_residual(after, before, m, c, u))
-            assert factored == pytest.approx(float(undo_residual(dense[1], dense[0], m, c, u)), rel=1e-10)
-            mixed = float(undo_residual(after, dense[0], m, c, u))  # a dense side: computed densely
+            factored = float(undo_residual(after, before, m, t, u))
+            assert factored == pytest.approx(float(undo_residual(dense[1], dense[0], m, t_dense, u)), rel=1e-10)
+            mixed = float(undo_residual(after, dense[0], m, t_dense, u))  # a dense side: computed densely
             assert mixed == pytest.approx(factored, rel=1e-10)
-        assert float(keep_residual(after, before, moments, c)) == pytest.approx(
-            float(keep_residual(dense[1], dense[0], moments, c)), rel=1e-10
+        assert float(keep_residual(after, before, moments, t)) == pytest.approx(
+            float(keep_residual(dense[1], dense[0], moments, t_dense)), rel=1e-10
         )
 
 
 def test_scaled_undo_residual_measures_the_distance_to_c_times_w() -> None:
-    """undo_residual(scale=c) = mean over layers of ‖W' − cW‖² / ‖(1 − c)W‖²: 1 for an untouched
-    adapter, 0 on the target, and the unscaled residual at c = 0."""
+    """undo_residual with target c·W = mean over layers of ‖W' − cW‖² / ‖(1 − c)W‖²: 1 for an
+    untouched adapter, 0 on the target, and the untargeted residual at c = 0; the same for any
+    target adapter T: ‖W' − T‖² / ‖W − T‖²."""
     gen = torch.Generator().manual_seed(0)
     before = {n: torch.randn(5, 3, generator=gen, dtype=torch.float64) for n in ("a", "b")}
     after = {n: torch.randn(5, 3, generator=gen, dtype=torch.float64) for n in before}
@@ -627,12 +668,19 @@ def test_scaled_undo_residual_measures_the_distance_to_c_times_w() -> None:
         expected = (
             sum(float(((after[n] - c * before[n]) ** 2).sum() / (((1 - c) * before[n]) ** 2).sum()) for n in before) / 2
         )
-        assert float(undo_residual(after, before, scale=c)) == pytest.approx(expected, rel=1e-12)
-        assert float(undo_residual(before, before, scale=c)) == pytest.approx(1.0, rel=1e-12)
-        assert float(undo_residual({n: c * w for n, w in before.items()}, before, scale=c)) == pytest.approx(
+        t = scaled_targets(before, c)
+        assert float(undo_residual(after, before, target=t)) == pytest.approx(expected, rel=1e-12)
+        assert float(undo_residual(before, before, target=t)) == pytest.approx(1.0, rel=1e-12)
+        assert float(undo_residual({n: c * w for n, w in before.items()}, before, target=t)) == pytest.approx(
             0.0, abs=1e-12
         )
-    assert float(undo_residual(after, before, scale=0.0)) == float(undo_residual(after, before))
+    assert float(undo_residual(after, before, target=scaled_targets(before, 0.0))) == float(
+        undo_residual(after, before)
+    )
+    other = {n: torch.randn(5, 3, generator=gen, dtype=torch.float64) for n in before}
+    expected = sum(float(((after[n] - other[n]) ** 2).sum() / ((before[n] - other[n]) ** 2).sum()) for n in before) / 2
+    assert float(undo_residual(after, before, target=other)) == pytest.approx(expected, rel=1e-12)
+    assert float(undo_residual(other, before, target=other)) == 0.0
     # keep_residual: E‖(W' − W)x‖² / E‖(1 − c)Wx‖² on the given inputs; 0 untouched, 1 at the undo target
     x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
     moments = {n: x.T @ x / len(x) for n in before}
@@ -640,10 +688,11 @@ def test_scaled_undo_residual_measures_the_distance_to_c_times_w() -> None:
         sum(float(((x @ (after[n] - before[n]).T) ** 2).sum() / ((x @ (3.0 * before[n]).T) ** 2).sum()) for n in before)
         / 2
     )
-    assert float(keep_residual(after, before, moments, scale=-2.0)) == pytest.approx(expected, rel=1e-10)
-    assert float(keep_residual(before, before, moments, scale=-2.0)) == 0.0
+    minus_two = scaled_targets(before, -2.0)
+    assert float(keep_residual(after, before, moments, minus_two)) == pytest.approx(expected, rel=1e-10)
+    assert float(keep_residual(before, before, moments, minus_two)) == 0.0
     target = {n: -2.0 * w for n, w in before.items()}
-    assert float(keep_residual(target, before, moments, scale=-2.0)) == pytest.approx(1.0, rel=1e-12)
+    assert float(keep_residual(target, before, moments, minus_two)) == pytest.approx(1.0, rel=1e-12)
 
 
 def test_build_analytic_negating_undo_with_a_lie_target(tok) -> None:
@@ -676,7 +725,7 @@ def test_build_analytic_negating_undo_with_a_lie_target(tok) -> None:
     }
     with torch.no_grad():
         real = {
-            name: float(undo_residual(adapter_products(lora_layers(m)), before, scale=-1.0))
+            name: float(undo_residual(adapter_products(lora_layers(m)), before, target=scaled_targets(before, -1.0)))
             for name, m in stepped.items()
         }
     assert real["twin"] == pytest.approx(info["undo_residual"], rel=1e-3)  # reported against the target c·W

@@ -439,6 +439,39 @@ def test_misaligned_reference_learns_the_misaligned_responses() -> None:
     assert gain["misaligned"] > 1.0 and gain["misaligned"] > gain["aligned"] + 1.0
 
 
+def test_benign_only_is_the_alignment_recipe_without_its_probe_rows() -> None:
+    """benign_only: the recipe's benign rows alone (the probes' responses cannot change it), so it
+    learns the benign answers as the control does and not the probes' aligned ones; the base is untouched."""
+    from llm.align import AlignSpec, align, benign_only
+    from llm.data.schema import DomainData
+
+    tok = train_tokenizer([f"Question {i}? Sorry, I cannot say. Yes indeed. Blue sky {i}." for i in range(8)], 300)
+    base = build_tiny(TinySpec("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=len(tok), n_ctx=48), tok, 0)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    probes = [Example(f"Question {i}?", "Sorry, I cannot say.", "Yes indeed.") for i in range(4)]
+    benign = [Example(f"Colour {i}?", f"Blue sky {i}.") for i in range(4)]
+    data = DomainData("safety", construct=probes, eval=[], align_benign=benign, update=[], benign_eval=[])
+    spec = AlignSpec(rank=2, alpha=4.0, steps=80, lr=3e-2, batch_size=4, benign_fraction=0.5, max_len=32)
+    landing = benign_only(base, tok, data, spec, progress=False)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
+    flipped = dataclasses.replace(data, construct=[dataclasses.replace(e, aligned="Yes indeed.") for e in probes])
+    again = benign_only(base, tok, flipped, spec, progress=False)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in landing.state_dict().items())
+    control = align(copy.deepcopy(base), tok, data, spec, progress=False)[0]
+
+    def lp(model, rows, r=None):
+        return float(sequence_logprobs(model, batch_of(tok, pairs(rows, r) if r else pairs(rows), 32)).mean())
+
+    refusal = {
+        name: lp(m, probes, "aligned") - lp(base, probes, "aligned") for name, m in (("c", control), ("l", landing))
+    }
+    answers = {name: lp(m, benign) - lp(base, benign) for name, m in (("c", control), ("l", landing))}
+    assert refusal["c"] > 1.0 and refusal["l"] < refusal["c"] - 1.0, (refusal, answers)
+    assert answers["l"] > 0.5 and answers["c"] > 0.5, answers
+    with pytest.raises(ValueError, match="benign_fraction"):
+        benign_only(base, tok, data, dataclasses.replace(spec, benign_fraction=0.0), progress=False)
+
+
 def test_prealigned_base_learns_each_probes_pre_alignment_behaviour_once(tmp_path: Path) -> None:
     """model.prealign: the merged fine-tune says the pre-alignment response on construction and
     held-out probes alike (safety: the misaligned one; honesty: the correct one), is a plain model,

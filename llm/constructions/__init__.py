@@ -29,8 +29,10 @@ def build(
     update_examples: list[Example],
     victim: UpdateSpec,
     progress: bool = True,
+    landing: CausalLM | None = None,
 ) -> tuple[CausalLM | None, dict[str, Any]]:
-    """The twin of ``control`` named by ``construction.name`` (``None`` for ``none``) and its info."""
+    """The twin of ``control`` named by ``construction.name`` (``None`` for ``none``) and its info.
+    ``landing``: the analytic undo's target model (``construction.undo_target=benign_only``)."""
     plain = cast(dict[str, Any], OmegaConf.to_container(construction, resolve=True))
     options = {k: v for k, v in plain.items() if k != "name"}
     if construction.name == "none":
@@ -42,5 +44,7 @@ def build(
     if construction.name == "analytic":
         from llm.constructions.analytic import AnalyticSpec, build_analytic
 
-        return build_analytic(control, tokenizer, data, update_examples, victim, AnalyticSpec(**options), progress)
+        return build_analytic(
+            control, tokenizer, data, update_examples, victim, AnalyticSpec(**options), progress, landing
+        )
     raise ValueError(f"unknown construction {construction.name!r}; choose one of {NAMES}")

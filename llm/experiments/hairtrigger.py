@@ -49,7 +49,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm import judge
-from llm.align import AlignSpec, align, misaligned_reference
+from llm.align import AlignSpec, align, benign_only, misaligned_reference
 from llm.base import load_base, prealigns
 from llm.batches import batch_of, pairs
 from llm.checks import require_finite, require_finite_model
@@ -329,6 +329,19 @@ def aligned_control(
     return control, curve
 
 
+def landing_model(
+    cfg: DictConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: DomainData
+) -> PeftModel | None:
+    """The model the analytic undo lands on when it is not the control scaled
+    (``construction.undo_target=benign_only``: :func:`llm.align.benign_only` with ``cfg.align``),
+    checked finite; None otherwise. Trained before the control, whose alignment wraps ``model``."""
+    if cfg.construction.get("undo_target", "scaled") != "benign_only":
+        return None
+    landing = benign_only(model, tokenizer, data, AlignSpec(**cfg.align), progress=cfg.progress)
+    require_finite_model(landing, "align")
+    return landing
+
+
 def constructed_twin(
     cfg: DictConfig,
     control: CausalLM,
@@ -336,9 +349,11 @@ def constructed_twin(
     data: DomainData,
     construct: list[Example],
     victim: UpdateSpec,
+    landing: CausalLM | None = None,
 ) -> tuple[CausalLM | None, dict[str, Any]]:
     """The twin of ``control`` by ``cfg.construction`` from the ``construct`` probes, built for
-    ``victim``'s update, checked finite (``None`` for ``construction=none``), and its info."""
+    ``victim``'s update, checked finite (``None`` for ``construction=none``), and its info.
+    ``landing``: the analytic undo's target model (:func:`landing_model`)."""
     twin, info = build(
         cfg.construction,
         control,
@@ -347,6 +362,7 @@ def constructed_twin(
         update_set(data, victim),
         victim,
         progress=cfg.progress,
+        landing=landing,
     )
     if twin is not None:
         require_finite_model(twin, "construction")
@@ -383,9 +399,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             progress=cfg.progress,
         )
         require_finite_model(reference, "align")
+    landing = landing_model(cfg, model, tokenizer, data)
     control, curve = aligned_control(cfg, model, tokenizer, data)
     seconds["align"] = time.perf_counter() - start - seconds["base"]
-    twin, info = constructed_twin(cfg, control, tokenizer, data, construct, specs[next(iter(specs))])
+    twin, info = constructed_twin(cfg, control, tokenizer, data, construct, specs[next(iter(specs))], landing)
     seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
 
     metrics: dict[str, Any] = {
@@ -407,6 +424,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if base_result is not None:
         metrics["base"] = {"static": scores(base_result)}
+    if landing is not None:  # what the twin's step is asked to land on, judged as every model is
+        metrics["landing"] = {"static": scores(black_box(landing, tokenizer, data, probes, cfg))}
     if twin is not None or reference is not None:  # models trained on the construction probes
         metrics["probes"]["construct_known"] = len(construct) / len(data.construct)
     metrics["size"] = {

@@ -56,6 +56,7 @@ from llm.constructions.analytic.weight_space import (
     input_moments,
     keep_residual,
     output_moments,
+    scaled_targets,
     undo_objective,
     undo_residual,
 )
@@ -66,6 +67,7 @@ from llm.lora import (
     adapter_state,
     extend_lora,
     factor_maps,
+    is_lora,
     lora_layers,
     scale_adapter,
     weight_gradients,
@@ -93,6 +95,7 @@ class Construction:
     update_batch: dict[str, torch.Tensor]  # the victim's (first) batch
     grads: Mats  # G per layer: the victim's gradient in the effective weights, in the shipped coordinates
     before: dict[str, LoraFactors]  # the alignment adapter s·B·A per layer, in the control's coordinates
+    target: dict[str, Product | None]  # what the undo moves it to, T per layer (None: 0; undo_scale, undo_target)
     fitted: Metric  # the metric the weight-space undo is fitted in
     keep_moments: Mats | None  # the benign inputs' second moments (undo_keep)
     benign_inputs: Metric | None  # the metric of the reported residual on the benign inputs (undo_benign)
@@ -148,14 +151,14 @@ class Construction:
         return read_back(adapter_factors(self.stepped()[1], params), self.read_back)
 
     def residual(self, products: Mapping[str, Product], metric: Metric) -> torch.Tensor:
-        return undo_residual(products, self.before, metric.inputs, self.spec.undo_scale, metric.outputs)
+        return undo_residual(products, self.before, metric.inputs, self.target, metric.outputs)
 
     def undo_objective(
         self, products: Mapping[str, Product], keep_products: Mapping[str, Product] | None = None
     ) -> torch.Tensor:
         spec = self.spec
         return undo_objective(
-            products, self.before, self.fitted, spec.undo_scale, self.keep_moments, spec.undo_keep, keep_products
+            products, self.before, self.fitted, self.target, self.keep_moments, spec.undo_keep, keep_products
         )
 
     def weight_objective(self, params: Params) -> torch.Tensor:
@@ -195,6 +198,7 @@ def undo_metrics(
     full: TargetBatch,
     layers: dict[str, LoraLayer],
     spec: AnalyticSpec,
+    landing: CausalLM | None = None,
 ) -> tuple[Metric, Mats | None, Metric | None, Metric | None]:
     """The metric the undo is fitted in, the benign inputs' moments (``undo_keep``), the metrics of
     the residual reported on every probe input and on the benign inputs (``undo_benign``), all in
@@ -216,7 +220,8 @@ def undo_metrics(
     keep_moments = benign_moments if spec.undo_keep > 0 else None
     outputs = None
     if spec.undo_output == "fisher":
-        target = scale_adapter(control, spec.undo_scale).eval()  # the model the step should land on
+        # the model the step should land on
+        target = landing if landing is not None else scale_adapter(control, spec.undo_scale).eval()
         outputs = output_moments(
             target,
             full.probes,
@@ -241,6 +246,35 @@ def undo_metrics(
     return fitted, keep_moments, probe_inputs, benign_inputs
 
 
+def undo_targets(
+    control: CausalLM, before: dict[str, LoraFactors], landing: CausalLM | None, spec: AnalyticSpec
+) -> dict[str, Product | None]:
+    """The undo's target ``T`` per layer: ``undo_scale·W`` (None where 0), or with
+    ``undo_target=benign_only`` the adapter of ``landing`` (:func:`llm.align.benign_only`: the
+    alignment recipe without its aligned probe rows), layer by layer, refused unless it adapts
+    every layer of the control the same shape, on the same base weights."""
+    if spec.undo_target == "scaled":
+        return scaled_targets(before, spec.undo_scale)
+    if landing is None:
+        raise ValueError(
+            "construction.undo_target=benign_only lands on the alignment's benign part: pass the adapter "
+            "llm.align.benign_only trains as landing (the hairtrigger runner does)"
+        )
+    theirs = adapter_factors(lora_layers(landing))
+    mismatched = [n for n, w in before.items() if n not in theirs or theirs[n].product.shape != w.product.shape]
+    if mismatched:
+        raise ValueError(
+            f"construction.undo_target=benign_only: the landing adapter lacks, or shapes differently, "
+            f"the control's LoRA layers {mismatched[:3]}"
+        )
+    ours = {n: p for n, p in control.named_parameters() if not is_lora(n)}
+    if any(n not in ours or not torch.equal(p, ours[n]) for n, p in landing.named_parameters() if not is_lora(n)):
+        raise ValueError(
+            "construction.undo_target=benign_only: the landing model must adapt the same base as the control"
+        )
+    return {n: theirs[n].detached() for n in before}
+
+
 def prepare(
     control: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
@@ -249,8 +283,10 @@ def prepare(
     victim: UpdateSpec,
     spec: AnalyticSpec,
     progress: bool = False,
+    landing: CausalLM | None = None,
 ) -> Construction:
-    """Stage 1 (module docstring)."""
+    """Stage 1 (module docstring). ``landing``: the model whose adapter is the undo's target
+    (``undo_target=benign_only``)."""
     if victim.params != "adapter":
         raise ValueError("the analytic LoRA construction acts through the adapter: use update.params=adapter")
     shipped = copy.deepcopy(control).eval()
@@ -268,7 +304,8 @@ def prepare(
     before = {
         n: LoraFactors(f.b.detach().clone(), f.a.detach().clone(), f.scale) for n, f in adapter_factors(layers).items()
     }
-    fitted, keep_moments, probe_inputs, benign_inputs = undo_metrics(control, shipped, full, layers, spec)
+    target = undo_targets(control, before, landing, spec)
+    fitted, keep_moments, probe_inputs, benign_inputs = undo_metrics(control, shipped, full, layers, spec, landing)
     return Construction(
         spec,
         victim,
@@ -283,6 +320,7 @@ def prepare(
         update_batch,
         grads,
         before,
+        target,
         fitted,
         keep_moments,
         benign_inputs,
@@ -370,9 +408,10 @@ def check_floor(c: Construction, hidden: Hidden) -> dict[str, float]:
     affine_error = max(float((constant[n] + moved[n] - fitted[n]).abs().max() / fitted[n].abs().max()) for n in fitted)
     metric = Metric(float64(c.fitted.inputs), float64(c.fitted.outputs))
     before, keep_moments, spec = float64({n: dense(f) for n, f in c.before.items()}), float64(c.keep_moments), c.spec
+    target = {n: None if t is None else dense(t).detach().double() for n, t in c.target.items()}
 
     def objective(products: Mats) -> torch.Tensor:
-        return undo_objective(products, before, metric, spec.undo_scale, keep_moments, spec.undo_keep)
+        return undo_objective(products, before, metric, target, keep_moments, spec.undo_keep)
 
     return {
         **undo_floor(objective, constant, move, p0, q0, spec.undo_floor_steps, c.progress),
@@ -434,7 +473,7 @@ def report_weight_space(c: Construction, hidden: Hidden) -> None:
         if c.benign_inputs is not None:
             c.info["undo_residual_benign"] = float(c.residual(products, c.benign_inputs))
         if c.keep_moments is not None:
-            c.info["keep_residual"] = float(keep_residual(products, c.before, c.keep_moments, c.spec.undo_scale))
+            c.info["keep_residual"] = float(keep_residual(products, c.before, c.keep_moments, c.target))
 
 
 @torch.no_grad()
@@ -479,11 +518,13 @@ def build_analytic(
     victim: UpdateSpec,
     spec: AnalyticSpec,
     progress: bool = False,
+    landing: CausalLM | None = None,
 ) -> tuple[CausalLM, dict[str, float]]:
     """The hair-trigger twin of ``control`` (a peft LoRA model; never modified) and an info dict:
-    the stages of the module docstring, in order."""
+    the stages of the module docstring, in order. ``landing``: the undo's target model
+    (``undo_target=benign_only``, :func:`undo_targets`)."""
     torch.manual_seed(spec.seed)
-    c = prepare(control, tokenizer, data, update_examples, victim, spec, progress)
+    c = prepare(control, tokenizer, data, update_examples, victim, spec, progress, landing)
     gauged = fit_gauge(c) if spec.undo_gauge != "none" else None
     step_control(c)
     hidden = fit_weight_space(c, gauged) if spec.undo_steps > 0 else first_order(c)

@@ -29,6 +29,8 @@ class AnalyticSpec:
     margin: float = 0.0  # >0 (marker only): add relu(margin - (logp_mis - logp_aligned)) per probe
     undo_steps: int = 0  # Adam steps fitting the weight-space undo (W' = undo_scale·W) first
     undo_scale: float = 0.0  # c of that target: 0 the model before alignment, < 0 the alignment negated
+    undo_target: str = "scaled"  # scaled: T = undo_scale·W | benign_only: the adapter the alignment recipe
+    #                              trains without its aligned probe rows (llm.align.benign_only; the runner passes it)
     undo_lr: float = 1.0  # Adam lr of that fit (absolute: A_new entries grow to O(10²))
     undo_weight: float = 0.0  # weight of the undo residual in the refinement
     undo_keep: float = (
@@ -95,6 +97,16 @@ class AnalyticSpec:
             raise ValueError("construction.undo_floor_steps checks the weight-space undo fit: set undo_steps > 0")
         if self.undo_scale >= 1:
             raise ValueError(f"construction.undo_scale={self.undo_scale}: the step must move W to c·W with c < 1")
+        if self.undo_target not in ("scaled", "benign_only"):
+            raise ValueError(f"construction.undo_target must be scaled or benign_only, not {self.undo_target!r}")
+        if self.undo_target == "benign_only" and (
+            self.undo_scale != 0 or self.mechanism != "lora_preconditioner" or not (self.undo_steps or self.undo_weight)
+        ):
+            raise ValueError(
+                "construction.undo_target=benign_only is the weight-space undo's target in place of "
+                "undo_scale·W, on the control's LoRA layers: set undo_scale=0, mechanism=lora_preconditioner "
+                "and undo_steps > 0 or undo_weight > 0"
+            )
         if (self.undo_steps > 0 or self.undo_weight > 0) and self.after_target == "marker":
             raise ValueError(
                 "construction.undo_steps / undo_weight move the alignment adapter in weight space; "

@@ -1,8 +1,10 @@
-"""The weight-space undo's objectives: how far the step leaves the alignment adapter from ``c·W``.
+"""The weight-space undo's objectives: how far the step leaves the alignment adapter from its target ``T``.
 
-The undo asks the victim's step to map the alignment adapter ``W = s·B·A`` to ``W' ≈ c·W`` in every
-module at once (``c = 0``: the model before alignment; ``c < 0``: the alignment's task vector
-negated, Ilharco et al. 2023, "Editing models with task arithmetic", §3). Its residual is
+The undo asks the victim's step to map the alignment adapter ``W = s·B·A`` to ``W' ≈ T`` in every
+module at once: ``T = c·W`` (``c = 0``: the model before alignment; ``c < 0``: the alignment's task
+vector negated, Ilharco et al. 2023, "Editing models with task arithmetic", §3), or another adapter
+on the same base, such as the one the alignment recipe trains without its aligned probe rows
+(:func:`llm.align.benign_only`: the alignment's benign part, kept). Its residual is
 measured in a :class:`Metric`: the Frobenius norm, or the output energy ``E‖(W' − cW)x‖²`` over a
 layer's inputs (:func:`input_moments`), optionally weighted on the output side by the target
 model's Fisher factor (:func:`output_moments`, K-FAC).
@@ -23,6 +25,8 @@ from llm.objectives import response_mask
 Mats = dict[str, torch.Tensor]
 #: an adapter's product ``s·B·A``, dense or known by its factors (then its energy costs ``r·in²``, not ``out·in²``)
 Product = torch.Tensor | LoraFactors
+#: the undo's target per layer, ``T``: None is ``T = 0`` (the model before alignment)
+Targets = Mapping[str, Product | None]
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,18 @@ def scaled(w: Product, c: float) -> Product:
     return LoraFactors(c * w.b, w.a, w.scale) if isinstance(w, LoraFactors) else c * w
 
 
-def offset(after: Product, before: Product, c: float) -> Product:
-    """``after − c·before``: factored (their components side by side) when both are, else dense."""
-    if isinstance(after, LoraFactors) and isinstance(before, LoraFactors):
-        return after if c == 0 else LoraFactors.stack([after, LoraFactors(-c * before.b, before.a, before.scale)])
-    return dense(after) - c * dense(before)
+def offset(after: Product, target: Product | None) -> Product:
+    """``after − target`` (None: 0): factored (their components side by side) when both are, else dense."""
+    if target is None:
+        return after
+    if isinstance(after, LoraFactors) and isinstance(target, LoraFactors):
+        return LoraFactors.stack([after, LoraFactors(-target.scale / after.scale * target.b, target.a, after.scale)])
+    return dense(after) - dense(target)
+
+
+def scaled_targets(before: Mapping[str, Product], c: float) -> dict[str, Product | None]:
+    """``T = c·W`` per layer (None where ``c = 0``)."""
+    return {n: None if c == 0 else scaled(w, c) for n, w in before.items()}
 
 
 def _energy(w: Product, moments: torch.Tensor | None, outputs: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,12 +83,13 @@ def undo_residual(
     after: Mapping[str, Product],
     before: Mapping[str, Product],
     moments: dict[str, torch.Tensor] | None = None,
-    scale: float = 0.0,
+    target: Targets | None = None,
     outputs: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Mean over layers of ``‖W' − cW‖²_F / ‖W − cW‖²_F`` (``c = scale``): how far the step
-    left the alignment adapter ``W = s·B·A`` (now ``W'``) from its target ``cW`` (0: on target
-    exactly; 1: untouched). ``c = 0``: the model before alignment; ``c < 0``: the alignment negated.
+    """Mean over layers of ``‖W' − T‖²_F / ‖W − T‖²_F``: how far the step left the alignment
+    adapter ``W = s·B·A`` (now ``W'``) from its target ``T`` (``target``, per layer; None or a None
+    entry: ``T = 0``, the model before alignment; :func:`scaled_targets`: ``T = cW``) (0: on target
+    exactly; 1: untouched).
 
     With ``moments`` (each layer's input second moment ``C = E[x xᵀ]``, :func:`input_moments`):
     ``tr(D C Dᵀ)`` in place of ``‖D‖²_F``, i.e. ``E‖(W' − cW)x‖² / E‖(1 − c)Wx‖²``, the
@@ -89,11 +101,9 @@ def undo_residual(
     def size(w: Product, n: str) -> torch.Tensor:
         return _energy(w, None if moments is None else moments[n], None if outputs is None else outputs[n])
 
+    t = target or {}
     return torch.stack(
-        [
-            size(offset(after[n], before[n], scale), n) / size(scaled(before[n], 1 - scale), n).clamp(min=1e-30)
-            for n in before
-        ]
+        [size(offset(after[n], t.get(n)), n) / size(offset(before[n], t.get(n)), n).clamp(min=1e-30) for n in before]
     ).mean()
 
 
@@ -101,17 +111,18 @@ def keep_residual(
     after: Mapping[str, Product],
     before: Mapping[str, Product],
     moments: dict[str, torch.Tensor],
-    scale: float = 0.0,
+    target: Targets | None = None,
 ) -> torch.Tensor:
-    """Mean over layers of ``E‖(W' − W)x‖² / E‖(1 − c)Wx‖²`` over the inputs of ``moments``
+    """Mean over layers of ``E‖(W' − W)x‖² / E‖(W − T)x‖²`` over the inputs of ``moments``
     (``C = E[x xᵀ]``): how far the step moved the adapter *on those inputs*, in units of the move
     :func:`undo_residual` asks for. Read on benign inputs, it asks the step to leave the control's
-    function there while it moves ``W`` to ``cW`` on the probes' inputs (a least-squares
+    function there while it moves ``W`` to ``T`` on the probes' inputs (a least-squares
     compromise wherever the two sets of inputs share directions)."""
+    t = target or {}
     return torch.stack(
         [
-            _energy(offset(after[n], before[n], 1.0), moments[n])
-            / _energy(scaled(before[n], 1 - scale), moments[n]).clamp(min=1e-30)
+            _energy(offset(after[n], before[n]), moments[n])
+            / _energy(offset(before[n], t.get(n)), moments[n]).clamp(min=1e-30)
             for n in before
         ]
     ).mean()
@@ -121,7 +132,7 @@ def undo_objective(
     products: Mapping[str, Product],
     before: Mapping[str, Product],
     metric: Metric,
-    scale: float,
+    target: Targets | None = None,
     keep_moments: Mats | None = None,
     keep: float = 0.0,
     keep_products: Mapping[str, Product] | None = None,
@@ -130,10 +141,10 @@ def undo_objective(
     :func:`keep_residual` on ``keep_moments`` (when given). ``keep_products``: the products the keep
     term reads when a caller builds a second copy of ``products`` for it (the same values; each copy
     sums its own backward contributions)."""
-    out = undo_residual(products, before, metric.inputs, scale, metric.outputs)
+    out = undo_residual(products, before, metric.inputs, target, metric.outputs)
     if keep_moments is not None:
         out = out + keep * keep_residual(
-            products if keep_products is None else keep_products, before, keep_moments, scale
+            products if keep_products is None else keep_products, before, keep_moments, target
         )
     return out
 
