@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from llm import gauges
 from llm.audit.amplification import probe_velocity, victim_view
 from llm.audit.attention import effective
-from llm.audit.canonical import balanced_factors, canonicalize, function_residual
+from llm.audit.canonical import balanced_factors, canonicalize, function_residual, scale_specs, unit_signs
 from llm.audit.checkpoint import load_adapter
 from llm.audit.neutralise import logprob_change, stepped
 from llm.audit.verdict import SIGNALS, Rule, calibrated, thresholds, verdict
@@ -85,6 +85,16 @@ def unit_gauge(model, scale: float, seed: int):
     spec = gauges.gauge_spec(model, attention=False, layernorm=False, units=True)
     dtype = next(model.parameters()).dtype
     return gauges.apply(model, spec, gauges.sample(spec, torch.Generator().manual_seed(seed), scale, dtype))
+
+
+def unit_sign_flips(model, seed: int):
+    """Random gated-MLP units with up row and down column both negated (the unit gauge at ``c = −1``), in place."""
+    spec = gauges.gauge_spec(model, attention=False, layernorm=False, units=True)
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    element = gauges.sample(spec, gen, 0.0, dtype)  # the identity, shaped per group
+    flips = {g: torch.where(torch.rand(c.shape, generator=gen) < 0.5, -1.0, 1.0).to(dtype) for g, c in element.items()}
+    return gauges.apply(model, spec, flips)
 
 
 def attention_weights(model) -> dict[str, torch.Tensor]:
@@ -312,13 +322,16 @@ def test_a_gqa_llama_and_its_gauged_copy_have_one_canonical_form(tok, family) ->
 
 
 def test_a_unit_gauged_llama_has_the_canonical_form_of_its_original(tok) -> None:
-    """(e) with (a) and (b), float64: a Llama moved by a random unit gauge (up row ``× c``, down column
-    ``÷ c``), a layer-norm gauge and a GL(r) change computes the same function and has the
-    original's canonical form (effective MLP and attention weights, adapter products); its unit
-    excess is the larger. The unit gauge amplifies the victim's step on the up rows it shrinks,
-    and the canonical form undoes that. GPT-2's GELU MLP declares no unit gauge."""
+    """(e) and (f) with (a) and (b), float64: a Llama moved by a random unit gauge (up row ``× c``,
+    down column ``÷ c``), random unit sign flips (``c = −1``), a layer-norm gauge and a GL(r)
+    change computes the same function and has the original's canonical form (effective MLP and
+    attention weights, adapter products); its unit excess is the larger. The unit gauge amplifies
+    the victim's step on the up rows it shrinks, and the canonical form undoes that. GPT-2's GELU
+    MLP declares no unit gauge."""
     model = lora_model(tok, "llama").double()
     moved = unit_gauge(norm_gauge(gl_change(copy.deepcopy(model), 1.0, 1), 1.0, 2), 1.5, 3)
+    moved = unit_sign_flips(moved, 4)
+    assert sum(int((c < 0).sum()) for c in unit_signs(moved, scale_specs(moved)["unit"]).values()) > 0
     assert function_residual(model, moved, tok, examples(), 32)["max"] <= 1e-9
     a, b = canonicalize(model), canonicalize(moved)
     assert function_residual(moved, b.model, tok, examples(), 32)["max"] <= 1e-9

@@ -53,6 +53,11 @@ point of the model's orbit under the moves below, the transformer counterpart of
     down column ``i`` ``÷ c_i``, balanced as in eq. 1 with the effective up row (and bias) on one
     side and the effective down column on the other. (e) and (a) both move ``up_proj``'s weights,
     so they alternate as (c) and (a) do, in float64.
+(f) **Gated-MLP unit signs**: (e) with ``c_i = −1`` (up row and down column both negated) keeps
+    the function and every norm, so eq. 1 cannot fix it: after the passes, each unit's sign makes
+    the largest-|·| entry of its effective up row (with its bias) positive, as eq. 2 fixes the
+    LoRA components' signs. An isometry commutes with SGD's and Adam's steps, so this changes no
+    excess and no step; it makes sign-flipped deliveries share one representative.
 
 Reported:
 
@@ -69,12 +74,11 @@ Reported:
 * the **function residual**: next-token KL between delivered and canonical
   (:func:`function_residual`, :func:`llm.evaluate.next_token_kl`).
 
-Not canonicalised here: the sign of a gated unit (up row and down column both negated; an
-isometry, which commutes with SGD's and Adam's steps and so cannot amplify one), and the attention
-of architectures :data:`llm.gauges.ATTENTION` does not declare (e.g. Gemma's normalised queries
-and keys: a twin built there keeps its excess there), and the scale of a map before a norm of its
-output (Gemma's ``post_attention_layernorm``, ``post_feedforward_layernorm``, ``q_norm``,
-``k_norm``), which keeps the function with nothing compensating and has no minimum-norm form.
+Not canonicalised here: the attention of architectures :data:`llm.gauges.ATTENTION` does not
+declare (e.g. Gemma's normalised queries and keys: a twin built there keeps its excess there),
+and the scale of a map before a norm of its output (Gemma's ``post_attention_layernorm``,
+``post_feedforward_layernorm``, ``q_norm``, ``k_norm``), which keeps the function with nothing
+compensating and has no minimum-norm form.
 """
 
 from __future__ import annotations
@@ -151,22 +155,31 @@ def padded(factors: LoraFactors, rank: int) -> LoraFactors:
     return LoraFactors(b, a, factors.scale)
 
 
+def _effective(module: torch.nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A linear map's effective ``(out, in)`` weight ``W = W_base + s·B·A`` (invariant under (b))
+    and its bias (None without one), float64."""
+    base = base_layer(module)
+    w = _tensor(base, "weight").detach().double()
+    if isinstance(module, LoraLayer) and adapter in module.lora_A:
+        w = as_out_in(module, w) + LoraFactors.of(module, adapter=adapter).detached().product.double()
+    elif isinstance(base, Conv1D):  # stored (in, out)
+        w = w.T
+    bias = _tensor(base, "bias").detach().double() if getattr(base, "bias", None) is not None else None
+    return w, bias
+
+
 def _sq_along(module: torch.nn.Module, axis: str, span: tuple[int, int] | None, adapter: str) -> torch.Tensor:
     """The squared norms, per entry of ``axis``, of what a scale on that axis multiplies, float64: a
-    norm's ``g_j² + b_j²``; a linear map's effective ``(out, in)`` weight ``W = W_base + s·B·A``
-    (invariant under (b)) by row with its bias (``out``) or by column (``in``)."""
+    norm's ``g_j² + b_j²``; a linear map's effective weight (:func:`_effective`) by row with its
+    bias (``out``) or by column (``in``)."""
     base = base_layer(module)
     if not isinstance(base, (torch.nn.Linear, Conv1D)):
         sq = _gain_sq(base)
     else:
-        w = _tensor(base, "weight").detach().double()
-        if isinstance(module, LoraLayer) and adapter in module.lora_A:
-            w = as_out_in(module, w) + LoraFactors.of(module, adapter=adapter).detached().product.double()
-        elif isinstance(base, Conv1D):  # stored (in, out)
-            w = w.T
+        w, bias = _effective(module, adapter)
         sq = (w**2).sum(dim=0) if axis == "in" else (w**2).sum(dim=1)
-        if axis == "out" and getattr(base, "bias", None) is not None:
-            sq = sq + _tensor(base, "bias").detach().double() ** 2
+        if axis == "out" and bias is not None:
+            sq = sq + bias**2
     return sq if span is None else sq[span[0] : span[1]]
 
 
@@ -181,6 +194,23 @@ def _gain_sq(norm: torch.nn.Module) -> torch.Tensor:
     if getattr(norm, "bias", None) is not None:
         gain = gain + _tensor(norm, "bias").detach().double() ** 2
     return gain
+
+
+def unit_signs(model: torch.nn.Module, spec: gauges.GaugeSpec, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
+    """(f) for every unit group of ``spec``: per unit, ``±1`` making the largest-|·| entry of its
+    effective up row ``W_base + s·B·A`` (with its bias) positive; ``+1`` for a zero row."""
+    modules = dict(model.named_modules())
+    signs = {}
+    for group in spec.groups:
+        (act,) = [a for a in spec.actions if a.group == group and a.side == "A"]
+        w, bias = _effective(modules[act.module], adapter)
+        if bias is not None:
+            w = torch.cat([w, bias[:, None]], 1)
+        if act.span is not None:
+            w = w[act.span[0] : act.span[1]]
+        lead = w.gather(1, w.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+        signs[group] = torch.where(lead < 0, -1.0, 1.0).to(w.dtype)
+    return signs
 
 
 def balanced_scales(
@@ -322,6 +352,11 @@ def canonicalize(model: PreTrainedModel, rtol: float = RTOL, adapter: str = ADAP
     units_removed, ffn_parts = merge_units(canon, adapter)  # (d) first: it changes the MLPs' shapes
     layers = lora_layers(canon, adapter)
     scales, elements, excess, skipped, done = gauge_passes(canon, adapter, rounds)
+    if gated(canon):  # (f): after (e), whose eq. 1 is blind to them
+        unit_spec = scale_specs(canon)["unit"]
+        signs = unit_signs(canon, unit_spec, adapter)
+        gauges.apply(canon, unit_spec, dict(signs), adapter)
+        scales |= {g: scales[g] * c if g in scales else c for g, c in signs.items()}
     excess |= ffn_parts
     balanced: dict[str, LoraFactors] = {}
     ranks: dict[str, int] = {}
