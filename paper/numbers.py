@@ -1080,17 +1080,47 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
             m.add(f"{name}ResidualBenign", num_span(residual, 3), f"{note}: undo residual, benign inputs")
 
 
+#: the cells of ``prealigned_smollm2_seeds`` by their variant, as the macros name them
+SEEDS_CELLS = {
+    "prealigned_smollm2/benign": "SmolBar",
+    "prealigned_smollm2/benign_part": "SmolBarPart",
+}
+
+
 def smollm2_prealigned_seeds(m: Macros, r: Results) -> None:
-    """The benign cell of ``prealigned_smollm2`` over seeds (``prealigned_smollm2_seeds.csv``), for the
+    """Two cells of ``prealigned_smollm2`` over seeds (``prealigned_smollm2_seeds.csv``), for the
     real-model bar: rates pooled over every seed's held-out probes (95% Wilson), benign accuracy per
-    seed, and the largest gap between the control's and the twin's benign accuracy after the step."""
-    runs = by_seed(r.llm("prealigned_smollm2_seeds"))
-    name, note = "SmolBar", "SmolLM2 pre-aligned, benign cell over seeds"
-    prealigned_runs(m, name, note, runs)
-    control, twin = (runs[f"{c}.benign_accuracy"] for c in ("control.after.paper", "twin.after.paper"))
-    m.add(f"{name}BenignControl", pct_span(control), f"{note}: control's benign accuracy after the step")
-    m.add(f"{name}BenignTwin", pct_span(twin), f"{note}: twin's benign accuracy after the step")
-    m.add(f"{name}BenignGap", fmt.fixed(100 * float((control - twin).max()), 0), f"{note}: largest gap (points)")
+    seed, and the largest gap between the control's and the twin's benign accuracy after the step;
+    where the step lands on the alignment's benign part, that model's own black-box results and the
+    residuals the step leaves."""
+    table = by_seed(r.llm("prealigned_smollm2_seeds"))
+    variant = table["override.variant"]
+    unknown = set(variant) - set(SEEDS_CELLS)
+    if unknown:
+        raise ValueError(f"results/llm/prealigned_smollm2_seeds.csv: variants without a macro name: {sorted(unknown)}")
+    for value, name in SEEDS_CELLS.items():
+        runs = table[variant == value]
+        if runs.empty:
+            continue
+        note = f"SmolLM2 pre-aligned over seeds ({value})"
+        prealigned_runs(m, name, note, runs)
+        control, twin = (runs[f"{c}.benign_accuracy"] for c in ("control.after.paper", "twin.after.paper"))
+        m.add(f"{name}BenignControl", pct_span(control), f"{note}: control's benign accuracy after the step")
+        m.add(f"{name}BenignTwin", pct_span(twin), f"{note}: twin's benign accuracy after the step")
+        m.add(f"{name}BenignGap", fmt.fixed(100 * float((control - twin).max()), 0), f"{note}: largest gap (points)")
+        if "landing.static.benign_accuracy" in runs and runs["landing.static.benign_accuracy"].notna().all():
+            m.add(
+                f"{name}LandingBenign",
+                pct_span(runs["landing.static.benign_accuracy"]),
+                f"{note}: the landing model's benign accuracy",
+            )
+            landing = pool(runs, "landing.static.misalignment_rate")
+            m.pooled(f"{name}Landing", landing, f"{note}: the landing model's misalignment", ("Pct",))
+            for key, column, what in (
+                ("Inputs", "undo_residual_inputs", "every probe input"),
+                ("Benign", "undo_residual_benign", "benign inputs"),
+            ):
+                m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: residual, {what}")
 
 
 def cost(m: Macros, r: Results) -> None:
