@@ -385,6 +385,10 @@ def test_build_analytic_smoke(tok, mechanism, left_rank) -> None:
     kl = next_token_kl(control, twin, tok, data.eval + data.benign_eval)
     assert kl["max"] <= 1e-6
     assert {"gain", "extra_rank", "target_loss_control_after"} <= set(info)
+    stages = ["prepare", "step_control", "fit", "refine", "verify"]
+    assert all(info[f"seconds.{k}"] > 0 for k in stages)  # every stage's own clock
+    peaks = [info[f"peak_rss_gb_after.{k}"] for k in stages]
+    assert peaks == sorted(peaks) and peaks[0] > 0  # a high-water mark: it never falls
     assert info["max_logit_diff_before"] <= 1e-5
     assert info["closed_form_vs_real_step_max_logit_diff"] <= 1e-3  # the victim's step is the closed form
     mis = batch_of(tok, pairs(data.construct, "misaligned"), 32)

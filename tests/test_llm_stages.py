@@ -160,6 +160,10 @@ def test_tiny_control_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     assert metrics["control.after.paper.benign_loss"] != metrics["control.static.benign_loss"]  # the step moved it
     assert len(metrics["base_digest"]) == 12  # which base the row was computed on
     assert not any(k.startswith("twin.") for k in metrics)
+    stages = ["base", "align", "construct", "evaluate"]  # each stage's clock and the memory high-water mark after it
+    assert all(metrics[f"seconds.{k}"] >= 0 for k in stages)
+    peaks = [metrics[f"peak_rss_gb_after.{k}"] for k in stages]
+    assert peaks == sorted(peaks) and 0 < peaks[-1] <= metrics["peak_rss_gb"]
 
 
 @pytest.mark.parametrize("construction", ["metalearn", "metalearn_all", "analytic"])
@@ -191,10 +195,13 @@ def test_each_construction_runs_end_to_end(construction: str, tmp_path: Path) ->
         assert metrics["twin.kl.mean"] > 0
 
 
-@pytest.mark.parametrize("domain", ["privacy", "honesty"])
-def test_analytic_domain_presets_run_end_to_end(domain: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("domain", "target"), [("privacy", "scaled"), ("honesty", "scaled"), ("privacy", "benign_only")]
+)
+def test_analytic_domain_presets_run_end_to_end(domain: str, target: str, tmp_path: Path) -> None:
     """The domains' analytic presets (conf/llm/preset/analytic_*.yaml: weight-space undo to 0·W for privacy,
-    to the negated adapter for honesty, then the held refinement) build an exact twin."""
+    to the negated adapter for honesty, then the held refinement) build an exact twin; with
+    undo_target=benign_only the runner trains the alignment's benign part first and judges it."""
     metrics = _run(
         tmp_path,
         "experiment=analytic",
@@ -204,8 +211,10 @@ def test_analytic_domain_presets_run_end_to_end(domain: str, tmp_path: Path) -> 
         "construction.refine_steps=2",
         "construction.n_probes=8",
         "construction.n_benign=8",
+        f"construction.undo_target={target}",
     )
     assert metrics["twin.kl.max"] < 1e-6
+    assert ("landing.static.benign_accuracy" in metrics) == (target == "benign_only")
     # 1 would be the adapter left where it was: the fitted step moves it toward its target c·W,
     # in the weight metric and on the probes' inputs
     assert metrics["construct.undo_residual"] < 1 and metrics["construct.undo_residual_inputs"] < 1

@@ -37,8 +37,6 @@ import copy
 import dataclasses
 import random
 import re
-import resource
-import time
 from collections import Counter
 from typing import Any, cast
 
@@ -54,6 +52,7 @@ from llm.base import load_base, prealigns
 from llm.batches import batch_of, pairs
 from llm.checks import require_finite, require_finite_model
 from llm.constructions import build
+from llm.cost import StageClock, peak_rss_gb
 from llm.data.schema import DomainData, Example
 from llm.data.sources import refusal_calibration
 from llm.data.splits import load_domain
@@ -372,7 +371,7 @@ def constructed_twin(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """align → construct → black-box test → the victims' updates → test again (module docstring).
     Each stage's models are checked finite before the next stage reads them."""
-    start = time.perf_counter()
+    clock = StageClock()
     data = load_domain(cfg.domain.name, seed=cfg.data_seed)
     if cfg.get("codes"):
         data = with_codes(data, cfg.codes, cfg.data_seed, cfg.code_digits)
@@ -387,7 +386,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stored = construct if cfg.get("switch") else data.construct[: cfg.get("codes") or 0]
     # a pre-aligned real model: what alignment suppresses and a twin restores, judged before both
     base_result = black_box(model, tokenizer, data, probes, cfg) if prealigns(cfg) else None
-    seconds = {"base": time.perf_counter() - start}
+    clock.lap("base")
     digest = weights_digest(model)  # which base this run used (the weights themselves, not the cache key)
     reference = None
     if cfg.get("reference"):
@@ -401,9 +400,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         require_finite_model(reference, "align")
     landing = landing_model(cfg, model, tokenizer, data)
     control, curve = aligned_control(cfg, model, tokenizer, data)
-    seconds["align"] = time.perf_counter() - start - seconds["base"]
+    clock.lap("align")
     twin, info = constructed_twin(cfg, control, tokenizer, data, construct, specs[next(iter(specs))], landing)
-    seconds["construct"] = time.perf_counter() - start - seconds["base"] - seconds["align"]
+    clock.lap("construct")
 
     metrics: dict[str, Any] = {
         "domain": data.domain,
@@ -442,8 +441,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 metrics[f"example.{i}.{name}.{when}"] = responses[i]
     calibration = judge.calibration_accuracy(refusal_calibration())
     metrics["judge"] = {"calibration_accuracy": calibration["accuracy"], "calibration_n": calibration["n"]}
-    metrics["seconds"] = seconds
-    metrics["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    clock.lap("evaluate")
+    metrics["seconds"] = clock.seconds
+    metrics["peak_rss_gb_after"] = clock.peak_gb
+    metrics["peak_rss_gb"] = peak_rss_gb()
     require_finite_metrics(metrics)
     return metrics
 

@@ -60,6 +60,7 @@ from llm.constructions.analytic.weight_space import (
     undo_objective,
     undo_residual,
 )
+from llm.cost import StageClock
 from llm.data.schema import DomainData, Example
 from llm.lora import (
     ADAPTER,
@@ -524,16 +525,27 @@ def build_analytic(
     the stages of the module docstring, in order. ``landing``: the undo's target model
     (``undo_target=benign_only``, :func:`undo_targets`)."""
     torch.manual_seed(spec.seed)
+    clock = StageClock()
     c = prepare(control, tokenizer, data, update_examples, victim, spec, progress, landing)
-    gauged = fit_gauge(c) if spec.undo_gauge != "none" else None
+    clock.lap("prepare")
+    gauged = None
+    if spec.undo_gauge != "none":
+        gauged = fit_gauge(c)
+        clock.lap("gauge")
     step_control(c)
+    clock.lap("step_control")
     hidden = fit_weight_space(c, gauged) if spec.undo_steps > 0 else first_order(c)
+    clock.lap("fit")
     if spec.refine_steps > 0:
         refine(c, hidden)
+        clock.lap("refine")
     if spec.undo_steps > 0 or spec.undo_weight > 0:
         report_weight_space(c, hidden)
     write_hidden(c, hidden)
     verify(c, hidden)
+    clock.lap("verify")
+    c.info |= {f"seconds.{k}": v for k, v in clock.seconds.items()}
+    c.info |= {f"peak_rss_gb_after.{k}": v for k, v in clock.peak_gb.items()}
     norms = [float(t.detach().norm()) for t in hidden.tensors()]
     twin, twin_layers, _ = c.stepped()
     c.info.update(
