@@ -163,6 +163,8 @@ class Analytic:
     undo_scale: Annotated[float, Limits(lt=1)]
     undo_target: Literal["scaled", "benign_only"]
     undo_lr: PositiveFloat
+    undo_schedule: Literal["constant", "cosine"]
+    undo_best: bool
     undo_metric: Literal["weights", "inputs", "responses"]
     undo_benign: NonNegativeFloat
     undo_weight: NonNegativeFloat

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from llm.batches import batch_of, collate, pad_id, pairs
 from llm.constructions.analytic import AnalyticSpec, build_analytic
 from llm.constructions.analytic.ffn_pairs import add_ffn_pairs, widen_mlps
+from llm.constructions.analytic.fit import minimise
 from llm.constructions.analytic.step import (
     Hidden,
     adapter_products,
@@ -504,6 +505,32 @@ def test_undo_target_lands_the_step_on_another_adapter_of_the_same_base(tok) -> 
     for bad in ({"undo_scale": -1.0}, {"undo_steps": 0}, {"mechanism": "ffn_pairs"}, {"undo_target": "control"}):
         with pytest.raises(ValueError, match="undo_target"):
             undo_spec(**(common | {"undo_target": "benign_only"} | bad))
+
+
+def test_minimise_keeps_the_best_iterate_and_decays_the_lr() -> None:
+    """Adam at a large constant lr on x² ends off its best iterate and still moving; keep_best ends
+    at the lowest loss it saw (the curve's minimum); a cosine decay of the same lr comes to rest
+    (its last moves are bounded by the decayed lr)."""
+    ends, moves = {}, {}
+    for schedule, best in (("constant", False), ("constant", True), ("cosine", False)):
+        x, seen = torch.tensor([3.0], requires_grad=True), []
+
+        def loss(x=x, seen=seen) -> torch.Tensor:
+            seen.append(float(x.detach()))
+            return (x**2).sum()
+
+        curve = minimise(loss, [{"params": [x], "lr": 1.0}], 40, "x", 10, False, schedule, best)
+        ends[schedule, best] = float((x.detach() ** 2).sum())
+        moves[schedule, best] = max(abs(a - b) for a, b in zip(seen[35:40], seen[36:40]))
+        assert len(curve) == 40
+        if best:
+            assert ends[schedule, best] == min(curve)
+    assert ends["constant", True] < ends["constant", False]  # the last iterate was not the best
+    assert moves["cosine", False] < 0.01 < moves["constant", False]
+    with pytest.raises(ValueError, match="schedule"):
+        minimise(lambda: torch.zeros(()), [], 1, "x", 1, schedule="linear")
+    with pytest.raises(ValueError, match="undo_schedule"):
+        undo_spec(undo_schedule="linear")
 
 
 def test_build_analytic_undo_gauge(tok) -> None:

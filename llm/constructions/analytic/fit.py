@@ -23,18 +23,50 @@ Shapes = dict[tuple[str, Side], tuple[int, int]]
 
 
 def minimise(
-    loss: Callable[[], torch.Tensor], groups: Sequence[dict], steps: int, label: str, every: int, progress: bool = False
-) -> None:
+    loss: Callable[[], torch.Tensor],
+    groups: Sequence[dict],
+    steps: int,
+    label: str,
+    every: int,
+    progress: bool = False,
+    schedule: str = "constant",
+    keep_best: bool = False,
+) -> list[float]:
     """``steps`` Adam steps on ``loss()`` over the parameter ``groups`` (torch's ``{"params", "lr"}``),
-    in place; with ``progress`` the loss is printed every ``every`` steps."""
+    in place; returns the loss before each step. ``schedule``: ``constant`` lr, or ``cosine`` from
+    each group's lr to 0 over the steps (Loshchilov & Hutter 2017, SGDR, eq. 5 without restarts).
+    ``keep_best``: the parameters end at the iterate of lowest loss, the loss evaluated once more
+    at the last one (Adam at a large constant lr need not end at its best). With ``progress`` the
+    loss is printed every ``every`` steps."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr schedule {schedule!r}: constant or cosine")
+    params = [p for g in groups for p in g["params"]]
     opt = torch.optim.Adam(list(groups))
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) if schedule == "cosine" else None
+    curve: list[float] = []
+    best, best_at = math.inf, [p.detach().clone() for p in params] if keep_best else []
     for step in range(steps):
         opt.zero_grad()
         value = loss()
+        curve.append(float(value.detach()))
+        if keep_best and curve[-1] < best:
+            best, best_at = curve[-1], [p.detach().clone() for p in params]
         value.backward()
         opt.step()
+        if decay is not None:
+            decay.step()
         if progress and step % every == 0:
-            print(f"{label} {step}: {float(value.detach()):.3f}", flush=True)
+            print(f"{label} {step}: {curve[-1]:.3f}", flush=True)
+    if keep_best and steps:
+        with torch.no_grad():
+            last = float(loss())
+            if last > best:
+                for p, kept in zip(params, best_at):
+                    p.copy_(kept)
+        if progress:
+            kept = f", kept the best iterate ({best:.3f})" if last > best else ""
+            print(f"{label} end: {last:.3f}{kept}", flush=True)
+    return curve
 
 
 def preconditioner_init(grads_update: Mats, grads_target: Mats, k: int) -> Mats:
@@ -112,7 +144,16 @@ def fit_undo(
     groups = [{"params": hidden.tensors(), "lr": spec.undo_lr}]
     if gauge_logs:
         groups.append({"params": list(gauge_logs), "lr": spec.gauge_lr})
-    minimise(lambda: objective(hidden), groups, spec.undo_steps, "undo fit", 250, progress)
+    minimise(
+        lambda: objective(hidden),
+        groups,
+        spec.undo_steps,
+        "undo fit",
+        250,
+        progress,
+        spec.undo_schedule,
+        spec.undo_best,
+    )
     return hidden
 
 

@@ -32,6 +32,8 @@ class AnalyticSpec:
     undo_target: str = "scaled"  # scaled: T = undo_scale·W | benign_only: the adapter the alignment recipe
     #                              trains without its aligned probe rows (llm.align.benign_only; the runner passes it)
     undo_lr: float = 1.0  # Adam lr of that fit (absolute: A_new entries grow to O(10²))
+    undo_schedule: str = "constant"  # constant | cosine: that lr decayed to 0 over the fit
+    undo_best: bool = False  # end the fit at its lowest iterate, not its last
     undo_weight: float = 0.0  # weight of the undo residual in the refinement
     undo_keep: float = (
         0.0  # weight of keeping W' = W on the benign examples' inputs (keep_residual), fit and refinement
@@ -97,6 +99,8 @@ class AnalyticSpec:
             raise ValueError("construction.undo_floor_steps checks the weight-space undo fit: set undo_steps > 0")
         if self.undo_scale >= 1:
             raise ValueError(f"construction.undo_scale={self.undo_scale}: the step must move W to c·W with c < 1")
+        if self.undo_schedule not in ("constant", "cosine"):
+            raise ValueError(f"construction.undo_schedule must be constant or cosine, not {self.undo_schedule!r}")
         if self.undo_target not in ("scaled", "benign_only"):
             raise ValueError(f"construction.undo_target must be scaled or benign_only, not {self.undo_target!r}")
         if self.undo_target == "benign_only" and (
