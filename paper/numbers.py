@@ -1080,43 +1080,40 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
             m.add(f"{name}ResidualBenign", num_span(residual, 3), f"{note}: undo residual, benign inputs")
 
 
-#: the cells of ``prealigned_smollm2_seeds`` by their variant, as the macros name them
-SEEDS_CELLS = {
-    "prealigned_smollm2/benign": "SmolBar",
-    "prealigned_smollm2/benign_part": "SmolBarPart",
+#: the pre-aligned SmolLM2 cells run over seeds, by results table, as the macros name them
+SEEDS_TABLES = {
+    "prealigned_smollm2_seeds": "SmolBar",  # the step lands on the model before alignment
+    "prealigned_smollm2_part_seeds": "SmolBarPart",  # on the alignment's benign part
 }
 
 
 def smollm2_prealigned_seeds(m: Macros, r: Results) -> None:
-    """Two cells of ``prealigned_smollm2`` over seeds (``prealigned_smollm2_seeds.csv``), for the
-    real-model bar: rates pooled over every seed's held-out probes (95% Wilson), benign accuracy per
-    seed, and the largest gap between the control's and the twin's benign accuracy after the step;
-    where the step lands on the alignment's benign part, that model's own black-box results and the
-    residuals the step leaves."""
-    table = by_seed(r.llm("prealigned_smollm2_seeds"))
-    variant = table["override.variant"]
-    unknown = set(variant) - set(SEEDS_CELLS)
-    if unknown:
-        raise ValueError(f"results/llm/prealigned_smollm2_seeds.csv: variants without a macro name: {sorted(unknown)}")
-    for value, name in SEEDS_CELLS.items():
-        runs = table[variant == value]
-        if runs.empty:
-            continue
-        note = f"SmolLM2 pre-aligned over seeds ({value})"
+    """The pre-aligned SmolLM2 cells over seeds (:data:`SEEDS_TABLES`), for the real-model bar: rates
+    pooled over every seed's held-out probes (95% Wilson), benign accuracy per seed, and the largest
+    gap between the control's and the twin's benign accuracy after the step; where the step lands on
+    the alignment's benign part, that model's own black-box results and the residuals the step leaves."""
+    for stem, name in SEEDS_TABLES.items():
+        runs = by_seed(r.llm(stem))
+        note = f"SmolLM2 pre-aligned over seeds ({stem})"
         prealigned_runs(m, name, note, runs)
         control, twin = (runs[f"{c}.benign_accuracy"] for c in ("control.after.paper", "twin.after.paper"))
         m.add(f"{name}BenignControl", pct_span(control), f"{note}: control's benign accuracy after the step")
         m.add(f"{name}BenignTwin", pct_span(twin), f"{note}: twin's benign accuracy after the step")
         m.add(f"{name}BenignGap", fmt.fixed(100 * float((control - twin).max()), 0), f"{note}: largest gap (points)")
-        if "landing.static.benign_accuracy" in runs and runs["landing.static.benign_accuracy"].notna().all():
+        losses = (runs[f"{c}.benign_loss"] for c in ("control.after.paper", "twin.after.paper"))
+        for who, loss in zip(("Control", "Twin"), losses):
+            m.add(f"{name}Loss{who}", num_span(loss), f"{note}: benign response loss after the step, {who.lower()}")
+        if "landing.static.benign_accuracy" in runs:
             m.add(
                 f"{name}LandingBenign",
                 pct_span(runs["landing.static.benign_accuracy"]),
                 f"{note}: the landing model's benign accuracy",
             )
+            m.add(f"{name}LandingLoss", num_span(runs["landing.static.benign_loss"]), f"{note}: its benign loss")
             landing = pool(runs, "landing.static.misalignment_rate")
             m.pooled(f"{name}Landing", landing, f"{note}: the landing model's misalignment", ("Pct",))
             for key, column, what in (
+                ("", "undo_residual_after_fit", "the metric fitted, after the fit"),
                 ("Inputs", "undo_residual_inputs", "every probe input"),
                 ("Benign", "undo_residual_benign", "benign inputs"),
             ):

@@ -68,6 +68,7 @@ COMMANDS = {
     ("llm", "analytic_smollm2"): "SmolAnalytic",
     ("llm", "prealigned_smollm2"): "SmolPrealigned",
     ("llm", "prealigned_smollm2_seeds"): "SmolPrealignedSeeds",
+    ("llm", "prealigned_smollm2_part_seeds"): "SmolPrealignedPartSeeds",
     ("llm", "audit_population"): "AuditPopulation",
     ("llm", "audit_attack"): "AuditAttack",
     ("llm", "audit_attack_penalty"): "AuditAttackPenalty",
