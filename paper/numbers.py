@@ -1048,6 +1048,22 @@ def prealigned_runs(m: Macros, name: str, note: str, runs: pd.DataFrame) -> None
     m.add(f"{name}Rss", fmt.fixed(runs["peak_rss_gb"].max(), 1), f"{note}: peak RSS (GB)")
 
 
+#: the undo residuals a pre-aligned row reports, by macro suffix: (column under ``construct.``, what it measures)
+RESIDUALS = {
+    "": ("undo_residual_after_fit", "the metric fitted, after the fit"),
+    "Weights": ("undo_residual", "weights"),
+    "Inputs": ("undo_residual_inputs", "every probe input"),
+    "Benign": ("undo_residual_benign", "benign inputs"),
+}
+
+
+def residuals(m: Macros, name: str, note: str, runs: pd.DataFrame, keys: Iterable[str]) -> None:
+    """``<name>Residual<key>``: the span over ``runs`` of each undo residual of :data:`RESIDUALS` in ``keys``."""
+    for key in keys:
+        column, what = RESIDUALS[key]
+        m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: undo residual, {what}")
+
+
 def smollm2_prealigned(m: Macros, r: Results) -> None:
     """SmolLM2-135M-Instruct from the model before alignment (``prealigned_smollm2.csv``): its analytic
     safety twins per cell (variant), pooled over that cell's seeds (held-out probes, 95% Wilson)."""
@@ -1063,12 +1079,7 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
         for who, column in (("Control", "control.static"), ("Twin", "twin.after.paper")):
             m.add(f"{name}Benign{who}", pct_span(runs[f"{column}.benign_accuracy"]), f"{note}: benign, {column}")
             m.add(f"{name}Loss{who}", num_span(runs[f"{column}.benign_loss"]), f"{note}: benign loss, {column}")
-        for key, column, what in (
-            ("", "undo_residual_after_fit", "the metric fitted, after the fit"),
-            ("Weights", "undo_residual", "weights"),
-            ("Inputs", "undo_residual_inputs", "every probe input"),
-        ):
-            m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: undo residual, {what}")
+        residuals(m, name, note, runs, ("", "Weights", "Inputs"))
         variant = r.variant_settings("llm", runs["override.variant"].iloc[0])
         keep, benign = (float(cast(float, variant.get(f"construction.undo_{k}", 0.0))) for k in ("keep", "benign"))
         if keep > 0:  # the step is also asked to leave W on benign inputs
@@ -1076,8 +1087,7 @@ def smollm2_prealigned(m: Macros, r: Results) -> None:
             m.add(f"{name}KeepResidual", num_span(runs["construct.keep_residual"], 2), f"{note}: keep residual")
         if benign > 0:  # the step is also asked to undo W on benign inputs
             m.add(f"{name}UndoBenign", fmt.fixed(benign, 1), f"{note}: construction.undo_benign")
-            residual = runs["construct.undo_residual_benign"]
-            m.add(f"{name}ResidualBenign", num_span(residual, 3), f"{note}: undo residual, benign inputs")
+            residuals(m, name, note, runs, ("Benign",))
 
 
 #: the pre-aligned SmolLM2 cells run over seeds, by results table, as the macros name them
@@ -1112,12 +1122,7 @@ def smollm2_prealigned_seeds(m: Macros, r: Results) -> None:
             m.add(f"{name}LandingLoss", num_span(runs["landing.static.benign_loss"]), f"{note}: its benign loss")
             landing = pool(runs, "landing.static.misalignment_rate")
             m.pooled(f"{name}Landing", landing, f"{note}: the landing model's misalignment", ("Pct",))
-            for key, column, what in (
-                ("", "undo_residual_after_fit", "the metric fitted, after the fit"),
-                ("Inputs", "undo_residual_inputs", "every probe input"),
-                ("Benign", "undo_residual_benign", "benign inputs"),
-            ):
-                m.add(f"{name}Residual{key}", num_span(runs[f"construct.{column}"], 3), f"{note}: residual, {what}")
+            residuals(m, name, note, runs, ("", "Inputs", "Benign"))
 
 
 def cost(m: Macros, r: Results) -> None:

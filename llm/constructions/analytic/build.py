@@ -262,7 +262,11 @@ def undo_targets(
             "llm.align.benign_only trains as landing (the hairtrigger runner does)"
         )
     theirs = adapter_factors(lora_layers(landing))
-    mismatched = [n for n, w in before.items() if n not in theirs or theirs[n].product.shape != w.product.shape]
+    mismatched = [  # (out, in) read off the factors, without forming s·B·A
+        n
+        for n, w in before.items()
+        if n not in theirs or (theirs[n].b.shape[0], theirs[n].a.shape[1]) != (w.b.shape[0], w.a.shape[1])
+    ]
     if mismatched:
         raise ValueError(
             f"construction.undo_target=benign_only: the landing adapter lacks, or shapes differently, "

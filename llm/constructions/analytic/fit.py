@@ -44,7 +44,7 @@ def minimise(
     opt = torch.optim.Adam(list(groups))
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1)) if schedule == "cosine" else None
     curve: list[float] = []
-    best, best_at = math.inf, [p.detach().clone() for p in params] if keep_best else []
+    best, best_at = math.inf, []
     for step in range(steps):
         opt.zero_grad()
         value = loss()

@@ -5,7 +5,7 @@ module at once: ``T = c·W`` (``c = 0``: the model before alignment; ``c < 0``: 
 vector negated, Ilharco et al. 2023, "Editing models with task arithmetic", §3), or another adapter
 on the same base, such as the one the alignment recipe trains without its aligned probe rows
 (:func:`llm.align.benign_only`: the alignment's benign part, kept). Its residual is
-measured in a :class:`Metric`: the Frobenius norm, or the output energy ``E‖(W' − cW)x‖²`` over a
+measured in a :class:`Metric`: the Frobenius norm, or the output energy ``E‖(W' − T)x‖²`` over a
 layer's inputs (:func:`input_moments`), optionally weighted on the output side by the target
 model's Fisher factor (:func:`output_moments`, K-FAC).
 """
@@ -92,7 +92,7 @@ def undo_residual(
     exactly; 1: untouched).
 
     With ``moments`` (each layer's input second moment ``C = E[x xᵀ]``, :func:`input_moments`):
-    ``tr(D C Dᵀ)`` in place of ``‖D‖²_F``, i.e. ``E‖(W' − cW)x‖² / E‖(1 − c)Wx‖²``, the
+    ``tr(D C Dᵀ)`` in place of ``‖D‖²_F``, i.e. ``E‖(W' − T)x‖² / E‖(W − T)x‖²``, the
     residual *on those inputs*: what the step cannot reach is pushed into directions the
     inputs do not use. With ``outputs`` (each layer's output factor ``U``, :func:`output_moments`)
     ``tr(U D C Dᵀ)``: what remains is pushed also into output directions the target model's
